@@ -1,0 +1,128 @@
+"""The `faceguard` command: one entry point, a subcommand per job.
+
+Handlers are imported when their subcommand runs, so `faceguard models build` works before
+any model exists and `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+log = logging.getLogger("faceguard")
+
+
+def _models_build(args: argparse.Namespace) -> int:
+    from service.modelpack.build import BuildError, build_all
+    from service.modelpack.fetch import FetchError
+
+    try:
+        results = build_all(cache_dir=args.cache_dir, accept_new=args.record)
+    except (BuildError, FetchError) as exc:
+        log.error("%s", exc)
+        return 1
+    for result in results:
+        log.info("%s: %s", result.source, result.action)
+        for check in result.checks:
+            sys.stdout.write(json.dumps(check) + "\n")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from service.analyze import run_analyze
+
+    return run_analyze(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from service.evaluation import commands
+
+    return getattr(commands, f"run_{args.eval_command}")(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from service.bench import run_bench_pipeline
+
+    return run_bench_pipeline(args)
+
+
+def _add_common_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML settings file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faceguard", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="the model pack").add_subparsers(
+        dest="models_command", required=True
+    )
+    build = models.add_parser("build", help="fetch, convert, check and install the models")
+    build.add_argument("--cache-dir", type=Path, help="download and build cache")
+    build.add_argument(
+        "--record", action="store_true", help="accept built files whose sha256 differs"
+    )
+    build.set_defaults(handler=_models_build)
+
+    analyze = commands.add_parser(
+        "analyze", help="faces, quality, liveness and match scores of images"
+    )
+    analyze.add_argument("images", nargs="*", type=Path, help="default: the sample photos")
+    _add_common_pipeline_options(analyze)
+    analyze.set_defaults(handler=_analyze)
+
+    evaluation = commands.add_parser("eval", help="measure accuracy on labelled data")
+    evals = evaluation.add_subparsers(dest="eval_command", required=True)
+    verify = evals.add_parser("verify", help="1:1 verification on a pairs file")
+    verify.add_argument("--pairs", type=Path, required=True, help="CSV with columns a,b,same")
+    verify.add_argument("--root", type=Path, required=True, help="folder the paths are under")
+    verify.add_argument("--plot", type=Path, help="write ROC and DET curves to this PNG")
+    identify = evals.add_parser("identify", help="1:N identification on a folder per person")
+    identify.add_argument("--root", type=Path, required=True)
+    liveness = evals.add_parser("liveness", help="presentation attack detection")
+    liveness.add_argument("--root", type=Path, required=True, help="has live/ and spoof/")
+    liveness.add_argument("--threshold", type=float, help="default: the manifest's")
+    calibrate = evals.add_parser(
+        "calibrate", help="fusion weights and thresholds per FMR, written to the manifest"
+    )
+    calibrate.add_argument("--pairs", type=Path, required=True, help="training pairs CSV")
+    calibrate.add_argument("--root", type=Path, required=True, help="folder the paths are under")
+    calibrate.add_argument(
+        "--faces", type=Path, action="append", default=[],
+        help="folder-per-person tree whose cross-person pairs are impostors (repeatable)",
+    )  # fmt: skip
+    calibrate.add_argument("--write", action="store_true", help="update models/manifest.toml")
+    for sub in (verify, identify, liveness, calibrate):
+        _add_common_pipeline_options(sub)
+        sub.set_defaults(handler=_eval)
+
+    bench = commands.add_parser("bench", help="latency benchmarks").add_subparsers(
+        dest="bench_command", required=True
+    )
+    pipeline = bench.add_parser("pipeline", help="median latency of each pipeline stage")
+    pipeline.add_argument("--repeat", type=int, default=30, help="timed runs per case")
+    _add_common_pipeline_options(pipeline)
+    pipeline.set_defaults(handler=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=True)],
+    )
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""`faceguard eval ...`: accuracy figures from labelled data, printed as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import replace
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomlkit
+from rich.console import Console
+from rich.table import Table
+
+from service.config import load_settings, operating_threshold
+from service.evaluation import metrics, runner
+from service.evaluation.plots import plot_roc_det
+from service.modelpack.manifest import MANIFEST_PATH, load_manifest
+from service.vision.pipeline import FacePipeline, primary_face
+
+log = logging.getLogger(__name__)
+
+FMR_TARGETS = ("1e-3", "1e-4", "1e-5")
+
+
+def _pipeline(args: argparse.Namespace, liveness: bool = False) -> FacePipeline:
+    settings = load_settings(args.config)
+    return FacePipeline(replace(settings.pipeline_config(), liveness=liveness))
+
+
+def _emit(args: argparse.Namespace, title: str, figures: dict[str, Any]) -> None:
+    """Print the figures as one JSON object (--json) or as a table."""
+    if args.json:
+        sys.stdout.write(json.dumps(figures) + "\n")
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in figures.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else f"{value}")
+    Console().print(table)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    pairs = runner.read_pairs(args.pairs)
+    pipeline = _pipeline(args)
+    analyses = runner.analyse_all(pipeline, args.root, chain.from_iterable((p.a, p.b) for p in pairs))
+    scores, labels = runner.pair_scores(pairs, analyses)
+    settings = load_settings(args.config)
+    threshold = operating_threshold(load_manifest(), settings.vision.fmr_target)
+    failed = sum(1 for a in analyses.values() if a is None)
+    report = metrics.verification_report(scores, labels, failed, threshold)
+    if args.plot:
+        plot_roc_det(scores, labels, args.plot, f"{args.pairs.name}: {pipeline.embedder.spec.version}")
+    _emit(args, f"verification: {args.pairs.name}", report.to_dict())
+    return 0
+
+
+def run_identify(args: argparse.Namespace) -> int:
+    people = runner.identity_tree(args.root)
+    pipeline = _pipeline(args)
+    analyses = runner.analyse_all(pipeline, args.root, chain.from_iterable(people.values()))
+    data = runner.identification_scores(people, analyses)
+    report = metrics.identification_report(data.similarities, data.probe_ids, data.gallery_ids)
+    figures = report.to_dict() | {"failed_images": data.failed_images}
+    _emit(args, f"identification: {args.root.name}", figures)
+    return 0
+
+
+def run_liveness(args: argparse.Namespace) -> int:
+    pipeline = _pipeline(args, liveness=True)
+    scores, attacks, undetected = runner.liveness_scores(pipeline, args.root)
+    table = load_manifest().section("liveness")
+    threshold = args.threshold if args.threshold is not None else float(table["threshold"])
+    report = metrics.pad_report(scores, attacks, threshold)
+    figures = report.to_dict() | {
+        "model": pipeline.liveness_model.model.name,
+        "threshold": threshold,
+        "no_face_detected": undetected,
+    }
+    _emit(args, f"liveness: {args.root.name}", figures)
+    return 0
+
+
+def member_vectors(pipeline: FacePipeline, path: Path) -> list[np.ndarray] | None:
+    """Each member network's unit embedding of the image's main face (None: no face)."""
+    analysis_image = pipeline.decode(path.read_bytes())
+    face = primary_face(pipeline.detect(analysis_image), analysis_image)
+    if face is None:
+        return None
+    chips = pipeline.align(analysis_image, [face])
+    embedder = pipeline.embedder
+    return [m(c, embedder.spec.flip)[0] for m, c in zip(embedder.members, chips)]
+
+
+def _cross_person_impostors(vectors: np.ndarray, people: np.ndarray) -> np.ndarray:
+    """Cosines of every pair of images of different people (upper triangle)."""
+    sims = vectors @ vectors.T
+    rows, cols = np.triu_indices(len(vectors), k=1)
+    different = people[rows] != people[cols]
+    return sims[rows[different], cols[different]]
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Fusion weights from training-pair impostor spread; thresholds per FMR target.
+
+    Weights are 1/sqrt(std) of each member's impostor cosines on the training pairs, which
+    makes the fused cosine rank pairs as the sum of z-normalised member scores. Thresholds are
+    set on the impostor scores of the training pairs plus every cross-person pair of the
+    `--faces` trees.
+    """
+    pipeline = _pipeline(args)
+    pairs = runner.read_pairs(args.pairs)
+    def key(path: Path) -> Path:
+        return path.resolve()
+
+    paths = {key(args.root / name) for p in pairs for name in (p.a, p.b)}
+    trees = [(tree, runner.identity_tree(tree)) for tree in args.faces]
+    paths |= {key(tree / n) for tree, people in trees for images in people.values() for n in images}
+    vectors: dict[Path, list[np.ndarray] | None] = {}
+    with runner.Progress(transient=True) as progress:
+        task = progress.add_task("embedding", total=len(paths))
+        for path in sorted(paths):
+            vectors[path] = member_vectors(pipeline, path)
+            progress.advance(task)
+    members = pipeline.embedder.members
+    pair_vectors = [(vectors[key(args.root / p.a)], vectors[key(args.root / p.b)]) for p in pairs]
+    ok = [i for i, (a, b) in enumerate(pair_vectors) if a is not None and b is not None]
+    member_scores = np.array(
+        [[float(a @ b) for a, b in zip(*pair_vectors[i])] for i in ok]
+    )
+    labels = np.array([pairs[i].same for i in ok])
+    impostor_std = member_scores[~labels].std(axis=0)
+    weights = 1.0 / np.sqrt(impostor_std)
+    w2 = weights**2 / (weights**2).sum()
+
+    tree_images = [
+        (vectors[key(tree / name)], f"{tree}/{person}")
+        for tree, people in trees
+        for person, images in people.items()
+        for name in images
+        if vectors[key(tree / name)] is not None
+    ]
+    scale = np.sqrt((weights**2).sum())
+    fused = np.stack([
+        np.concatenate([w * v for w, v in zip(weights, parts)]) / scale for parts, _ in tree_images
+    ])  # fmt: skip
+    impostors = np.concatenate([
+        member_scores[~labels] @ w2,
+        _cross_person_impostors(fused, np.array([person for _, person in tree_images])),
+    ])  # fmt: skip
+    genuine = member_scores[labels] @ w2
+    scores = np.concatenate([genuine, impostors])
+    truth = np.concatenate([np.ones(len(genuine)), np.zeros(len(impostors))])
+    thresholds = {
+        target: metrics.threshold_at_fmr(scores, truth, float(target)) for target in FMR_TARGETS
+    }
+    figures = {
+        "images": len(paths),
+        "failed_images": sum(1 for v in vectors.values() if v is None),
+        "genuine_pairs": len(genuine),
+        "impostor_pairs": len(impostors),
+        "members": [m.name for m in members],
+        "impostor_std": [round(float(s), 6) for s in impostor_std],
+        "weights": [round(float(w), 6) for w in weights],
+        "thresholds": {k: round(v, 6) for k, v in thresholds.items()},
+        "tar_at_thresholds": {
+            k: round(float((genuine >= v).mean()), 6) for k, v in thresholds.items()
+        },
+    }
+    if args.write:
+        _write_calibration(figures)
+    _emit(args, "calibration", figures)
+    return 0
+
+
+def _write_calibration(figures: dict[str, Any]) -> None:
+    """Store weights and thresholds in the manifest's `[embedder]` table."""
+    document = tomlkit.parse(MANIFEST_PATH.read_text(encoding="utf-8"))
+    embedder = document["embedder"]
+    embedder["weights"] = figures["weights"]
+    thresholds = tomlkit.table()
+    for key, value in figures["thresholds"].items():
+        thresholds[key] = value
+    embedder["thresholds"] = thresholds
+    embedder["calibration"] = {
+        "impostor_pairs": figures["impostor_pairs"],
+        "genuine_pairs": figures["genuine_pairs"],
+        "tar_at_thresholds": figures["tar_at_thresholds"],
+    }
+    tmp = MANIFEST_PATH.with_suffix(".toml.partial")
+    tmp.write_text(tomlkit.dumps(document), encoding="utf-8")
+    tmp.replace(MANIFEST_PATH)

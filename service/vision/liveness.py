@@ -1,0 +1,85 @@
+"""Passive (single-frame) liveness: a model's score that a face crop shows a live person.
+
+No registry model is trustworthy on its own (see the manifest's measured error), so this is a
+weak signal for the risk layer, never a pass/fail gate. Each model's crop and output reading are
+described in its manifest entry:
+
+- `crop_scale`: the detector box is squared and scaled by this factor before resizing;
+- `reading`: how outputs become a live score in [0, 1]:
+  - `tree_leaf_spoof`: FaceAntiSpoofing's tree network; spoof = sum(|class pred| * leaf mask)
+    (as the package's app computes it), live = 1 - min(spoof, 1);
+  - `sigmoid_live` / `softmax_live`: a single logit or a two-way softmax, `live_index` giving
+    which output means live (measured, not taken from documentation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from service.modelpack.manifest import Model
+from service.vision.runtime import create_session
+from service.vision.types import Face, Liveness
+
+
+def square_crop(rgb: np.ndarray, face: Face, scale: float, size: int) -> np.ndarray:
+    """The face box squared around its centre, scaled, cut out (zero padded) and resized."""
+    x1, y1, x2, y2 = face.box
+    side = max(x2 - x1, y2 - y1) * scale
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    ratio = size / side
+    matrix = np.array([[ratio, 0, size / 2.0 - cx * ratio], [0, ratio, size / 2.0 - cy * ratio]])
+    return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_AREA, borderValue=(0, 0, 0))
+
+
+def _tree_leaf_spoof(outputs: dict[str, np.ndarray], model: Model) -> np.ndarray:
+    preds = outputs[model.extra["class_output"]]
+    mask = outputs[model.extra["leaf_output"]]
+    spoof = (np.abs(preds) * mask).sum(axis=1)
+    return 1.0 - np.minimum(spoof, 1.0)
+
+
+def _sigmoid_live(outputs: dict[str, np.ndarray], model: Model) -> np.ndarray:
+    first = next(iter(outputs.values()))
+    live = 1.0 / (1.0 + np.exp(-first.reshape(len(first), -1)[:, 0]))
+    return live if int(model.extra.get("live_index", 0)) == 0 else 1.0 - live
+
+
+def _softmax_live(outputs: dict[str, np.ndarray], model: Model) -> np.ndarray:
+    logits = next(iter(outputs.values()))
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = shifted / shifted.sum(axis=1, keepdims=True)
+    return probs[:, int(model.extra.get("live_index", 0))]
+
+
+READINGS = {
+    "tree_leaf_spoof": _tree_leaf_spoof,
+    "sigmoid_live": _sigmoid_live,
+    "softmax_live": _softmax_live,
+}
+
+
+class LivenessModel:
+    """A passive liveness network over face crops, batched across faces."""
+
+    def __init__(self, model: Model, path: Path, threads: int) -> None:
+        self.model = model
+        self.size = int(model.input["height"])
+        self.mean = float(model.input.get("mean", 0.0))
+        self.std = float(model.input.get("std", 1.0))
+        self.crop_scale = float(model.extra.get("crop_scale", 1.0))
+        self._read = READINGS[model.extra["reading"]]
+        self._session = create_session(path, threads)
+        self._input = self._session.get_inputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def crops(self, rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
+        return np.stack([square_crop(rgb, f, self.crop_scale, self.size) for f in faces])
+
+    def __call__(self, crops: np.ndarray) -> list[Liveness]:
+        batch = (crops.astype(np.float32) - self.mean) / self.std
+        values = self._session.run(None, {self._input: batch})
+        live = self._read(dict(zip(self._outputs, values)), self.model)
+        return [Liveness(score=float(s), model=self.model.name) for s in live]

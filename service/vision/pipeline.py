@@ -1,0 +1,135 @@
+"""`FacePipeline`: image bytes in, one `FaceAnalysis` per face out.
+
+decode -> detect -> quality -> align -> liveness -> embed. Every model's onnxruntime session is
+created once, when the pipeline is built, from the manifest's verified files; the per-face
+stages run batched across all faces of the image. Each stage is also a method of its own so the
+benchmark can time it and callers that already hold decoded pixels can skip decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.modelpack.manifest import MODELS_DIR, Manifest, load_manifest, verified_model_path
+from service.vision.decode import DecodeLimits, decode_image
+from service.vision.detect import DetectorConfig, MtcnnDetector
+from service.vision.embed import FusedEmbedder, FusionSpec, NetworkEmbedder
+from service.vision.liveness import LivenessModel
+from service.vision.quality import QualityPolicy, assess_quality
+from service.vision.types import Embedding, Face, FaceAnalysis, Image, Quality
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Pipeline settings; `threads` is onnxruntime's intra-op thread count per model."""
+
+    threads: int = 2
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    decode: DecodeLimits = field(default_factory=DecodeLimits)
+    quality: QualityPolicy = field(default_factory=QualityPolicy)
+    liveness: bool = True
+
+
+def fusion_spec(manifest: Manifest) -> FusionSpec:
+    table = manifest.section("embedder")
+    return FusionSpec(
+        version=str(table["version"]),
+        members=tuple(table["members"]),
+        weights=tuple(float(w) for w in table["weights"]),
+        flip=bool(table["flip"]),
+    )
+
+
+def primary_face(faces: list[Face], image: Image) -> Face | None:
+    """The face a single-subject photo is about: the largest, ties broken towards the centre."""
+    if not faces:
+        return None
+    centre = np.array([image.width / 2.0, image.height / 2.0])
+    diagonal = float(np.hypot(image.width, image.height))
+
+    def weight(face: Face) -> float:
+        offset = np.linalg.norm((face.box[:2] + face.box[2:]) / 2.0 - centre) / diagonal
+        return face.width * face.height * (1.0 - offset)
+
+    return max(faces, key=weight)
+
+
+class FacePipeline:
+    """The face pipeline over the models named in the manifest."""
+
+    def __init__(
+        self,
+        config: PipelineConfig = PipelineConfig(),
+        manifest: Manifest | None = None,
+        models_dir: Path = MODELS_DIR,
+    ) -> None:
+        self.config = config
+        manifest = manifest or load_manifest()
+        models = manifest.models
+        threads = config.threads
+
+        def path(name: str) -> Path:
+            return verified_model_path(models[name], models_dir)
+
+        self.detector = MtcnnDetector(
+            path("mtcnn_pnet"), path("mtcnn_rnet"), path("mtcnn_onet"), threads
+        )
+        spec = fusion_spec(manifest)
+        self.embedder = FusedEmbedder(
+            spec, [NetworkEmbedder(models[n], path(n), threads) for n in spec.members]
+        )
+        liveness_name = manifest.section("liveness").get("model")
+        self.liveness_model = (
+            LivenessModel(models[liveness_name], path(liveness_name), threads)
+            if config.liveness and liveness_name
+            else None
+        )
+        self.model_versions = {
+            "detector": "mtcnn@" + manifest.sources[models["mtcnn_pnet"].source].spec,
+            "embedder": spec.version,
+        }
+        if self.liveness_model:
+            self.model_versions["liveness"] = liveness_name
+
+    def decode(self, data: bytes) -> Image:
+        return decode_image(data, self.config.decode)
+
+    def detect(self, image: Image) -> list[Face]:
+        return self.detector(image.rgb, self.config.detector)
+
+    def quality(self, image: Image, faces: list[Face]) -> list[Quality]:
+        return [assess_quality(image, face, self.config.quality) for face in faces]
+
+    def align(self, image: Image, faces: list[Face]) -> list[np.ndarray]:
+        return self.embedder.chips(image.rgb, [f.landmarks for f in faces])
+
+    def embed(self, chips: list[np.ndarray]) -> list[Embedding]:
+        vectors = self.embedder(chips)
+        return [Embedding(vector=v, model=self.embedder.spec.version) for v in vectors]
+
+    def analyse_faces(self, image: Image, faces: list[Face]) -> list[FaceAnalysis]:
+        """Quality, liveness and embedding for faces already detected in `image`."""
+        if not faces:
+            return []
+        qualities = self.quality(image, faces)
+        embeddings = self.embed(self.align(image, faces))
+        liveness = (
+            self.liveness_model(self.liveness_model.crops(image.rgb, faces))
+            if self.liveness_model
+            else [None] * len(faces)
+        )
+        return [
+            FaceAnalysis(face=f, quality=q, liveness=lv, embedding=e)
+            for f, q, lv, e in zip(faces, qualities, liveness, embeddings)
+        ]
+
+    def analyse(self, data: bytes) -> list[FaceAnalysis]:
+        """Every face in the image bytes, best detector score first.
+
+        Raises `ImageDecodeError` for bytes that are not an acceptable image.
+        """
+        image = self.decode(data)
+        return self.analyse_faces(image, self.detect(image))
