@@ -77,7 +77,6 @@ def run_liveness(args: argparse.Namespace) -> int:
     report = metrics.pad_report(scores, attacks, threshold)
     figures = report.to_dict() | {
         "model": pipeline.liveness_model.model.name,
-        "threshold": threshold,
         "no_face_detected": undetected,
     }
     _emit(args, f"liveness: {args.root.name}", figures)
@@ -154,6 +153,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     genuine = member_scores[labels] @ w2
     scores = np.concatenate([genuine, impostors])
     truth = np.concatenate([np.ones(len(genuine)), np.zeros(len(impostors))])
+    unresolvable = [t for t in FMR_TARGETS if not metrics.fmr_is_resolvable(len(impostors), float(t))]
+    if unresolvable:
+        raise ValueError(
+            f"{len(impostors)} impostor pairs cannot measure FMR {', '.join(unresolvable)}: "
+            "add --faces trees"
+        )
     thresholds = {
         target: metrics.threshold_at_fmr(scores, truth, float(target)) for target in FMR_TARGETS
     }

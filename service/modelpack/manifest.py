@@ -8,12 +8,16 @@ the service only reads it.
 from __future__ import annotations
 
 import hashlib
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+# The checkout's models/ folder; an installed service (e.g. the container) points elsewhere.
+MODELS_DIR = Path(
+    os.environ.get("FACEGUARD_MODELS_DIR", Path(__file__).resolve().parents[2] / "models")
+)
 MANIFEST_PATH = MODELS_DIR / "manifest.toml"
 
 

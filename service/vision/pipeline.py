@@ -44,17 +44,21 @@ def fusion_spec(manifest: Manifest) -> FusionSpec:
 
 
 def primary_face(faces: list[Face], image: Image) -> Face | None:
-    """The face a single-subject photo is about: the largest, ties broken towards the centre."""
+    """The face a single-subject photo or frame is about: the one nearest the image centre.
+
+    Distance is measured in units of each face's own size, so a large face slightly off centre
+    still wins over a small face in the background, while a bystander beside the subject
+    (common in press photos and at a kiosk) does not take over however large it is.
+    """
     if not faces:
         return None
     centre = np.array([image.width / 2.0, image.height / 2.0])
-    diagonal = float(np.hypot(image.width, image.height))
 
-    def weight(face: Face) -> float:
-        offset = np.linalg.norm((face.box[:2] + face.box[2:]) / 2.0 - centre) / diagonal
-        return face.width * face.height * (1.0 - offset)
+    def distance(face: Face) -> float:
+        offset = np.linalg.norm((face.box[:2] + face.box[2:]) / 2.0 - centre)
+        return float(offset / np.sqrt(max(face.width * face.height, 1.0)))
 
-    return max(faces, key=weight)
+    return min(faces, key=distance)
 
 
 class FacePipeline:

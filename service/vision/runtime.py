@@ -16,7 +16,7 @@ def create_session(path: Path, threads: int) -> ort.InferenceSession:
     """Open an ONNX model on the CPU with `threads` intra-op threads and no inter-op pool.
 
     Inter-op parallelism is off because these graphs are chains of convolutions; a second pool
-    would only compete with concurrent requests for the same cores.
+    would only compete with concurrent requests for the same cores. Spinning is off too.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
@@ -24,6 +24,9 @@ def create_session(path: Path, threads: int) -> ort.InferenceSession:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Idle worker threads would otherwise spin for a while after each run, stealing the cores
+    # from the next model in the pipeline (several sessions share two cores here).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
