@@ -12,8 +12,12 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
+
+from service.config import SettingsError
+from service.modelpack.manifest import ModelIntegrityError
 
 log = logging.getLogger("faceguard")
 
@@ -121,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=True)],
     )
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except (SettingsError, ValidationError, ModelIntegrityError, FileNotFoundError) as exc:
+        # Bad settings, missing files or models: a message, not a traceback.
+        log.error("%s", exc)
+        return 1
 
 
 if __name__ == "__main__":

