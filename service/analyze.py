@@ -59,13 +59,20 @@ def analyse_files(pipeline: FacePipeline, paths: list[Path]) -> dict[str, Any]:
             continue
         faces = pipeline.detect(image)
         analyses = pipeline.analyse_faces(image, faces)
-        images[path.name] = {"size": [image.width, image.height], "faces": [describe(a) for a in analyses]}
+        images[path.name] = {
+            "size": [image.width, image.height],
+            "faces": [describe(a) for a in analyses],
+        }
         main = primary_face(faces, image)
         if main is not None:
             primaries[path.name] = analyses[faces.index(main)]
     names = list(primaries)
     matches = [
-        {"a": a, "b": b, "score": round(float(primaries[a].embedding.vector @ primaries[b].embedding.vector), 4)}
+        {
+            "a": a,
+            "b": b,
+            "score": round(float(primaries[a].embedding.vector @ primaries[b].embedding.vector), 4),
+        }
         for i, a in enumerate(names)
         for b in names[i + 1 :]
     ]
@@ -92,7 +99,9 @@ def _print(result: dict[str, Any], threshold: float) -> None:
     for column in ("a", "b", "cosine", "decision"):
         matches.add_column(column)
     for m in result["matches"]:
-        matches.add_row(m["a"], m["b"], f"{m['score']:.3f}", "MATCH" if m["score"] >= threshold else "no match")
+        matches.add_row(
+            m["a"], m["b"], f"{m['score']:.3f}", "MATCH" if m["score"] >= threshold else "no match"
+        )
     console.print(matches)
 
 

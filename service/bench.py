@@ -49,7 +49,9 @@ def framed_face(pipeline: FacePipeline, photo: bytes, size: tuple[int, int]) -> 
         crop = np.ascontiguousarray(image.rgb[y1:y2, x1:x2])
         shift = (width / 2 - (cx - x1) * scale, height / 2 - (cy - y1) * scale)
         matrix = np.array([[scale, 0, shift[0]], [0, scale, shift[1]]])
-        frame = cv2.warpAffine(crop, matrix, size, flags=cv2.INTER_LINEAR, borderValue=(128, 128, 128))
+        frame = cv2.warpAffine(
+            crop, matrix, size, flags=cv2.INTER_LINEAR, borderValue=(128, 128, 128)
+        )
         ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         if not ok:
             raise RuntimeError("JPEG encoding failed")
@@ -119,7 +121,9 @@ def run_bench_pipeline(args: argparse.Namespace) -> int:
     columns = [*STAGES, "detect_quality_align_embed", "total"]
     table.add_column("case")
     for column in columns:
-        table.add_column("d+q+a+e" if column == "detect_quality_align_embed" else column, justify="right")
+        table.add_column(
+            "d+q+a+e" if column == "detect_quality_align_embed" else column, justify="right"
+        )
     for name in ("640x480", "1920x1080"):
         for threads, row in results[name].items():
             table.add_row(f"{name} {threads}", *(f"{row[c]:.1f}" for c in columns))

@@ -55,9 +55,21 @@ def test_eval_verify_counts_a_faceless_image_as_a_failed_comparison(
     pairs = tmp_path / "pairs.csv"
     lines = (shared_data / "pairs" / "lfw_view1_test.csv").read_text().splitlines()
     faceless = "detect/noface/faceapi_white.png"
-    pairs.write_text("\n".join([*lines[:21], *lines[-20:], f"{faceless},{lines[1].split(',')[0]},1"]))
+    pairs.write_text(
+        "\n".join([*lines[:21], *lines[-20:], f"{faceless},{lines[1].split(',')[0]},1"])
+    )
     plot = tmp_path / "roc.png"
-    result = run("eval", "verify", "--pairs", str(pairs), "--root", str(shared_data), "--json", "--plot", str(plot))
+    result = run(
+        "eval",
+        "verify",
+        "--pairs",
+        str(pairs),
+        "--root",
+        str(shared_data),
+        "--json",
+        "--plot",
+        str(plot),
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) == {

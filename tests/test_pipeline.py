@@ -76,7 +76,9 @@ def test_faces_are_found_in_a_large_frame_at_full_resolution_coordinates(
     big = cv2.resize(image.rgb, None, fx=3.0, fy=3.0, interpolation=cv2.INTER_LINEAR)
     large = pipeline.detect(Image(rgb=big, format="JPEG"))
     assert len(large) == len(small)
-    for a, b in zip(sorted(small, key=lambda f: f.box[0]), sorted(large, key=lambda f: f.box[0])):
+    for a, b in zip(
+        sorted(small, key=lambda f: f.box[0]), sorted(large, key=lambda f: f.box[0]), strict=True
+    ):
         assert np.allclose(a.box * 3.0, b.box, atol=0.08 * 3.0 * a.width)
 
 
@@ -97,7 +99,9 @@ def test_bad_bytes_raise_a_typed_error(pipeline: FacePipeline) -> None:
     assert err.value.reason == DecodeReason.UNSUPPORTED_FORMAT
 
 
-def test_embedding_is_stable_under_recompression(pipeline: FacePipeline, samples: list[Path]) -> None:
+def test_embedding_is_stable_under_recompression(
+    pipeline: FacePipeline, samples: list[Path]
+) -> None:
     image = pipeline.decode(samples[1].read_bytes())
     a = primary_face(pipeline.detect(image), image)
     again = pipeline.decode(_jpeg(image.rgb))

@@ -61,13 +61,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf2onnx  # noqa: E402
-from onnx import helper, numpy_helper  # noqa: E402
-from tf2onnx import tflite_utils  # noqa: E402
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tensorflow as tf
+import tf2onnx
+from onnx import helper, numpy_helper
+from tf2onnx import tflite_utils
 
 LOG = logging.getLogger("expo_tflite")
 

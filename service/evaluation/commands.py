@@ -16,10 +16,11 @@ import tomlkit
 from rich.console import Console
 from rich.table import Table
 
-from service.config import load_settings, operating_threshold
+from service.config import SettingsError, load_settings, operating_threshold
 from service.evaluation import metrics, runner
 from service.evaluation.plots import plot_roc_det
 from service.modelpack.manifest import MANIFEST_PATH, load_manifest
+from service.vision.embed import fuse
 from service.vision.pipeline import FacePipeline, primary_face
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,18 @@ def _emit(args: argparse.Namespace, title: str, figures: dict[str, Any]) -> None
 def run_verify(args: argparse.Namespace) -> int:
     pairs = runner.read_pairs(args.pairs)
     pipeline = _pipeline(args)
-    analyses = runner.analyse_all(pipeline, args.root, chain.from_iterable((p.a, p.b) for p in pairs))
+    analyses = runner.analyse_all(
+        pipeline, args.root, chain.from_iterable((p.a, p.b) for p in pairs)
+    )
     scores, labels = runner.pair_scores(pairs, analyses)
     settings = load_settings(args.config)
     threshold = operating_threshold(load_manifest(), settings.vision.fmr_target)
     failed = sum(1 for a in analyses.values() if a is None)
     report = metrics.verification_report(scores, labels, failed, threshold)
     if args.plot:
-        plot_roc_det(scores, labels, args.plot, f"{args.pairs.name}: {pipeline.embedder.spec.version}")
+        plot_roc_det(
+            scores, labels, args.plot, f"{args.pairs.name}: {pipeline.embedder.spec.version}"
+        )
     _emit(args, f"verification: {args.pairs.name}", report.to_dict())
     return 0
 
@@ -91,7 +96,7 @@ def member_vectors(pipeline: FacePipeline, path: Path) -> list[np.ndarray] | Non
         return None
     chips = pipeline.align(analysis_image, [face])
     embedder = pipeline.embedder
-    return [m(c, embedder.spec.flip)[0] for m, c in zip(embedder.members, chips)]
+    return [m(c, embedder.spec.flip)[0] for m, c in zip(embedder.members, chips, strict=True)]
 
 
 def _cross_person_impostors(vectors: np.ndarray, people: np.ndarray) -> np.ndarray:
@@ -112,6 +117,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     """
     pipeline = _pipeline(args)
     pairs = runner.read_pairs(args.pairs)
+
     def key(path: Path) -> Path:
         return path.resolve()
 
@@ -128,7 +134,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     pair_vectors = [(vectors[key(args.root / p.a)], vectors[key(args.root / p.b)]) for p in pairs]
     ok = [i for i, (a, b) in enumerate(pair_vectors) if a is not None and b is not None]
     member_scores = np.array(
-        [[float(a @ b) for a, b in zip(*pair_vectors[i])] for i in ok]
+        [[float(a @ b) for a, b in zip(*pair_vectors[i], strict=True)] for i in ok]
     )
     labels = np.array([pairs[i].same for i in ok])
     impostor_std = member_scores[~labels].std(axis=0)
@@ -142,10 +148,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         for name in images
         if vectors[key(tree / name)] is not None
     ]
-    scale = np.sqrt((weights**2).sum())
-    fused = np.stack([
-        np.concatenate([w * v for w, v in zip(weights, parts)]) / scale for parts, _ in tree_images
-    ])  # fmt: skip
+    fused = np.stack([fuse(parts, tuple(weights)) for parts, _ in tree_images])
     impostors = np.concatenate([
         member_scores[~labels] @ w2,
         _cross_person_impostors(fused, np.array([person for _, person in tree_images])),
@@ -153,9 +156,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     genuine = member_scores[labels] @ w2
     scores = np.concatenate([genuine, impostors])
     truth = np.concatenate([np.ones(len(genuine)), np.zeros(len(impostors))])
-    unresolvable = [t for t in FMR_TARGETS if not metrics.fmr_is_resolvable(len(impostors), float(t))]
+    unresolvable = [
+        t for t in FMR_TARGETS if not metrics.fmr_is_resolvable(len(impostors), float(t))
+    ]
     if unresolvable:
-        raise ValueError(
+        raise SettingsError(
             f"{len(impostors)} impostor pairs cannot measure FMR {', '.join(unresolvable)}: "
             "add --faces trees"
         )

@@ -55,7 +55,7 @@ def _draw_roc(ax: Axes, fmr: np.ndarray, tmr: np.ndarray, n_impostors: int, eer_
     bottom = np.floor(10 * min(tmr[shown].min(), 1 - eer_)) / 10
     ax.set_ylim(max(0.0, bottom - 0.05), 1.005)
     ax.set_xlabel("False match rate (FMR)")
-    ax.set_ylabel("True match rate (1 − FNMR)")
+    ax.set_ylabel("True match rate (1 - FNMR)")
     ax.set_title("ROC")
     ax.grid(True, which="major", alpha=0.5)
     ax.grid(True, which="minor", alpha=0.15)

@@ -75,9 +75,7 @@ def pair_scores(
     scores = np.empty(len(pairs))
     for i, pair in enumerate(pairs):
         a, b = analyses[pair.a], analyses[pair.b]
-        scores[i] = (
-            float(a.embedding.vector @ b.embedding.vector) if a and b else FAILED_SCORE
-        )
+        scores[i] = float(a.embedding.vector @ b.embedding.vector) if a and b else FAILED_SCORE
     return scores, np.array([p.same for p in pairs], dtype=np.int8)
 
 
@@ -132,9 +130,7 @@ def identification_scores(
     return IdentificationData(sims, probe_ids, gallery_ids, failed)
 
 
-def liveness_scores(
-    pipeline: FacePipeline, root: Path
-) -> tuple[np.ndarray, np.ndarray, int]:
+def liveness_scores(pipeline: FacePipeline, root: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """Live score and attack label for every image under `root/live` and `root/spoof`.
 
     A crop in which no face is detected is scored as the whole image, since the liveness

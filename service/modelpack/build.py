@@ -141,9 +141,7 @@ def _sample_images(manifest: Manifest, cache_dir: Path, workdir: Path) -> list[P
     return [root / name for name in samples["files"]]
 
 
-def _convert(
-    manifest: Manifest, source: Source, cache_dir: Path, out_dir: Path
-) -> list[dict]:
+def _convert(manifest: Manifest, source: Source, cache_dir: Path, out_dir: Path) -> list[dict]:
     """Fetch, verify and convert one source into `out_dir`; return the converter's checks."""
     python = ensure_convert_env(cache_dir)
     with tempfile.TemporaryDirectory(prefix="faceguard-build-") as tmp:
@@ -168,9 +166,7 @@ def _convert(
             check["model"], check["max_abs_diff"], check["tolerance"], check["inputs"],
         )  # fmt: skip
     if result.returncode != 0:
-        raise BuildError(
-            f"converting {source.spec} failed:\n{result.stderr.strip()[-3000:]}"
-        )
+        raise BuildError(f"converting {source.spec} failed:\n{result.stderr.strip()[-3000:]}")
     return checks
 
 

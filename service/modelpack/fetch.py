@@ -26,7 +26,15 @@ def _download(source: Source, into: Path) -> Path:
     if source.client == "npm":
         command = ["npm", "pack", source.spec, "--pack-destination", str(into), "--silent"]
     elif source.client == "pip":
-        command = ["pip", "download", "--no-deps", "--no-build-isolation", "-d", str(into), source.spec]
+        command = [
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-build-isolation",
+            "-d",
+            str(into),
+            source.spec,
+        ]
     else:
         raise FetchError(f"{source.spec}: unknown client {source.client!r}")
     if shutil.which(command[0]) is None:

@@ -145,7 +145,7 @@ class MtcnnDetector:
         if factor < 1.0:
             size = (max(1, round(width * factor)), max(1, round(height * factor)))
             small = shrink(rgb, size)
-        min_face = max(PNET_CELL, int(round(config.min_face * factor)))
+        min_face = max(PNET_CELL, round(config.min_face * factor))
         boxes = self._proposals(small, min_face, config)
         if len(boxes):
             boxes = self._refine(small, boxes, config)
@@ -156,7 +156,7 @@ class MtcnnDetector:
         landmarks /= factor
         return [
             Face(box=box[:4].astype(np.float32), score=float(box[4]), landmarks=lm)
-            for box, lm in zip(boxes, landmarks.astype(np.float32))
+            for box, lm in zip(boxes, landmarks.astype(np.float32), strict=True)
         ]
 
     def _proposals(self, image: np.ndarray, min_face: int, config: DetectorConfig) -> np.ndarray:

@@ -25,6 +25,12 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def fuse(parts: list[np.ndarray], weights: tuple[float, ...]) -> np.ndarray:
+    """Weighted concatenation of members' unit embeddings (N x d_i each), renormalised."""
+    weighted = [w * p for w, p in zip(weights, parts, strict=True)]
+    return l2_normalise(np.concatenate(weighted, axis=-1)).astype(np.float32)
+
+
 class NetworkEmbedder:
     """One embedding network: aligned chips in, unit embeddings out."""
 
@@ -73,8 +79,5 @@ class FusedEmbedder:
         return [np.stack([m.chip(rgb, lm) for lm in landmarks]) for m in self.members]
 
     def __call__(self, chips: list[np.ndarray]) -> np.ndarray:
-        parts = [
-            weight * member(batch, self.spec.flip)
-            for member, weight, batch in zip(self.members, self.spec.weights, chips)
-        ]
-        return l2_normalise(np.concatenate(parts, axis=1)).astype(np.float32)
+        parts = [m(batch, self.spec.flip) for m, batch in zip(self.members, chips, strict=True)]
+        return fuse(parts, self.spec.weights)

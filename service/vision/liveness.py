@@ -81,5 +81,5 @@ class LivenessModel:
     def __call__(self, crops: np.ndarray) -> list[Liveness]:
         batch = (crops.astype(np.float32) - self.mean) / self.std
         values = self._session.run(None, {self._input: batch})
-        live = self._read(dict(zip(self._outputs, values)), self.model)
+        live = self._read(dict(zip(self._outputs, values, strict=True)), self.model)
         return [Liveness(score=float(s), model=self.model.name) for s in live]

@@ -127,7 +127,7 @@ class FacePipeline:
         )
         return [
             FaceAnalysis(face=f, quality=q, liveness=lv, embedding=e)
-            for f, q, lv, e in zip(faces, qualities, liveness, embeddings)
+            for f, q, lv, e in zip(faces, qualities, liveness, embeddings, strict=True)
         ]
 
     def analyse(self, data: bytes) -> list[FaceAnalysis]:
