@@ -1,23 +1,32 @@
 # The README's two commands: `make run` (set up, then run on embedded defaults) and
 # `make test` (set up, then run the whole test suite). Both are idempotent: the virtualenv is
-# rebuilt only when pyproject.toml changes, and `faceguard models build` does nothing when the
-# models are already built (downloads and conversions are cached per user).
+# rebuilt only when pyproject.toml changes, the gRPC code only when a .proto changes, and
+# `faceguard models build` does nothing when the models are already built (downloads and
+# conversions are cached per user).
 VENV := .venv
 BIN := $(VENV)/bin
+PROTOS := $(wildcard protos/faceguard/v1/*.proto)
+GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
 
 .PHONY: setup run test
 
 $(BIN)/faceguard: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,protos]' --config-settings editable_mode=compat
 	touch $@
 
-setup: $(BIN)/faceguard
+# Generated gRPC code (a top-level `faceguard` package, as the proto package is named): built
+# here, never edited, never committed.
+$(GENERATED) &: $(PROTOS) $(BIN)/faceguard
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. \
+		--grpc_python_out=. $(PROTOS)
+
+setup: $(BIN)/faceguard $(GENERATED)
 	$(BIN)/faceguard models build
 
 run: setup
-	$(BIN)/faceguard analyze
+	$(BIN)/faceguard serve
 
 test: setup
 	$(BIN)/python -m pytest

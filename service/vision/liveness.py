@@ -8,8 +8,8 @@ described in its manifest entry:
 - `reading`: how outputs become a live score in [0, 1]:
   - `tree_leaf_spoof`: FaceAntiSpoofing's tree network; spoof = sum(|class pred| * leaf mask)
     (as the package's app computes it), live = 1 - min(spoof, 1);
-  - `sigmoid_live` / `softmax_live`: a single logit or a two-way softmax, `live_index` giving
-    which output means live (measured, not taken from documentation).
+  - `probability`: a score in [0, 1] from output `score_output`; `live_is_low` says which way
+    round it reads (measured on the development data, not taken from documentation).
 """
 
 from __future__ import annotations
@@ -25,13 +25,19 @@ from service.vision.types import Face, Liveness
 
 
 def square_crop(rgb: np.ndarray, face: Face, scale: float, size: int) -> np.ndarray:
-    """The face box squared around its centre, scaled, cut out (zero padded) and resized."""
+    """The face box squared around its centre, scaled, cut out and resized.
+
+    Where the square leaves the image it is filled by reflection: a black border is itself a
+    strong cue to these models (measured: it turns one of them into a coin toss on tight crops).
+    """
     x1, y1, x2, y2 = face.box
     side = max(x2 - x1, y2 - y1) * scale
     cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
     ratio = size / side
     matrix = np.array([[ratio, 0, size / 2.0 - cx * ratio], [0, ratio, size / 2.0 - cy * ratio]])
-    return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_AREA, borderValue=(0, 0, 0))
+    return cv2.warpAffine(
+        rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
 
 
 def _tree_leaf_spoof(outputs: dict[str, np.ndarray], model: Model) -> np.ndarray:
@@ -41,23 +47,14 @@ def _tree_leaf_spoof(outputs: dict[str, np.ndarray], model: Model) -> np.ndarray
     return 1.0 - np.minimum(spoof, 1.0)
 
 
-def _sigmoid_live(outputs: dict[str, np.ndarray], model: Model) -> np.ndarray:
-    first = next(iter(outputs.values()))
-    live = 1.0 / (1.0 + np.exp(-first.reshape(len(first), -1)[:, 0]))
-    return live if int(model.extra.get("live_index", 0)) == 0 else 1.0 - live
-
-
-def _softmax_live(outputs: dict[str, np.ndarray], model: Model) -> np.ndarray:
-    logits = next(iter(outputs.values()))
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs = shifted / shifted.sum(axis=1, keepdims=True)
-    return probs[:, int(model.extra.get("live_index", 0))]
+def _probability(outputs: dict[str, np.ndarray], model: Model) -> np.ndarray:
+    score = outputs[model.extra["score_output"]].reshape(-1)
+    return 1.0 - score if model.extra["live_is_low"] else score
 
 
 READINGS = {
     "tree_leaf_spoof": _tree_leaf_spoof,
-    "sigmoid_live": _sigmoid_live,
-    "softmax_live": _softmax_live,
+    "probability": _probability,
 }
 
 

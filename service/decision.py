@@ -1,0 +1,53 @@
+"""The `Decision`: the one answer of every decision-making call, and how it is reached.
+
+Outcome rules at this stage (the risk policy refines them later):
+- a match at or above the calibrated threshold approves, below it declines (`NO_MATCH`);
+- a weak passive liveness signal never declines on its own, it sends an approval to human
+  review (`LIVENESS_WEAK`): the model's measured error is too high for a gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+APPROVE, REVIEW, DECLINE = "APPROVE", "REVIEW", "DECLINE"
+
+
+@dataclass(frozen=True)
+class Decision:
+    event_id: str
+    outcome: str
+    customer_id: str = ""
+    match_score: float | None = None
+    threshold: float | None = None
+    fmr_target: str = ""
+    quality_score: float | None = None
+    liveness_score: float | None = None
+    reason_codes: tuple[str, ...] = ()
+    model_versions: dict[str, str] = field(default_factory=dict)
+    decided_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def audit_payload(self) -> dict[str, object]:
+        """What the audit event keeps: scores and reasons, never images or templates."""
+        return {
+            "outcome": self.outcome,
+            "match_score": self.match_score,
+            "threshold": self.threshold,
+            "fmr_target": self.fmr_target,
+            "quality_score": self.quality_score,
+            "liveness_score": self.liveness_score,
+            "reason_codes": list(self.reason_codes),
+            "model_versions": self.model_versions,
+        }
+
+
+def match_outcome(
+    score: float | None, threshold: float, liveness: float | None, liveness_threshold: float
+) -> tuple[str, tuple[str, ...]]:
+    """Outcome and reasons of a comparison against the operating threshold."""
+    if score is None or score < threshold:
+        return DECLINE, ("NO_MATCH",)
+    if liveness is not None and liveness < liveness_threshold:
+        return REVIEW, ("MATCH", "LIVENESS_WEAK")
+    return APPROVE, ("MATCH",)

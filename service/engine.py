@@ -1,0 +1,328 @@
+"""The service's use cases: verify, identify, check liveness, enrol, update, delete, look up.
+
+Everything between the transport and the storage happens here: validate the request, run the
+face pipeline, pick the face, apply the quality gate, match against the gallery, reach a
+`Decision` and record it as an audit event. The API layer only converts messages and maps
+`FaceguardError`s to statuses; nothing here knows about gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from service.decision import APPROVE, DECLINE, Decision, match_outcome
+from service.errors import Conflict, InvalidInput, NotFound, TooLarge, Unprocessable
+from service.gallery.gallery import Gallery
+from service.gallery.store import ConsentRecord, CustomerRecord, NewEvent, NewTemplate
+from service.vision.decode import DecodeReason, ImageDecodeError
+from service.vision.pipeline import FacePipeline, primary_face
+from service.vision.types import FaceAnalysis
+
+log = logging.getLogger(__name__)
+
+CUSTOMER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Request limits and matching policy."""
+
+    threshold: float
+    fmr_target: str
+    liveness_threshold: float
+    max_frames: int = 10
+    max_images: int = 10
+    max_top_k: int = 100
+    max_page_size: int = 500
+    allow_multiple_faces: bool = False
+
+
+@dataclass(frozen=True)
+class Consent:
+    purpose: str
+    given_at: datetime
+    channel: str
+    operator_id: str
+    expires_at: datetime | None = None
+
+
+def check_customer_id(customer_id: str) -> str:
+    if not CUSTOMER_ID.match(customer_id or ""):
+        raise InvalidInput(
+            "INVALID_CUSTOMER_ID",
+            "customer_id must be 1-64 characters of letters, digits and . _ : @ -, "
+            "starting with a letter or digit",
+        )
+    return customer_id
+
+
+def check_count(items: list[bytes], limit: int, what: str) -> None:
+    if not items:
+        raise InvalidInput(f"NO_{what.upper()}", f"at least one {what[:-1]} is required")
+    if len(items) > limit:
+        raise TooLarge(f"TOO_MANY_{what.upper()}", f"at most {limit} {what} per request")
+
+
+def check_consent(consent: Consent | None) -> Consent:
+    if consent is None or not consent.purpose or not consent.channel or not consent.operator_id:
+        raise InvalidInput(
+            "CONSENT_REQUIRED", "a consent record with purpose, time, channel and operator is required"
+        )
+    if consent.expires_at is not None and consent.expires_at <= consent.given_at:
+        raise InvalidInput("CONSENT_EXPIRED", "the consent expires before it was given")
+    return consent
+
+
+class Engine:
+    """Use cases over one pipeline and one gallery; thread-safe as they are."""
+
+    def __init__(self, pipeline: FacePipeline, gallery: Gallery, policy: Policy) -> None:
+        self.pipeline = pipeline
+        self.gallery = gallery
+        self.policy = policy
+
+    # ---- faces -------------------------------------------------------------------------
+
+    def _analyse(self, data: bytes, index: int) -> list[FaceAnalysis]:
+        try:
+            image = self.pipeline.decode(data)
+        except ImageDecodeError as exc:
+            error = TooLarge if exc.reason == DecodeReason.TOO_LARGE else InvalidInput
+            raise error(str(exc.reason), f"image {index}: {exc}", image=str(index)) from exc
+        faces = self.pipeline.detect(image)
+        if len(faces) > 1 and self.policy.allow_multiple_faces:
+            faces = [primary_face(faces, image)]
+        return self.pipeline.analyse_faces(image, faces)
+
+    def _single_face(self, data: bytes, index: int) -> FaceAnalysis:
+        analyses = self._analyse(data, index)
+        if not analyses:
+            raise Unprocessable("NO_FACE", f"image {index}: no face found", image=str(index))
+        if len(analyses) > 1:
+            raise Unprocessable(
+                "MULTIPLE_FACES", f"image {index}: {len(analyses)} faces found", image=str(index)
+            )
+        return analyses[0]
+
+    def _best_face(self, frames: list[bytes]) -> FaceAnalysis:
+        """The best-quality face over the frames; each frame must hold at most one face."""
+        found = [a for i, frame in enumerate(frames) for a in self._frame_faces(frame, i)]
+        if not found:
+            raise Unprocessable("NO_FACE", "no face found in any frame")
+        return max(found, key=lambda a: a.quality.score)
+
+    def _frame_faces(self, frame: bytes, index: int) -> list[FaceAnalysis]:
+        analyses = self._analyse(frame, index)
+        if len(analyses) > 1:
+            raise Unprocessable(
+                "MULTIPLE_FACES", f"frame {index}: {len(analyses)} faces found", image=str(index)
+            )
+        return analyses
+
+    @staticmethod
+    def _quality_gate(analysis: FaceAnalysis, where: str) -> None:
+        if analysis.quality.reasons:
+            reasons = ", ".join(analysis.quality.reasons)
+            raise Unprocessable(
+                str(analysis.quality.reasons[0]),
+                f"{where}: face quality {analysis.quality.score:.0f}/100 too low ({reasons})",
+                reasons=reasons,
+            )
+
+    def _decision(self, analysis: FaceAnalysis | None, **fields: object) -> Decision:
+        return Decision(
+            event_id=str(uuid.uuid4()),
+            fmr_target=self.policy.fmr_target,
+            quality_score=analysis.quality.score if analysis else None,
+            liveness_score=analysis.liveness.score if analysis and analysis.liveness else None,
+            model_versions=self.pipeline.model_versions,
+            **fields,
+        )
+
+    def _event(self, kind: str, decision: Decision, device_id: str = "", **extra: object) -> NewEvent:
+        return NewEvent(
+            event_id=decision.event_id,
+            type=kind,
+            customer_id=decision.customer_id or None,
+            device_id=device_id or None,
+            outcome=decision.outcome,
+            payload=decision.audit_payload() | extra,
+        )
+
+    def _attempt(self, kind: str, device_id: str, customer_id: str, run) -> FaceAnalysis:
+        """Run a face step; a failure is audited as a declined attempt before it propagates."""
+        try:
+            return run()
+        except Unprocessable as exc:
+            decision = self._decision(
+                None, outcome=DECLINE, customer_id=customer_id, reason_codes=(exc.reason,)
+            )
+            self.gallery.store.record_event(self._event(kind, decision, device_id))
+            exc.metadata["event_id"] = decision.event_id
+            raise
+
+    # ---- kiosk -------------------------------------------------------------------------
+
+    def verify(self, customer_id: str, frames: list[bytes], device_id: str) -> Decision:
+        check_customer_id(customer_id)
+        check_count(frames, self.policy.max_frames, "frames")
+        if not self.gallery.has_customer(customer_id):
+            raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
+
+        def best() -> FaceAnalysis:
+            analysis = self._best_face(frames)
+            self._quality_gate(analysis, "best frame")
+            return analysis
+
+        analysis = self._attempt("VERIFY", device_id, customer_id, best)
+        score = self.gallery.best_match(customer_id, analysis.embedding.vector)
+        live = analysis.liveness.score if analysis.liveness else None
+        outcome, reasons = match_outcome(
+            score, self.policy.threshold, live, self.policy.liveness_threshold
+        )
+        decision = self._decision(
+            analysis, outcome=outcome, customer_id=customer_id, match_score=score,
+            threshold=self.policy.threshold, reason_codes=reasons,
+        )  # fmt: skip
+        self.gallery.store.record_event(self._event("VERIFY", decision, device_id))
+        return decision
+
+    def identify(
+        self, image: bytes, top_k: int, min_score: float, device_id: str
+    ) -> tuple[list[tuple[str, float]], Decision]:
+        if top_k > self.policy.max_top_k:
+            raise TooLarge("TOP_K_TOO_LARGE", f"top_k is at most {self.policy.max_top_k}")
+        if not -1.0 <= min_score <= 1.0:
+            raise InvalidInput("INVALID_MIN_SCORE", "min_score is a cosine in [-1, 1]")
+        check_count([image] if image else [], 1, "images")
+
+        def face() -> FaceAnalysis:
+            analysis = self._single_face(image, 0)
+            self._quality_gate(analysis, "image")
+            return analysis
+
+        analysis = self._attempt("IDENTIFY", device_id, "", face)
+        floor = min_score or self.policy.threshold
+        candidates = [
+            (cid, score)
+            for cid, score in self.gallery.search(analysis.embedding.vector, top_k or 5)
+            if score >= floor
+        ]
+        top = candidates[0] if candidates else None
+        live = analysis.liveness.score if analysis.liveness else None
+        outcome, reasons = match_outcome(
+            top[1] if top else None, self.policy.threshold, live, self.policy.liveness_threshold
+        )
+        decision = self._decision(
+            analysis, outcome=outcome, customer_id=top[0] if top and outcome != DECLINE else "",
+            match_score=top[1] if top else None, threshold=self.policy.threshold,
+            reason_codes=reasons,
+        )  # fmt: skip
+        self.gallery.store.record_event(
+            self._event("IDENTIFY", decision, device_id, candidates=len(candidates))
+        )
+        return candidates, decision
+
+    def check_liveness(self, frames: list[bytes], device_id: str) -> Decision:
+        check_count(frames, self.policy.max_frames, "frames")
+        analysis = self._attempt("CHECK_LIVENESS", device_id, "", lambda: self._best_face(frames))
+        live = analysis.liveness.score if analysis.liveness else None
+        weak = live is None or live < self.policy.liveness_threshold
+        decision = self._decision(
+            analysis, outcome="REVIEW" if weak else APPROVE,
+            reason_codes=("LIVENESS_WEAK",) if weak else ("LIVENESS_PASSIVE_OK",),
+        )  # fmt: skip
+        self.gallery.store.record_event(self._event("CHECK_LIVENESS", decision, device_id))
+        return decision
+
+    # ---- enrolment ---------------------------------------------------------------------
+
+    def _templates(self, customer_id: str, images: list[bytes]) -> tuple[list[NewTemplate], list[FaceAnalysis]]:
+        """Analyse enrolment images: one face each, passing the quality gate, not someone else."""
+        analyses = []
+        for i, data in enumerate(images):
+            analysis = self._single_face(data, i)
+            self._quality_gate(analysis, f"image {i}")
+            analyses.append(analysis)
+        for analysis in analyses:
+            for other, score in self.gallery.search(analysis.embedding.vector, 3):
+                if other != customer_id and score >= self.policy.threshold:
+                    log.warning("enrolment refused: face already enrolled under another id")
+                    raise Conflict(
+                        "DUPLICATE_IDENTITY",
+                        "this face is already enrolled under another customer id",
+                    )
+        templates = [
+            NewTemplate(vector=a.embedding.vector, model=a.embedding.model, quality=a.quality.score)
+            for a in analyses
+        ]
+        return templates, analyses
+
+    def enroll(
+        self, customer_id: str, images: list[bytes], consent: Consent | None
+    ) -> tuple[CustomerRecord, Decision]:
+        check_customer_id(customer_id)
+        check_count(images, self.policy.max_images, "images")
+        consent = check_consent(consent)
+        if self.gallery.has_customer(customer_id):
+            raise Conflict("CUSTOMER_EXISTS", f"customer {customer_id} is already enrolled")
+        templates, analyses = self._templates(customer_id, images)
+        decision = self._enrolment_decision(customer_id, analyses)
+        record = ConsentRecord(
+            purpose=consent.purpose, given_at=consent.given_at, channel=consent.channel,
+            operator_id=consent.operator_id, expires_at=consent.expires_at,
+        )  # fmt: skip
+        self.gallery.enroll(
+            customer_id, templates, record,
+            self._event("ENROLL", decision, templates=len(templates), operator=consent.operator_id),
+        )  # fmt: skip
+        return self.get(customer_id), decision
+
+    def update_templates(
+        self, customer_id: str, images: list[bytes], replace: bool, operator_id: str
+    ) -> tuple[CustomerRecord, Decision]:
+        check_customer_id(customer_id)
+        check_count(images, self.policy.max_images, "images")
+        if not self.gallery.has_customer(customer_id):
+            raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
+        templates, analyses = self._templates(customer_id, images)
+        decision = self._enrolment_decision(customer_id, analyses)
+        event = self._event(
+            "UPDATE_TEMPLATES", decision, templates=len(templates), replace=replace,
+            operator=operator_id,
+        )  # fmt: skip
+        self.gallery.add_templates(customer_id, templates, replace, event)
+        return self.get(customer_id), decision
+
+    def _enrolment_decision(self, customer_id: str, analyses: list[FaceAnalysis]) -> Decision:
+        worst = min(analyses, key=lambda a: a.quality.score)
+        return self._decision(worst, outcome=APPROVE, customer_id=customer_id, reason_codes=("ENROLLED",))
+
+    def delete(self, customer_id: str, reason: str, operator_id: str) -> str:
+        check_customer_id(customer_id)
+        if not self.gallery.has_customer(customer_id):
+            raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
+        decision = self._decision(None, outcome=APPROVE, customer_id=customer_id, reason_codes=("ERASED",))
+        self.gallery.delete(
+            customer_id, self._event("DELETE", decision, reason=reason, operator=operator_id)
+        )
+        return decision.event_id
+
+    def get(self, customer_id: str) -> CustomerRecord:
+        check_customer_id(customer_id)
+        record = self.gallery.store.get_customer(customer_id)
+        if record is None:
+            raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
+        return record
+
+    def list(self, page_size: int, page_token: str) -> tuple[list[CustomerRecord], str | None]:
+        if page_size > self.policy.max_page_size:
+            raise TooLarge("PAGE_TOO_LARGE", f"page_size is at most {self.policy.max_page_size}")
+        if page_token and not CUSTOMER_ID.match(page_token):
+            raise InvalidInput("INVALID_PAGE_TOKEN", "page_token is not one this service issued")
+        return self.gallery.store.list_customers(page_size or 50, page_token or None)
+

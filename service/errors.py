@@ -1,0 +1,42 @@
+"""Domain errors: what went wrong, as a machine-readable reason code, free of any transport.
+
+The API layer maps each class to a gRPC status (`service/api/errors.py`); the reason code
+travels to the client in a `google.rpc.ErrorInfo`, so kiosks and the enrolment CLI can act on
+it without parsing messages.
+"""
+
+from __future__ import annotations
+
+
+class FaceguardError(Exception):
+    """Base class; `reason` is the stable code a client acts on."""
+
+    def __init__(self, reason: str, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = metadata
+
+
+class InvalidInput(FaceguardError):
+    """A field or image that can never be accepted as sent (INVALID_ARGUMENT)."""
+
+
+class TooLarge(FaceguardError):
+    """Input over a configured limit (RESOURCE_EXHAUSTED)."""
+
+
+class Unprocessable(FaceguardError):
+    """A well-formed request the faces cannot satisfy: no face, several, too low quality
+    (FAILED_PRECONDITION)."""
+
+
+class NotFound(FaceguardError):
+    """An unknown customer (NOT_FOUND)."""
+
+
+class Conflict(FaceguardError):
+    """The customer, or their face, is already enrolled (ALREADY_EXISTS)."""
+
+
+class Unavailable(FaceguardError):
+    """The service is not ready to answer (UNAVAILABLE)."""

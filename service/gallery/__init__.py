@@ -1,0 +1,1 @@
+"""The gallery: durable customer store, encrypted templates, audit chain and vector index."""
