@@ -1,0 +1,1 @@
+"""The enrolment and kiosk command-line client: a gRPC client of the faceguard service."""

@@ -56,6 +56,42 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench_pipeline(args)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from service.api.server import serve
+    from service.config import load_settings
+
+    storage: dict[str, object] = {}
+    if args.data_dir:
+        storage["data_dir"] = args.data_dir
+    if args.dev_key:
+        storage["dev_generate_key"] = True
+    server: dict[str, object] = {"insecure": True} if args.insecure else {}
+    if args.port is not None:
+        server["port"] = args.port
+    if args.host:
+        server["host"] = args.host
+    settings = load_settings(args.config)
+    settings = settings.model_copy(
+        update={
+            "storage": settings.storage.model_copy(update=storage),
+            "server": settings.server.model_copy(update=server),
+        }
+    )
+    return serve(settings)
+
+
+def _client(args: argparse.Namespace) -> int:
+    from enrollment.cli import run
+
+    return run(args)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from service.audit import run_audit_verify
+
+    return run_audit_verify(args)
+
+
 def _add_common_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML settings file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -75,6 +111,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--record", action="store_true", help="accept built files whose sha256 differs"
     )
     build.set_defaults(handler=_models_build)
+
+    serve = commands.add_parser("serve", help="run the gRPC service")
+    serve.add_argument("--config", type=Path, help="TOML settings file")
+    serve.add_argument("--data-dir", type=Path, help="SQLite database, index snapshot, dev keys")
+    serve.add_argument("--port", type=int, help="listen port (0: any free port)")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument(
+        "--dev-key", action="store_true",
+        help="development: generate a template key in the data dir when none is configured",
+    )  # fmt: skip
+    serve.add_argument(
+        "--insecure", action="store_true", help="allow plaintext on a non-loopback address"
+    )
+    serve.set_defaults(handler=_serve)
+
+    audit = commands.add_parser("audit", help="the tamper-evident event log").add_subparsers(
+        dest="audit_command", required=True
+    )
+    audit_verify = audit.add_parser(
+        "verify", help="check the hash chain; names the first broken row"
+    )
+    audit_verify.add_argument("--config", type=Path, help="TOML settings file")
+    audit_verify.add_argument("--data-dir", type=Path)
+    audit_verify.set_defaults(handler=_audit)
+
+    from enrollment.cli import add_client_commands
+
+    add_client_commands(commands, _client)
 
     analyze = commands.add_parser(
         "analyze", help="faces, quality, liveness and match scores of images"

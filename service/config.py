@@ -32,6 +32,34 @@ class VisionSettings(BaseModel):
     threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads per model")
     liveness: bool = True
     fmr_target: str = Field("1e-4", description="false match rate the operating threshold is for")
+    allow_multiple_faces: bool = Field(
+        False, description="verify the most central face instead of refusing MULTIPLE_FACES"
+    )
+
+
+class ServerSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="listen address; beyond loopback TLS is required")
+    port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    workers: int = Field(8, ge=1, le=256, description="threads serving calls")
+    max_concurrent_rpcs: int = Field(64, ge=1, description="calls beyond this are refused")
+    max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="per request")
+    grace_seconds: float = Field(30.0, ge=0, description="time in-flight calls get at SIGTERM")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure: bool = Field(False, description="allow plaintext on a non-loopback address")
+
+
+class StorageSettings(BaseModel):
+    data_dir: Path = Field(Path("data"), description="SQLite database, index snapshot, keys")
+    database_url: str | None = Field(None, description="default: SQLite in data_dir")
+    key_file: Path | None = Field(None, description="template keyring (or FACEGUARD_TEMPLATE_KEYS)")
+    dev_generate_key: bool = Field(
+        False, description="development only: create a keyring in data_dir if there is none"
+    )
+    snapshot_every: int = Field(1000, ge=1, description="index snapshot after this many changes")
+
+    def url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'faceguard.db'}"
 
 
 class Settings(BaseSettings):
@@ -40,6 +68,8 @@ class Settings(BaseSettings):
     )
 
     vision: VisionSettings = VisionSettings()
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
     detector: DetectorConfig = DetectorConfig()
     decode: DecodeLimits = DecodeLimits()
     quality: QualityPolicy = QualityPolicy()

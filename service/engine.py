@@ -70,7 +70,8 @@ def check_count(items: list[bytes], limit: int, what: str) -> None:
 def check_consent(consent: Consent | None) -> Consent:
     if consent is None or not consent.purpose or not consent.channel or not consent.operator_id:
         raise InvalidInput(
-            "CONSENT_REQUIRED", "a consent record with purpose, time, channel and operator is required"
+            "CONSENT_REQUIRED",
+            "a consent record with purpose, time, channel and operator is required",
         )
     if consent.expires_at is not None and consent.expires_at <= consent.given_at:
         raise InvalidInput("CONSENT_EXPIRED", "the consent expires before it was given")
@@ -143,7 +144,9 @@ class Engine:
             **fields,
         )
 
-    def _event(self, kind: str, decision: Decision, device_id: str = "", **extra: object) -> NewEvent:
+    def _event(
+        self, kind: str, decision: Decision, device_id: str = "", **extra: object
+    ) -> NewEvent:
         return NewEvent(
             event_id=decision.event_id,
             type=kind,
@@ -241,7 +244,9 @@ class Engine:
 
     # ---- enrolment ---------------------------------------------------------------------
 
-    def _templates(self, customer_id: str, images: list[bytes]) -> tuple[list[NewTemplate], list[FaceAnalysis]]:
+    def _templates(
+        self, customer_id: str, images: list[bytes]
+    ) -> tuple[list[NewTemplate], list[FaceAnalysis]]:
         """Analyse enrolment images: one face each, passing the quality gate, not someone else."""
         analyses = []
         for i, data in enumerate(images):
@@ -300,13 +305,17 @@ class Engine:
 
     def _enrolment_decision(self, customer_id: str, analyses: list[FaceAnalysis]) -> Decision:
         worst = min(analyses, key=lambda a: a.quality.score)
-        return self._decision(worst, outcome=APPROVE, customer_id=customer_id, reason_codes=("ENROLLED",))
+        return self._decision(
+            worst, outcome=APPROVE, customer_id=customer_id, reason_codes=("ENROLLED",)
+        )
 
     def delete(self, customer_id: str, reason: str, operator_id: str) -> str:
         check_customer_id(customer_id)
         if not self.gallery.has_customer(customer_id):
             raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
-        decision = self._decision(None, outcome=APPROVE, customer_id=customer_id, reason_codes=("ERASED",))
+        decision = self._decision(
+            None, outcome=APPROVE, customer_id=customer_id, reason_codes=("ERASED",)
+        )
         self.gallery.delete(
             customer_id, self._event("DELETE", decision, reason=reason, operator=operator_id)
         )
@@ -325,4 +334,3 @@ class Engine:
         if page_token and not CUSTOMER_ID.match(page_token):
             raise InvalidInput("INVALID_PAGE_TOKEN", "page_token is not one this service issued")
         return self.gallery.store.list_customers(page_size or 50, page_token or None)
-

@@ -112,7 +112,7 @@ class Keyring:
         return Keyring({**self._keys, new_id: AESGCM.generate_key(bit_length=256)}, new_id)
 
     def _next_key_id(self) -> str:
-        """`k<n+1>` after the highest `k<n>`, so ids sort in the order keys were added."""
+        """`k<n+1>` after the highest `k<n>`: ids numbered in the order the keys were added."""
         numbers = [int(k[1:]) for k in self._keys if re.fullmatch(r"k\d+", k)]
         return f"k{max(numbers, default=0) + 1}"
 
@@ -130,7 +130,7 @@ class Keyring:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-                os.fchmod(f.fileno(), 0o600)  # the umask may have narrowed it; never widened
+                os.fchmod(f.fileno(), 0o600)  # exactly 0600, whatever the umask
                 f.write(self.to_json())
                 f.flush()
                 os.fsync(f.fileno())
@@ -152,7 +152,8 @@ class Keyring:
         active, encoded = document["active"], document["keys"]
         if not isinstance(active, str) or not isinstance(encoded, dict) or not encoded:
             raise KeyringError(f'{source}: "active" must be a key id and "keys" a non-empty map')
-        return cls({key_id: _decode_key(source, key_id, v) for key_id, v in encoded.items()}, active)
+        keys = {key_id: _decode_key(source, key_id, value) for key_id, value in encoded.items()}
+        return cls(keys, active)
 
     @classmethod
     def from_file(cls, path: Path) -> Keyring:

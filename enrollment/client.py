@@ -1,0 +1,67 @@
+"""Channel, stubs and error reading for the command-line client."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from faceguard.v1 import enrollment_pb2_grpc, verification_pb2_grpc
+
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Stubs:
+    channel: grpc.Channel
+    enrollment: enrollment_pb2_grpc.EnrollmentStub
+    verification: verification_pb2_grpc.FaceVerificationStub
+
+
+def open_channel(server: str, ca: Path | None, cert: Path | None, key: Path | None) -> grpc.Channel:
+    """A channel to the service: TLS when a CA is given (mutual TLS when a client cert is too)."""
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if ca is None:
+        return grpc.insecure_channel(server, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None,
+    )
+    return grpc.secure_channel(server, credentials, options=options)
+
+
+def stubs(args: argparse.Namespace) -> Stubs:
+    channel = open_channel(args.server, args.tls_ca, args.tls_cert, args.tls_key)
+    return Stubs(
+        channel,
+        enrollment_pb2_grpc.EnrollmentStub(channel),
+        verification_pb2_grpc.FaceVerificationStub(channel),
+    )
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a failed call, or its status code name when there is none."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return error.code().name
+
+
+def describe_error(error: grpc.RpcError) -> dict[str, str]:
+    return {
+        "status": error.code().name,
+        "reason": error_reason(error),
+        "message": error.details() or "",
+    }

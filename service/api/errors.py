@@ -1,0 +1,73 @@
+"""Domain errors to gRPC statuses with a `google.rpc.ErrorInfo` reason.
+
+Every failure a client can cause leaves with a precise status code and a stable reason code in
+the rich error details; anything unexpected is logged with its traceback and answered with
+INTERNAL and no detail, so no internals (or biometric data) leak to the caller.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from service.errors import (
+    Conflict,
+    FaceguardError,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+    Unavailable,
+    Unprocessable,
+)
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "faceguard.v1"
+
+STATUS: dict[type[FaceguardError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unprocessable: grpc.StatusCode.FAILED_PRECONDITION,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Conflict: grpc.StatusCode.ALREADY_EXISTS,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def rich_status(code: grpc.StatusCode, reason: str, message: str, **metadata: str) -> grpc.Status:
+    """A status whose details carry an ErrorInfo(reason, domain, metadata)."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=[detail])
+    return rpc_status.to_status(status)
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def mapped(handler: Handler) -> Handler:
+    """Decorate a servicer method: FaceguardError -> its status; anything else -> INTERNAL."""
+
+    @functools.wraps(handler)
+    def wrapper(self: object, request: object, context: grpc.ServicerContext) -> Any:
+        try:
+            return handler(self, request, context)
+        except FaceguardError as exc:
+            code = STATUS[type(exc)]
+            log.info("%s: %s %s", handler.__name__, code.name, exc.reason)
+            context.abort_with_status(rich_status(code, exc.reason, str(exc), **exc.metadata))
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            context.abort_with_status(
+                rich_status(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
+            )
+
+    return wrapper  # type: ignore[return-value]

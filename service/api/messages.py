@@ -1,0 +1,75 @@
+"""Conversions between protos and domain types, kept in one place."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from faceguard.v1 import common_pb2, enrollment_pb2
+from service.decision import Decision
+from service.engine import Consent
+from service.gallery.store import CustomerRecord
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC))
+    return stamp
+
+
+def decision_message(decision: Decision) -> common_pb2.Decision:
+    versions = decision.model_versions
+    return common_pb2.Decision(
+        event_id=decision.event_id,
+        outcome=common_pb2.Outcome.Value(decision.outcome),
+        match_score=decision.match_score,
+        threshold=decision.threshold,
+        fmr_target=decision.fmr_target,
+        quality_score=decision.quality_score,
+        liveness_score=decision.liveness_score,
+        reason_codes=list(decision.reason_codes),
+        model_versions=common_pb2.ModelVersions(
+            detector=versions.get("detector", ""),
+            embedder=versions.get("embedder", ""),
+            liveness=versions.get("liveness", ""),
+        ),
+        customer_id=decision.customer_id,
+        decided_at=timestamp(decision.decided_at),
+    )
+
+
+def consent_from(message: enrollment_pb2.Consent, present: bool) -> Consent | None:
+    if not present:
+        return None
+    return Consent(
+        purpose=message.purpose,
+        given_at=message.given_at.ToDatetime(UTC)
+        if message.HasField("given_at")
+        else datetime.now(UTC),
+        channel=message.channel,
+        operator_id=message.operator_id,
+        expires_at=message.expires_at.ToDatetime(UTC) if message.HasField("expires_at") else None,
+    )
+
+
+def customer_message(record: CustomerRecord) -> enrollment_pb2.Customer:
+    consent = record.consent
+    return enrollment_pb2.Customer(
+        customer_id=record.customer_id,
+        template_count=record.template_count,
+        enrolled_at=timestamp(record.created_at),
+        updated_at=timestamp(record.updated_at),
+        consent=enrollment_pb2.Consent(
+            purpose=consent.purpose,
+            given_at=timestamp(consent.given_at),
+            channel=consent.channel,
+            operator_id=consent.operator_id,
+            expires_at=timestamp(consent.expires_at),
+        )
+        if consent
+        else None,
+        embedder=record.embedder or "",
+    )

@@ -1,0 +1,148 @@
+"""Server assembly: engine from settings, gRPC server with health, reflection and limits.
+
+Readiness goes through grpc health: NOT_SERVING until the models are loaded and the index is
+consistent with the store, then SERVING; on SIGTERM it turns NOT_SERVING, in-flight calls get
+`grace_seconds` to finish, and the index snapshot is written before exit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from faceguard.v1 import (
+    enrollment_pb2,
+    enrollment_pb2_grpc,
+    verification_pb2,
+    verification_pb2_grpc,
+)
+from service.api.servicers import EnrollmentServicer, FaceVerificationServicer
+from service.assembly import build_engine
+from service.config import Settings, SettingsError
+from service.engine import Engine
+from service.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    verification_pb2.DESCRIPTOR.services_by_name["FaceVerification"].full_name,
+    enrollment_pb2.DESCRIPTOR.services_by_name["Enrollment"].full_name,
+)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    server = settings.server
+    if server.tls_cert and server.tls_key:
+        return grpc.ssl_server_credentials(
+            [(server.tls_key.read_bytes(), server.tls_cert.read_bytes())]
+        )
+    if not _is_loopback(server.host) and not server.insecure:
+        raise SettingsError(
+            f"listening on {server.host} needs TLS (server.tls_cert and server.tls_key) "
+            "or an explicit --insecure"
+        )
+    return None
+
+
+class EngineHolder:
+    """The engine once it is built: calls before that are answered UNAVAILABLE (NOT_READY)."""
+
+    def __init__(self) -> None:
+        self._engine: Engine | None = None
+
+    def set(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def get(self) -> Engine:
+        if self._engine is None:
+            raise Unavailable("NOT_READY", "models are loading; retry shortly")
+        return self._engine
+
+
+@dataclass
+class Running:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    engine: Engine
+
+    def stop(self, grace: float) -> None:
+        """Refuse new calls, let in-flight ones finish, then persist the index."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.engine.gallery.save()
+
+
+def start(settings: Settings, engine: Engine | None = None) -> Running:
+    """Start serving; returns once the port is bound and the service reports SERVING."""
+    credentials = _credentials(settings)
+    options = [
+        ("grpc.max_receive_message_length", settings.server.max_message_bytes),
+        ("grpc.max_send_message_length", settings.server.max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.server.workers, thread_name_prefix="rpc"),
+        options=options,
+        maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
+    )
+    holder = EngineHolder()
+    verification_pb2_grpc.add_FaceVerificationServicer_to_server(
+        FaceVerificationServicer(holder.get), server
+    )
+    enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(holder.get), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME), server
+    )
+    address = f"{settings.server.host}:{settings.server.port}"
+    port = (
+        server.add_secure_port(address, credentials)
+        if credentials
+        else server.add_insecure_port(address)
+    )
+    server.start()
+    holder.set(engine or build_engine(settings))
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "faceguard serving on %s:%d (%s)",
+        settings.server.host,
+        port,
+        "TLS" if credentials else "plaintext",
+    )
+    return Running(server, port, health_servicer, holder.get())
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    running = start(settings)
+    stop.wait()
+    log.info("shutting down: %.0f s for in-flight calls", settings.server.grace_seconds)
+    running.stop(settings.server.grace_seconds)
+    return 0

@@ -1,0 +1,102 @@
+"""gRPC servicers: messages in, engine use case, messages out. No business logic here.
+
+They get the engine through a callable, so the server can bind its port and report
+NOT_SERVING while the models load, answering UNAVAILABLE until the engine exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from faceguard.v1 import (
+    enrollment_pb2,
+    enrollment_pb2_grpc,
+    verification_pb2,
+    verification_pb2_grpc,
+)
+from service.api.errors import mapped
+from service.api.messages import consent_from, customer_message, decision_message
+from service.engine import Engine
+
+
+class FaceVerificationServicer(verification_pb2_grpc.FaceVerificationServicer):
+    def __init__(self, engine: Callable[[], Engine]) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine()
+
+    @mapped
+    def Verify(self, request: verification_pb2.VerifyRequest, context: grpc.ServicerContext):
+        decision = self.engine.verify(
+            request.customer_id, [f.data for f in request.frames], request.device_id
+        )
+        return verification_pb2.VerifyResponse(decision=decision_message(decision))
+
+    @mapped
+    def Identify(self, request: verification_pb2.IdentifyRequest, context: grpc.ServicerContext):
+        candidates, decision = self.engine.identify(
+            request.image.data, request.top_k, request.min_score, request.device_id
+        )
+        return verification_pb2.IdentifyResponse(
+            candidates=[verification_pb2.Candidate(customer_id=c, score=s) for c, s in candidates],
+            decision=decision_message(decision),
+        )
+
+    @mapped
+    def CheckLiveness(
+        self, request: verification_pb2.CheckLivenessRequest, context: grpc.ServicerContext
+    ):
+        decision = self.engine.check_liveness([f.data for f in request.frames], request.device_id)
+        return verification_pb2.CheckLivenessResponse(decision=decision_message(decision))
+
+
+class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
+    def __init__(self, engine: Callable[[], Engine]) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine()
+
+    @mapped
+    def Enroll(self, request: enrollment_pb2.EnrollRequest, context: grpc.ServicerContext):
+        customer, decision = self.engine.enroll(
+            request.customer_id,
+            [i.data for i in request.images],
+            consent_from(request.consent, request.HasField("consent")),
+        )
+        return enrollment_pb2.EnrollResponse(
+            customer=customer_message(customer), decision=decision_message(decision)
+        )
+
+    @mapped
+    def UpdateTemplates(
+        self, request: enrollment_pb2.UpdateTemplatesRequest, context: grpc.ServicerContext
+    ):
+        customer, decision = self.engine.update_templates(
+            request.customer_id, [i.data for i in request.images], request.replace,
+            request.operator_id,
+        )  # fmt: skip
+        return enrollment_pb2.EnrollResponse(
+            customer=customer_message(customer), decision=decision_message(decision)
+        )
+
+    @mapped
+    def Delete(self, request: enrollment_pb2.DeleteRequest, context: grpc.ServicerContext):
+        event_id = self.engine.delete(request.customer_id, request.reason, request.operator_id)
+        return enrollment_pb2.DeleteResponse(event_id=event_id)
+
+    @mapped
+    def Get(self, request: enrollment_pb2.GetRequest, context: grpc.ServicerContext):
+        return customer_message(self.engine.get(request.customer_id))
+
+    @mapped
+    def List(self, request: enrollment_pb2.ListRequest, context: grpc.ServicerContext):
+        records, cursor = self.engine.list(request.page_size, request.page_token)
+        return enrollment_pb2.ListResponse(
+            customers=[customer_message(r) for r in records], next_page_token=cursor or ""
+        )

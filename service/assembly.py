@@ -1,0 +1,66 @@
+"""Building the service's parts from settings: keyring, store, gallery, engine. No grpc here."""
+
+from __future__ import annotations
+
+import logging
+
+from service.config import Settings, SettingsError, operating_threshold
+from service.engine import Engine, Policy
+from service.gallery.crypto import Keyring, KeyringError, generate_keyring, load_keyring
+from service.gallery.gallery import Gallery
+from service.gallery.store import Store
+from service.modelpack.manifest import load_manifest
+from service.vision.pipeline import FacePipeline
+
+log = logging.getLogger(__name__)
+
+KEYRING_FILE = "template-keys.json"
+
+
+def keyring_for(settings: Settings) -> Keyring:
+    """The template keyring; without one the service does not start, unless dev mode makes one."""
+    storage = settings.storage
+    dev_file = storage.data_dir / KEYRING_FILE
+    path = storage.key_file or (dev_file if dev_file.is_file() else None)
+    try:
+        return load_keyring(path)
+    except KeyringError as exc:
+        if not storage.dev_generate_key or storage.key_file is not None:
+            raise SettingsError(
+                f"no template encryption key ({exc}); give storage.key_file or "
+                "FACEGUARD_TEMPLATE_KEYS, or --dev-key for development"
+            ) from exc
+    keyring = generate_keyring()
+    keyring.dump(dev_file)
+    log.warning(
+        "DEVELOPMENT KEY: generated a template encryption key in %s; "
+        "production needs a managed key (storage.key_file or FACEGUARD_TEMPLATE_KEYS)",
+        dev_file,
+    )
+    return keyring
+
+
+def open_store(settings: Settings) -> Store:
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.storage.url(), keyring_for(settings))
+    store.create_schema()
+    return store
+
+
+def build_engine(settings: Settings) -> Engine:
+    """Models loaded, store opened, index consistent with the store: ready to serve."""
+    manifest = load_manifest()
+    pipeline = FacePipeline(settings.pipeline_config(), manifest)
+    store = open_store(settings)
+    members = manifest.section("embedder")["members"]
+    dim = int(sum(manifest.models[name].extra["dim"] for name in members))
+    gallery = Gallery(
+        store, settings.storage.data_dir / "index.faiss", dim, settings.storage.snapshot_every
+    )
+    policy = Policy(
+        threshold=operating_threshold(manifest, settings.vision.fmr_target),
+        fmr_target=settings.vision.fmr_target,
+        liveness_threshold=float(manifest.section("liveness").get("threshold", 0.0)),
+        allow_multiple_faces=settings.vision.allow_multiple_faces,
+    )
+    return Engine(pipeline, gallery, policy)

@@ -1,0 +1,33 @@
+"""`faceguard audit verify`: check the event log's hash chain and name the first broken row."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from service.assembly import open_store
+from service.config import load_settings
+
+
+def run_audit_verify(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    if args.data_dir:
+        settings = settings.model_copy(
+            update={"storage": settings.storage.model_copy(update={"data_dir": args.data_dir})}
+        )
+    with open_store(settings) as store:
+        report = store.verify_chain()
+    sys.stdout.write(
+        json.dumps(
+            {
+                "ok": report.ok,
+                "rows_checked": report.rows,
+                "first_broken_row": report.first_broken,
+                "reason": report.reason,
+                "head_hash": report.head_hash,
+            }
+        )
+        + "\n"
+    )
+    return 0 if report.ok else 1

@@ -1,0 +1,134 @@
+"""The gallery: the store (source of truth) and the vector index, kept consistent.
+
+Every change goes to the store first, in one transaction with its audit event, and then to
+the index. A crash in between leaves the store complete and the index behind; at start the
+index is loaded from its snapshot and healed against the store's template ids (or rebuilt when
+the snapshot is missing or unreadable), so no customer is ever half-enrolled from the
+service's point of view. Snapshots are written atomically on shutdown and every
+`snapshot_every` changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from service.gallery.index import IndexFileError, VectorIndex
+from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store
+
+log = logging.getLogger(__name__)
+
+
+class Gallery:
+    def __init__(
+        self, store: Store, index_path: Path, dim: int, snapshot_every: int = 1000
+    ) -> None:
+        self.store = store
+        self.index_path = index_path
+        self.dim = dim
+        self.snapshot_every = snapshot_every
+        self._changes = 0
+        self._lock = threading.Lock()  # serialises index writes after their store commits
+        self.index = self._open_index()
+
+    def _fetch(self, ids: np.ndarray) -> np.ndarray:
+        wanted = set(ids.tolist())
+        found: dict[int, np.ndarray] = {}
+        for batch_ids, vectors, _ in self.store.iter_templates():
+            for i, vector in zip(batch_ids.tolist(), vectors, strict=True):
+                if i in wanted:
+                    found[i] = vector
+        return np.stack([found[i] for i in ids.tolist()]).astype(np.float32)
+
+    def _open_index(self) -> VectorIndex:
+        try:
+            index = VectorIndex.load(self.index_path, self.dim)
+        except IndexFileError as exc:
+            log.warning("index snapshot unusable (%s): rebuilding from the store", exc)
+            index = VectorIndex(self.dim)
+            ids, vectors = self._all_templates()
+            index.rebuild(ids, vectors)
+            index.save(self.index_path)
+            log.info("index rebuilt with %d templates", len(index))
+            return index
+        added, removed = index.sync(self.store.template_ids(), self._fetch)
+        if added or removed:
+            log.warning("index healed from the store: %d added, %d removed", added, removed)
+            index.save(self.index_path)
+        return index
+
+    def _all_templates(self) -> tuple[np.ndarray, np.ndarray]:
+        ids, vectors = [], []
+        for batch_ids, batch_vectors, _ in self.store.iter_templates():
+            ids.append(batch_ids)
+            vectors.append(batch_vectors)
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate(ids), np.concatenate(vectors)
+
+    def _changed(self, count: int) -> None:
+        self._changes += count
+        if self._changes >= self.snapshot_every:
+            self.index.save(self.index_path)
+            self._changes = 0
+
+    def has_customer(self, customer_id: str) -> bool:
+        return self.store.get_customer(customer_id) is not None
+
+    def enroll(
+        self,
+        customer_id: str,
+        templates: list[NewTemplate],
+        consent: ConsentRecord,
+        event: NewEvent,
+    ) -> list[int]:
+        with self._lock:
+            ids = self.store.enroll(customer_id, templates, consent, event)
+            self.index.add(np.asarray(ids, np.int64), np.stack([t.vector for t in templates]))
+            self._changed(len(ids))
+        return ids
+
+    def add_templates(
+        self, customer_id: str, templates: list[NewTemplate], replace: bool, event: NewEvent
+    ) -> list[int]:
+        with self._lock:
+            added, removed = self.store.add_templates(customer_id, templates, replace, event)
+            if removed:
+                self.index.remove(np.asarray(removed, np.int64))
+            self.index.add(np.asarray(added, np.int64), np.stack([t.vector for t in templates]))
+            self._changed(len(added) + len(removed))
+        return added
+
+    def delete(self, customer_id: str, event: NewEvent) -> list[int]:
+        with self._lock:
+            removed = self.store.delete_customer(customer_id, event)
+            if removed:
+                self.index.remove(np.asarray(removed, np.int64))
+            self._changed(len(removed))
+        return removed
+
+    def best_match(self, customer_id: str, vector: np.ndarray) -> float | None:
+        """Best cosine against the customer's own templates (1:1, from the store)."""
+        templates = self.store.templates_of(customer_id)
+        if not templates:
+            return None
+        return float(max(t.vector @ vector for t in templates))
+
+    def search(self, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """Top-k customers (best template each), best first."""
+        hits = self.index.search(vector, k * 4)
+        owners = self.store.customer_of([i for i, _ in hits])
+        best: dict[str, float] = {}
+        for template_id, score in hits:
+            owner = owners.get(template_id)
+            if owner is not None and score > best.get(owner, -2.0):
+                best[owner] = score
+        return sorted(best.items(), key=lambda item: -item[1])[:k]
+
+    def save(self) -> None:
+        with self._lock:
+            self.index.save(self.index_path)
+            self._changes = 0

@@ -1,0 +1,482 @@
+"""The gallery's vector index: cosine search over enrolled templates, by store template id.
+
+Templates are L2-normalised float32 vectors, so cosine is the inner product. Up to
+`IndexOptions.exact_limit` templates the index is exact (a flat scan); beyond it an inverted-file
+index (IVF-Flat) scans only the lists nearest the probe. IVF-Flat keeps the vectors uncompressed,
+so its scores are exact and need no re-scoring; it supports `remove_ids`, which HNSW does not
+(see ../shared/VECTORS.md for the measurements behind these choices).
+
+The store is the source of truth: this index is a cache of it, snapshotted with `save`,
+checked on `load` and healed with `sync`; when a snapshot is unusable the caller rebuilds.
+
+Concurrency: searches run concurrently; add/remove swap nothing and take the index exclusively;
+`rebuild` builds the new index while searches go on against the old one and swaps it in; `save`
+only excludes other writers, since writing a snapshot does not change the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# A snapshot is the faiss index followed by this magic and the SHA-256 of the index bytes, so
+# a truncated or bit-flipped file is refused instead of loading wrong vectors.
+_FOOTER_MAGIC = b"FGIDX1\x00\x00"
+_FOOTER_SIZE = len(_FOOTER_MAGIC) + hashlib.sha256().digest_size
+_HASH_CHUNK = 1 << 22
+# Unit vectors only: a caller that forgot to normalise would get scores that are not cosines,
+# and the operating threshold would silently mean something else.
+_NORM_TOLERANCE = 1e-3
+# Fewer training points per IVF list than this and faiss's k-means warns and clusters poorly.
+_MIN_POINTS_PER_LIST = 39
+
+
+class IndexFileError(Exception):
+    """A saved index is missing, corrupt or of the wrong shape: rebuild it from the store."""
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How `rebuild` chooses and sizes the index, and how many threads bulk work may use.
+
+    `probe_fraction` is the share of IVF lists a search scans. On synthetic face-like data
+    (random identities, genuine cosine 0.7) recall@1 reaches 0.99 at about 0.16 of the lists
+    (`python -m service.gallery.index_bench` measures it); real embeddings cluster, so a
+    smaller fraction may do, but measure before lowering it.
+    """
+
+    exact_limit: int = 200_000
+    max_nlist: int = 16_384
+    probe_fraction: float = 0.16
+    train_points_per_list: int = 64
+    train_iterations: int = 10
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+class _ReadWriteLock:
+    """Many readers or one writer.
+
+    A waiting writer holds back new readers, so a steady stream of searches cannot starve an
+    enrolment. Not re-entrant: a reader must not take the lock again.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def _configure_blas(dim: int) -> None:
+    """Let batches of 16+ queries use BLAS.
+
+    faiss compares this process-wide threshold with queries x dimension; its default keeps
+    batches below ~650 queries at d=192 on the slow path (VECTORS.md: 6x slower), while single
+    queries are fastest on that path.
+    """
+    faiss.cvar.distance_compute_blas_threshold = 16 * dim
+
+
+def _as_ids(ids: np.ndarray) -> np.ndarray:
+    """Ids as a 1-D int64 array; faiss reserves -1 for "no result", so ids are non-negative."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"ids must be a 1-D integer array, got {ids.dtype} of shape {ids.shape}")
+    ids = ids.astype(np.int64, copy=False)
+    if ids.size and ids.min() < 0:
+        raise ValueError("ids must be non-negative")
+    return ids
+
+
+def _as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """Vectors as a C-contiguous (n, dim) float32 array of finite unit vectors."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise ValueError(f"vectors must have shape (n, {dim}), got {vectors.shape}")
+    # The float64 sum of float32 values cannot overflow, so it is finite exactly when every
+    # element is; this avoids a boolean copy of a million-row array.
+    if not np.isfinite(vectors.sum(dtype=np.float64)):
+        raise ValueError("vectors contain NaN or infinite values")
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    if vectors.size and np.abs(norms - 1.0).max() > _NORM_TOLERANCE:
+        raise ValueError("vectors must be L2-normalised (templates are compared by cosine)")
+    return vectors
+
+
+def _planned_nlist(n: int, max_nlist: int) -> int:
+    """About 4*sqrt(n) lists, capped, and never so many that k-means lacks training points."""
+    return max(1, min(max_nlist, round(4 * math.sqrt(n)), n // _MIN_POINTS_PER_LIST))
+
+
+def _build_flat(dim: int, ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    index.add_with_ids(vectors, ids)
+    return index
+
+
+def _build_ivf(
+    dim: int, ids: np.ndarray, vectors: np.ndarray, options: IndexOptions
+) -> faiss.IndexIVFFlat:
+    """IVF-Flat trained on a sample of the vectors themselves (spherical k-means for cosine)."""
+    nlist = _planned_nlist(len(ids), options.max_nlist)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.spherical = True
+    index.cp.niter = options.train_iterations
+    sample_size = min(len(ids), options.train_points_per_list * nlist)
+    rows = np.sort(np.random.default_rng(0).choice(len(ids), sample_size, replace=False))
+    index.train(vectors[rows])
+    index.add_with_ids(vectors, ids)
+    return index
+
+
+def _stored_ids(index: faiss.Index) -> np.ndarray:
+    """The ids held by a flat (IDMap2) or IVF index, sorted."""
+    if isinstance(index, faiss.IndexIDMap2):
+        return np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
+    lists = index.invlists
+    parts = [
+        faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+        for i in range(index.nlist)
+        if lists.list_size(i)
+    ]
+    return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+
+def _kind_of(index: faiss.Index) -> str:
+    if isinstance(index, faiss.IndexIDMap2) and isinstance(
+        faiss.downcast_index(index.index), faiss.IndexFlatIP
+    ):
+        return "flat"
+    if isinstance(index, faiss.IndexIVFFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT:
+        return "ivf"
+    raise IndexFileError(f"unsupported index type {type(index).__name__}")
+
+
+def _file_digest(path: Path, length: int) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        remaining = length
+        while remaining:
+            chunk = file.read(min(_HASH_CHUNK, remaining))
+            if not chunk:
+                raise IndexFileError(f"{path} is truncated")
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.digest()
+
+
+def _read_verified(path: Path) -> faiss.Index:
+    """Read a snapshot after checking its footer digest; never memory-mapped.
+
+    A memory-mapped IVF index aborts the process when added to (VECTORS.md), and this index
+    is written to after loading.
+    """
+    try:
+        size = path.stat().st_size
+        if size <= _FOOTER_SIZE:
+            raise IndexFileError(f"{path} is too short to be an index snapshot")
+        with path.open("rb") as file:
+            file.seek(size - _FOOTER_SIZE)
+            footer = file.read(_FOOTER_SIZE)
+        if not footer.startswith(_FOOTER_MAGIC):
+            raise IndexFileError(f"{path} has no snapshot footer (truncated or not a snapshot)")
+        if _file_digest(path, size - _FOOTER_SIZE) != footer[len(_FOOTER_MAGIC) :]:
+            raise IndexFileError(f"{path} fails its checksum (corrupt)")
+        # faiss reads exactly the index's bytes and leaves the footer after them unread.
+        return faiss.read_index(str(path))
+    except OSError as exc:
+        raise IndexFileError(f"cannot read {path}: {exc}") from exc
+    except RuntimeError as exc:  # faiss reports malformed files as RuntimeError
+        raise IndexFileError(f"{path} is not a readable faiss index: {exc}") from exc
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class VectorIndex:
+    """Cosine search over templates keyed by their int64 store ids; safe across threads."""
+
+    def __init__(self, dim: int, options: IndexOptions | None = None) -> None:
+        if dim <= 0:
+            raise ValueError("dim must be positive")
+        self.dim = dim
+        self.options = options or IndexOptions()
+        _configure_blas(dim)
+        self._index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._ids = self._frozen(np.empty(0, np.int64))
+        self._rw = _ReadWriteLock()
+        self._mutate = threading.Lock()  # serialises writers; searches only need `_rw`
+
+    @staticmethod
+    def _frozen(ids: np.ndarray) -> np.ndarray:
+        """Sorted ids, read-only so `ids()` can hand them out without a copy."""
+        ids.flags.writeable = False
+        return ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def kind(self) -> str:
+        """The index type: "flat" (exact) or "ivf" (approximate)."""
+        return _kind_of(self._index)
+
+    @property
+    def nprobe(self) -> int:
+        """Lists an IVF search scans by default (0 for a flat index)."""
+        if not isinstance(self._index, faiss.IndexIVF):
+            return 0
+        nlist = self._index.nlist
+        return max(1, min(nlist, math.ceil(self.options.probe_fraction * nlist)))
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """Whether incremental changes have outgrown the kind or list count `rebuild` chose.
+
+        add/remove keep the current kind, so a flat index can pass the exact limit (searches
+        slow down linearly) and IVF lists can grow long; the caller rebuilds when this says so.
+        """
+        size, index = len(self), self._index
+        if not isinstance(index, faiss.IndexIVF):
+            return size > self.options.exact_limit
+        planned = _planned_nlist(size, self.options.max_nlist)
+        return size < self.options.exact_limit // 2 or index.nlist < planned // 2
+
+    def ids(self) -> np.ndarray:
+        """The indexed template ids, sorted (read-only)."""
+        return self._ids
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Index new templates; ids already present (or repeated) are refused, not replaced."""
+        with self._mutate:
+            self._add_locked(ids, vectors)
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Drop templates by id; unknown ids are ignored. Returns how many were removed."""
+        with self._mutate:
+            return self._remove_locked(_as_ids(ids))
+
+    def _add_locked(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = _as_ids(ids)
+        vectors = _as_vectors(vectors, self.dim)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        new = np.sort(ids)
+        if np.any(new[1:] == new[:-1]):
+            raise ValueError("ids repeat within the batch")
+        present = self._contains(new)
+        if present.any():
+            raise ValueError(f"ids already indexed: {new[present][:10].tolist()}")
+        if not len(ids):
+            return
+        faiss.omp_set_num_threads(self.options.threads)
+        with self._rw.write():
+            self._index.add_with_ids(vectors, ids)
+            self._ids = self._frozen(np.insert(self._ids, np.searchsorted(self._ids, new), new))
+
+    def _remove_locked(self, ids: np.ndarray) -> int:
+        wanted = np.unique(ids)
+        gone = wanted[self._contains(wanted)]
+        if not gone.size:
+            return 0
+        faiss.omp_set_num_threads(self.options.threads)
+        with self._rw.write():
+            removed = int(self._index.remove_ids(gone))
+            self._ids = self._frozen(np.delete(self._ids, np.searchsorted(self._ids, gone)))
+        return removed
+
+    def _contains(self, sorted_ids: np.ndarray) -> np.ndarray:
+        """Membership of each id in the index, by binary search of the sorted id array."""
+        at = np.searchsorted(self._ids, sorted_ids)
+        found = np.zeros(len(sorted_ids), bool)
+        inside = at < len(self._ids)
+        found[inside] = self._ids[at[inside]] == sorted_ids[inside]
+        return found
+
+    def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the contents, choosing flat or IVF for the new size.
+
+        The new index is built while searches continue on the old one, then swapped in; both
+        are in memory until the swap.
+        """
+        ids = _as_ids(ids)
+        vectors = _as_vectors(vectors, self.dim)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        sorted_ids = np.sort(ids)
+        if np.any(sorted_ids[1:] == sorted_ids[:-1]):
+            raise ValueError("ids repeat")
+        with self._mutate:
+            start = time.perf_counter()
+            faiss.omp_set_num_threads(self.options.threads)
+            if len(ids) > self.options.exact_limit:
+                index = _build_ivf(self.dim, ids, vectors, self.options)
+            else:
+                index = _build_flat(self.dim, ids, vectors)
+            with self._rw.write():
+                self._index, self._ids = index, self._frozen(sorted_ids)
+            log.info(
+                "index rebuilt: %s, %d templates, %.1f s",
+                self.kind,
+                len(ids),
+                time.perf_counter() - start,
+            )
+
+    def search(
+        self, vector: np.ndarray, k: int, nprobe: int | None = None
+    ) -> list[tuple[int, float]]:
+        """The k best (id, cosine) for one probe, best first; k is capped at the size.
+
+        Runs in the calling thread (one OpenMP thread): the service searches one probe per
+        request from many threads, and OpenMP teams per call would oversubscribe the cores.
+        `nprobe` overrides the default number of IVF lists scanned, for this call only.
+        """
+        probe = np.asarray(vector)
+        if probe.ndim != 1:
+            raise ValueError(f"a probe must be 1-D, got shape {probe.shape}")
+        faiss.omp_set_num_threads(1)
+        return self._search(probe[None, :], k, nprobe)[0]
+
+    def search_batch(
+        self, vectors: np.ndarray, k: int, nprobe: int | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """`search` for many probes at once, using `options.threads` threads (for bulk jobs)."""
+        faiss.omp_set_num_threads(self.options.threads)
+        return self._search(vectors, k, nprobe)
+
+    def _search(
+        self, vectors: np.ndarray, k: int, nprobe: int | None
+    ) -> list[list[tuple[int, float]]]:
+        if k <= 0:
+            raise ValueError("k must be positive")
+        probes = _as_vectors(vectors, self.dim)
+        with self._rw.read():
+            k = min(k, len(self))
+            if not k:
+                return [[] for _ in range(len(probes))]
+            params = None
+            if isinstance(self._index, faiss.IndexIVF):
+                # Per-call parameters: setting nprobe on the shared index races between threads.
+                params = faiss.SearchParametersIVF(nprobe=nprobe or self.nprobe)
+            scores, labels = self._index.search(probes, k, params=params)
+        # IVF can find fewer than k when the scanned lists hold fewer; faiss pads with -1.
+        return [
+            [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
+            for row_ids, row_scores in zip(labels, scores, strict=True)
+        ]
+
+    def save(self, path: Path) -> None:
+        """Snapshot atomically: a temp file in the same directory, fsync, then rename.
+
+        A crash leaves either the old snapshot or the new one, never a partial file. Searches
+        continue meanwhile; other writers wait.
+        """
+        path = Path(path)
+        with self._mutate:
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            tmp = Path(tmp_name)
+            try:
+                faiss.write_index(self._index, tmp_name)
+                digest = _file_digest(tmp, tmp.stat().st_size)
+                with tmp.open("ab") as file:
+                    file.write(_FOOTER_MAGIC + digest)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            _fsync_dir(path.parent)
+            log.info("index saved: %s, %d templates, %s", self.kind, len(self), path)
+
+    @classmethod
+    def load(cls, path: Path, dim: int, options: IndexOptions | None = None) -> VectorIndex:
+        """Open a snapshot written by `save`; IndexFileError when it is missing or unusable."""
+        path = Path(path)
+        index = _read_verified(path)
+        if index.d != dim:
+            raise IndexFileError(f"{path} holds {index.d}-d vectors, expected {dim}")
+        _kind_of(index)
+        ids = _stored_ids(index)
+        if len(ids) != index.ntotal or np.any(ids[1:] == ids[:-1]):
+            raise IndexFileError(f"{path} has inconsistent ids")
+        loaded = cls(dim, options)
+        loaded._index, loaded._ids = index, cls._frozen(ids)
+        log.info("index loaded: %s, %d templates, %s", loaded.kind, len(loaded), path)
+        return loaded
+
+    def sync(
+        self,
+        store_ids: np.ndarray,
+        fetch: Callable[[np.ndarray], np.ndarray],
+        chunk: int = 10_000,
+    ) -> tuple[int, int]:
+        """Heal the index against the store, the source of truth. Returns (added, removed).
+
+        Removes ids the store no longer has and adds the templates the index lacks, fetching
+        their vectors `chunk` ids at a time (`fetch(ids)` returns them in the order asked).
+        This repairs a crash between a store commit and the matching index change.
+        """
+        wanted = np.unique(_as_ids(store_ids))
+        with self._mutate:
+            stale = np.setdiff1d(self._ids, wanted, assume_unique=True)
+            missing = np.setdiff1d(wanted, self._ids, assume_unique=True)
+            removed = self._remove_locked(stale)
+            for start in range(0, len(missing), chunk):
+                part = missing[start : start + chunk]
+                self._add_locked(part, fetch(part))
+        if removed or len(missing):
+            log.info("index synced with the store: %d added, %d removed", len(missing), removed)
+        return len(missing), removed

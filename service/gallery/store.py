@@ -1,0 +1,690 @@
+"""The durable gallery: customers, encrypted templates, consents and the audit chain.
+
+`Store` is the source of truth that the vector index is rebuilt from. It speaks portable
+SQLAlchemy Core to an embedded SQLite file (the default) or to PostgreSQL. Every change is
+one transaction that also appends its audit event, so a crash leaves either all of it or
+none of it. Template ids come from never-reused autoincrement keys (SQLite AUTOINCREMENT,
+PostgreSQL sequences) because they double as the index's int64 ids: a reused id could make
+a stale index entry point at someone else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from math import isfinite
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    create_engine,
+    delete,
+    func,
+    insert,
+    make_url,
+    select,
+    update,
+)
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import IntegrityError
+
+from service.gallery import audit
+from service.gallery.audit import ChainReport, EventRecord, EventType, NewEvent, check_text
+from service.gallery.crypto import Keyring, KeyringError, open_vector, seal_vector
+
+log = logging.getLogger(__name__)
+
+ACTIVE = "ACTIVE"
+MAX_PAGE_SIZE = 1000
+_SQLITE_BUSY_TIMEOUT_S = 30
+_WRITE = "faceguard_write"  # execution option marking write transactions (BEGIN IMMEDIATE)
+_IN_CHUNK = 500  # ids per IN (...) list, well under every driver's bound-parameter limit
+
+
+class GalleryError(Exception):
+    """Base of the store's domain errors."""
+
+
+class CustomerExists(GalleryError):
+    """Enrolment of a customer id that is already enrolled."""
+
+
+class CustomerNotFound(GalleryError):
+    """An operation on a customer id that is not enrolled."""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite itself stores naive text).
+
+    Aware values on the way in and out keep comparisons and the audit hash identical across
+    SQLite and PostgreSQL; a naive datetime is refused rather than guessed.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; the gallery stores UTC-aware times only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Stable constraint names keep later migrations identical on both backends.
+METADATA = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+# BIGINT on PostgreSQL; SQLite only autoincrements a column declared exactly INTEGER.
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+_CUSTOMER_ID = String(128)
+
+customer_table = Table(
+    "customers",
+    METADATA,
+    Column("customer_id", _CUSTOMER_ID, primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+template_table = Table(
+    "templates",
+    METADATA,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column(
+        "customer_id",
+        _CUSTOMER_ID,
+        ForeignKey("customers.customer_id"),
+        nullable=False,
+        index=True,
+    ),
+    Column("key_id", String(64), nullable=False),
+    Column("ciphertext", LargeBinary(), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("quality", Float(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    sqlite_autoincrement=True,
+)
+consent_table = Table(
+    "consents",
+    METADATA,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column(
+        "customer_id",
+        _CUSTOMER_ID,
+        ForeignKey("customers.customer_id"),
+        nullable=False,
+        index=True,
+    ),
+    Column("purpose", String(64), nullable=False),
+    Column("given_at", UTCDateTime(), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("operator_id", String(128)),
+    Column("expires_at", UTCDateTime()),
+    Column("recorded_at", UTCDateTime(), nullable=False),
+    sqlite_autoincrement=True,
+)
+event_table = Table(
+    "events",
+    METADATA,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("occurred_at", UTCDateTime(), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("customer_id", _CUSTOMER_ID, index=True),  # no FK: events outlive erasure
+    Column("device_id", String(128)),
+    Column("outcome", String(32), nullable=False),
+    Column("payload", Text(), nullable=False),
+    Column("prev_hash", String(64), nullable=False, unique=True),  # one successor: no forks
+    Column("hash", String(64), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class NewTemplate:
+    """A template to store: an embedding, the embedder version that made it, its quality."""
+
+    vector: np.ndarray
+    model: str
+    quality: float
+
+    def __post_init__(self) -> None:
+        vector = np.asarray(self.vector)
+        if vector.ndim != 1 or vector.size == 0 or not np.all(np.isfinite(vector)):
+            raise ValueError(f"template vector must be 1-D, non-empty, finite: {vector.shape}")
+        check_text("model", self.model, 128)
+        if not isfinite(self.quality):
+            raise ValueError("template quality must be finite")
+
+
+@dataclass(frozen=True, eq=False)
+class StoredTemplate:
+    """A decrypted template; `id` is also its id in the vector index."""
+
+    id: int
+    customer_id: str
+    vector: np.ndarray
+    model: str
+    quality: float
+
+
+@dataclass(frozen=True)
+class ConsentRecord:
+    """The customer's consent to biometric processing, as captured at enrolment."""
+
+    purpose: str
+    given_at: datetime
+    channel: str
+    operator_id: str | None = None
+    expires_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        check_text("purpose", self.purpose, 64)
+        check_text("channel", self.channel, 64)
+        if self.operator_id is not None:
+            check_text("operator_id", self.operator_id, 128)
+        for name in ("given_at", "expires_at"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"consent {name} must be timezone-aware")
+        if self.expires_at is not None and self.expires_at <= self.given_at:
+            raise ValueError("consent expires_at must be after given_at")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredConsent(ConsentRecord):
+    """A consent as stored, with the time the store recorded it."""
+
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class CustomerRecord:
+    """A customer's gallery entry; `embedder` is the model version of their newest template
+    (`templates_of` shows each template's version while a model upgrade is under way)."""
+
+    customer_id: str
+    status: str
+    template_count: int
+    created_at: datetime
+    updated_at: datetime
+    consent: StoredConsent | None
+    embedder: str | None
+
+
+class Store:
+    """Customers, encrypted templates, consents and the audit chain behind one database URL.
+
+    Thread-safe: connections come from SQLAlchemy's pool, and the keyring is immutable and
+    swapped whole by `rotate_keys`.
+    """
+
+    def __init__(self, url: str, keyring: Keyring) -> None:
+        self._keyring = keyring
+        self._engine = _create_engine(url)
+        self._writer = self._engine.execution_options(**{_WRITE: True})
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def create_schema(self) -> None:
+        """Create the tables that do not exist yet; safe to call on every start."""
+        METADATA.create_all(self._writer)
+        log.info("gallery schema ready on %s", self._engine.url.render_as_string())
+
+    # --- changes: one transaction each, event included ---------------------------------
+
+    def enroll(
+        self,
+        customer_id: str,
+        templates: Sequence[NewTemplate],
+        consent: ConsentRecord,
+        event: NewEvent,
+    ) -> list[int]:
+        """Enrol a new customer with templates and consent; returns the new template ids."""
+        event = _for_customer(event, customer_id)
+        _check_templates(templates)
+        with self._writer.begin() as conn:
+            now = datetime.now(UTC)
+            try:
+                conn.execute(
+                    insert(customer_table).values(
+                        customer_id=customer_id, status=ACTIVE, created_at=now, updated_at=now
+                    )
+                )
+            except IntegrityError:
+                raise CustomerExists(customer_id) from None
+            ids = self._insert_templates(conn, customer_id, templates, now)
+            conn.execute(
+                insert(consent_table).values(
+                    customer_id=customer_id, **_consent_values(consent), recorded_at=now
+                )
+            )
+            audit.append(conn, event_table, event, {"template_ids_added": ids})
+        log.debug("enrolled a customer with %d templates", len(ids))
+        return ids
+
+    def add_templates(
+        self,
+        customer_id: str,
+        templates: Sequence[NewTemplate],
+        replace: bool,
+        event: NewEvent,
+    ) -> tuple[list[int], list[int]]:
+        """Add templates, or with `replace` swap all existing ones; returns (added, removed)."""
+        event = _for_customer(event, customer_id)
+        _check_templates(templates)
+        with self._writer.begin() as conn:
+            _lock_customer(conn, customer_id)
+            removed = _delete_templates(conn, customer_id) if replace else []
+            now = datetime.now(UTC)
+            added = self._insert_templates(conn, customer_id, templates, now)
+            conn.execute(
+                update(customer_table)
+                .where(customer_table.c.customer_id == customer_id)
+                .values(updated_at=now)
+            )
+            facts = {"template_ids_added": added, "template_ids_removed": removed}
+            audit.append(conn, event_table, event, facts)
+        return added, removed
+
+    def delete_customer(self, customer_id: str, event: NewEvent) -> list[int]:
+        """Erase a customer's templates, consents and row; returns the removed template ids.
+
+        The audit events stay: they name the customer id but hold no biometric data.
+        """
+        event = _for_customer(event, customer_id)
+        with self._writer.begin() as conn:
+            _lock_customer(conn, customer_id)
+            removed = _delete_templates(conn, customer_id)
+            conn.execute(delete(consent_table).where(consent_table.c.customer_id == customer_id))
+            conn.execute(delete(customer_table).where(customer_table.c.customer_id == customer_id))
+            audit.append(conn, event_table, event, {"template_ids_removed": removed})
+        return removed
+
+    def record_event(self, event: NewEvent) -> str:
+        """Append an event that changes nothing else (a verify or identify decision)."""
+        with self._writer.begin() as conn:
+            return audit.append(conn, event_table, event)
+
+    def rotate_keys(self, keyring: Keyring, batch: int = 1000) -> int:
+        """Re-encrypt every template not under `keyring`'s active key; returns how many.
+
+        The new keyring is used for all reads and writes from now on, so it must still hold
+        every key in use. Each batch is its own transaction with its own KEY_ROTATION event,
+        so rotation runs beside live traffic. A row written under the old key by a transaction
+        that began before the switch is re-encrypted by running this again.
+        """
+        missing = (self._key_ids_in_use() | {self._keyring.active}) - set(keyring.key_ids)
+        if missing:
+            raise KeyringError(f"the new keyring lacks keys still in use: {sorted(missing)}")
+        self._keyring = keyring
+        total, last_id = 0, 0
+        while True:
+            with self._writer.begin() as conn:
+                rows = _rows_not_under(conn, keyring.active, last_id, batch)
+                if not rows:
+                    break
+                done = sum(_reseal(conn, keyring, row) for row in rows)
+                payload = {
+                    "key_id": keyring.active,
+                    "reencrypted": done,
+                    "first_template_id": rows[0].id,
+                    "last_template_id": rows[-1].id,
+                }
+                audit.append(
+                    conn, event_table, NewEvent(EventType.KEY_ROTATION, "OK", payload=payload)
+                )
+            total, last_id = total + done, rows[-1].id
+            log.info("re-encrypted %d templates under key %s", total, keyring.active)
+        return total
+
+    def _insert_templates(
+        self, conn: Connection, customer_id: str, new: Sequence[NewTemplate], now: datetime
+    ) -> list[int]:
+        """Insert rows, then seal each vector with its row id in the AAD, in one transaction.
+
+        The id is only known after the insert, so the row starts with an empty ciphertext
+        that is replaced before the transaction can commit: no plaintext is ever written.
+        """
+        keyring = self._keyring  # one keyring for the whole operation, even mid-rotation
+        ids = []
+        for template in new:
+            row_id = conn.execute(
+                insert(template_table).values(
+                    customer_id=customer_id,
+                    key_id=keyring.active,
+                    ciphertext=b"",
+                    model=template.model,
+                    quality=float(template.quality),
+                    created_at=now,
+                )
+            ).inserted_primary_key[0]
+            key_id, blob = seal_vector(keyring, template.vector, template_aad(customer_id, row_id))
+            conn.execute(
+                update(template_table)
+                .where(template_table.c.id == row_id)
+                .values(key_id=key_id, ciphertext=blob)
+            )
+            ids.append(int(row_id))
+        return ids
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def get_customer(self, customer_id: str) -> CustomerRecord | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(customer_table).where(customer_table.c.customer_id == customer_id)
+            ).first()
+            return _customer_records(conn, [row])[0] if row is not None else None
+
+    def list_customers(
+        self, page_size: int = 100, after: str | None = None
+    ) -> tuple[list[CustomerRecord], str | None]:
+        """One page in customer id order, after the cursor `after`; the cursor of the next
+        page, or None on the last one. Keyset paging stays fast and stable under inserts."""
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1-{MAX_PAGE_SIZE}, got {page_size}")
+        query = select(customer_table).order_by(customer_table.c.customer_id).limit(page_size + 1)
+        if after is not None:
+            query = query.where(customer_table.c.customer_id > after)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+            page = rows[:page_size]
+            cursor = page[-1].customer_id if len(rows) > page_size else None
+            return _customer_records(conn, page), cursor
+
+    def templates_of(self, customer_id: str) -> list[StoredTemplate]:
+        """A customer's decrypted templates in id order (empty for an unknown customer)."""
+        query = (
+            select(template_table)
+            .where(template_table.c.customer_id == customer_id)
+            .order_by(template_table.c.id)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            StoredTemplate(row.id, row.customer_id, self._open(row), row.model, row.quality)
+            for row in rows
+        ]
+
+    def iter_templates(
+        self, batch: int = 10_000, model: str | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """Yield (int64 ids, float32 vectors 2-D, customer ids) batches for an index rebuild.
+
+        Each batch is read in its own short transaction, so a long rebuild never pins an old
+        snapshot; pass `model` to rebuild one embedder's index when versions are mixed.
+        """
+        last_id = 0
+        while True:
+            query = select(template_table).where(template_table.c.id > last_id)
+            if model is not None:
+                query = query.where(template_table.c.model == model)
+            with self._engine.connect() as conn:
+                rows = conn.execute(query.order_by(template_table.c.id).limit(batch)).all()
+            if not rows:
+                return
+            vectors = [self._open(row) for row in rows]
+            if len({v.shape for v in vectors}) > 1:
+                raise ValueError("templates of different dimensions; pass the embedder `model`")
+            ids = np.fromiter((row.id for row in rows), dtype=np.int64, count=len(rows))
+            yield ids, np.stack(vectors), [row.customer_id for row in rows]
+            last_id = rows[-1].id
+
+    def template_ids(self, model: str | None = None) -> np.ndarray:
+        """All template ids (int64, ascending), without decrypting anything."""
+        query = select(template_table.c.id).order_by(template_table.c.id)
+        if model is not None:
+            query = query.where(template_table.c.model == model)
+        with self._engine.connect() as conn:
+            return np.fromiter(conn.execute(query).scalars(), dtype=np.int64)
+
+    def customer_of(self, ids: Iterable[int]) -> dict[int, str]:
+        """Template id -> customer id for search results; unknown ids are left out."""
+        wanted = [int(i) for i in ids]
+        found: dict[int, str] = {}
+        with self._engine.connect() as conn:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                query = select(template_table.c.id, template_table.c.customer_id).where(
+                    template_table.c.id.in_(chunk)
+                )
+                found.update({row.id: row.customer_id for row in conn.execute(query)})
+        return found
+
+    def events_of(self, customer_id: str) -> list[EventRecord]:
+        """A customer's audit events in chain order, including after their erasure."""
+        with self._engine.connect() as conn:
+            return audit.events_of(conn, event_table, customer_id)
+
+    def verify_chain(self) -> ChainReport:
+        """Check the whole audit chain; see `audit.verify`."""
+        with self._engine.connect() as conn:
+            return audit.verify(conn, event_table)
+
+    def _key_ids_in_use(self) -> set[str]:
+        with self._engine.connect() as conn:
+            return set(conn.execute(select(template_table.c.key_id).distinct()).scalars())
+
+    def _open(self, row: Row[Any]) -> np.ndarray:
+        return open_vector(
+            self._keyring, row.key_id, row.ciphertext, template_aad(row.customer_id, row.id)
+        )
+
+
+def template_aad(customer_id: str, template_id: int) -> bytes:
+    """The AAD that ties a ciphertext to its customer and row (ids hold no NUL characters)."""
+    return b"faceguard/template/v1\0%s\0%d" % (customer_id.encode("utf-8"), template_id)
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return create_engine(parsed, pool_pre_ping=True)
+    if backend != "sqlite":
+        raise ValueError(
+            f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://"
+        )
+    if parsed.database in (None, "", ":memory:") or "memory" in parsed.query.get("mode", ""):
+        raise ValueError("an in-memory SQLite gallery would vanish; give sqlite:///<file path>")
+    engine = create_engine(parsed, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
+    sa_event.listen(engine, "connect", _sqlite_on_connect)
+    sa_event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Take transaction control from the sqlite3 driver and set the per-connection pragmas.
+
+    WAL lets readers run beside the single writer; synchronous=FULL makes each commit (and
+    its audit event) durable across power loss; secure_delete overwrites erased templates.
+    """
+    dbapi_connection.isolation_level = None  # the driver emits no BEGIN; _sqlite_on_begin does
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "journal_mode=WAL",
+        "foreign_keys=ON",
+        f"busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}",
+        "synchronous=FULL",
+        "secure_delete=ON",
+    ):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    """Writes take the database write lock up front (BEGIN IMMEDIATE): that serialises audit
+    appends and makes a busy writer wait for the busy timeout instead of failing on upgrade."""
+    immediate = conn.get_execution_options().get(_WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _for_customer(event: NewEvent, customer_id: str) -> NewEvent:
+    check_text("customer_id", customer_id, 128)
+    if event.customer_id not in (None, customer_id):
+        raise ValueError(f"event is for {event.customer_id!r}, operation for {customer_id!r}")
+    return replace(event, customer_id=customer_id)
+
+
+def _check_templates(new: Sequence[NewTemplate]) -> None:
+    if not new:
+        raise ValueError("at least one template is required")
+    if not all(isinstance(t, NewTemplate) for t in new):
+        raise TypeError("templates must be NewTemplate instances")
+
+
+def _consent_values(consent: ConsentRecord) -> dict[str, Any]:
+    return {
+        "purpose": consent.purpose,
+        "given_at": consent.given_at,
+        "channel": consent.channel,
+        "operator_id": consent.operator_id,
+        "expires_at": consent.expires_at,
+    }
+
+
+def _lock_customer(conn: Connection, customer_id: str) -> None:
+    """Lock the customer row for this transaction (FOR UPDATE; a no-op under SQLite's
+    database lock) so concurrent changes to one customer apply one after the other."""
+    found = conn.execute(
+        select(customer_table.c.customer_id)
+        .where(customer_table.c.customer_id == customer_id)
+        .with_for_update()
+    ).first()
+    if found is None:
+        raise CustomerNotFound(customer_id)
+
+
+def _delete_templates(conn: Connection, customer_id: str) -> list[int]:
+    ids = list(
+        conn.execute(
+            select(template_table.c.id)
+            .where(template_table.c.customer_id == customer_id)
+            .order_by(template_table.c.id)
+        ).scalars()
+    )
+    conn.execute(delete(template_table).where(template_table.c.customer_id == customer_id))
+    return ids
+
+
+def _rows_not_under(conn: Connection, key_id: str, after: int, limit: int) -> list[Row[Any]]:
+    query = (
+        select(
+            template_table.c.id,
+            template_table.c.customer_id,
+            template_table.c.key_id,
+            template_table.c.ciphertext,
+        )
+        .where(template_table.c.id > after, template_table.c.key_id != key_id)
+        .order_by(template_table.c.id)
+        .limit(limit)
+    )
+    return list(conn.execute(query).all())
+
+
+def _reseal(conn: Connection, keyring: Keyring, row: Row[Any]) -> int:
+    """Re-encrypt one row under the active key; 0 if it changed since it was read."""
+    aad = template_aad(row.customer_id, row.id)
+    key_id, blob = keyring.encrypt(keyring.decrypt(row.key_id, row.ciphertext, aad), aad)
+    result = conn.execute(
+        update(template_table)
+        .where(template_table.c.id == row.id, template_table.c.key_id == row.key_id)
+        .values(key_id=key_id, ciphertext=blob)
+    )
+    return result.rowcount
+
+
+def _customer_records(conn: Connection, rows: Sequence[Row[Any]]) -> list[CustomerRecord]:
+    """Records for a page of customer rows, in three set queries rather than three per row."""
+    ids = [row.customer_id for row in rows]
+    if not ids:
+        return []
+    counts = dict(
+        conn.execute(
+            select(template_table.c.customer_id, func.count())
+            .where(template_table.c.customer_id.in_(ids))
+            .group_by(template_table.c.customer_id)
+        ).all()
+    )
+    newest = (
+        select(func.max(template_table.c.id))
+        .where(template_table.c.customer_id.in_(ids))
+        .group_by(template_table.c.customer_id)
+    )
+    embedders = dict(
+        conn.execute(
+            select(template_table.c.customer_id, template_table.c.model).where(
+                template_table.c.id.in_(newest)
+            )
+        ).all()
+    )
+    latest = _latest_consents(conn, ids)
+    return [
+        CustomerRecord(
+            customer_id=row.customer_id,
+            status=row.status,
+            template_count=counts.get(row.customer_id, 0),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            consent=latest.get(row.customer_id),
+            embedder=embedders.get(row.customer_id),
+        )
+        for row in rows
+    ]
+
+
+def _latest_consents(conn: Connection, ids: list[str]) -> dict[str, StoredConsent]:
+    """Each customer's most recently recorded consent (highest id: ids follow recording)."""
+    newest = (
+        select(func.max(consent_table.c.id))
+        .where(consent_table.c.customer_id.in_(ids))
+        .group_by(consent_table.c.customer_id)
+    )
+    return {
+        row.customer_id: StoredConsent(
+            purpose=row.purpose,
+            given_at=row.given_at,
+            channel=row.channel,
+            operator_id=row.operator_id,
+            expires_at=row.expires_at,
+            recorded_at=row.recorded_at,
+        )
+        for row in conn.execute(select(consent_table).where(consent_table.c.id.in_(newest)))
+    }

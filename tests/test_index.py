@@ -1,0 +1,300 @@
+"""The gallery's vector index: search by id, removal, snapshots, healing, threads, recall."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from service.gallery.index import IndexFileError, IndexOptions, VectorIndex
+
+DIM = 192
+SIZE = 3000
+# A small exact limit puts SIZE templates on the IVF path, as a million would be in service.
+OPTIONS = IndexOptions(exact_limit=1000, threads=2)
+
+
+def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    rows = rng.standard_normal((n, DIM), dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def face_probes(templates: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarray:
+    """Probes at exactly `cosine` to their template, like a second capture of the same face."""
+    noise = unit_rows(rng, len(templates))
+    noise -= np.sum(noise * templates, axis=1, keepdims=True) * templates
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    return cosine * templates + np.sqrt(1.0 - cosine**2) * noise
+
+
+@pytest.fixture(scope="module")
+def gallery() -> tuple[np.ndarray, np.ndarray]:
+    """Sparse, shuffled ids (as a store's are after deletions) and their unit templates."""
+    rng = np.random.default_rng(7)
+    ids = rng.permutation(np.arange(SIZE, dtype=np.int64) * 7 + 100)
+    return ids, unit_rows(rng, SIZE)
+
+
+@pytest.fixture(params=["flat", "ivf"])
+def index(request: pytest.FixtureRequest, gallery: tuple[np.ndarray, np.ndarray]) -> VectorIndex:
+    ids, vectors = gallery
+    limit = SIZE if request.param == "flat" else OPTIONS.exact_limit
+    built = VectorIndex(DIM, IndexOptions(exact_limit=limit, threads=2))
+    built.rebuild(ids, vectors)
+    assert built.kind == request.param
+    return built
+
+
+def test_search_finds_each_template_with_cosine_one(
+    index: VectorIndex, gallery: tuple[np.ndarray, np.ndarray]
+) -> None:
+    ids, vectors = gallery
+    for row in range(0, SIZE, 97):
+        best_id, score = index.search(vectors[row], 5)[0]
+        assert best_id == ids[row]
+        assert score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_results_are_best_first_and_k_is_capped(index: VectorIndex) -> None:
+    probe = unit_rows(np.random.default_rng(1), 1)[0]
+    scores = [score for _, score in index.search(probe, 20)]
+    assert len(scores) == 20
+    assert scores == sorted(scores, reverse=True)
+    small = VectorIndex(DIM)
+    small.add(np.array([5, 9]), unit_rows(np.random.default_rng(2), 2))
+    assert [i for i, _ in small.search(probe, 10)] in ([5, 9], [9, 5])
+    assert VectorIndex(DIM).search(probe, 3) == []
+
+
+def test_search_batch_matches_single_searches(
+    index: VectorIndex, gallery: tuple[np.ndarray, np.ndarray]
+) -> None:
+    probes = face_probes(gallery[1][:32], 0.7, np.random.default_rng(3))
+    batch = index.search_batch(probes, 10)
+    for probe, hits in zip(probes, batch, strict=True):
+        single = index.search(probe, 10)
+        assert [i for i, _ in hits] == [i for i, _ in single]
+        np.testing.assert_allclose([s for _, s in hits], [s for _, s in single], atol=1e-5)
+
+
+def test_removed_templates_are_no_longer_found(
+    index: VectorIndex, gallery: tuple[np.ndarray, np.ndarray]
+) -> None:
+    ids, vectors = gallery
+    gone = ids[:50]
+    assert index.remove(np.concatenate([gone, [999_999_999]])) == 50
+    assert index.remove(gone) == 0
+    assert len(index) == SIZE - 50
+    np.testing.assert_array_equal(index.ids(), np.sort(ids[50:]))
+    for row in range(50):
+        assert ids[row] not in {i for i, _ in index.search(vectors[row], 10)}
+
+
+def test_ids_are_the_sorted_indexed_ids(
+    index: VectorIndex, gallery: tuple[np.ndarray, np.ndarray]
+) -> None:
+    ids, _ = gallery
+    np.testing.assert_array_equal(index.ids(), np.sort(ids))
+    assert index.ids().dtype == np.int64
+    assert len(index) == SIZE
+    extra = unit_rows(np.random.default_rng(4), 2)
+    index.add(np.array([1, 50_000]), extra)
+    np.testing.assert_array_equal(index.ids(), np.sort(np.concatenate([ids, [1, 50_000]])))
+    assert index.search(extra[1], 1)[0][0] == 50_000
+
+
+def test_save_and_load_give_identical_results(
+    index: VectorIndex, gallery: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    probes = face_probes(gallery[1][:40], 0.7, np.random.default_rng(5))
+    path = tmp_path / "gallery.faiss"
+    index.save(path)
+    loaded = VectorIndex.load(path, DIM, OPTIONS)
+    assert loaded.kind == index.kind
+    np.testing.assert_array_equal(loaded.ids(), index.ids())
+    assert loaded.search_batch(probes, 10) == index.search_batch(probes, 10)
+    assert [p.name for p in tmp_path.iterdir()] == ["gallery.faiss"]
+
+
+def test_loaded_index_accepts_additions(index: VectorIndex, tmp_path: Path) -> None:
+    path = tmp_path / "gallery.faiss"
+    index.save(path)
+    loaded = VectorIndex.load(path, DIM, OPTIONS)
+    vector = unit_rows(np.random.default_rng(6), 1)
+    loaded.add(np.array([77]), vector)
+    assert loaded.search(vector[0], 1)[0][0] == 77
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _footer_only_removed(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-40])
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"not an index" * 100)
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_byte, _footer_only_removed, _garbage])
+def test_damaged_snapshot_raises_index_file_error(damage, tmp_path: Path) -> None:
+    index = VectorIndex(DIM)
+    index.add(np.arange(10), unit_rows(np.random.default_rng(8), 10))
+    path = tmp_path / "gallery.faiss"
+    index.save(path)
+    damage(path)
+    with pytest.raises(IndexFileError):
+        VectorIndex.load(path, DIM)
+
+
+def test_missing_or_mismatched_snapshot_raises_index_file_error(tmp_path: Path) -> None:
+    with pytest.raises(IndexFileError):
+        VectorIndex.load(tmp_path / "absent.faiss", DIM)
+    path = tmp_path / "gallery.faiss"
+    VectorIndex(DIM).save(path)
+    with pytest.raises(IndexFileError, match="128"):
+        VectorIndex.load(path, 128)
+
+
+def test_failed_save_leaves_the_previous_snapshot(
+    gallery: tuple[np.ndarray, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids, vectors = gallery
+    index = VectorIndex(DIM, OPTIONS)
+    index.add(ids[:100], vectors[:100])
+    path = tmp_path / "gallery.faiss"
+    index.save(path)
+    index.add(ids[100:200], vectors[100:200])
+
+    def half_written(_index: faiss.Index, name: str) -> None:
+        Path(name).write_bytes(b"partial index bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["gallery.faiss"]
+    np.testing.assert_array_equal(VectorIndex.load(path, DIM).ids(), np.sort(ids[:100]))
+
+
+def test_sync_adds_missing_and_removes_stale_ids(gallery: tuple[np.ndarray, np.ndarray]) -> None:
+    ids, vectors = gallery
+    by_id = dict(zip(ids.tolist(), vectors, strict=True))
+    index = VectorIndex(DIM, OPTIONS)
+    index.rebuild(ids[:2000], vectors[:2000])  # IVF, as after a snapshot
+    store_ids = ids[100:2500]  # the store deleted 100 and enrolled 500 since
+    fetched: list[int] = []
+
+    def fetch(wanted: np.ndarray) -> np.ndarray:
+        fetched.extend(wanted.tolist())
+        return np.stack([by_id[i] for i in wanted.tolist()])
+
+    assert index.sync(store_ids, fetch, chunk=128) == (500, 100)
+    assert sorted(fetched) == sorted(ids[2000:2500].tolist())
+    np.testing.assert_array_equal(index.ids(), np.sort(store_ids))
+    assert index.search(vectors[2400], 1)[0][0] == ids[2400]
+    assert index.sync(store_ids, fetch) == (0, 0)
+
+
+def test_concurrent_searches_while_adding_and_removing(
+    gallery: tuple[np.ndarray, np.ndarray],
+) -> None:
+    ids, vectors = gallery
+    index = VectorIndex(DIM, OPTIONS)
+    index.rebuild(ids[:1500], vectors[:1500])
+    known = set(ids.tolist())
+    probes = face_probes(vectors[:64], 0.7, np.random.default_rng(9))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                for probe in probes:
+                    for hit_id, score in index.search(probe, 10):
+                        assert hit_id in known and -1.001 <= score <= 1.001
+        except BaseException as exc:  # reported to the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for start in range(1500, SIZE, 100):
+        index.add(ids[start : start + 100], vectors[start : start + 100])
+        index.remove(ids[start - 1500 : start - 1450])
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(index) == SIZE - 15 * 50
+
+
+def test_ivf_recall_at_1_on_face_like_data(gallery: tuple[np.ndarray, np.ndarray]) -> None:
+    ids, vectors = gallery
+    rng = np.random.default_rng(10)
+    rows = rng.choice(SIZE, 300, replace=False)
+    probes = face_probes(vectors[rows], 0.7, rng)
+    exact = VectorIndex(DIM, IndexOptions(exact_limit=SIZE))
+    exact.rebuild(ids, vectors)
+    approximate = VectorIndex(DIM, OPTIONS)
+    approximate.rebuild(ids, vectors)
+    assert (exact.kind, approximate.kind) == ("flat", "ivf")
+    truth = [hits[0][0] for hits in exact.search_batch(probes, 1)]
+    found = [approximate.search(probe, 10)[0][0] for probe in probes]
+    assert np.mean(np.array(truth) == np.array(found)) >= 0.99
+
+
+def test_kind_is_kept_by_adds_and_flagged_for_rebuild(
+    gallery: tuple[np.ndarray, np.ndarray],
+) -> None:
+    ids, vectors = gallery
+    index = VectorIndex(DIM, OPTIONS)
+    index.add(ids[:1000], vectors[:1000])
+    assert (index.kind, index.needs_rebuild) == ("flat", False)
+    index.add(ids[1000:1200], vectors[1000:1200])
+    assert (index.kind, index.needs_rebuild) == ("flat", True)
+    index.rebuild(ids[:1200], vectors[:1200])
+    assert (index.kind, index.needs_rebuild) == ("ivf", False)
+    index.remove(ids[:800])
+    assert (index.kind, index.needs_rebuild) == ("ivf", True)
+
+
+@pytest.mark.parametrize(
+    ("ids", "vectors", "message"),
+    [
+        ([1], np.ones((1, DIM - 1)) / np.sqrt(DIM - 1), "shape"),
+        ([1], np.full((1, DIM), np.nan), "NaN"),
+        ([1, 1], np.ones((2, DIM)) / np.sqrt(DIM), "repeat"),
+        ([5], np.ones((1, DIM)) / np.sqrt(DIM), "already indexed"),
+        ([1], np.ones((1, DIM)), "normalised"),
+        ([-3], np.ones((1, DIM)) / np.sqrt(DIM), "non-negative"),
+        ([1, 2], np.ones((1, DIM)) / np.sqrt(DIM), "ids for"),
+        ([1.5], np.ones((1, DIM)) / np.sqrt(DIM), "integer"),
+    ],
+)
+def test_bad_additions_raise_value_error(ids: list, vectors: np.ndarray, message: str) -> None:
+    index = VectorIndex(DIM)
+    index.add(np.array([5]), unit_rows(np.random.default_rng(11), 1))
+    with pytest.raises(ValueError, match=message):
+        index.add(np.array(ids), vectors)
+    np.testing.assert_array_equal(index.ids(), [5])
+
+
+def test_bad_probes_raise_value_error() -> None:
+    index = VectorIndex(DIM)
+    index.add(np.array([5]), unit_rows(np.random.default_rng(12), 1))
+    probe = unit_rows(np.random.default_rng(13), 1)[0]
+    for bad, k in ((probe[:-1], 1), (np.full(DIM, np.nan), 1), (probe[None, :], 1), (probe, 0)):
+        with pytest.raises(ValueError):
+            index.search(bad, k)

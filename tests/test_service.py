@@ -1,0 +1,342 @@
+"""The gRPC service end to end over a real channel: enrol, verify, identify, delete, restart,
+bad input, and the enrolment CLI against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from faceguard.v1 import (
+    common_pb2,
+    enrollment_pb2,
+    enrollment_pb2_grpc,
+    verification_pb2,
+    verification_pb2_grpc,
+)
+from service.api.server import Running, start
+from service.gallery.crypto import load_keyring
+from service.gallery.index import VectorIndex
+from service.gallery.store import Store
+from tests.service_helpers import (
+    FACEGUARD,
+    SMALL_FACE_ENV,
+    consent,
+    free_port,
+    image,
+    people_with,
+    server_process,
+    service_settings,
+)
+
+APPROVE, DECLINE = common_pb2.APPROVE, common_pb2.DECLINE
+
+
+@pytest.fixture(scope="module")
+def people(shared_data: Path) -> list[tuple[str, list[Path]]]:
+    return people_with(shared_data, minimum=3, count=6)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    running = start(service_settings(tmp_path_factory.mktemp("data")))
+    yield running
+    running.stop(grace=2)
+
+
+@pytest.fixture(scope="module")
+def channel(served: Running) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as chan:
+        yield chan
+
+
+@pytest.fixture(scope="module")
+def enrollment(channel: grpc.Channel) -> enrollment_pb2_grpc.EnrollmentStub:
+    return enrollment_pb2_grpc.EnrollmentStub(channel)
+
+
+@pytest.fixture(scope="module")
+def kiosk(channel: grpc.Channel) -> verification_pb2_grpc.FaceVerificationStub:
+    return verification_pb2_grpc.FaceVerificationStub(channel)
+
+
+def reason_of(error: grpc.RpcError) -> str:
+    status = rpc_status.from_call(error)
+    assert status is not None, "no rich status details"
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info.reason
+
+
+def expect_error(call, request, code: grpc.StatusCode, reason: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        call(request, timeout=60)
+    assert err.value.code() == code, err.value.details()
+    assert reason_of(err.value) == reason
+
+
+def enroll(stub, customer_id: str, images: list[Path]) -> enrollment_pb2.EnrollResponse:
+    return stub.Enroll(
+        enrollment_pb2.EnrollRequest(
+            customer_id=customer_id, images=[image(p) for p in images], consent=consent()
+        ),
+        timeout=60,
+    )
+
+
+def test_health_and_reflection(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    reply = health.Check(health_pb2.HealthCheckRequest(service="faceguard.v1.FaceVerification"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_enroll_verify_identify_delete(enrollment, kiosk, people) -> None:
+    (alice, alice_images), (bob, bob_images) = people[0], people[1]
+    reply = enroll(enrollment, alice, alice_images[:2])
+    assert reply.customer.template_count == 2
+    assert reply.decision.outcome == APPROVE and reply.decision.event_id
+    enroll(enrollment, bob, bob_images[:1])
+
+    match = kiosk.Verify(
+        verification_pb2.VerifyRequest(
+            customer_id=alice, frames=[image(alice_images[2])], device_id="k1"
+        ),
+        timeout=60,
+    )
+    decision = match.decision
+    assert decision.outcome in (APPROVE, common_pb2.REVIEW)
+    assert "MATCH" in decision.reason_codes
+    assert decision.match_score >= decision.threshold
+    assert decision.fmr_target == "1e-4" and decision.model_versions.embedder
+    assert decision.HasField("quality_score") and decision.HasField("liveness_score")
+
+    other = kiosk.Verify(
+        verification_pb2.VerifyRequest(customer_id=bob, frames=[image(alice_images[2])]), timeout=60
+    )
+    assert other.decision.outcome == DECLINE and "NO_MATCH" in other.decision.reason_codes
+    assert other.decision.match_score < other.decision.threshold
+
+    found = kiosk.Identify(
+        verification_pb2.IdentifyRequest(image=image(alice_images[2]), top_k=3), timeout=60
+    )
+    assert found.candidates[0].customer_id == alice
+    assert all(c.customer_id != bob for c in found.candidates)
+
+    deleted = enrollment.Delete(
+        enrollment_pb2.DeleteRequest(customer_id=alice, reason="test", operator_id="op"), timeout=60
+    )
+    assert deleted.event_id
+    expect_error(
+        kiosk.Verify,
+        verification_pb2.VerifyRequest(customer_id=alice, frames=[image(alice_images[2])]),
+        grpc.StatusCode.NOT_FOUND, "CUSTOMER_NOT_FOUND",
+    )  # fmt: skip
+    after = kiosk.Identify(
+        verification_pb2.IdentifyRequest(image=image(alice_images[2])), timeout=60
+    )
+    assert all(c.customer_id != alice for c in after.candidates)
+
+
+def test_duplicate_identity_and_existing_customer_are_refused(enrollment, people) -> None:
+    carol, images = people[2]
+    enroll(enrollment, carol, images[:1])
+    expect_error(
+        enrollment.Enroll,
+        enrollment_pb2.EnrollRequest(
+            customer_id=carol, images=[image(images[1])], consent=consent()
+        ),
+        grpc.StatusCode.ALREADY_EXISTS, "CUSTOMER_EXISTS",
+    )  # fmt: skip
+    expect_error(
+        enrollment.Enroll,
+        enrollment_pb2.EnrollRequest(
+            customer_id="carol-again", images=[image(images[1])], consent=consent()
+        ),
+        grpc.StatusCode.ALREADY_EXISTS, "DUPLICATE_IDENTITY",
+    )  # fmt: skip
+    with pytest.raises(grpc.RpcError):
+        enrollment.Get(enrollment_pb2.GetRequest(customer_id="carol-again"), timeout=10)
+
+
+def test_update_get_and_list(enrollment, people) -> None:
+    dave, images = people[3]
+    enroll(enrollment, dave, images[:1])
+    updated = enrollment.UpdateTemplates(
+        enrollment_pb2.UpdateTemplatesRequest(customer_id=dave, images=[image(images[1])]),
+        timeout=60,
+    )
+    assert updated.customer.template_count == 2
+    replaced = enrollment.UpdateTemplates(
+        enrollment_pb2.UpdateTemplatesRequest(
+            customer_id=dave, images=[image(images[2])], replace=True
+        ),
+        timeout=60,
+    )
+    assert replaced.customer.template_count == 1
+    record = enrollment.Get(enrollment_pb2.GetRequest(customer_id=dave), timeout=10)
+    assert record.consent.purpose == "kiosk verification" and record.embedder
+    seen, token = [], ""
+    while True:
+        page = enrollment.List(
+            enrollment_pb2.ListRequest(page_size=1, page_token=token), timeout=10
+        )
+        seen += [c.customer_id for c in page.customers]
+        token = page.next_page_token
+        if not token:
+            break
+    assert dave in seen and len(seen) == len(set(seen))
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def test_bad_input_gets_its_documented_status(enrollment, kiosk, people, shared_data) -> None:
+    name, images = people[4]
+    enroll(enrollment, name, images[:1])
+    bad_id = verification_pb2.VerifyRequest(customer_id="bad id!", frames=[image(images[1])])
+    expect_error(kiosk.Verify, bad_id, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_CUSTOMER_ID")
+    no_frames = verification_pb2.VerifyRequest(customer_id=name)
+    expect_error(kiosk.Verify, no_frames, grpc.StatusCode.INVALID_ARGUMENT, "NO_FRAMES")
+    garbage = verification_pb2.VerifyRequest(
+        customer_id=name, frames=[common_pb2.Image(data=b"GIF89a....")]
+    )
+    expect_error(
+        kiosk.Verify, garbage, grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_UNSUPPORTED_FORMAT"
+    )
+    truncated = verification_pb2.VerifyRequest(
+        customer_id=name, frames=[common_pb2.Image(data=images[1].read_bytes()[:2000])]
+    )
+    expect_error(kiosk.Verify, truncated, grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_CORRUPT")
+    blank = verification_pb2.VerifyRequest(
+        customer_id=name,
+        frames=[common_pb2.Image(data=_jpeg(np.full((480, 640, 3), 90, np.uint8)))],
+    )
+    expect_error(kiosk.Verify, blank, grpc.StatusCode.FAILED_PRECONDITION, "NO_FACE")
+    group = shared_data / "detect" / "faceapi_bbt3.jpg"
+    several = verification_pb2.VerifyRequest(customer_id=name, frames=[image(group)])
+    expect_error(kiosk.Verify, several, grpc.StatusCode.FAILED_PRECONDITION, "MULTIPLE_FACES")
+    tiny = cv2.resize(cv2.imread(str(images[1])), (60, 60))
+    small = verification_pb2.VerifyRequest(
+        customer_id=name, frames=[common_pb2.Image(data=cv2.imencode(".jpg", tiny)[1].tobytes())]
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        kiosk.Verify(small, timeout=60)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(err.value) in {"NO_FACE", "LOW_QUALITY_SIZE"}
+    unknown = verification_pb2.VerifyRequest(customer_id="nobody", frames=[image(images[1])])
+    expect_error(kiosk.Verify, unknown, grpc.StatusCode.NOT_FOUND, "CUSTOMER_NOT_FOUND")
+    huge = np.random.default_rng(1).integers(0, 255, (3000, 3000, 3), np.uint8)
+    too_big = verification_pb2.VerifyRequest(
+        customer_id=name, frames=[common_pb2.Image(data=cv2.imencode(".png", huge)[1].tobytes())]
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        kiosk.Verify(too_big, timeout=60)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    no_consent = enrollment_pb2.EnrollRequest(customer_id="x1", images=[image(images[2])])
+    expect_error(
+        enrollment.Enroll, no_consent, grpc.StatusCode.INVALID_ARGUMENT, "CONSENT_REQUIRED"
+    )
+    big_page = enrollment_pb2.ListRequest(page_size=100_000)
+    expect_error(enrollment.List, big_page, grpc.StatusCode.RESOURCE_EXHAUSTED, "PAGE_TOO_LARGE")
+    expect_error(
+        enrollment.Delete, enrollment_pb2.DeleteRequest(customer_id="nobody"),
+        grpc.StatusCode.NOT_FOUND, "CUSTOMER_NOT_FOUND",
+    )  # fmt: skip
+
+
+def test_restart_keeps_the_gallery(tmp_path: Path, people) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    (erin, images) = people[5]
+    with server_process(tmp_path, port):
+        with grpc.insecure_channel(address) as chan:
+            enroll(enrollment_pb2_grpc.EnrollmentStub(chan), erin, images[:1])
+    with server_process(tmp_path, port):
+        with grpc.insecure_channel(address) as chan:
+            kiosk = verification_pb2_grpc.FaceVerificationStub(chan)
+            reply = kiosk.Verify(
+                verification_pb2.VerifyRequest(customer_id=erin, frames=[image(images[1])]),
+                timeout=60,
+            )
+            assert "MATCH" in reply.decision.reason_codes
+            found = kiosk.Identify(
+                verification_pb2.IdentifyRequest(image=image(images[2])), timeout=60
+            )
+            assert found.candidates[0].customer_id == erin
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(FACEGUARD), *args], capture_output=True, text=True, timeout=600,
+        env={**os.environ, **SMALL_FACE_ENV},
+    )  # fmt: skip
+
+
+def test_kill_during_bulk_import_leaves_store_and_index_in_agreement(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    source = tmp_path / "import"
+    for name, images in people_with(shared_data, minimum=2, count=24):
+        (source / name).mkdir(parents=True)
+        for path in images[:2]:
+            (source / name / path.name).write_bytes(path.read_bytes())
+    data, port = tmp_path / "data", free_port()
+    server = f"127.0.0.1:{port}"
+    with server_process(data, port) as process:
+        importer = subprocess.Popen(
+            [str(FACEGUARD), "enroll", "import", str(source), "--server", server,
+             "--operator", "op", "--workers", "2", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        state = source.with_name("import.import-state")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (
+            not state.exists() or len(state.read_text().splitlines()) < 5
+        ):
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        importer.wait(timeout=120)
+    _assert_store_and_index_agree(data)
+    with server_process(data, port):
+        resumed = _cli(
+            "enroll", "import", str(source), "--server", server, "--operator", "op", "--json"
+        )
+        summary = json.loads(resumed.stdout)
+        assert summary["failed"] == 0 and summary["skipped_done_before"] >= 5
+        listed = json.loads(
+            _cli("enroll", "list", "--server", server, "--page-size", "100", "--json").stdout
+        )
+        assert len(listed["customers"]) == 24
+        assert all(c["template_count"] == 2 for c in listed["customers"])
+    _assert_store_and_index_agree(data)
+
+
+def _assert_store_and_index_agree(data: Path) -> None:
+    """Every stored customer has all their templates, and the index holds exactly them.
+
+    The snapshot may lag the store after a kill; the service heals it at start, so this
+    checks the healed state the service would use.
+    """
+    store = Store(f"sqlite:///{data / 'faceguard.db'}", load_keyring(data / "template-keys.json"))
+    from service.gallery.gallery import Gallery
+
+    gallery = Gallery(store, data / "index.faiss", dim=192)
+    stored = np.sort(store.template_ids())
+    assert np.array_equal(np.sort(gallery.index.ids()), stored)
+    records, _ = store.list_customers(1000, None)
+    assert all(r.template_count == 2 for r in records)
+    assert isinstance(gallery.index, VectorIndex)
