@@ -26,7 +26,7 @@ setup: $(BIN)/faceguard $(GENERATED)
 	$(BIN)/faceguard models build
 
 run: setup
-	$(BIN)/faceguard serve
+	$(BIN)/faceguard serve --dev-key
 
 test: setup
 	$(BIN)/python -m pytest

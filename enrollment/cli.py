@@ -34,10 +34,9 @@ def add_client_commands(commands: argparse._SubParsersAction, handler: Callable)
     add = actions.add_parser("add", help="enrol a customer from one or more images")
     add.add_argument("--customer-id", required=True)
     add.add_argument("images", nargs="+", type=Path)
-    for sub in (add,):
-        sub.add_argument("--purpose", default="identity verification at branch kiosks")
-        sub.add_argument("--channel", default="branch")
-        sub.add_argument("--operator", required=True, help="staff id recording the consent")
+    add.add_argument("--purpose", default="identity verification at branch kiosks")
+    add.add_argument("--channel", default="branch")
+    add.add_argument("--operator", required=True, help="staff id recording the consent")
 
     batch = actions.add_parser("import", help="bulk enrolment from folders or a CSV manifest")
     batch.add_argument("source", type=Path, help="folder per customer, or CSV customer_id,path")
@@ -70,7 +69,9 @@ def add_client_commands(commands: argparse._SubParsersAction, handler: Callable)
     identify.add_argument("--min-score", type=float, default=0.0)
     identify.add_argument("--device-id", default="cli")
 
-    for sub in (add, batch, delete, get, listing, verify, identify):
+    health = commands.add_parser("health", help="is the service SERVING (exit 0) or not (1)")
+
+    for sub in (add, batch, delete, get, listing, verify, identify, health):
         _connection_options(sub)
         sub.set_defaults(handler=handler)
 
@@ -114,6 +115,13 @@ def _call(args: argparse.Namespace, stubs) -> dict[str, Any]:
 
     command = getattr(args, "enroll_command", None) or args.command
     timeout = args.timeout
+    if command == "health":
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        reply = health_pb2_grpc.HealthStub(stubs.channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=timeout
+        )
+        return {"status": health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}
     if command == "add":
         request = enrollment_pb2.EnrollRequest(
             customer_id=args.customer_id, images=_read_images(args.images), consent=_consent(args)
@@ -153,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
             from enrollment.importer import run_import
 
             return run_import(args, connection, _consent(args))
-        _emit(args, _call(args, connection))
-        return 0
+        result = _call(args, connection)
+        _emit(args, result)
+        return 0 if result.get("status", "SERVING") == "SERVING" else 1
     except grpc.RpcError as error:
         _emit(args, {"error": describe_error(error)})
         return 1

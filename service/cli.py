@@ -51,6 +51,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "service":
+        from service.bench_service import run_bench_service
+
+        return run_bench_service(args)
     from service.bench import run_bench_pipeline
 
     return run_bench_pipeline(args)
@@ -179,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--repeat", type=int, default=30, help="timed runs per case")
     _add_common_pipeline_options(pipeline)
     pipeline.set_defaults(handler=_bench)
+    service = bench.add_parser("service", help="verify latency/throughput, import, identify")
+    service.add_argument("--threads", type=int, default=1, help="server threads per model")
+    service.add_argument("--calls", type=int, default=40, help="verifies per measurement")
+    service.add_argument(
+        "--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
+        help="synthetic gallery sizes for identify",
+    )  # fmt: skip
+    service.add_argument("--json", action="store_true", help="print one JSON object")
+    service.set_defaults(handler=_bench)
     return parser
 
 

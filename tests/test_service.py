@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -340,3 +341,52 @@ def _assert_store_and_index_agree(data: Path) -> None:
     records, _ = store.list_customers(1000, None)
     assert all(r.template_count == 2 for r in records)
     assert isinstance(gallery.index, VectorIndex)
+
+
+def test_cli_enrols_verifies_and_identifies(served: Running, people) -> None:
+    name, images = people[5]
+    server = f"127.0.0.1:{served.port}"
+    cid = f"cli-{name}"
+    added = _cli("enroll", "add", "--customer-id", cid, str(images[0]), "--operator", "op",
+                 "--server", server, "--json")  # fmt: skip
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert json.loads(added.stdout)["customer"]["template_count"] == 1
+    again = _cli("enroll", "add", "--customer-id", cid, str(images[0]), "--operator", "op",
+                 "--server", server, "--json")  # fmt: skip
+    assert again.returncode == 1
+    assert json.loads(again.stdout)["error"] == {
+        "status": "ALREADY_EXISTS", "reason": "CUSTOMER_EXISTS",
+        "message": f"customer {cid} is already enrolled",
+    }  # fmt: skip
+    verified = _cli("verify", "--customer-id", cid, str(images[1]), "--server", server, "--json")
+    assert "MATCH" in json.loads(verified.stdout)["decision"]["reason_codes"]
+    identified = _cli("identify", str(images[2]), "--server", server, "--json")
+    assert json.loads(identified.stdout)["candidates"][0]["customer_id"] == cid
+    got = _cli("enroll", "get", "--customer-id", cid, "--server", server, "--json")
+    assert json.loads(got.stdout)["customer_id"] == cid
+    gone = _cli("enroll", "delete", "--customer-id", cid, "--operator", "op", "--server", server,
+                "--json")  # fmt: skip
+    assert gone.returncode == 0 and json.loads(gone.stdout)["event_id"]
+    missing = _cli("enroll", "get", "--customer-id", cid, "--server", server, "--json")
+    assert json.loads(missing.stdout)["error"]["reason"] == "CUSTOMER_NOT_FOUND"
+
+
+def test_audit_verify_names_the_first_tampered_row(served: Running, tmp_path: Path) -> None:
+    ok = _cli("audit", "verify", "--data-dir", str(_data_dir(served)))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["ok"] and report["rows_checked"] > 3
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("faceguard.db", "faceguard.db-wal", "template-keys.json"):
+        if (_data_dir(served) / name).exists():
+            (copy / name).write_bytes((_data_dir(served) / name).read_bytes())
+    with sqlite3.connect(copy / "faceguard.db") as db:
+        db.execute("UPDATE events SET outcome = 'TAMPERED' WHERE id = 3")
+    broken = _cli("audit", "verify", "--data-dir", str(copy))
+    assert broken.returncode == 1
+    assert json.loads(broken.stdout)["first_broken_row"] == 3
+
+
+def _data_dir(served: Running) -> Path:
+    return Path(str(served.engine.gallery.index_path.parent))

@@ -1,0 +1,151 @@
+"""`faceguard bench service`: the service measured through its gRPC interface.
+
+Starts `faceguard serve` as a separate process on a free port and a fresh data directory
+(so client and server do not share an interpreter), enrols single-face portraits made from
+the sample photos, then measures:
+- import: images per second through Enroll, `--workers` concurrent calls;
+- verify: median latency with one client, and verifies per second with 8 concurrent clients;
+- identify: the vector index alone, with synthetic face-like templates in galleries of the
+  requested sizes (see `service.gallery.index_bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from rich.console import Console
+
+from faceguard.v1 import (
+    common_pb2,
+    enrollment_pb2,
+    enrollment_pb2_grpc,
+    verification_pb2,
+    verification_pb2_grpc,
+)
+from service.analyze import sample_images
+from service.bench import framed_face
+from service.gallery.index_bench import run_index_bench
+from service.vision.pipeline import FacePipeline, PipelineConfig
+
+FACEGUARD = Path(sys.executable).with_name("faceguard")
+
+
+def _portraits() -> list[bytes]:
+    """Single-face 480x640 portraits of the distinct people in the sample photos."""
+    pipeline = FacePipeline(PipelineConfig(threads=2, liveness=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = [p.read_bytes() for p in sample_images(Path(tmp))]
+    portraits = [f for photo in photos for f in framed_face(pipeline, photo, (480, 640))]
+    return [p for p in portraits if _one_clean_face(pipeline, p)]
+
+
+def _one_clean_face(pipeline: FacePipeline, portrait: bytes) -> bool:
+    analyses = pipeline.analyse(portrait)
+    return len(analyses) == 1 and not analyses[0].quality.reasons
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(stub: enrollment_pb2_grpc.EnrollmentStub, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            stub.List(enrollment_pb2.ListRequest(page_size=1), timeout=5)
+            return
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def _enrol(stub, portraits: list[bytes], workers: int) -> float:
+    consent = enrollment_pb2.Consent(purpose="benchmark", channel="bench", operator_id="bench")
+
+    def one(i: int) -> None:
+        stub.Enroll(
+            enrollment_pb2.EnrollRequest(
+                customer_id=f"bench-{i:04d}", images=[common_pb2.Image(data=portraits[i])],
+                consent=consent,
+            ),
+            timeout=60,
+        )  # fmt: skip
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(len(portraits))))
+    return len(portraits) / (time.perf_counter() - start)
+
+
+def _verify_request(portraits: list[bytes], i: int) -> verification_pb2.VerifyRequest:
+    j = i % len(portraits)
+    return verification_pb2.VerifyRequest(
+        customer_id=f"bench-{j:04d}", frames=[common_pb2.Image(data=portraits[j])], device_id="bench"
+    )
+
+
+def _verify_latency(stub, portraits: list[bytes], calls: int) -> float:
+    samples = []
+    for i in range(calls):
+        start = time.perf_counter()
+        stub.Verify(_verify_request(portraits, i), timeout=60)
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return round(statistics.median(samples), 1)
+
+
+def _verify_throughput(stub, portraits: list[bytes], clients: int, calls: int) -> float:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda i: stub.Verify(_verify_request(portraits, i), timeout=60), range(calls)))
+    return round(calls / (time.perf_counter() - start), 1)
+
+
+def measure_service(threads: int, calls: int) -> dict[str, Any]:
+    portraits = _portraits()
+    port = _free_port()
+    env = {**os.environ, "FACEGUARD_VISION__THREADS": str(threads)}
+    with tempfile.TemporaryDirectory() as data:
+        command = [str(FACEGUARD), "serve", "--data-dir", data, "--port", str(port), "--dev-key"]
+        server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                enrolment = enrollment_pb2_grpc.EnrollmentStub(channel)
+                kiosk = verification_pb2_grpc.FaceVerificationStub(channel)
+                _wait_ready(enrolment)
+                import_rate = _enrol(enrolment, portraits, workers=4)
+                _verify_latency(kiosk, portraits, 3)  # warm-up
+                return {
+                    "server_threads_per_model": threads,
+                    "portraits": len(portraits),
+                    "import_images_per_s": round(import_rate, 2),
+                    "verify_median_ms_1_client": _verify_latency(kiosk, portraits, calls),
+                    "verify_per_s_8_clients": _verify_throughput(kiosk, portraits, 8, calls * 2),
+                }
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def run_bench_service(args: argparse.Namespace) -> int:
+    results = {"service": measure_service(args.threads, args.calls)}
+    results["identify"] = run_index_bench(sizes=tuple(args.sizes))
+    if args.json:
+        sys.stdout.write(json.dumps(results) + "\n")
+    else:
+        Console().print_json(json.dumps(results))
+    return 0
