@@ -50,7 +50,7 @@ def open_store(settings: Settings) -> Store:
 def build_engine(settings: Settings) -> Engine:
     """Models loaded, store opened, index consistent with the store: ready to serve."""
     manifest = load_manifest()
-    pipeline = FacePipeline(settings.pipeline_config(), manifest)
+    pipeline = FacePipeline(settings.service_pipeline_config(), manifest)
     store = open_store(settings)
     members = manifest.section("embedder")["members"]
     dim = int(sum(manifest.models[name].extra["dim"] for name in members))

@@ -102,7 +102,7 @@ def enrol_rate(pipeline: FacePipeline, photos: list[bytes], rounds: int = 2) -> 
 
 
 def run_bench_pipeline(args: argparse.Namespace) -> int:
-    base: PipelineConfig = load_settings(args.config).pipeline_config()
+    base: PipelineConfig = load_settings(args.config).service_pipeline_config()
     with tempfile.TemporaryDirectory() as tmp:
         photos = [p.read_bytes() for p in sample_images(Path(tmp))]
     results: dict[str, Any] = {"640x480": {}, "1920x1080": {}}

@@ -41,7 +41,7 @@ def service_settings(data_dir: Path, **server: object) -> Settings:
 
 @functools.cache
 def _gate() -> FacePipeline:
-    return FacePipeline(service_settings(Path("unused")).pipeline_config())
+    return FacePipeline(service_settings(Path("unused")).service_pipeline_config())
 
 
 def passes_gate(path: Path) -> bool:

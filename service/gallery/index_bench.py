@@ -120,7 +120,7 @@ def bench_size(
             {
                 "size": size,
                 "kind": index.kind,
-                "nlist": getattr(index._index, "nlist", 0),
+                "nlist": index.nlist,
                 "nprobe": nprobe,
                 "build_s": round(build_s, 2),
                 "bytes_per_vector": round(nbytes / size, 1),
