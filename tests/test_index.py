@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from service.gallery.index import IndexFileError, IndexOptions, VectorIndex
+from service.gallery.index_bench import main as bench_main
 
 DIM = 192
 SIZE = 3000
@@ -303,3 +305,11 @@ def test_bad_probes_raise_value_error() -> None:
     for bad, k in ((probe[:-1], 1), (np.full(DIM, np.nan), 1), (probe[None, :], 1), (probe, 0)):
         with pytest.raises(ValueError):
             index.search(bad, k)
+
+
+def test_bench_reports_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["--json", "--sizes", "2000", "--queries", "20"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert (row["size"], row["kind"], row["recall_at_1"]) == (2000, "flat", 1.0)
+    assert row["bytes_per_vector"] > DIM * 4
+    assert 0 < row["p50_ms"] <= row["p95_ms"]

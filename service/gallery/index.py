@@ -387,6 +387,8 @@ class VectorIndex:
 
         Runs in the calling thread (one OpenMP thread): the service searches one probe per
         request from many threads, and OpenMP teams per call would oversubscribe the cores.
+        The OpenMP thread count is per calling thread, so this leaves other threads' bulk
+        work at `options.threads`.
         `nprobe` overrides the default number of IVF lists scanned, for this call only.
         """
         probe = np.asarray(vector)

@@ -110,28 +110,33 @@ def bench_size(
     build_s = time.perf_counter() - start
     del templates  # the index holds its own copy
     nbytes = snapshot_bytes(index)
+    built = {
+        "size": size,
+        "kind": index.kind,
+        "nlist": index.nlist,
+        "build_s": round(build_s, 2),
+        "bytes_per_vector": round(nbytes / size, 1),
+        "index_mb": round(nbytes / 1e6, 1),
+    }
     settings = [index.nprobe]
     if index.kind == "ivf":
         settings += [n for n in nprobes if n != index.nprobe]
-    results = []
-    for nprobe in settings:
-        p50, p95, top1 = single_probe_latency(index, probes, nprobe or None)
-        results.append(
-            {
-                "size": size,
-                "kind": index.kind,
-                "nlist": index.nlist,
-                "nprobe": nprobe,
-                "build_s": round(build_s, 2),
-                "bytes_per_vector": round(nbytes / size, 1),
-                "index_mb": round(nbytes / 1e6, 1),
-                "p50_ms": round(p50, 3),
-                "p95_ms": round(p95, 3),
-                "recall_at_1": float(np.mean(top1 == truth)),
-            }
-        )
-        log.info("%s", results[-1])
-    return results
+    return [{**built, **search_figures(index, probes, truth, n)} for n in settings]
+
+
+def search_figures(
+    index: VectorIndex, probes: np.ndarray, truth: np.ndarray, nprobe: int
+) -> dict[str, Any]:
+    """Latency percentiles and recall@1 at one nprobe (0: a flat index)."""
+    p50, p95, top1 = single_probe_latency(index, probes, nprobe or None)
+    figures = {
+        "nprobe": nprobe,
+        "p50_ms": round(p50, 3),
+        "p95_ms": round(p95, 3),
+        "recall_at_1": float(np.mean(top1 == truth)),
+    }
+    log.info("%d templates, %s: %s", len(index), index.kind, figures)
+    return figures
 
 
 def run_index_bench(
