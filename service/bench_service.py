@@ -95,7 +95,9 @@ def _enrol(stub, portraits: list[bytes], workers: int) -> float:
 def _verify_request(portraits: list[bytes], i: int) -> verification_pb2.VerifyRequest:
     j = i % len(portraits)
     return verification_pb2.VerifyRequest(
-        customer_id=f"bench-{j:04d}", frames=[common_pb2.Image(data=portraits[j])], device_id="bench"
+        customer_id=f"bench-{j:04d}",
+        frames=[common_pb2.Image(data=portraits[j])],
+        device_id="bench",
     )
 
 
@@ -111,7 +113,9 @@ def _verify_latency(stub, portraits: list[bytes], calls: int) -> float:
 def _verify_throughput(stub, portraits: list[bytes], clients: int, calls: int) -> float:
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(lambda i: stub.Verify(_verify_request(portraits, i), timeout=60), range(calls)))
+        list(
+            pool.map(lambda i: stub.Verify(_verify_request(portraits, i), timeout=60), range(calls))
+        )
     return round(calls / (time.perf_counter() - start), 1)
 
 

@@ -390,3 +390,20 @@ def test_audit_verify_names_the_first_tampered_row(served: Running, tmp_path: Pa
 
 def _data_dir(served: Running) -> Path:
     return Path(str(served.engine.gallery.index_path.parent))
+
+
+def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path, people) -> None:
+    name, images = people[0]
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    with server_process(tmp_path, port) as process, grpc.insecure_channel(address) as chan:
+        enroll(enrollment_pb2_grpc.EnrollmentStub(chan), f"drain-{name}", images[:1])
+        kiosk = verification_pb2_grpc.FaceVerificationStub(chan)
+        request = verification_pb2.VerifyRequest(
+            customer_id=f"drain-{name}", frames=[image(images[1])] * 10
+        )
+        future = kiosk.Verify.future(request, timeout=60)
+        time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert "MATCH" in future.result().decision.reason_codes
+        assert process.wait(timeout=60) == 0

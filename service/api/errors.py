@@ -58,6 +58,14 @@ def mapped(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     def wrapper(self: object, request: object, context: grpc.ServicerContext) -> Any:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            # The caller has given up already: do no work for nobody.
+            context.abort_with_status(
+                rich_status(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "deadline passed"
+                )
+            )
         try:
             return handler(self, request, context)
         except FaceguardError as exc:
