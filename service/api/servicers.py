@@ -21,7 +21,7 @@ from service.api.messages import consent_from, customer_message, decision_messag
 from service.engine import Engine
 
 
-class FaceVerificationServicer(verification_pb2_grpc.FaceVerificationServicer):
+class _UsesEngine:
     def __init__(self, engine: Callable[[], Engine]) -> None:
         self._engine = engine
 
@@ -29,6 +29,8 @@ class FaceVerificationServicer(verification_pb2_grpc.FaceVerificationServicer):
     def engine(self) -> Engine:
         return self._engine()
 
+
+class FaceVerificationServicer(_UsesEngine, verification_pb2_grpc.FaceVerificationServicer):
     @mapped
     def Verify(self, request: verification_pb2.VerifyRequest, context: grpc.ServicerContext):
         decision = self.engine.verify(
@@ -54,14 +56,7 @@ class FaceVerificationServicer(verification_pb2_grpc.FaceVerificationServicer):
         return verification_pb2.CheckLivenessResponse(decision=decision_message(decision))
 
 
-class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
-    def __init__(self, engine: Callable[[], Engine]) -> None:
-        self._engine = engine
-
-    @property
-    def engine(self) -> Engine:
-        return self._engine()
-
+class EnrollmentServicer(_UsesEngine, enrollment_pb2_grpc.EnrollmentServicer):
     @mapped
     def Enroll(self, request: enrollment_pb2.EnrollRequest, context: grpc.ServicerContext):
         customer, decision = self.engine.enroll(

@@ -30,6 +30,8 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from service.gallery.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "FACEGUARD_TEMPLATE_KEYS"
@@ -138,7 +140,7 @@ class Keyring:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     @classmethod
     def from_json(cls, text: str, source: str = "keyring") -> Keyring:
@@ -213,12 +215,3 @@ def _decode_key(source: str, key_id: str, encoded: object) -> bytes:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise KeyringError(f"{source}: key {key_id!r} is not valid base64") from None
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable: the directory entry must reach the disk too."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

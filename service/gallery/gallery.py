@@ -57,6 +57,11 @@ class Gallery:
         added, removed = index.sync(self.store.template_ids(), self._fetch)
         if added or removed:
             log.warning("index healed from the store: %d added, %d removed", added, removed)
+        rebuild = index.needs_rebuild
+        if rebuild:
+            log.info("rebuilding the %s index for %d templates", index.kind, len(index))
+            index.rebuild(*self._all_templates())
+        if added or removed or rebuild:
             index.save(self.index_path)
         return index
 

@@ -31,6 +31,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from service.gallery.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 # A snapshot is the faiss index followed by this magic and the SHA-256 of the index bytes, so
@@ -238,15 +240,6 @@ def _read_verified(path: Path) -> faiss.Index:
         raise IndexFileError(f"{path} is not a readable faiss index: {exc}") from exc
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class VectorIndex:
     """Cosine search over templates keyed by their int64 store ids; safe across threads."""
 
@@ -447,7 +440,7 @@ class VectorIndex:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             log.info("index saved: %s, %d templates, %s", self.kind, len(self), path)
 
     @classmethod
