@@ -371,7 +371,11 @@ def test_cli_enrols_verifies_and_identifies(served: Running, people) -> None:
     assert json.loads(missing.stdout)["error"]["reason"] == "CUSTOMER_NOT_FOUND"
 
 
-def test_audit_verify_names_the_first_tampered_row(served: Running, tmp_path: Path) -> None:
+def test_audit_verify_names_the_first_tampered_row(served: Running, kiosk, tmp_path: Path) -> None:
+    blank = common_pb2.Image(data=_jpeg(np.full((480, 640, 3), 90, np.uint8)))
+    for _ in range(4):  # each refused attempt is audited too
+        with pytest.raises(grpc.RpcError):
+            kiosk.CheckLiveness(verification_pb2.CheckLivenessRequest(frames=[blank]), timeout=30)
     ok = _cli("audit", "verify", "--data-dir", str(_data_dir(served)))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     report = json.loads(ok.stdout)
