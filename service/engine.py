@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -99,30 +100,28 @@ class Engine:
             faces = [primary_face(faces, image)]
         return self.pipeline.analyse_faces(image, faces)
 
-    def _single_face(self, data: bytes, index: int) -> FaceAnalysis:
+    def _at_most_one_face(self, data: bytes, index: int, what: str) -> list[FaceAnalysis]:
         analyses = self._analyse(data, index)
-        if not analyses:
-            raise Unprocessable("NO_FACE", f"image {index}: no face found", image=str(index))
         if len(analyses) > 1:
             raise Unprocessable(
-                "MULTIPLE_FACES", f"image {index}: {len(analyses)} faces found", image=str(index)
+                "MULTIPLE_FACES", f"{what} {index}: {len(analyses)} faces found", image=str(index)
             )
+        return analyses
+
+    def _single_face(self, data: bytes, index: int) -> FaceAnalysis:
+        analyses = self._at_most_one_face(data, index, "image")
+        if not analyses:
+            raise Unprocessable("NO_FACE", f"image {index}: no face found", image=str(index))
         return analyses[0]
 
     def _best_face(self, frames: list[bytes]) -> FaceAnalysis:
         """The best-quality face over the frames; each frame must hold at most one face."""
-        found = [a for i, frame in enumerate(frames) for a in self._frame_faces(frame, i)]
+        found = [
+            a for i, frame in enumerate(frames) for a in self._at_most_one_face(frame, i, "frame")
+        ]
         if not found:
             raise Unprocessable("NO_FACE", "no face found in any frame")
         return max(found, key=lambda a: a.quality.score)
-
-    def _frame_faces(self, frame: bytes, index: int) -> list[FaceAnalysis]:
-        analyses = self._analyse(frame, index)
-        if len(analyses) > 1:
-            raise Unprocessable(
-                "MULTIPLE_FACES", f"frame {index}: {len(analyses)} faces found", image=str(index)
-            )
-        return analyses
 
     @staticmethod
     def _quality_gate(analysis: FaceAnalysis, where: str) -> None:
@@ -156,7 +155,9 @@ class Engine:
             payload=decision.audit_payload() | extra,
         )
 
-    def _attempt(self, kind: str, device_id: str, customer_id: str, run) -> FaceAnalysis:
+    def _attempt(
+        self, kind: str, device_id: str, customer_id: str, run: Callable[[], FaceAnalysis]
+    ) -> FaceAnalysis:
         """Run a face step; a failure is audited as a declined attempt before it propagates."""
         try:
             return run()

@@ -377,6 +377,9 @@ def test_iter_templates_ids_and_lookup(store: Store) -> None:
     all_ids = store.template_ids()
     assert all_ids.dtype == np.int64 and len(all_ids) == 7
     assert store.customer_of(np.array([a[0], b[1], -1, 10**12])) == {a[0]: "cust-a", b[1]: "cust-b"}
+    np.testing.assert_array_equal(store.vectors_of(np.array([b[1], a[0]])), vectors[[4, 0]])
+    with pytest.raises(KeyError):
+        store.vectors_of(np.array([10**12]))
 
 
 def test_a_ciphertext_moved_to_another_customer_does_not_decrypt(store: Store, url: str) -> None:

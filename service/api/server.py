@@ -90,7 +90,7 @@ class Running:
         self.engine.gallery.save()
 
 
-def start(settings: Settings, engine: Engine | None = None) -> Running:
+def start(settings: Settings) -> Running:
     """Start serving; returns once the port is bound and the service reports SERVING."""
     credentials = _credentials(settings)
     options = [
@@ -124,7 +124,7 @@ def start(settings: Settings, engine: Engine | None = None) -> Running:
         else server.add_insecure_port(address)
     )
     server.start()
-    holder.set(engine or build_engine(settings))
+    holder.set(build_engine(settings))
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(

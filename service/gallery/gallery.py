@@ -34,15 +34,6 @@ class Gallery:
         self._lock = threading.Lock()  # serialises index writes after their store commits
         self.index = self._open_index()
 
-    def _fetch(self, ids: np.ndarray) -> np.ndarray:
-        wanted = set(ids.tolist())
-        found: dict[int, np.ndarray] = {}
-        for batch_ids, vectors, _ in self.store.iter_templates():
-            for i, vector in zip(batch_ids.tolist(), vectors, strict=True):
-                if i in wanted:
-                    found[i] = vector
-        return np.stack([found[i] for i in ids.tolist()]).astype(np.float32)
-
     def _open_index(self) -> VectorIndex:
         try:
             index = VectorIndex.load(self.index_path, self.dim)
@@ -54,7 +45,7 @@ class Gallery:
             index.save(self.index_path)
             log.info("index rebuilt with %d templates", len(index))
             return index
-        added, removed = index.sync(self.store.template_ids(), self._fetch)
+        added, removed = index.sync(self.store.template_ids(), self.store.vectors_of)
         if added or removed:
             log.warning("index healed from the store: %d added, %d removed", added, removed)
         rebuild = index.needs_rebuild

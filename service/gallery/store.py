@@ -475,6 +475,20 @@ class Store:
         with self._engine.connect() as conn:
             return np.fromiter(conn.execute(query).scalars(), dtype=np.int64)
 
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """Decrypted vectors of the given template ids, in that order (for healing the index).
+
+        Raises KeyError for an id the store does not hold.
+        """
+        wanted = [int(i) for i in ids]
+        found: dict[int, np.ndarray] = {}
+        with self._engine.connect() as conn:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                query = select(template_table).where(template_table.c.id.in_(chunk))
+                found.update({row.id: self._open(row) for row in conn.execute(query)})
+        return np.stack([found[i] for i in wanted]).astype(np.float32)
+
     def customer_of(self, ids: Iterable[int]) -> dict[int, str]:
         """Template id -> customer id for search results; unknown ids are left out."""
         wanted = [int(i) for i in ids]
