@@ -8,10 +8,44 @@ Outcome rules at this stage (the risk policy refines them later):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 APPROVE, REVIEW, DECLINE = "APPROVE", "REVIEW", "DECLINE"
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One risk rule's verdict: evaluated rules are all kept, fired or not, for the auditor."""
+
+    rule: str
+    fired: bool
+    reason_code: str = ""
+    score: float = 0.0
+    hard: bool = False
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class LivenessCheck:
+    """One liveness check of a session (passive, motion, blink, challenge, replay cues)."""
+
+    name: str
+    passed: bool
+    score: float | None = None
+    weight: float = 0.0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class LivenessReport:
+    """The combined liveness of a streamed session, with each check's result kept."""
+
+    score: float
+    passed: bool
+    checks: tuple[LivenessCheck, ...] = ()
+    challenge: str = ""
+    response: str = ""
 
 
 @dataclass(frozen=True)
@@ -27,6 +61,11 @@ class Decision:
     reason_codes: tuple[str, ...] = ()
     model_versions: dict[str, str] = field(default_factory=dict)
     decided_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    device_id: str = ""
+    risk_score: float | None = None
+    policy_version: str = ""
+    rules: tuple[RuleResult, ...] = ()
+    liveness: LivenessReport | None = None
 
     def audit_payload(self) -> dict[str, object]:
         """What the audit event keeps: scores and reasons, never images or templates."""
@@ -39,6 +78,10 @@ class Decision:
             "liveness_score": self.liveness_score,
             "reason_codes": list(self.reason_codes),
             "model_versions": self.model_versions,
+            "risk_score": self.risk_score,
+            "policy_version": self.policy_version,
+            "rules": [asdict(r) for r in self.rules],
+            "liveness": asdict(self.liveness) if self.liveness else None,
         }
 
 

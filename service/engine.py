@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from service.decision import APPROVE, DECLINE, Decision, match_outcome
+from service.decision import APPROVE, DECLINE, Decision, LivenessReport, match_outcome
 from service.errors import Conflict, InvalidInput, NotFound, TooLarge, Unprocessable
 from service.gallery.gallery import Gallery
 from service.gallery.store import ConsentRecord, CustomerRecord, NewEvent, NewTemplate
@@ -124,7 +124,7 @@ class Engine:
         return max(found, key=lambda a: a.quality.score)
 
     @staticmethod
-    def _quality_gate(analysis: FaceAnalysis, where: str) -> None:
+    def quality_gate(analysis: FaceAnalysis, where: str) -> None:
         if analysis.quality.reasons:
             reasons = ", ".join(analysis.quality.reasons)
             raise Unprocessable(
@@ -143,14 +143,13 @@ class Engine:
             **fields,
         )
 
-    def _event(
-        self, kind: str, decision: Decision, device_id: str = "", **extra: object
-    ) -> NewEvent:
+    @staticmethod
+    def _event(kind: str, decision: Decision, **extra: object) -> NewEvent:
         return NewEvent(
             event_id=decision.event_id,
             type=kind,
             customer_id=decision.customer_id or None,
-            device_id=device_id or None,
+            device_id=decision.device_id or None,
             outcome=decision.outcome,
             payload=decision.audit_payload() | extra,
         )
@@ -163,53 +162,88 @@ class Engine:
             return run()
         except Unprocessable as exc:
             decision = self._decision(
-                None, outcome=DECLINE, customer_id=customer_id, reason_codes=(exc.reason,)
-            )
-            self.gallery.store.record_event(self._event(kind, decision, device_id))
+                None, outcome=DECLINE, customer_id=customer_id, reason_codes=(exc.reason,),
+                device_id=device_id,
+            )  # fmt: skip
+            self.gallery.store.record_event(self._event(kind, decision))
             exc.metadata["event_id"] = decision.event_id
             raise
 
     # ---- kiosk -------------------------------------------------------------------------
 
     def verify(self, customer_id: str, frames: list[bytes], device_id: str) -> Decision:
-        check_customer_id(customer_id)
+        self.check_enrolled(customer_id)
         check_count(frames, self.policy.max_frames, "frames")
-        if not self.gallery.has_customer(customer_id):
-            raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
 
         def best() -> FaceAnalysis:
             analysis = self._best_face(frames)
-            self._quality_gate(analysis, "best frame")
+            self.quality_gate(analysis, "best frame")
             return analysis
 
         analysis = self._attempt("VERIFY", device_id, customer_id, best)
+        return self.verify_face(customer_id, analysis, device_id)
+
+    def check_enrolled(self, customer_id: str) -> None:
+        check_customer_id(customer_id)
+        if not self.gallery.has_customer(customer_id):
+            raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
+
+    def verify_face(
+        self,
+        customer_id: str,
+        analysis: FaceAnalysis,
+        device_id: str,
+        liveness: LivenessReport | None = None,
+    ) -> Decision:
+        """Match a gated face against the claimed customer and record the decision.
+
+        Single-shot `verify` and the streamed session share it; a session passes the
+        liveness report it built over its frames.
+        """
         score = self.gallery.best_match(customer_id, analysis.embedding.vector)
         live = analysis.liveness.score if analysis.liveness else None
         outcome, reasons = match_outcome(
             score, self.policy.threshold, live, self.policy.liveness_threshold
         )
+        if liveness is not None and not liveness.passed:
+            outcome, reasons = DECLINE, (*reasons, "LIVENESS_FAILED")
         decision = self._decision(
             analysis, outcome=outcome, customer_id=customer_id, match_score=score,
-            threshold=self.policy.threshold, reason_codes=reasons,
+            threshold=self.policy.threshold, reason_codes=reasons, device_id=device_id,
+            liveness=liveness,
         )  # fmt: skip
-        self.gallery.store.record_event(self._event("VERIFY", decision, device_id))
+        self.gallery.store.record_event(self._event("VERIFY", decision))
         return decision
 
     def identify(
         self, image: bytes, top_k: int, min_score: float, device_id: str
     ) -> tuple[list[tuple[str, float]], Decision]:
+        check_count([image] if image else [], 1, "images")
+        self.check_search(top_k, min_score)
+
+        def face() -> FaceAnalysis:
+            analysis = self._single_face(image, 0)
+            self.quality_gate(analysis, "image")
+            return analysis
+
+        analysis = self._attempt("IDENTIFY", device_id, "", face)
+        return self.identify_face(analysis, top_k, min_score, device_id)
+
+    def check_search(self, top_k: int, min_score: float) -> None:
         if top_k > self.policy.max_top_k:
             raise TooLarge("TOP_K_TOO_LARGE", f"top_k is at most {self.policy.max_top_k}")
         if not -1.0 <= min_score <= 1.0:
             raise InvalidInput("INVALID_MIN_SCORE", "min_score is a cosine in [-1, 1]")
-        check_count([image] if image else [], 1, "images")
 
-        def face() -> FaceAnalysis:
-            analysis = self._single_face(image, 0)
-            self._quality_gate(analysis, "image")
-            return analysis
-
-        analysis = self._attempt("IDENTIFY", device_id, "", face)
+    def identify_face(
+        self,
+        analysis: FaceAnalysis,
+        top_k: int,
+        min_score: float,
+        device_id: str,
+        liveness: LivenessReport | None = None,
+    ) -> tuple[list[tuple[str, float]], Decision]:
+        """Search the gallery for a gated face and record the decision (shared with streams)."""
         floor = min_score or self.policy.threshold
         candidates = [
             (cid, score)
@@ -221,13 +255,15 @@ class Engine:
         outcome, reasons = match_outcome(
             top[1] if top else None, self.policy.threshold, live, self.policy.liveness_threshold
         )
+        if liveness is not None and not liveness.passed:
+            outcome, reasons = DECLINE, (*reasons, "LIVENESS_FAILED")
         decision = self._decision(
             analysis, outcome=outcome, customer_id=top[0] if top and outcome != DECLINE else "",
             match_score=top[1] if top else None, threshold=self.policy.threshold,
-            reason_codes=reasons,
+            reason_codes=reasons, device_id=device_id, liveness=liveness,
         )  # fmt: skip
         self.gallery.store.record_event(
-            self._event("IDENTIFY", decision, device_id, candidates=len(candidates))
+            self._event("IDENTIFY", decision, candidates=len(candidates))
         )
         return candidates, decision
 
@@ -239,8 +275,9 @@ class Engine:
         decision = self._decision(
             analysis, outcome="REVIEW" if weak else APPROVE,
             reason_codes=("LIVENESS_WEAK",) if weak else ("LIVENESS_PASSIVE_OK",),
+            device_id=device_id,
         )  # fmt: skip
-        self.gallery.store.record_event(self._event("CHECK_LIVENESS", decision, device_id))
+        self.gallery.store.record_event(self._event("CHECK_LIVENESS", decision))
         return decision
 
     # ---- enrolment ---------------------------------------------------------------------
@@ -252,7 +289,7 @@ class Engine:
         analyses = []
         for i, data in enumerate(images):
             analysis = self._single_face(data, i)
-            self._quality_gate(analysis, f"image {i}")
+            self.quality_gate(analysis, f"image {i}")
             analyses.append(analysis)
         for analysis in analyses:
             for other, score in self.gallery.search(analysis.embedding.vector, 3):
@@ -291,10 +328,8 @@ class Engine:
     def update_templates(
         self, customer_id: str, images: list[bytes], replace: bool, operator_id: str
     ) -> tuple[CustomerRecord, Decision]:
-        check_customer_id(customer_id)
+        self.check_enrolled(customer_id)
         check_count(images, self.policy.max_images, "images")
-        if not self.gallery.has_customer(customer_id):
-            raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
         templates, analyses = self._templates(customer_id, images)
         decision = self._enrolment_decision(customer_id, analyses)
         event = self._event(
@@ -311,9 +346,7 @@ class Engine:
         )
 
     def delete(self, customer_id: str, reason: str, operator_id: str) -> str:
-        check_customer_id(customer_id)
-        if not self.gallery.has_customer(customer_id):
-            raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
+        self.check_enrolled(customer_id)
         decision = self._decision(
             None, outcome=APPROVE, customer_id=customer_id, reason_codes=("ERASED",)
         )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from faceguard.v1 import common_pb2, enrollment_pb2
-from service.decision import Decision
+from service.decision import Decision, LivenessReport
 from service.engine import Consent
 from service.gallery.store import CustomerRecord
 
@@ -38,6 +39,23 @@ def decision_message(decision: Decision) -> common_pb2.Decision:
         ),
         customer_id=decision.customer_id,
         decided_at=timestamp(decision.decided_at),
+        risk_score=decision.risk_score,
+        policy_version=decision.policy_version,
+        rules=[common_pb2.RuleResult(**asdict(r)) for r in decision.rules],
+        liveness=liveness_message(decision.liveness),
+        device_id=decision.device_id,
+    )
+
+
+def liveness_message(report: LivenessReport | None) -> common_pb2.LivenessReport | None:
+    if report is None:
+        return None
+    return common_pb2.LivenessReport(
+        score=report.score,
+        passed=report.passed,
+        checks=[common_pb2.LivenessCheck(**asdict(c)) for c in report.checks],
+        challenge=report.challenge,
+        response=report.response,
     )
 
 
