@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+DEVICE_HELP = "kiosk device id (default: the one bound to the kiosk's client certificate)"
 
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
@@ -61,13 +62,13 @@ def add_client_commands(commands: argparse._SubParsersAction, handler: Callable)
     verify = commands.add_parser("verify", help="kiosk: 1:1 verify frames against a customer")
     verify.add_argument("--customer-id", required=True)
     verify.add_argument("frames", nargs="+", type=Path)
-    verify.add_argument("--device-id", default="cli")
+    verify.add_argument("--device-id", default="", help=DEVICE_HELP)
 
     identify = commands.add_parser("identify", help="kiosk: 1:N search for a face")
     identify.add_argument("image", type=Path)
     identify.add_argument("--top-k", type=int, default=5)
     identify.add_argument("--min-score", type=float, default=0.0)
-    identify.add_argument("--device-id", default="cli")
+    identify.add_argument("--device-id", default="", help=DEVICE_HELP)
 
     health = commands.add_parser("health", help="is the service SERVING (exit 0) or not (1)")
 

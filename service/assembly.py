@@ -10,6 +10,7 @@ from service.gallery.crypto import Keyring, KeyringError, generate_keyring, load
 from service.gallery.gallery import Gallery
 from service.gallery.store import Store
 from service.modelpack.manifest import load_manifest
+from service.risk.runtime import build_risk
 from service.vision.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
@@ -63,4 +64,8 @@ def build_engine(settings: Settings) -> Engine:
         liveness_threshold=float(manifest.section("liveness").get("threshold", 0.0)),
         allow_multiple_faces=settings.vision.allow_multiple_faces,
     )
-    return Engine(pipeline, gallery, policy)
+    risk = build_risk(
+        settings.risk, store, settings.storage.data_dir, dim, policy.liveness_threshold,
+        dev=settings.storage.dev_generate_key,
+    )  # fmt: skip
+    return Engine(pipeline, gallery, policy, risk=risk)

@@ -1,5 +1,10 @@
 """`faceguard bench pipeline`: median latency of each stage, at 1 and 2 threads.
 
+`mesh_cues` is the face mesh plus the liveness cues computed from it (pose, eye openness,
+tracked points); `stream` is the per-frame work of a streamed liveness session: decode,
+detect, quality, passive liveness and mesh cues (embedding only runs on the frames kept for
+matching, so it is left out).
+
 The frames are made from the sample photos in the model source packages: a face of a sample
 is framed as a kiosk camera would see it (640x480, face a third of the height, one face per
 frame) and the same at 1920x1080; both are JPEG-encoded so decoding is measured too. Medians,
@@ -28,7 +33,8 @@ from service.analyze import sample_images
 from service.config import load_settings
 from service.vision.pipeline import FacePipeline, PipelineConfig
 
-STAGES = ("decode", "detect", "quality", "align", "liveness", "embed")
+STAGES = ("decode", "detect", "quality", "align", "liveness", "embed", "mesh_cues")
+STREAM_STAGES = ("decode", "detect", "quality", "liveness", "mesh_cues")
 
 
 def framed_face(pipeline: FacePipeline, photo: bytes, size: tuple[int, int]) -> list[bytes]:
@@ -83,10 +89,16 @@ def stage_latencies(pipeline: FacePipeline, frame: bytes, repeat: int) -> dict[s
         "align": _median_ms(lambda: pipeline.align(image, faces), repeat),
         "liveness": _median_ms(lambda: live(crops), repeat) if crops is not None else 0.0,
         "embed": _median_ms(lambda: pipeline.embed(chips), repeat),
+        "mesh_cues": (
+            _median_ms(lambda: pipeline.cues(image, faces[0]), repeat)
+            if pipeline.facemesh and faces
+            else 0.0
+        ),
     }
     timings["detect_quality_align_embed"] = round(
         sum(timings[k] for k in ("detect", "quality", "align", "embed")), 2
     )
+    timings["stream"] = round(sum(timings[k] for k in STREAM_STAGES), 2)
     timings["total"] = _median_ms(lambda: pipeline.analyse(frame), repeat)
     timings["faces"] = len(faces)
     return timings
@@ -118,7 +130,7 @@ def run_bench_pipeline(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(results) + "\n")
         return 0
     table = Table(title="pipeline stage latency, median ms (d+q+a+e: detect+quality+align+embed)")
-    columns = [*STAGES, "detect_quality_align_embed", "total"]
+    columns = [*STAGES, "detect_quality_align_embed", "stream", "total"]
     table.add_column("case")
     for column in columns:
         table.add_column(

@@ -51,6 +51,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "stream":
+        from service.bench_stream import run_bench_stream
+
+        return run_bench_stream(args)
+    if args.bench_command == "callbacks":
+        from service.risk.bench import run_bench_callbacks
+
+        return run_bench_callbacks(args)
     if args.bench_command == "service":
         from service.bench_service import run_bench_service
 
@@ -61,7 +69,6 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.api.server import serve
     from service.config import load_settings
 
     storage: dict[str, object] = {}
@@ -81,6 +88,12 @@ def _serve(args: argparse.Namespace) -> int:
             "server": settings.server.model_copy(update=server),
         }
     )
+    if settings.observability.log_format == "json":
+        from service.logs import use_json_logs
+
+        use_json_logs(logging.getLogger().level)  # before the server's imports start logging
+    from service.api.server import serve
+
     return serve(settings)
 
 
@@ -88,6 +101,66 @@ def _client(args: argparse.Namespace) -> int:
     from enrollment.cli import run
 
     return run(args)
+
+
+def _settings_for_store(args: argparse.Namespace):
+    """Settings from --config with --data-dir applied: for commands that open the store."""
+    from service.config import load_settings
+
+    settings = load_settings(args.config)
+    if args.data_dir:
+        storage = settings.storage.model_copy(update={"data_dir": args.data_dir})
+        settings = settings.model_copy(update={"storage": storage})
+    return settings
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from service.certs import run_certs_dev
+
+    return run_certs_dev(args)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from service.keys import run_keys_rotate
+
+    return run_keys_rotate(_settings_for_store(args), args.wait)
+
+
+def _retention(args: argparse.Namespace) -> int:
+    from service.assembly import open_store
+    from service.retention import run_retention
+
+    settings = _settings_for_store(args)
+    days = args.inactive_days if args.inactive_days is not None else settings.privacy.inactive_days
+    with open_store(settings) as store:
+        return run_retention(store, days, args.dry_run)
+
+
+def _risk(args: argparse.Namespace) -> int:
+    from enrollment.risk_cli import run
+
+    return run(args)
+
+
+def _fraud_sink(args: argparse.Namespace) -> int:
+    from service.risk.sink import run_fraud_sink
+
+    return run_fraud_sink(args)
+
+
+def _kiosk(args: argparse.Namespace) -> int:
+    from enrollment.kiosk import run_kiosk
+
+    return run_kiosk(args)
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    from service.api.fuzz import fuzz
+
+    report = fuzz(args.count, args.workers)
+    summary = {"inputs": report.inputs, "crashes": len(report.crashes)}
+    sys.stdout.write(json.dumps(summary | {"first_crashes": report.crashes[:20]}) + "\n")
+    return 1 if report.crashes else 0
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -144,6 +217,77 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_client_commands(commands, _client)
 
+    from enrollment.kiosk import add_kiosk_command
+
+    add_kiosk_command(commands, _kiosk)
+
+    from enrollment.risk_cli import add_risk_commands
+
+    add_risk_commands(commands, _risk)
+
+    sink = commands.add_parser(
+        "fraud-sink", help="reference FraudEngine: verifies, dedupes and stores callbacks"
+    )
+    sink.add_argument("--port", type=int, required=True, help="listen port (0: any free port)")
+    sink.add_argument("--host", default="127.0.0.1")
+    sink.add_argument("--db", type=Path, required=True, help="SQLite file for received events")
+    sink.add_argument("--hmac-key-file", type=Path, required=True, help="the shared HMAC key")
+    sink.add_argument("--key-id", default="k1")
+    sink.add_argument("--fail-rate", type=float, default=0.0, help="share of calls to fail")
+    sink.add_argument("--hang", action="store_true", help="start hanging (SIGUSR1 toggles)")
+    sink.add_argument(
+        "--assess-outcome", choices=("APPROVE", "REVIEW", "DECLINE"), default="APPROVE",
+        help="what Assess recommends",
+    )  # fmt: skip
+    sink.add_argument("--seed", type=int, help="seed of the injected failures")
+    sink.set_defaults(handler=_fraud_sink)
+
+    certs = commands.add_parser("certs", help="TLS certificates").add_subparsers(
+        dest="certs_command", required=True
+    )
+    dev_certs = certs.add_parser(
+        "dev", help="development CA, server and per-role client certificates"
+    )
+    dev_certs.add_argument("--out", type=Path, default=Path("certs"), help="folder to write")
+    dev_certs.add_argument(
+        "--host", action="append", default=[],
+        help="server name or address (repeatable; default localhost and 127.0.0.1)",
+    )  # fmt: skip
+    dev_certs.add_argument(
+        "--client", action="append", default=[],
+        help="extra client NAME:ROLE[+ROLE][:DEVICE], e.g. kiosk-K-009:kiosk:K-009",
+    )  # fmt: skip
+    dev_certs.set_defaults(handler=_certs)
+
+    keys = commands.add_parser("keys", help="template encryption keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    rotate = keys.add_parser(
+        "rotate", help="add a key and re-encrypt every template under it, while serving"
+    )
+    rotate.add_argument("--wait", type=float, default=5.0,
+        help="seconds between writing the key file and re-encrypting (services reload it)",
+    )  # fmt: skip
+    retention = commands.add_parser("retention", help="the retention policy").add_subparsers(
+        dest="retention_command", required=True
+    )
+    purge = retention.add_parser(
+        "run", help="purge templates of inactive customers and of expired consents"
+    )
+    purge.add_argument("--inactive-days", type=float, help="default: privacy.inactive_days")
+    purge.add_argument("--dry-run", action="store_true", help="count who is due, erase nothing")
+    fuzz = commands.add_parser(
+        "fuzz", help="fuzz the image decoder and request validation; exit 1 on any crash"
+    )
+    fuzz.add_argument("--count", type=int, default=100_000, help="inputs, split over targets")
+    fuzz.add_argument("--workers", type=int, default=2, help="worker processes")
+    fuzz.set_defaults(handler=_fuzz)
+
+    for sub, handler in ((rotate, _keys), (purge, _retention)):
+        sub.add_argument("--config", type=Path, help="TOML settings file")
+        sub.add_argument("--data-dir", type=Path)
+        sub.set_defaults(handler=handler)
+
     analyze = commands.add_parser(
         "analyze", help="faces, quality, liveness and match scores of images"
     )
@@ -162,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     liveness = evals.add_parser("liveness", help="presentation attack detection")
     liveness.add_argument("--root", type=Path, required=True, help="has live/ and spoof/")
     liveness.add_argument("--threshold", type=float, help="default: the manifest's")
+    liveness.add_argument(
+        "--stream", action="store_true",
+        help="also streamed sessions: APCER per generated attack, BPCER on the live video",
+    )  # fmt: skip
+    liveness.add_argument(
+        "--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+        help="--stream: the development data (stills, apfol_videos)",
+    )  # fmt: skip
+    liveness.add_argument("--stills", type=int, default=8, help="--stream: stills to attack with")
+    liveness.add_argument(
+        "--seconds", type=float, default=6.0, help="--stream: length of a generated attack"
+    )
     calibrate = evals.add_parser(
         "calibrate", help="fusion weights and thresholds per FMR, written to the manifest"
     )
@@ -192,6 +348,20 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     service.add_argument("--json", action="store_true", help="print one JSON object")
     service.set_defaults(handler=_bench)
+    stream = bench.add_parser("stream", help="median ms per frame of a streamed session")
+    stream.add_argument("--threads", type=int, default=2, help="onnxruntime threads per model")
+    stream.add_argument("--frames", type=int, default=120, help="video frames to time")
+    stream.add_argument("--video", type=Path, help="default: the shared live video (real2.webm)")
+    _add_common_pipeline_options(stream)
+    stream.set_defaults(handler=_bench)
+    callbacks = bench.add_parser(
+        "callbacks", help="decisions delivered through a failing sink and kill -9s; risk cost"
+    )
+    callbacks.add_argument("--decisions", type=int, default=1000)
+    callbacks.add_argument("--fail-rate", type=float, default=0.3)
+    callbacks.add_argument("--kills", type=int, default=2, help="kill -9s of the service")
+    callbacks.add_argument("--json", action="store_true", help="print one JSON object")
+    callbacks.set_defaults(handler=_bench)
     return parser
 
 

@@ -18,6 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.modelpack.manifest import Manifest
 from service.vision.decode import DecodeLimits
 from service.vision.detect import DetectorConfig
@@ -63,6 +64,123 @@ class StorageSettings(BaseModel):
         return self.database_url or f"sqlite:///{self.data_dir / 'faceguard.db'}"
 
 
+class SecuritySettings(BaseModel):
+    """Client identity and abuse limits (see service/api/auth.py and service/api/limits.py)."""
+
+    client_ca: Path | None = Field(
+        None, description="CA of client certificates: turns on mutual TLS (needs server TLS)"
+    )
+    client_rate: float = Field(50.0, ge=0, description="calls per second per client; 0: off")
+    client_burst: int = Field(100, ge=1, description="calls a client may make at once")
+    device_rate: float = Field(5.0, ge=0, description="calls per second per device; 0: off")
+    device_burst: int = Field(20, ge=1, description="calls a device may make at once")
+    client_concurrency: int = Field(16, ge=0, description="calls in flight per client; 0: off")
+    small_message_bytes: int = Field(
+        64 * 1024, ge=1024, description="limit for requests that carry no image"
+    )
+    stream_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="limit for all messages of one streamed call"
+    )
+
+
+class ObservabilitySettings(BaseModel):
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics port; None: off, 0: any free port"
+    )
+    metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
+    log_format: str = Field("json", pattern="^(json|text)$", description="json: one per line")
+
+
+class PrivacySettings(BaseModel):
+    inactive_days: float | None = Field(
+        None, gt=0, description="purge templates of customers inactive this long; None: never"
+    )
+    purge_every_hours: float | None = Field(
+        None, gt=0, description="run the retention purge inside the service this often"
+    )
+
+
+_LIMITS = SessionLimits()
+_LIVENESS = LivenessPolicy()
+
+
+class StreamSettings(BaseModel):
+    """Streamed sessions (VerifyStream, IdentifyStream): limits, challenges, liveness policy.
+
+    The defaults and where the thresholds come from are in service/liveness/policy.py.
+    """
+
+    max_duration_s: float = Field(_LIMITS.max_duration_s, gt=0, description="per session")
+    max_frames: int = Field(_LIMITS.max_frames, ge=1, description="frames per session")
+    idle_timeout_s: float = Field(
+        _LIMITS.idle_timeout_s, gt=0, description="a session with no frame this long is dropped"
+    )
+    response_window_s: float = Field(
+        _LIMITS.response_window_s, gt=0, description="time to answer a challenge"
+    )
+    baseline_frames: int = Field(
+        _LIMITS.baseline_frames, ge=1, description="face frames at rest before the prompt"
+    )
+    min_frames: int = Field(
+        _LIMITS.min_frames, ge=1, description="face frames observed when no challenge is asked"
+    )
+    require_challenge: bool = Field(
+        _LIMITS.require_challenge, description="every session answers a random challenge"
+    )
+    challenges: tuple[Challenge, ...] = Field(
+        _LIMITS.challenges, min_length=1, description="the set a challenge is picked from"
+    )
+    challenges_per_session: int = Field(
+        _LIMITS.challenges_per_session, ge=1, description="challenges asked one after another"
+    )
+    liveness: LivenessPolicy = _LIVENESS
+
+    def limits(self) -> SessionLimits:
+        if self.challenges_per_session > len(set(self.challenges)):
+            raise SettingsError("stream.challenges_per_session exceeds the distinct challenges")
+        if self.challenges_per_session * (self.response_window_s + 1.0) > self.max_duration_s:
+            raise SettingsError("stream.max_duration_s must leave room for every response window")
+        return SessionLimits(
+            max_duration_s=self.max_duration_s, max_frames=self.max_frames,
+            idle_timeout_s=self.idle_timeout_s, response_window_s=self.response_window_s,
+            baseline_frames=self.baseline_frames, min_frames=self.min_frames,
+            require_challenge=self.require_challenge, challenges=self.challenges,
+            challenges_per_session=self.challenges_per_session,
+        )  # fmt: skip
+
+
+class RiskSettings(BaseModel):
+    """Risk policy and fraud-engine callbacks (service/risk/).
+
+    Velocity windows, lockout cool-down and every rule's weight are in the versioned policy
+    file, so each decision's recorded policy version says which values decided it.
+    """
+
+    policy_file: Path | None = Field(None, description="risk policy TOML; default: the shipped")
+    callback_target: str | None = Field(
+        None, description="HOST:PORT of the bank's FraudEngine; None: events wait in the outbox"
+    )
+    callback_tls_ca: Path | None = Field(None, description="CA of the fraud engine: use TLS")
+    callback_tls_cert: Path | None = Field(None, description="client certificate (mutual TLS)")
+    callback_tls_key: Path | None = Field(None, description="client private key (mutual TLS)")
+    hmac_key_file: Path | None = Field(
+        None, description="hex HMAC key for event signatures; dev mode creates one in data_dir"
+    )
+    hmac_key_id: str = Field("k1", min_length=1, max_length=64)
+    callback_timeout_s: float = Field(5.0, gt=0, description="deadline of one delivery")
+    workers: int = Field(4, ge=1, le=64, description="deliveries in flight at once")
+    poll_interval_s: float = Field(0.2, gt=0, description="outbox poll when it was empty")
+    backoff_initial_s: float = Field(0.5, gt=0, description="first retry delay (then doubled)")
+    backoff_max_s: float = Field(60.0, gt=0, description="longest retry delay")
+    dead_letter_after: int = Field(10, ge=1, description="attempts before an event dead-letters")
+    assess: str = Field(
+        "off", pattern="^(off|fail_open|fail_closed)$",
+        description="consult FraudEngine.Assess on each decision; when it is slow or down, "
+        "fail_open keeps faceguard's outcome and fail_closed declines",
+    )  # fmt: skip
+    assess_timeout_s: float = Field(0.2, gt=0, description="deadline of the Assess consult")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FACEGUARD_", env_nested_delimiter="__", extra="forbid"
@@ -71,9 +189,14 @@ class Settings(BaseSettings):
     vision: VisionSettings = VisionSettings()
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
+    security: SecuritySettings = SecuritySettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
+    privacy: PrivacySettings = PrivacySettings()
     detector: DetectorConfig = DetectorConfig()
     decode: DecodeLimits = DecodeLimits()
     quality: QualityPolicy = QualityPolicy()
+    stream: StreamSettings = StreamSettings()
+    risk: RiskSettings = RiskSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from service.decision import APPROVE, DECLINE, Decision, LivenessReport, match_outcome
 from service.errors import Conflict, InvalidInput, NotFound, TooLarge, Unprocessable
@@ -22,6 +23,11 @@ from service.gallery.store import ConsentRecord, CustomerRecord, NewEvent, NewTe
 from service.vision.decode import DecodeReason, ImageDecodeError
 from service.vision.pipeline import FacePipeline, primary_face
 from service.vision.types import FaceAnalysis
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from service.risk.runtime import RiskRuntime
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +88,14 @@ def check_consent(consent: Consent | None) -> Consent:
 class Engine:
     """Use cases over one pipeline and one gallery; thread-safe as they are."""
 
-    def __init__(self, pipeline: FacePipeline, gallery: Gallery, policy: Policy) -> None:
+    def __init__(
+        self, pipeline: FacePipeline, gallery: Gallery, policy: Policy,
+        risk: RiskRuntime | None = None,
+    ) -> None:  # fmt: skip
         self.pipeline = pipeline
         self.gallery = gallery
         self.policy = policy
+        self.risk = risk
 
     # ---- faces -------------------------------------------------------------------------
 
@@ -154,6 +164,15 @@ class Engine:
             payload=decision.audit_payload() | extra,
         )
 
+    def _risk(
+        self, kind: str, decision: Decision, vectors: Sequence[np.ndarray] = (),
+        neighbours: list[tuple[str, float]] | None = None,
+    ) -> Decision:  # fmt: skip
+        """The decision through the risk policy (lists, watchlist, velocity, margins)."""
+        if self.risk is None:
+            return decision
+        return self.risk.checks.apply(kind, decision, vectors, neighbours)
+
     def _attempt(
         self, kind: str, device_id: str, customer_id: str, run: Callable[[], FaceAnalysis]
     ) -> FaceAnalysis:
@@ -165,14 +184,22 @@ class Engine:
                 None, outcome=DECLINE, customer_id=customer_id, reason_codes=(exc.reason,),
                 device_id=device_id,
             )  # fmt: skip
+            decision = self._risk(kind, decision)
             self.gallery.store.record_event(self._event(kind, decision))
             exc.metadata["event_id"] = decision.event_id
             raise
 
+    def attempt(
+        self, kind: str, device_id: str, customer_id: str, run: Callable[[], FaceAnalysis]
+    ) -> FaceAnalysis:
+        """`_attempt` for the streamed session, which finds its face outside the engine: a
+        refusal (NO_FACE, FACE_CHANGED, low quality) is audited like a single-shot one."""
+        return self._attempt(kind, device_id, customer_id, run)
+
     # ---- kiosk -------------------------------------------------------------------------
 
     def verify(self, customer_id: str, frames: list[bytes], device_id: str) -> Decision:
-        self.check_enrolled(customer_id)
+        self.check_verifiable(customer_id)
         check_count(frames, self.policy.max_frames, "frames")
 
         def best() -> FaceAnalysis:
@@ -187,6 +214,19 @@ class Engine:
         check_customer_id(customer_id)
         if not self.gallery.has_customer(customer_id):
             raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
+
+    def check_verifiable(self, customer_id: str) -> None:
+        """Enrolled, with a consent that has not expired: expired consent stops processing at
+        once (the retention purge erases the templates at its next run)."""
+        check_customer_id(customer_id)
+        record = self.gallery.store.get_customer(customer_id)
+        if record is None:
+            raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
+        expires = record.consent.expires_at if record.consent else None
+        if expires is not None and expires <= datetime.now(UTC):
+            raise Unprocessable(
+                "CONSENT_EXPIRED", "the customer's consent has expired; enrol again with consent"
+            )
 
     def verify_face(
         self,
@@ -212,6 +252,9 @@ class Engine:
             threshold=self.policy.threshold, reason_codes=reasons, device_id=device_id,
             liveness=liveness,
         )  # fmt: skip
+        if self.risk is not None:  # other customers this face matches, for the risk rules
+            neighbours = self.gallery.search(analysis.embedding.vector, 3)
+            decision = self._risk("VERIFY", decision, [analysis.embedding.vector], neighbours)
         self.gallery.store.record_event(self._event("VERIFY", decision))
         return decision
 
@@ -262,6 +305,7 @@ class Engine:
             match_score=top[1] if top else None, threshold=self.policy.threshold,
             reason_codes=reasons, device_id=device_id, liveness=liveness,
         )  # fmt: skip
+        decision = self._risk("IDENTIFY", decision, [analysis.embedding.vector], candidates)
         self.gallery.store.record_event(
             self._event("IDENTIFY", decision, candidates=len(candidates))
         )
@@ -277,28 +321,26 @@ class Engine:
             reason_codes=("LIVENESS_WEAK",) if weak else ("LIVENESS_PASSIVE_OK",),
             device_id=device_id,
         )  # fmt: skip
+        decision = self._risk("CHECK_LIVENESS", decision, [analysis.embedding.vector])
         self.gallery.store.record_event(self._event("CHECK_LIVENESS", decision))
         return decision
 
     # ---- enrolment ---------------------------------------------------------------------
 
-    def _templates(
-        self, customer_id: str, images: list[bytes]
-    ) -> tuple[list[NewTemplate], list[FaceAnalysis]]:
-        """Analyse enrolment images: one face each, passing the quality gate, not someone else."""
+    def gated_faces(self, images: list[bytes]) -> list[FaceAnalysis]:
+        """Enrolment images analysed: one face each, passing the quality gate."""
         analyses = []
         for i, data in enumerate(images):
             analysis = self._single_face(data, i)
             self.quality_gate(analysis, f"image {i}")
             analyses.append(analysis)
-        for analysis in analyses:
-            for other, score in self.gallery.search(analysis.embedding.vector, 3):
-                if other != customer_id and score >= self.policy.threshold:
-                    log.warning("enrolment refused: face already enrolled under another id")
-                    raise Conflict(
-                        "DUPLICATE_IDENTITY",
-                        "this face is already enrolled under another customer id",
-                    )
+        return analyses
+
+    def _templates(
+        self, customer_id: str, images: list[bytes]
+    ) -> tuple[list[NewTemplate], list[FaceAnalysis]]:
+        """Analyse enrolment images: one face each, passing the quality gate."""
+        analyses = self.gated_faces(images)
         templates = [
             NewTemplate(vector=a.embedding.vector, model=a.embedding.model, quality=a.quality.score)
             for a in analyses
@@ -314,7 +356,7 @@ class Engine:
         if self.gallery.has_customer(customer_id):
             raise Conflict("CUSTOMER_EXISTS", f"customer {customer_id} is already enrolled")
         templates, analyses = self._templates(customer_id, images)
-        decision = self._enrolment_decision(customer_id, analyses)
+        decision = self._enrolment_decision("ENROLL", customer_id, analyses)
         record = ConsentRecord(
             purpose=consent.purpose, given_at=consent.given_at, channel=consent.channel,
             operator_id=consent.operator_id, expires_at=consent.expires_at,
@@ -331,7 +373,7 @@ class Engine:
         self.check_enrolled(customer_id)
         check_count(images, self.policy.max_images, "images")
         templates, analyses = self._templates(customer_id, images)
-        decision = self._enrolment_decision(customer_id, analyses)
+        decision = self._enrolment_decision("UPDATE_TEMPLATES", customer_id, analyses)
         event = self._event(
             "UPDATE_TEMPLATES", decision, templates=len(templates), replace=replace,
             operator=operator_id,
@@ -339,11 +381,39 @@ class Engine:
         self.gallery.add_templates(customer_id, templates, replace, event)
         return self.get(customer_id), decision
 
-    def _enrolment_decision(self, customer_id: str, analyses: list[FaceAnalysis]) -> Decision:
+    def _enrolment_decision(
+        self, kind: str, customer_id: str, analyses: list[FaceAnalysis]
+    ) -> Decision:
+        """Approve the faces for enrolment, or record the refusal and raise.
+
+        A face already enrolled under another id is refused (DUPLICATE_IDENTITY), and so is
+        anything the risk policy declines (a blocklisted id, a watchlisted face).
+        """
         worst = min(analyses, key=lambda a: a.quality.score)
-        return self._decision(
-            worst, outcome=APPROVE, customer_id=customer_id, reason_codes=("ENROLLED",)
-        )
+        vectors = [a.embedding.vector for a in analyses]
+        neighbours = [hit for vector in vectors for hit in self.gallery.search(vector, 3)]
+        duplicate = any(c != customer_id and s >= self.policy.threshold for c, s in neighbours)
+        decision = self._decision(
+            worst, outcome=DECLINE if duplicate else APPROVE, customer_id=customer_id,
+            reason_codes=("DUPLICATE_IDENTITY",) if duplicate else ("ENROLLED",),
+            threshold=self.policy.threshold,
+        )  # fmt: skip
+        decision = self._risk(kind, decision, vectors, neighbours)
+        if decision.outcome != DECLINE:
+            return decision
+        self.gallery.store.record_event(self._event(kind, decision))
+        log.warning("enrolment refused: %s", ", ".join(decision.reason_codes))
+        if "DUPLICATE_IDENTITY" in decision.reason_codes:
+            raise Conflict(
+                "DUPLICATE_IDENTITY", "this face is already enrolled under another customer id",
+                event_id=decision.event_id,
+            )  # fmt: skip
+        fired = [r for r in decision.rules if r.fired]
+        reason = max(fired, key=lambda r: (r.hard, r.score)).reason_code if fired else "DECLINED"
+        raise Unprocessable(
+            reason, f"enrolment declined by risk policy {decision.policy_version} ({reason})",
+            event_id=decision.event_id,
+        )  # fmt: skip
 
     def delete(self, customer_id: str, reason: str, operator_id: str) -> str:
         self.check_enrolled(customer_id)

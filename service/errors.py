@@ -40,3 +40,8 @@ class Conflict(FaceguardError):
 
 class Unavailable(FaceguardError):
     """The service is not ready to answer (UNAVAILABLE)."""
+
+
+class Expired(FaceguardError):
+    """A session that ran past a time limit: idle too long, or longer than allowed
+    (DEADLINE_EXCEEDED)."""

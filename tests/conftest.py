@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+import postgres
 
 # Development data lives beside the repository, never inside it (see ../shared/data/README.md).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -16,3 +20,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared development data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database for the portable store tests.
+
+    FACEGUARD_TEST_POSTGRES_URL names an existing throwaway database; otherwise a temporary
+    server is started from the machine's PostgreSQL binaries, and the tests skip without them.
+    """
+    given = os.environ.get("FACEGUARD_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    bin_dir = postgres.server_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (Debian package postgresql) on this machine")
+    with postgres.temporary_server(bin_dir) as url:
+        yield url

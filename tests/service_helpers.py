@@ -111,3 +111,23 @@ def server_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes
         if process.poll() is None:
             process.terminate()
             process.wait(timeout=60)
+
+
+def mtls_settings(
+    data_dir: Path, pki: Path, client_ca: bool = True, **security: object
+) -> Settings:
+    """Test service settings with server TLS from `pki` (written by `service.certs`), and
+    mutual TLS unless `client_ca` is False; `security` overrides the limits."""
+    settings = service_settings(data_dir, tls_cert=pki / "server.pem", tls_key=pki / "server.key")
+    update = {"client_ca": pki / "ca.pem" if client_ca else None, **security}
+    return settings.model_copy(update={"security": settings.security.model_copy(update=update)})
+
+
+def tls_channel(port: int, pki: Path, client: str | None) -> grpc.Channel:
+    """A channel to 127.0.0.1:`port` trusting `pki`'s CA, with `client`'s certificate if given."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(pki / "ca.pem").read_bytes(),
+        private_key=(pki / f"{client}.key").read_bytes() if client else None,
+        certificate_chain=(pki / f"{client}.pem").read_bytes() if client else None,
+    )
+    return grpc.secure_channel(f"127.0.0.1:{port}", credentials)

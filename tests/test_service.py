@@ -19,6 +19,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from sqlalchemy import create_engine
 
 from faceguard.v1 import (
     common_pb2,
@@ -30,7 +31,7 @@ from faceguard.v1 import (
 from service.api.server import Running, start
 from service.gallery.crypto import load_keyring
 from service.gallery.index import VectorIndex
-from service.gallery.store import Store
+from service.gallery.store import METADATA, Store
 from tests.service_helpers import (
     FACEGUARD,
     SMALL_FACE_ENV,
@@ -411,3 +412,34 @@ def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path, people) -> None:
         process.send_signal(signal.SIGTERM)
         assert "MATCH" in future.result().decision.reason_codes
         assert process.wait(timeout=60) == 0
+
+
+def test_serves_from_postgresql(tmp_path: Path, people, postgres_url: str) -> None:
+    """The same service on PostgreSQL: enrol and verify, then restart without the index
+    snapshot, so the index is rebuilt from the database alone."""
+    engine = create_engine(postgres_url)
+    METADATA.drop_all(engine)
+    engine.dispose()
+    settings = service_settings(tmp_path)
+    settings.storage.database_url = postgres_url
+    (frank, images) = people[4]
+    running = start(settings)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as chan:
+            enroll(enrollment_pb2_grpc.EnrollmentStub(chan), frank, images[:1])
+    finally:
+        running.stop(grace=2)
+    (tmp_path / "index.faiss").unlink()
+    running = start(settings)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as chan:
+            kiosk = verification_pb2_grpc.FaceVerificationStub(chan)
+            request = verification_pb2.VerifyRequest(customer_id=frank, frames=[image(images[1])])
+            assert kiosk.Verify(request, timeout=60).decision.outcome == APPROVE
+            found = kiosk.Identify(
+                verification_pb2.IdentifyRequest(image=image(images[2])), timeout=60
+            )
+            assert found.candidates[0].customer_id == frank
+    finally:
+        running.stop(grace=2)
+    assert not list(tmp_path.glob("*.db")), "the SQLite default was used instead of PostgreSQL"

@@ -1,7 +1,7 @@
 """The gallery store: transactions, erasure, id stability, the audit chain and key rotation.
 
-Runs on real SQLite files; set FACEGUARD_TEST_POSTGRES_URL (a postgresql+psycopg:// URL to a
-throwaway database) to run the portable tests against PostgreSQL as well.
+Runs on real SQLite files, and the portable tests also on PostgreSQL: a temporary server from
+the machine's binaries, or the throwaway database FACEGUARD_TEST_POSTGRES_URL names.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from service.gallery.store import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-POSTGRES_URL = os.environ.get("FACEGUARD_TEST_POSTGRES_URL")
-BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
+BACKENDS = ["sqlite", "postgresql"]
 DIM = 512
 MODEL = "arcface-r100@1"
 TABLES = (customer_table, template_table, consent_table, event_table)
@@ -49,10 +48,12 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'gallery.db'}"
         return
-    engine = create_engine(POSTGRES_URL)
+    postgres_url = request.getfixturevalue("postgres_url")
+    engine = create_engine(postgres_url)
     METADATA.drop_all(engine)
-    yield POSTGRES_URL
+    yield postgres_url
     METADATA.drop_all(engine)
+    engine.dispose()
     engine.dispose()
 
 

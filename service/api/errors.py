@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service.errors import (
     Conflict,
+    Expired,
     FaceguardError,
     InvalidInput,
     NotFound,
@@ -38,15 +40,26 @@ STATUS: dict[type[FaceguardError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     Conflict: grpc.StatusCode.ALREADY_EXISTS,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Expired: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
-def rich_status(code: grpc.StatusCode, reason: str, message: str, **metadata: str) -> grpc.Status:
-    """A status whose details carry an ErrorInfo(reason, domain, metadata)."""
+def rich_status(
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+    *extra: Message,
+    **metadata: str,
+) -> grpc.Status:
+    """A status whose details carry an ErrorInfo(reason, domain, metadata), then `extra`
+    details (e.g. a RetryInfo)."""
     info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=[detail])
+    details = []
+    for item in (info, *extra):
+        detail = any_pb2.Any()
+        detail.Pack(item)
+        details.append(detail)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
     return rpc_status.to_status(status)
 
 
@@ -73,6 +86,33 @@ def mapped(handler: Handler) -> Handler:
             log.info("%s: %s %s", handler.__name__, code.name, exc.reason)
             context.abort_with_status(rich_status(code, exc.reason, str(exc), **exc.metadata))
         except Exception:
+            log.exception("%s failed", handler.__name__)
+            context.abort_with_status(
+                rich_status(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
+            )
+
+    return wrapper  # type: ignore[return-value]
+
+
+StreamHandler = TypeVar("StreamHandler", bound=Callable[..., Iterator[Any]])
+
+
+def mapped_stream(handler: StreamHandler) -> StreamHandler:
+    """`mapped` for response-streaming methods: the handler is a generator, so its errors
+    surface while the server iterates it, after `mapped`'s try has returned. Messages already
+    yielded stay delivered; the call then ends with the mapped status."""
+
+    @functools.wraps(handler)
+    def wrapper(self: object, requests: object, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from handler(self, requests, context)
+        except FaceguardError as exc:
+            code = STATUS[type(exc)]
+            log.info("%s: %s %s", handler.__name__, code.name, exc.reason)
+            context.abort_with_status(rich_status(code, exc.reason, str(exc), **exc.metadata))
+        except Exception:
+            if not context.is_active():
+                return  # the caller hung up: the failure is the cancellation's, nobody to tell
             log.exception("%s failed", handler.__name__)
             context.abort_with_status(
                 rich_status(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")

@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from faceguard.v1 import common_pb2, enrollment_pb2
 from service.decision import Decision, LivenessReport
 from service.engine import Consent
+from service.errors import InvalidInput
 from service.gallery.store import CustomerRecord
 
 
@@ -59,17 +60,27 @@ def liveness_message(report: LivenessReport | None) -> common_pb2.LivenessReport
     )
 
 
+def _datetime(stamp: Timestamp, name: str) -> datetime:
+    """A Timestamp as an aware datetime; out-of-range seconds or nanos are the caller's error."""
+    try:
+        return stamp.ToDatetime(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInput("INVALID_TIMESTAMP", f"{name} is not a valid timestamp") from None
+
+
 def consent_from(message: enrollment_pb2.Consent, present: bool) -> Consent | None:
     if not present:
         return None
     return Consent(
         purpose=message.purpose,
-        given_at=message.given_at.ToDatetime(UTC)
+        given_at=_datetime(message.given_at, "consent.given_at")
         if message.HasField("given_at")
         else datetime.now(UTC),
         channel=message.channel,
         operator_id=message.operator_id,
-        expires_at=message.expires_at.ToDatetime(UTC) if message.HasField("expires_at") else None,
+        expires_at=_datetime(message.expires_at, "consent.expires_at")
+        if message.HasField("expires_at")
+        else None,
     )
 
 

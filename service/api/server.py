@@ -21,9 +21,13 @@ from grpc_reflection.v1alpha import reflection
 from faceguard.v1 import (
     enrollment_pb2,
     enrollment_pb2_grpc,
+    risk_pb2,
+    risk_pb2_grpc,
     verification_pb2,
     verification_pb2_grpc,
 )
+from service.api.operations import Operations, interceptors
+from service.api.risk_servicer import RiskAdminServicer
 from service.api.servicers import EnrollmentServicer, FaceVerificationServicer
 from service.assembly import build_engine
 from service.config import Settings, SettingsError
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = (
     verification_pb2.DESCRIPTOR.services_by_name["FaceVerification"].full_name,
     enrollment_pb2.DESCRIPTOR.services_by_name["Enrollment"].full_name,
+    risk_pb2.DESCRIPTOR.services_by_name["RiskAdmin"].full_name,
 )
 
 
@@ -48,11 +53,16 @@ def _is_loopback(host: str) -> bool:
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    server = settings.server
+    server, client_ca = settings.server, settings.security.client_ca
     if server.tls_cert and server.tls_key:
+        # With a client CA, TLS itself refuses clients without a certificate it signed.
         return grpc.ssl_server_credentials(
-            [(server.tls_key.read_bytes(), server.tls_cert.read_bytes())]
+            [(server.tls_key.read_bytes(), server.tls_cert.read_bytes())],
+            root_certificates=client_ca.read_bytes() if client_ca else None,
+            require_client_auth=client_ca is not None,
         )
+    if client_ca is not None:
+        raise SettingsError("security.client_ca (mutual TLS) needs server.tls_cert and tls_key")
     if not _is_loopback(server.host) and not server.insecure:
         raise SettingsError(
             f"listening on {server.host} needs TLS (server.tls_cert and server.tls_key) "
@@ -70,6 +80,10 @@ class EngineHolder:
     def set(self, engine: Engine) -> None:
         self._engine = engine
 
+    @property
+    def ready(self) -> bool:
+        return self._engine is not None
+
     def get(self) -> Engine:
         if self._engine is None:
             raise Unavailable("NOT_READY", "models are loading; retry shortly")
@@ -82,11 +96,19 @@ class Running:
     port: int
     health: health.HealthServicer
     engine: Engine
+    operations: Operations
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.operations.metrics_port
 
     def stop(self, grace: float) -> None:
         """Refuse new calls, let in-flight ones finish, then persist the index."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.engine.risk is not None:
+            self.engine.risk.stop()
+        self.operations.stop()
         self.engine.gallery.save()
 
 
@@ -104,12 +126,14 @@ def start(settings: Settings) -> Running:
         futures.ThreadPoolExecutor(max_workers=settings.server.workers, thread_name_prefix="rpc"),
         options=options,
         maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
+        interceptors=interceptors(settings, development=credentials is None),
     )
     holder = EngineHolder()
     verification_pb2_grpc.add_FaceVerificationServicer_to_server(
-        FaceVerificationServicer(holder.get), server
+        FaceVerificationServicer(holder.get, settings.stream), server
     )
     enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(holder.get), server)
+    risk_pb2_grpc.add_RiskAdminServicer_to_server(RiskAdminServicer(holder.get), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -124,7 +148,16 @@ def start(settings: Settings) -> Running:
         else server.add_insecure_port(address)
     )
     server.start()
-    holder.set(build_engine(settings))
+    operations = Operations(settings, ready=lambda: holder.ready)
+    try:
+        holder.set(build_engine(settings))
+    except BaseException:
+        operations.stop()
+        server.stop(0)
+        raise
+    if holder.get().risk is not None:  # callbacks of decisions, including those before a kill
+        holder.get().risk.start()
+    operations.engine_built(holder.get())
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -133,7 +166,7 @@ def start(settings: Settings) -> Running:
         port,
         "TLS" if credentials else "plaintext",
     )
-    return Running(server, port, health_servicer, holder.get())
+    return Running(server, port, health_servicer, holder.get(), operations)
 
 
 def serve(settings: Settings) -> int:

@@ -16,9 +16,13 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.api.errors import mapped
+from service.api.errors import mapped, mapped_stream
 from service.api.messages import consent_from, customer_message, decision_message
+from service.api.streaming import prompt_message, run_stream
+from service.config import StreamSettings
 from service.engine import Engine
+from service.liveness.session import Prompt
+from service.liveness.stream import ActiveSessions, Opening, StreamRun
 
 
 class _UsesEngine:
@@ -31,6 +35,13 @@ class _UsesEngine:
 
 
 class FaceVerificationServicer(_UsesEngine, verification_pb2_grpc.FaceVerificationServicer):
+    def __init__(
+        self, engine: Callable[[], Engine], stream: StreamSettings | None = None
+    ) -> None:
+        super().__init__(engine)
+        self.stream_settings = stream or StreamSettings()
+        self.sessions = ActiveSessions()
+
     @mapped
     def Verify(self, request: verification_pb2.VerifyRequest, context: grpc.ServicerContext):
         decision = self.engine.verify(
@@ -54,6 +65,39 @@ class FaceVerificationServicer(_UsesEngine, verification_pb2_grpc.FaceVerificati
     ):
         decision = self.engine.check_liveness([f.data for f in request.frames], request.device_id)
         return verification_pb2.CheckLivenessResponse(decision=decision_message(decision))
+
+    def _session(self, requests, context: grpc.ServicerContext, identify: bool):
+        def begin(opening: Opening) -> StreamRun:
+            return StreamRun(self.engine, self.stream_settings, opening)
+
+        return run_stream(
+            requests, context, begin, self.sessions, identify,
+            self.stream_settings.idle_timeout_s,
+        )  # fmt: skip
+
+    @mapped_stream
+    def VerifyStream(self, request_iterator, context: grpc.ServicerContext):
+        for step in self._session(request_iterator, context, identify=False):
+            if isinstance(step, Prompt):
+                yield verification_pb2.VerifyStreamResponse(prompt=prompt_message(step))
+            else:
+                result = verification_pb2.VerifyResponse(decision=decision_message(step.decision))
+                yield verification_pb2.VerifyStreamResponse(result=result)
+
+    @mapped_stream
+    def IdentifyStream(self, request_iterator, context: grpc.ServicerContext):
+        for step in self._session(request_iterator, context, identify=True):
+            if isinstance(step, Prompt):
+                yield verification_pb2.IdentifyStreamResponse(prompt=prompt_message(step))
+            else:
+                result = verification_pb2.IdentifyResponse(
+                    candidates=[
+                        verification_pb2.Candidate(customer_id=c, score=s)
+                        for c, s in step.candidates
+                    ],
+                    decision=decision_message(step.decision),
+                )
+                yield verification_pb2.IdentifyStreamResponse(result=result)
 
 
 class EnrollmentServicer(_UsesEngine, enrollment_pb2_grpc.EnrollmentServicer):

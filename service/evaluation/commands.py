@@ -84,6 +84,13 @@ def run_liveness(args: argparse.Namespace) -> int:
         "model": pipeline.liveness_model.model.name,
         "no_face_detected": undetected,
     }
+    if args.stream:
+        from service.evaluation.stream_eval import stream_figures
+
+        figures["stream"] = stream_figures(
+            pipeline, load_settings(args.config).stream, float(table["threshold"]),
+            args.shared, args.stills, args.seconds,
+        )  # fmt: skip
     _emit(args, f"liveness: {args.root.name}", figures)
     return 0
 

@@ -72,7 +72,7 @@ class Gallery:
             self._changes = 0
 
     def has_customer(self, customer_id: str) -> bool:
-        return self.store.get_customer(customer_id) is not None
+        return self.store.has_customer(customer_id)
 
     def enroll(
         self,

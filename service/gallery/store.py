@@ -11,7 +11,8 @@ a stale index entry point at someone else.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from math import isfinite
@@ -48,7 +49,13 @@ from sqlalchemy.exc import IntegrityError
 
 from service.gallery import audit
 from service.gallery.audit import ChainReport, EventRecord, EventType, NewEvent, check_text
-from service.gallery.crypto import Keyring, KeyringError, open_vector, seal_vector
+from service.gallery.crypto import (
+    Keyring,
+    KeyringError,
+    UnknownKeyError,
+    open_vector,
+    seal_vector,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,9 @@ MAX_PAGE_SIZE = 1000
 _SQLITE_BUSY_TIMEOUT_S = 30
 _WRITE = "faceguard_write"  # execution option marking write transactions (BEGIN IMMEDIATE)
 _IN_CHUNK = 500  # ids per IN (...) list, well under every driver's bound-parameter limit
+
+
+EventHook = Callable[[Connection, NewEvent], None]
 
 
 class GalleryError(Exception):
@@ -252,6 +262,33 @@ class Store:
         self._keyring = keyring
         self._engine = _create_engine(url)
         self._writer = self._engine.execution_options(**{_WRITE: True})
+        self._event_hooks: list[EventHook] = []
+        self._reload_keyring: Callable[[], None] | None = None
+
+    def on_event(self, hook: EventHook) -> None:
+        """Run `hook(conn, event)` inside the transaction of every customer or decision event
+        (not key rotation), so what it writes (an outbox row) commits or vanishes with it."""
+        self._event_hooks.append(hook)
+
+    def _append(
+        self, conn: Connection, event: NewEvent, facts: dict[str, Any] | None = None
+    ) -> str:
+        event_id = audit.append(conn, event_table, event, facts)
+        for hook in self._event_hooks:
+            hook(conn, event)
+        return event_id
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction, for modules that keep their own tables in `METADATA`."""
+        return self._writer.begin()
+
+    def connect(self) -> Connection:
+        """A read connection, for modules that keep their own tables in `METADATA`."""
+        return self._engine.connect()
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
 
     def close(self) -> None:
         self._engine.dispose()
@@ -295,7 +332,7 @@ class Store:
                     customer_id=customer_id, **_consent_values(consent), recorded_at=now
                 )
             )
-            audit.append(conn, event_table, event, {"template_ids_added": ids})
+            self._append(conn, event, {"template_ids_added": ids})
         log.debug("enrolled a customer with %d templates", len(ids))
         return ids
 
@@ -320,7 +357,7 @@ class Store:
                 .values(updated_at=now)
             )
             facts = {"template_ids_added": added, "template_ids_removed": removed}
-            audit.append(conn, event_table, event, facts)
+            self._append(conn, event, facts)
         return added, removed
 
     def delete_customer(self, customer_id: str, event: NewEvent) -> list[int]:
@@ -334,13 +371,13 @@ class Store:
             removed = _delete_templates(conn, customer_id)
             conn.execute(delete(consent_table).where(consent_table.c.customer_id == customer_id))
             conn.execute(delete(customer_table).where(customer_table.c.customer_id == customer_id))
-            audit.append(conn, event_table, event, {"template_ids_removed": removed})
+            self._append(conn, event, {"template_ids_removed": removed})
         return removed
 
     def record_event(self, event: NewEvent) -> str:
         """Append an event that changes nothing else (a verify or identify decision)."""
         with self._writer.begin() as conn:
-            return audit.append(conn, event_table, event)
+            return self._append(conn, event)
 
     def rotate_keys(self, keyring: Keyring, batch: int = 1000) -> int:
         """Re-encrypt every template not under `keyring`'s active key; returns how many.
@@ -405,6 +442,14 @@ class Store:
         return ids
 
     # --- reads ---------------------------------------------------------------------------
+
+    def has_customer(self, customer_id: str) -> bool:
+        """Whether the customer is enrolled: one indexed lookup, for the per-request check."""
+        query = select(customer_table.c.customer_id).where(
+            customer_table.c.customer_id == customer_id
+        )
+        with self._engine.connect() as conn:
+            return conn.execute(query).first() is not None
 
     def get_customer(self, customer_id: str) -> CustomerRecord | None:
         with self._engine.connect() as conn:
@@ -517,9 +562,28 @@ class Store:
             return set(conn.execute(select(template_table.c.key_id).distinct()).scalars())
 
     def _open(self, row: Row[Any]) -> np.ndarray:
-        return open_vector(
-            self._keyring, row.key_id, row.ciphertext, template_aad(row.customer_id, row.id)
-        )
+        aad = template_aad(row.customer_id, row.id)
+        try:
+            return open_vector(self._keyring, row.key_id, row.ciphertext, aad)
+        except UnknownKeyError:
+            if self._reload_keyring is None:
+                raise
+            # Another process rotated the keys: re-read the key file once and try again.
+            self._reload_keyring()
+            return open_vector(self._keyring, row.key_id, row.ciphertext, aad)
+
+    def on_unknown_key(self, reload: Callable[[], None]) -> None:
+        """Call `reload` (which should `use_keyring` a fresh copy of the key file) when a row
+        names a key this store's keyring lacks, as after `faceguard keys rotate`."""
+        self._reload_keyring = reload
+
+    def use_keyring(self, keyring: Keyring) -> None:
+        """Read and write under `keyring` from now on, without re-encrypting anything (a
+        running service picking up a rotated key file); it must hold every key in use."""
+        missing = self._key_ids_in_use() - set(keyring.key_ids)
+        if missing:
+            raise KeyringError(f"the keyring lacks keys still in use: {sorted(missing)}")
+        self._keyring = keyring
 
 
 def template_aad(customer_id: str, template_id: int) -> bytes:

@@ -17,7 +17,9 @@ from service.modelpack.manifest import MODELS_DIR, Manifest, load_manifest, veri
 from service.vision.decode import DecodeLimits, decode_image
 from service.vision.detect import DetectorConfig, MtcnnDetector
 from service.vision.embed import FusedEmbedder, FusionSpec, NetworkEmbedder
+from service.vision.facemesh import FaceMesh
 from service.vision.liveness import LivenessModel
+from service.vision.liveness_cues import FrameCues, cues_from_mesh
 from service.vision.quality import QualityPolicy, assess_quality
 from service.vision.types import Embedding, Face, FaceAnalysis, Image, Quality
 
@@ -31,6 +33,7 @@ class PipelineConfig:
     decode: DecodeLimits = field(default_factory=DecodeLimits)
     quality: QualityPolicy = field(default_factory=QualityPolicy)
     liveness: bool = True
+    facemesh: bool = True  # dense landmarks for the streamed liveness cues, when in the manifest
 
 
 def fusion_spec(manifest: Manifest) -> FusionSpec:
@@ -97,6 +100,14 @@ class FacePipeline:
         }
         if self.liveness_model:
             self.model_versions["liveness"] = liveness_name
+        mesh_name = manifest.section("facemesh").get("model")
+        self.facemesh = (
+            FaceMesh(models[mesh_name], path(mesh_name), threads)
+            if config.facemesh and mesh_name
+            else None
+        )
+        if self.facemesh:
+            self.model_versions["facemesh"] = mesh_name
 
     def decode(self, data: bytes) -> Image:
         return decode_image(data, self.config.decode)
@@ -129,6 +140,12 @@ class FacePipeline:
             FaceAnalysis(face=f, quality=q, liveness=lv, embedding=e)
             for f, q, lv, e in zip(faces, qualities, liveness, embeddings, strict=True)
         ]
+
+    def cues(self, image: Image, face: Face) -> FrameCues | None:
+        """Pose, eye openness and tracked landmarks of one face; None without a mesh model."""
+        if self.facemesh is None:
+            return None
+        return cues_from_mesh(self.facemesh(image.rgb, face))
 
     def analyse(self, data: bytes) -> list[FaceAnalysis]:
         """Every face in the image bytes, best detector score first.

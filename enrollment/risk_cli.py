@@ -1,0 +1,164 @@
+"""`faceguard risk ...`: the RiskAdmin client (lists, watchlist, events, dead letters).
+
+Same connection and TLS options as the other client commands; each prints the reply, or one
+JSON object with `--json`; a failed call prints its status and reason code and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from enrollment.cli import _as_dict, _connection_options, _emit
+
+LISTS = {"blocklist": "CUSTOMER_BLOCKLIST", "devices": "DEVICE_BLACKLIST"}
+
+
+def add_risk_commands(commands: argparse._SubParsersAction, handler: Callable) -> None:
+    """Register `faceguard risk` on the parser (no grpc import here)."""
+    risk = commands.add_parser("risk", help="fraud administration (admin role)")
+    groups = risk.add_subparsers(dest="risk_group", required=True)
+    subs = []
+    for group, what in (("blocklist", "customer id"), ("devices", "device id")):
+        actions = groups.add_parser(
+            group,
+            help=f"{'blocklisted customers' if group == 'blocklist' else 'blacklisted devices'}",
+        ).add_subparsers(dest="risk_action", required=True)
+        add = actions.add_parser("add", help=f"list a {what} (or update its entry)")
+        add.add_argument("subject", help=what)
+        add.add_argument("--reason", required=True)
+        add.add_argument("--case", required=True, help="fraud case reference")
+        add.add_argument("--operator", required=True)
+        remove = actions.add_parser("remove", help=f"take a {what} off the list")
+        remove.add_argument("subject", help=what)
+        remove.add_argument("--reason", default="removed")
+        remove.add_argument("--operator", required=True)
+        show = actions.add_parser("list", help="the entries, a page at a time")
+        show.add_argument("--page-size", type=int, default=50)
+        show.add_argument("--page-token", default="")
+        subs += [add, remove, show]
+
+    watch = groups.add_parser("watchlist", help="known fraudsters' faces").add_subparsers(
+        dest="risk_action", required=True
+    )
+    w_add = watch.add_parser("add", help="enrol a face into the watchlist")
+    w_add.add_argument("images", nargs="+", type=Path)
+    w_add.add_argument("--label", required=True, help="alias or case name (no customer id)")
+    w_add.add_argument("--reason", required=True)
+    w_add.add_argument("--case", required=True)
+    w_add.add_argument("--operator", required=True)
+    w_remove = watch.add_parser("remove", help="remove a watchlist entry")
+    w_remove.add_argument("entry_id")
+    w_remove.add_argument("--reason", default="removed")
+    w_remove.add_argument("--operator", required=True)
+    w_list = watch.add_parser("list", help="watchlist entries")
+    w_list.add_argument("--page-size", type=int, default=50)
+    w_list.add_argument("--page-token", default="")
+
+    events = groups.add_parser("events", help="audited events by customer, device, time")
+    events.add_argument("--customer-id", default="")
+    events.add_argument("--device-id", default="")
+    events.add_argument("--since", type=datetime.fromisoformat, help="ISO time, inclusive")
+    events.add_argument("--until", type=datetime.fromisoformat, help="ISO time, exclusive")
+    events.add_argument("--page-size", type=int, default=50)
+    events.add_argument("--page-token", default="")
+    events.set_defaults(risk_action="query")
+
+    dead = groups.add_parser("dead-letters", help="callbacks that ran out of retries")
+    dead_actions = dead.add_subparsers(dest="risk_action", required=True)
+    d_list = dead_actions.add_parser("list")
+    d_list.add_argument("--page-size", type=int, default=50)
+    d_replay = dead_actions.add_parser("replay", help="send them again (all, or --event-id)")
+    d_replay.add_argument("--event-id", action="append", default=[])
+    d_replay.add_argument("--operator", required=True)
+
+    for sub in (*subs, w_add, w_remove, w_list, events, d_list, d_replay):
+        _connection_options(sub)
+        sub.set_defaults(handler=handler)
+
+
+def _timestamp(value: datetime | None):
+    if value is None:
+        return None
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _call(args: argparse.Namespace, stub) -> dict[str, Any]:
+    from faceguard.v1 import common_pb2, risk_pb2
+
+    group, action, timeout = args.risk_group, args.risk_action, args.timeout
+    if group in LISTS:
+        kind = risk_pb2.RiskList.Value(LISTS[group])
+        if action == "add":
+            request = risk_pb2.AddListEntryRequest(
+                list=kind, subject=args.subject, reason=args.reason, case_ref=args.case,
+                operator_id=args.operator,
+            )  # fmt: skip
+            return _as_dict(stub.AddListEntry(request, timeout=timeout))
+        if action == "remove":
+            request = risk_pb2.RemoveListEntryRequest(
+                list=kind, subject=args.subject, reason=args.reason, operator_id=args.operator
+            )
+            return _as_dict(stub.RemoveListEntry(request, timeout=timeout))
+        request = risk_pb2.ListEntriesRequest(
+            list=kind, page_size=args.page_size, page_token=args.page_token
+        )
+        return _as_dict(stub.ListEntries(request, timeout=timeout))
+    if group == "watchlist":
+        if action == "add":
+            request = risk_pb2.EnrollWatchlistRequest(
+                label=args.label, reason=args.reason, case_ref=args.case,
+                operator_id=args.operator,
+                images=[common_pb2.Image(data=p.read_bytes()) for p in args.images],
+            )  # fmt: skip
+            return _as_dict(stub.EnrollWatchlistFace(request, timeout=timeout))
+        if action == "remove":
+            request = risk_pb2.RemoveWatchlistRequest(
+                entry_id=args.entry_id, reason=args.reason, operator_id=args.operator
+            )
+            return _as_dict(stub.RemoveWatchlistEntry(request, timeout=timeout))
+        request = risk_pb2.ListWatchlistRequest(
+            page_size=args.page_size, page_token=args.page_token
+        )
+        return _as_dict(stub.ListWatchlist(request, timeout=timeout))
+    if group == "events":
+        request = risk_pb2.QueryEventsRequest(
+            customer_id=args.customer_id, device_id=args.device_id,
+            since=_timestamp(args.since), until=_timestamp(args.until),
+            page_size=args.page_size, page_token=args.page_token,
+        )  # fmt: skip
+        return _as_dict(stub.QueryEvents(request, timeout=timeout))
+    if action == "list":
+        request = risk_pb2.ListDeadLettersRequest(page_size=args.page_size)
+        return _as_dict(stub.ListDeadLetters(request, timeout=timeout))
+    request = risk_pb2.ReplayDeadLettersRequest(event_ids=args.event_id, operator_id=args.operator)
+    return _as_dict(stub.ReplayDeadLetters(request, timeout=timeout))
+
+
+def run(args: argparse.Namespace) -> int:
+    import grpc
+
+    from enrollment.client import describe_error, open_channel
+    from faceguard.v1 import risk_pb2_grpc
+
+    channel = open_channel(args.server, args.tls_ca, args.tls_cert, args.tls_key)
+    try:
+        _emit(args, _call(args, risk_pb2_grpc.RiskAdminStub(channel)))
+        return 0
+    except grpc.RpcError as error:
+        _emit(args, {"error": describe_error(error)})
+        return 1
+    except OSError as error:
+        _emit(
+            args, {"error": {"status": "LOCAL", "reason": "UNREADABLE_FILE", "message": str(error)}}
+        )
+        return 1
+    finally:
+        channel.close()

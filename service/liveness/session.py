@@ -1,0 +1,334 @@
+"""The streamed session as a pure state machine over per-frame observations.
+
+BASELINE (frames of a face at rest) -> CHALLENGE (prompt sent, response window open) ->
+BASELINE again for the next challenge, `challenges_per_session` times -> DONE; a challenge that
+fails ends the session. Without a challenge, BASELINE collects `min_frames` face frames and is
+DONE. A prompt goes out only once the head has been at rest for `baseline_frames` frames, so
+that the response is measured from a still pose and a recording that keeps moving gets no
+prompt to answer by chance. Time comes in as
+arguments (the server's monotonic clock for windows and limits, the capture clock for blink
+timing), so the machine is driven the same way by the gRPC runner and by tests.
+
+It follows one face: in each frame the face nearest the previous one, and the session ends
+FACE_CHANGED when that face jumps between consecutive frames or stops being the same person.
+It keeps only what it needs: scores, landmark points and the best-quality face's analysis,
+never the images. Embedding is the costly step of a frame, so the session asks for one only
+where it needs it (`wants_embedding`): the first face, a face of better quality than the best
+so far (the one matched at the end), and every `EMBED_EVERY`-th face frame to keep checking
+that the face is still the same person; the face's position is checked on every frame.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from service.decision import LivenessCheck, LivenessReport
+from service.errors import Expired, TooLarge, Unprocessable
+from service.liveness import checks
+from service.liveness.challenge import Baseline, Response, judge, pick
+from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
+from service.vision.liveness_cues import FrameCues
+from service.vision.pipeline import primary_face
+from service.vision.types import Embedding, Face, FaceAnalysis, Image, Liveness, Quality
+
+# Face frames between identity checks of the followed face (at 15 frames/s: three a second).
+EMBED_EVERY = 5
+# Consecutive frames further apart than this are not checked for a jump: the face may have
+# left the picture and come back.
+JUMP_GAP_S = 0.25
+
+
+class Phase(StrEnum):
+    BASELINE = "BASELINE"
+    CHALLENGE = "CHALLENGE"
+    DONE = "DONE"
+
+
+@dataclass(frozen=True, eq=False)
+class Observation:
+    """One frame as the session sees it: when, the followed face, its cues.
+
+    `embedding` is present where the session asked for one (`Session.wants_embedding`).
+    """
+
+    received_s: float  # server clock
+    captured_s: float  # capture clock (the kiosk's), for blink timing
+    face: Face | None = None
+    quality: Quality | None = None
+    liveness: Liveness | None = None
+    embedding: Embedding | None = None
+    cues: FrameCues | None = None
+
+    @classmethod
+    def of(
+        cls, received_s: float, captured_s: float, analysis: FaceAnalysis,
+        cues: FrameCues | None = None,
+    ) -> Observation:  # fmt: skip
+        """An observation of a fully analysed face."""
+        return cls(
+            received_s, captured_s, analysis.face, analysis.quality, analysis.liveness,
+            analysis.embedding, cues,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Prompt:
+    challenge: Challenge
+    deadline_s: float  # server clock
+    window_s: float
+
+
+def _centre(face: Face) -> np.ndarray:
+    return (face.box[:2] + face.box[2:]) / 2.0
+
+
+class Session:
+    """One kiosk session: limits, face tracking, the challenge and the liveness report."""
+
+    def __init__(
+        self,
+        limits: SessionLimits,
+        policy: LivenessPolicy,
+        started_s: float,
+        ask_challenge: bool | None = None,
+        choose: Callable[[Sequence[Challenge]], Challenge] = pick,
+    ) -> None:
+        self.limits = limits
+        self.policy = policy
+        self.started_s = started_s
+        self.last_s = started_s
+        self.ask_challenge = limits.require_challenge if ask_challenge is None else ask_challenge
+        self._choose = choose
+        self.phase = Phase.BASELINE
+        self.frames = 0
+        self.best: FaceAnalysis | None = None
+        self.challenge: Challenge | None = None
+        self.prompt: Prompt | None = None
+        self.response: Response | None = None  # the last one
+        self.asked: list[Challenge] = []
+        self.responses: list[Response] = []
+        self._reference: Embedding | None = None
+        self._since_embedding = 0
+        self._previous: tuple[float, Face] | None = None
+        self._face_frames = 0
+        self._phase_face_frames = 0
+        self._passive: list[float] = []
+        self._cues: list[tuple[float, FrameCues]] = []  # (captured_s, cues)
+        self._baseline: deque[FrameCues] = deque(maxlen=limits.baseline_frames)
+        self._window: list[tuple[float, FrameCues]] = []  # (seconds after prompt, cues)
+        self._window_without_cues = 0
+
+    @property
+    def done(self) -> bool:
+        return self.phase is Phase.DONE
+
+    # ---- the face to follow ---------------------------------------------------------------
+
+    def follow(self, faces: list[Face], image: Image) -> Face | None:
+        """The face this session follows in a frame: nearest the last one, else the central one."""
+        if not faces:
+            return None
+        if self._previous is None:
+            return primary_face(faces, image)
+        last = _centre(self._previous[1])
+        return min(faces, key=lambda f: float(np.linalg.norm(_centre(f) - last)))
+
+    def wants_embedding(self, quality: Quality) -> bool:
+        """Whether the next face, of this quality, needs its embedding computed."""
+        return (
+            self._reference is None
+            or self.best is None
+            or quality.score > self.best.quality.score
+            or self._since_embedding + 1 >= EMBED_EVERY
+        )
+
+    def _track(self, face: Face, embedding: Embedding | None, received_s: float) -> None:
+        if self._previous is not None and received_s - self._previous[0] <= JUMP_GAP_S:
+            moved = np.linalg.norm(_centre(face) - _centre(self._previous[1]))
+            if moved > self.policy.track_jump * max(self._previous[1].width, 1.0):
+                raise Unprocessable(
+                    "FACE_CHANGED", "the face jumped between frames: another face or a cut"
+                )
+        self._previous = (received_s, face)
+        if embedding is None:
+            self._since_embedding += 1
+            return
+        self._since_embedding = 0
+        if self._reference is None:
+            self._reference = embedding
+        elif float(embedding.vector @ self._reference.vector) < self.policy.track_cosine:
+            raise Unprocessable("FACE_CHANGED", "the face changed during the session")
+
+    # ---- frames and time ------------------------------------------------------------------
+
+    def _check_limits(self, now_s: float) -> None:
+        if now_s - self.started_s > self.limits.max_duration_s:
+            raise Expired(
+                "SESSION_TOO_LONG", f"sessions last at most {self.limits.max_duration_s:g} s"
+            )
+
+    def observe(self, obs: Observation) -> Prompt | None:
+        """Take one frame; returns the prompt to send when this frame completes the baseline."""
+        if self.done:
+            return None
+        self.frames += 1
+        if self.frames > self.limits.max_frames:
+            raise TooLarge(
+                "TOO_MANY_FRAMES", f"a session takes at most {self.limits.max_frames} frames"
+            )
+        self._check_limits(obs.received_s)
+        self.last_s = obs.received_s
+        if self.phase is Phase.CHALLENGE and self.prompt and obs.received_s > self.prompt.deadline_s:
+            self._close_window()
+            return None
+        if obs.face is None or obs.quality is None:
+            if self.phase is Phase.CHALLENGE:
+                self._window_without_cues += 1
+            return None
+        self._track(obs.face, obs.embedding, obs.received_s)
+        self._face_frames += 1
+        self._phase_face_frames += 1
+        if obs.embedding is not None and (
+            self.best is None or obs.quality.score > self.best.quality.score
+        ):
+            self.best = FaceAnalysis(obs.face, obs.quality, obs.liveness, obs.embedding)
+        if obs.liveness is not None:
+            self._passive.append(obs.liveness.score)
+        if obs.cues is not None:
+            self._cues.append((obs.captured_s, obs.cues))
+        if self.phase is Phase.BASELINE:
+            return self._baseline_step(obs)
+        self._challenge_step(obs)
+        return None
+
+    def _baseline_step(self, obs: Observation) -> Prompt | None:
+        if obs.cues is not None:
+            self._baseline.append(obs.cues)
+        if not self.ask_challenge:
+            if self._face_frames >= self.limits.min_frames:
+                self.phase = Phase.DONE
+            return None
+        if self._phase_face_frames < self.limits.baseline_frames:
+            return None
+        if not self._baseline:
+            self._finish(Response(False, "NONE", "no face landmarks to judge a response by"))
+            return None
+        if len(self._baseline) < self.limits.baseline_frames or not self._at_rest():
+            return None
+        remaining = [c for c in self.limits.challenges if c not in self.asked]
+        self.challenge = self._choose(remaining or self.limits.challenges)
+        self.asked.append(self.challenge)
+        window = self.limits.response_window_s
+        self.prompt = Prompt(self.challenge, obs.received_s + window, window)
+        self.phase = Phase.CHALLENGE
+        return self.prompt
+
+    def _challenge_step(self, obs: Observation) -> None:
+        assert self.prompt is not None and self.challenge is not None
+        if obs.cues is None:
+            self._window_without_cues += 1
+            return
+        sent_s = self.prompt.deadline_s - self.prompt.window_s
+        self._window.append((obs.received_s - sent_s, obs.cues))
+        response = self._judge(final=False)
+        if response is not None:
+            self._answered(response)
+
+    def _at_rest(self) -> bool:
+        """The baseline frames' head pose varies by at most `rest_degrees` on each axis."""
+        yaws = [c.yaw for c in self._baseline]
+        pitches = [c.pitch for c in self._baseline]
+        spread = max(max(yaws) - min(yaws), max(pitches) - min(pitches))
+        return spread <= self.policy.rest_degrees
+
+    def _answered(self, response: Response) -> None:
+        """A challenge's verdict: on to the next one after a pass, else the session ends."""
+        if not response.passed or len(self.asked) >= self.limits.challenges_per_session:
+            self._finish(response)
+            return
+        self.responses.append(response)
+        self.response = response
+        self.phase = Phase.BASELINE
+        self.prompt = None
+        self._baseline.clear()
+        self._window = []
+        self._window_without_cues = 0
+        self._phase_face_frames = 0
+
+    def _judge(self, final: bool) -> Response | None:
+        assert self.challenge is not None
+        return judge(
+            self.challenge, Baseline.of(self._baseline), self._baseline[-1].points,
+            self._window, self.policy, final,
+        )  # fmt: skip
+
+    def _close_window(self) -> None:
+        response = self._judge(final=True)
+        assert response is not None
+        if self._window_without_cues:
+            missing = self._window_without_cues
+            detail = f"{response.detail}; {missing} frame(s) without face landmarks"
+            response = Response(response.passed, response.seen, detail, response.at_s)
+        self._finish(response)
+
+    def _finish(self, response: Response | None) -> None:
+        if response is not None:
+            self.responses.append(response)
+        self.response = response
+        self.phase = Phase.DONE
+
+    def next_timer_s(self) -> float:
+        """The server time at which the session must act if no frame arrives before it."""
+        limits = self.limits
+        timers = [self.last_s + limits.idle_timeout_s, self.started_s + limits.max_duration_s]
+        if self.phase is Phase.CHALLENGE and self.prompt is not None:
+            timers.append(self.prompt.deadline_s)
+        return min(timers)
+
+    def expire(self, now_s: float) -> None:
+        """No frame came by `next_timer_s`: close the window, or give up on an idle session."""
+        if self.done:
+            return
+        if self.phase is Phase.CHALLENGE and self.prompt and now_s >= self.prompt.deadline_s:
+            self._close_window()
+            return
+        if now_s - self.last_s >= self.limits.idle_timeout_s:
+            raise Expired(
+                "SESSION_IDLE", f"no frame for {self.limits.idle_timeout_s:g} s: session dropped"
+            )
+        self._check_limits(now_s)
+
+    def close(self) -> None:
+        """The kiosk stopped sending: decide on what was seen (an open challenge is unanswered)."""
+        if self.done:
+            return
+        if self.phase is Phase.CHALLENGE:
+            self._close_window()
+        elif self.ask_challenge:
+            self._finish(Response(False, "NONE", "the stream ended before a challenge"))
+        else:
+            self._finish(None)
+
+    # ---- the result -----------------------------------------------------------------------
+
+    def report(self) -> LivenessReport:
+        """Every check's result and the combined score (call once the session is done)."""
+        policy = self.policy
+        found: list[LivenessCheck] = [
+            checks.passive_check(self._passive, policy),
+            checks.motion_check([c.points for _, c in self._cues], policy),
+            checks.blink_check(
+                [c.eye_openness for _, c in self._cues], [t for t, _ in self._cues], policy
+            ),
+        ]
+        if self.ask_challenge:
+            responses = self.responses or [Response(False, "NONE", "no challenge was answered")]
+            required = self.limits.challenges_per_session
+            found.append(checks.challenge_check(self.asked, responses, required, policy))
+            return checks.combine(found, policy, self.asked, responses)
+        return checks.combine(found, policy)

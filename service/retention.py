@@ -1,0 +1,155 @@
+"""Retention: purge the biometric data of customers who stopped using it, or whose consent ran out.
+
+A customer's last activity is their latest audit event that was not a decline (a refused
+attempt by someone claiming their id is not their use), or their record's last update if
+later; no extra column is needed. Customers inactive for `privacy.inactive_days`, and those
+whose latest consent has expired, are erased exactly as `Enrollment.Delete` erases
+(templates, consents, record, index entry), each with its own audited RETENTION_PURGE event,
+so the audit chain stays whole and says why. Runs as `faceguard retention run`, or inside the
+service every `privacy.purge_every_hours`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, literal, select
+
+from service.gallery.store import (
+    CustomerNotFound,
+    NewEvent,
+    Store,
+    UTCDateTime,
+    consent_table,
+    customer_table,
+    event_table,
+)
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPE = "RETENTION_PURGE"
+INACTIVE = "INACTIVE"
+CONSENT_EXPIRED = "CONSENT_EXPIRED"
+
+Eraser = Callable[[str, NewEvent], object]
+
+
+@dataclass(frozen=True)
+class Due:
+    customer_id: str
+    reason: str
+    last_activity: datetime
+
+
+@dataclass
+class PurgeReport:
+    purged: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def due_for_purge(store: Store, now: datetime, inactive_days: float | None) -> list[Due]:
+    """Customers to purge now, in customer id order: expired consent first, then inactive."""
+    activity = (
+        select(
+            event_table.c.customer_id,
+            func.max(event_table.c.occurred_at, type_=UTCDateTime()).label("last"),
+        )
+        .where(event_table.c.customer_id.is_not(None), event_table.c.outcome != "DECLINE")
+        .group_by(event_table.c.customer_id)
+        .subquery()
+    )
+    newest_consent = (
+        select(func.max(consent_table.c.id)).group_by(consent_table.c.customer_id).scalar_subquery()
+    )
+    expired = select(consent_table.c.customer_id).where(
+        consent_table.c.id.in_(newest_consent),
+        consent_table.c.expires_at.is_not(None),
+        consent_table.c.expires_at <= literal(now, UTCDateTime()),
+    )
+    query = select(
+        customer_table.c.customer_id,
+        customer_table.c.updated_at,
+        activity.c.last,
+        customer_table.c.customer_id.in_(expired).label("expired"),
+    ).outerjoin(activity, activity.c.customer_id == customer_table.c.customer_id)
+    cutoff = now - timedelta(days=inactive_days) if inactive_days is not None else None
+    with store.connect() as conn:
+        rows = conn.execute(query.order_by(customer_table.c.customer_id)).all()
+    due = []
+    for row in rows:
+        last = max(row.updated_at, row.last) if row.last is not None else row.updated_at
+        if row.expired:
+            due.append(Due(row.customer_id, CONSENT_EXPIRED, last))
+        elif cutoff is not None and last < cutoff:
+            due.append(Due(row.customer_id, INACTIVE, last))
+    return due
+
+
+def purge(
+    store: Store,
+    erase: Eraser,
+    inactive_days: float | None,
+    now: datetime | None = None,
+    dry_run: bool = False,
+) -> PurgeReport:
+    """Erase every customer due; `erase(customer_id, event)` is `Gallery.delete` in the
+    service (index kept in step) or `Store.delete_customer` from the command line."""
+    now = now or datetime.now(UTC)
+    report = PurgeReport()
+    for item in due_for_purge(store, now, inactive_days):
+        if not dry_run:
+            event = NewEvent(
+                type=EVENT_TYPE, outcome="PURGED",
+                payload={
+                    "reason": item.reason,
+                    "last_activity": item.last_activity.isoformat(timespec="seconds"),
+                    "inactive_days": inactive_days,
+                },
+            )  # fmt: skip
+            try:
+                erase(item.customer_id, event)
+            except CustomerNotFound:
+                continue  # erased meanwhile (Enrollment.Delete): nothing left to purge
+        report.purged.append(item.customer_id)
+        report.reasons[item.reason] = report.reasons.get(item.reason, 0) + 1
+    if report.purged:
+        log.info("retention purge: %d customers %s", len(report.purged), report.reasons)
+    return report
+
+
+class PurgeSchedule:
+    """Runs `purge` every `interval_s` in a daemon thread until `stop`."""
+
+    def __init__(self, run: Callable[[], PurgeReport], interval_s: float) -> None:
+        self._run = run
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._run()
+            except Exception:  # the next round tries again; the service keeps serving
+                log.exception("retention purge failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_retention(store: Store, inactive_days: float | None, dry_run: bool) -> int:
+    """`faceguard retention run`: prints counts only (customer ids stay in the audit trail)."""
+    report = purge(store, store.delete_customer, inactive_days, dry_run=dry_run)
+    summary = {"dry_run": dry_run, "purged": len(report.purged), "reasons": report.reasons}
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 0

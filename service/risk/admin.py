@@ -1,0 +1,161 @@
+"""RiskAdmin use cases: the lists, the watchlist, event queries and dead-letter replay.
+
+Validation and domain errors here, conversion to messages in the servicer. Watchlist faces go
+through the same face pipeline and quality gate as customer enrolment.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from service.engine import Engine
+from service.errors import InvalidInput, NotFound, TooLarge
+from service.gallery.lists import LISTS, ListEntry
+from service.gallery.store import NewTemplate, event_table
+from service.gallery.watchlist import WatchlistEntry
+from service.risk.outbox import OutboxItem
+from service.risk.runtime import RiskRuntime
+
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
+
+
+@dataclass(frozen=True)
+class EventView:
+    event_id: str
+    occurred_at: datetime
+    type: str
+    customer_id: str
+    device_id: str
+    outcome: str
+    payload: dict[str, Any]
+    delivery: str
+
+
+def _page(size: int) -> int:
+    if size > MAX_PAGE:
+        raise TooLarge("PAGE_TOO_LARGE", f"page_size is at most {MAX_PAGE}")
+    return size or DEFAULT_PAGE
+
+
+def _text(name: str, value: str, limit: int) -> str:
+    if not value or len(value) > limit or not value.isprintable():
+        raise InvalidInput(
+            f"INVALID_{name.upper()}", f"{name} must be 1-{limit} printable characters"
+        )
+    return value
+
+
+class RiskAdmin:
+    def __init__(self, engine: Engine) -> None:
+        if engine.risk is None:
+            raise ValueError("the engine was built without risk checks")
+        self.engine = engine
+        self.risk: RiskRuntime = engine.risk
+
+    @staticmethod
+    def _list(name: str) -> str:
+        if name not in LISTS:
+            raise InvalidInput("INVALID_LIST", f"list must be one of {', '.join(LISTS)}")
+        return name
+
+    def add_entry(
+        self, list_name: str, subject: str, reason: str, case_ref: str, operator_id: str
+    ) -> ListEntry:
+        return self.risk.lists.add(
+            self._list(list_name), _text("subject", subject, 128), _text("reason", reason, 256),
+            _text("case_ref", case_ref, 128), _text("operator_id", operator_id, 128),
+        )  # fmt: skip
+
+    def remove_entry(self, list_name: str, subject: str, reason: str, operator_id: str) -> str:
+        event_id = self.risk.lists.remove(
+            self._list(list_name), _text("subject", subject, 128), reason or "removed",
+            _text("operator_id", operator_id, 128),
+        )  # fmt: skip
+        if event_id is None:
+            raise NotFound("NOT_LISTED", f"{subject} is not on the {list_name}")
+        return event_id
+
+    def entries(self, list_name: str, page_size: int, token: str) -> tuple[list[ListEntry], str]:
+        page, cursor = self.risk.lists.entries(self._list(list_name), _page(page_size), token)
+        return page, cursor or ""
+
+    def enroll_watchlist(
+        self, label: str, images: list[bytes], reason: str, case_ref: str, operator_id: str
+    ) -> WatchlistEntry:
+        if not images:
+            raise InvalidInput("NO_IMAGES", "at least one image is required")
+        if len(images) > self.engine.policy.max_images:
+            raise TooLarge("TOO_MANY_IMAGES", f"at most {self.engine.policy.max_images} images")
+        label = _text("label", label, 128)
+        analyses = self.engine.gated_faces(images)
+        templates = [
+            NewTemplate(vector=a.embedding.vector, model=a.embedding.model, quality=a.quality.score)
+            for a in analyses
+        ]
+        return self.risk.watchlist.add(
+            label, templates, _text("reason", reason, 256), _text("case_ref", case_ref, 128),
+            _text("operator_id", operator_id, 128),
+        )  # fmt: skip
+
+    def remove_watchlist(self, entry_id: str, reason: str, operator_id: str) -> str:
+        event_id = self.risk.watchlist.remove(
+            _text("entry_id", entry_id, 36), reason or "removed",
+            _text("operator_id", operator_id, 128),
+        )  # fmt: skip
+        if event_id is None:
+            raise NotFound("WATCHLIST_ENTRY_NOT_FOUND", f"no watchlist entry {entry_id}")
+        return event_id
+
+    def watchlist(self, page_size: int, token: str) -> tuple[list[WatchlistEntry], str]:
+        page, cursor = self.risk.watchlist.entries(_page(page_size), token)
+        return page, cursor or ""
+
+    def events(
+        self, customer_id: str, device_id: str, since: datetime | None, until: datetime | None,
+        page_size: int, token: str,
+    ) -> tuple[list[EventView], str]:  # fmt: skip
+        """Audited events, oldest first, filtered; the page token is the last row's chain id."""
+        size = _page(page_size)
+        if token and not token.isdigit():
+            raise InvalidInput("INVALID_PAGE_TOKEN", "page_token is not one this service issued")
+        query = select(event_table).order_by(event_table.c.id).limit(size + 1)
+        if customer_id:
+            query = query.where(event_table.c.customer_id == customer_id)
+        if device_id:
+            query = query.where(event_table.c.device_id == device_id)
+        if since is not None:
+            query = query.where(event_table.c.occurred_at >= since)
+        if until is not None:
+            query = query.where(event_table.c.occurred_at < until)
+        if token:
+            query = query.where(event_table.c.id > int(token))
+        with self.risk.lists.store.connect() as conn:
+            rows = conn.execute(query).all()
+        page = rows[:size]
+        statuses = self.risk.outbox.statuses([row.event_id for row in page])
+        views = [
+            EventView(
+                row.event_id,
+                row.occurred_at,
+                row.type,
+                row.customer_id or "",
+                row.device_id or "",
+                row.outcome,
+                json.loads(row.payload),
+                statuses.get(row.event_id, ""),
+            )
+            for row in page
+        ]
+        return views, str(page[-1].id) if len(rows) > size else ""
+
+    def dead_letters(self, page_size: int) -> list[OutboxItem]:
+        return self.risk.outbox.dead_letters(_page(page_size))
+
+    def replay(self, event_ids: list[str], operator_id: str) -> tuple[int, str]:
+        return self.risk.outbox.replay(list(event_ids), _text("operator_id", operator_id, 128))

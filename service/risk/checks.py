@@ -1,0 +1,109 @@
+"""Risk checks of one decision: gather the facts, run the policy, consult the fraud engine.
+
+The engine calls `apply` on every decision before it is recorded, so the recorded event (and
+the callback it feeds) carries the final outcome, the risk score, the policy version and every
+rule's result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import numpy as np
+
+from service.decision import Decision, RuleResult
+from service.gallery.lists import RiskLists
+from service.gallery.watchlist import Watchlist
+from service.risk.policy import RiskPolicy, stricter
+from service.risk.rules import RiskContext
+
+log = logging.getLogger(__name__)
+
+# A synchronous consult of the fraud engine: the decision so far -> its verdict, recorded as a
+# rule, and the outcome it recommends (the stricter outcome wins).
+Consult = Callable[[str, Decision], tuple[RuleResult, str]]
+
+
+class RiskChecks:
+    def __init__(
+        self,
+        policy: RiskPolicy,
+        lists: RiskLists,
+        watchlist: Watchlist,
+        liveness_threshold: float,
+        consult: Consult | None = None,
+    ) -> None:
+        self.policy = policy
+        self.lists = lists
+        self.watchlist = watchlist
+        self.liveness_threshold = liveness_threshold
+        self.consult = consult
+        velocity = policy.setting("velocity")
+        self._windows = (
+            (float(velocity.params["customer_window_s"]), float(velocity.params["device_window_s"]))
+            if velocity
+            else None
+        )
+
+    def context(
+        self,
+        kind: str,
+        decision: Decision,
+        vectors: Sequence[np.ndarray],
+        neighbours: list[tuple[str, float]],
+    ) -> RiskContext:
+        """The facts for the rules: list lookups, failures, watchlist, other customers."""
+        windows = self._windows
+        facts = self.lists.facts(
+            decision.customer_id, decision.device_id, *(windows or (0.0, 0.0)),
+            with_failures=windows is not None,
+        )  # fmt: skip
+        others = [(c, s) for c, s in neighbours if c != decision.customer_id]
+        return RiskContext(
+            kind=kind,
+            now=datetime.now(UTC),
+            customer_id=decision.customer_id,
+            device_id=decision.device_id,
+            match_score=decision.match_score,
+            threshold=decision.threshold if decision.threshold is not None else 1.0,
+            other_customer=max(others, key=lambda o: o[1]) if others else None,
+            liveness_score=decision.liveness_score,
+            liveness_threshold=self.liveness_threshold,
+            session_liveness_passed=decision.liveness.passed if decision.liveness else None,
+            quality_score=decision.quality_score,
+            lists=facts,
+            watchlist_hit=self._watchlist_hit(vectors),
+        )
+
+    def _watchlist_hit(self, vectors: Sequence[np.ndarray]) -> tuple[str, float] | None:
+        """The closest watchlist entry to any of the decision's faces."""
+        hits = [hit for v in vectors if (hit := self.watchlist.best_hit(v)) is not None]
+        return max(hits, key=lambda h: h[1]) if hits else None
+
+    def apply(
+        self,
+        kind: str,
+        decision: Decision,
+        vectors: Sequence[np.ndarray] = (),
+        neighbours: list[tuple[str, float]] | None = None,
+    ) -> Decision:
+        """The decision with the policy applied: the stricter outcome, reasons, score, rules."""
+        assessment = self.policy.evaluate(self.context(kind, decision, vectors, neighbours or []))
+        rules, score = assessment.rules, assessment.score
+        outcome = stricter(decision.outcome, assessment.outcome)
+        decided = replace(
+            decision, outcome=outcome, risk_score=score,
+            policy_version=assessment.policy_version, rules=rules,
+        )  # fmt: skip
+        if self.consult is not None:
+            verdict, recommended = self.consult(kind, decided)
+            rules, score = (*rules, verdict), score + verdict.score
+            outcome = stricter(outcome, recommended)
+        reasons = [*decision.reason_codes]
+        reasons += [r.reason_code for r in rules if r.fired and r.reason_code not in reasons]
+        return replace(
+            decided, outcome=outcome, reason_codes=tuple(reasons), risk_score=score, rules=rules
+        )

@@ -1,0 +1,233 @@
+"""The callback outbox: one row per decision event, written in the event's own transaction.
+
+`record` is registered as a store event hook, so the audit event and its outbox row commit or
+vanish together: a decision the caller saw is always delivered, whatever is killed when. Rows
+stay PENDING until delivered (DELIVERED) or out of attempts (DEAD, the dead letters, which an
+administrator can replay). The dispatcher reads only the oldest undelivered row of each
+ordering key (the customer, else the device), so one customer's events leave in order.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from service.gallery import audit
+from service.gallery.audit import NewEvent, check_text, encode_payload
+from service.gallery.store import METADATA, Store, UTCDateTime, event_table
+
+PENDING, DELIVERED, DEAD = "PENDING", "DELIVERED", "DEAD"
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+outbox_table = Table(
+    "outbox",
+    METADATA,
+    Column("id", _ID, primary_key=True, autoincrement=True),  # the delivery sequence
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("ordering_key", String(140), nullable=False),
+    Column("document", Text(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer(), nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("last_error", String(512), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime()),
+    Index("ix_outbox_status_key_id", "status", "ordering_key", "id"),
+    sqlite_autoincrement=True,
+)
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One event to deliver; `document` is the event as the fraud engine receives it."""
+
+    id: int
+    event_id: str
+    document: dict[str, Any]
+    attempts: int
+    status: str = PENDING
+    last_error: str = ""
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: attempt n waits initial*2^(n-1), capped, times U(0.5, 1).
+
+    The jitter spreads retries of many events after an outage so they do not arrive together.
+    """
+
+    initial_s: float = 0.5
+    max_s: float = 60.0
+    dead_after: int = 10
+
+    def delay(self, attempts: int) -> float:
+        base = min(self.max_s, self.initial_s * 2 ** max(0, attempts - 1))
+        return base * random.uniform(0.5, 1.0)
+
+
+def document(event: NewEvent, occurred_at: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "type": event.type,
+        "occurred_at": occurred_at.isoformat(timespec="microseconds"),
+        "customer_id": event.customer_id or "",
+        "device_id": event.device_id or "",
+        "outcome": event.outcome,
+        "payload": json.loads(encode_payload(event.payload)),
+    }
+
+
+def ordering_key(event: NewEvent) -> str:
+    if event.customer_id:
+        return f"customer:{event.customer_id}"
+    return f"device:{event.device_id}" if event.device_id else f"event:{event.event_id}"
+
+
+class Outbox:
+    """Outbox rows over the gallery store; all state is in the database (kill -9 safe)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create_schema(self) -> None:
+        with self.store.transaction() as conn:
+            outbox_table.create(conn, checkfirst=True)
+
+    def record(self, conn: Connection, event: NewEvent) -> None:
+        """Store event hook: the outbox row, in the transaction that appends the event."""
+        now = datetime.now(UTC)
+        conn.execute(
+            insert(outbox_table).values(
+                event_id=event.event_id, ordering_key=ordering_key(event),
+                document=json.dumps(document(event, now), separators=(",", ":")),
+                status=PENDING, attempts=0, next_attempt_at=now, last_error="", created_at=now,
+            )
+        )  # fmt: skip
+
+    def due(self, limit: int) -> list[OutboxItem]:
+        """The oldest pending row of each ordering key, if its retry time has come."""
+        heads = (
+            select(func.min(outbox_table.c.id))
+            .where(outbox_table.c.status == PENDING)
+            .group_by(outbox_table.c.ordering_key)
+        )
+        query = (
+            select(outbox_table)
+            .where(
+                outbox_table.c.id.in_(heads),
+                outbox_table.c.next_attempt_at <= datetime.now(UTC),
+            )
+            .order_by(outbox_table.c.id)
+            .limit(limit)
+        )
+        with self.store.connect() as conn:
+            return [_item(row) for row in conn.execute(query)]
+
+    def settle(
+        self, delivered: list[OutboxItem], failed: list[tuple[OutboxItem, str]], backoff: Backoff
+    ) -> list[str]:
+        """Mark a batch's results in one transaction; returns the newly dead event ids."""
+        now = datetime.now(UTC)
+        dead = []
+        with self.store.transaction() as conn:
+            for item in delivered:
+                conn.execute(
+                    update(outbox_table)
+                    .where(outbox_table.c.id == item.id)
+                    .values(status=DELIVERED, attempts=item.attempts + 1, delivered_at=now,
+                            last_error="")
+                )  # fmt: skip
+            for item, error in failed:
+                attempts = item.attempts + 1
+                status = DEAD if attempts >= backoff.dead_after else PENDING
+                if status == DEAD:
+                    dead.append(item.event_id)
+                conn.execute(
+                    update(outbox_table)
+                    .where(outbox_table.c.id == item.id)
+                    .values(status=status, attempts=attempts, last_error=error[:512],
+                            next_attempt_at=now + timedelta(seconds=backoff.delay(attempts)))
+                )  # fmt: skip
+        return dead
+
+    def get(self, event_id: str) -> OutboxItem | None:
+        """One event's outbox row, whatever its status."""
+        with self.store.connect() as conn:
+            row = conn.execute(
+                select(outbox_table).where(outbox_table.c.event_id == event_id)
+            ).first()
+        return _item(row) if row is not None else None
+
+    def dead_letters(self, limit: int) -> list[OutboxItem]:
+        query = (
+            select(outbox_table)
+            .where(outbox_table.c.status == DEAD)
+            .order_by(outbox_table.c.id)
+            .limit(limit)
+        )
+        with self.store.connect() as conn:
+            return [_item(row) for row in conn.execute(query)]
+
+    def replay(self, event_ids: list[str], operator_id: str) -> tuple[int, str]:
+        """Send dead letters again (all of them when `event_ids` is empty); audited."""
+        check_text("operator_id", operator_id, 128)
+        where = [outbox_table.c.status == DEAD]
+        if event_ids:
+            where.append(outbox_table.c.event_id.in_(event_ids))
+        with self.store.transaction() as conn:
+            count = conn.execute(
+                update(outbox_table)
+                .where(*where)
+                .values(status=PENDING, attempts=0, next_attempt_at=datetime.now(UTC))
+            ).rowcount
+            event = NewEvent(
+                type="CALLBACK_REPLAY", outcome="OK",
+                payload={"replayed": count, "event_ids": event_ids[:50], "operator": operator_id},
+            )  # fmt: skip
+            audit.append(conn, event_table, event)
+        return count, event.event_id
+
+    def statuses(self, event_ids: list[str]) -> dict[str, str]:
+        """Delivery status of the given events (events never sent are left out)."""
+        if not event_ids:
+            return {}
+        query = select(outbox_table.c.event_id, outbox_table.c.status).where(
+            outbox_table.c.event_id.in_(event_ids)
+        )
+        with self.store.connect() as conn:
+            return dict(conn.execute(query).all())
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status: the queue depth and the dead letters, for metrics and benches."""
+        query = select(outbox_table.c.status, func.count()).group_by(outbox_table.c.status)
+        with self.store.connect() as conn:
+            found = dict(conn.execute(query).all())
+        return {status: int(found.get(status, 0)) for status in (PENDING, DELIVERED, DEAD)}
+
+
+def _item(row: Any) -> OutboxItem:
+    document = json.loads(row.document)
+    document["sequence"] = int(row.id)
+    return OutboxItem(
+        id=int(row.id), event_id=row.event_id, document=document, attempts=int(row.attempts),
+        status=row.status, last_error=row.last_error, created_at=row.created_at,
+    )  # fmt: skip
