@@ -36,9 +36,13 @@ EXPOSE 50051
 # Listening beyond loopback needs TLS: mount a certificate (with 127.0.0.1 among its names, for
 # the health check) and key and set FACEGUARD_SERVER__TLS_CERT / FACEGUARD_SERVER__TLS_KEY and
 # FACEGUARD_HEALTH_TLS_CA; and the template keyring with FACEGUARD_TEMPLATE_KEYS (or
-# FACEGUARD_STORAGE__KEY_FILE). Without them the service refuses to start.
+# FACEGUARD_STORAGE__KEY_FILE). Without them the service refuses to start. With mutual TLS
+# (a client CA configured) the health check needs a client certificate too:
+# FACEGUARD_HEALTH_TLS_CERT / FACEGUARD_HEALTH_TLS_KEY (any role; health is open to all).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s \
     CMD faceguard health --server 127.0.0.1:50051 --timeout 3 \
-        ${FACEGUARD_HEALTH_TLS_CA:+--tls-ca "$FACEGUARD_HEALTH_TLS_CA"}
+        ${FACEGUARD_HEALTH_TLS_CA:+--tls-ca "$FACEGUARD_HEALTH_TLS_CA"} \
+        ${FACEGUARD_HEALTH_TLS_CERT:+--tls-cert "$FACEGUARD_HEALTH_TLS_CERT"} \
+        ${FACEGUARD_HEALTH_TLS_KEY:+--tls-key "$FACEGUARD_HEALTH_TLS_KEY"}
 ENTRYPOINT ["faceguard"]
 CMD ["serve", "--host", "0.0.0.0"]

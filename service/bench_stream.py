@@ -33,9 +33,8 @@ from service.liveness.stream import analyse_frame
 from service.vision.pipeline import FacePipeline
 
 BUDGET_MS = 1000.0 / 15.0
-DEFAULT_VIDEO = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "spoof" / "apfol_videos" / "real2.webm"
-)
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_VIDEO = SHARED_DATA / "spoof" / "apfol_videos" / "real2.webm"
 
 
 def video_frames(path: Path, limit: int) -> list[bytes]:

@@ -121,6 +121,9 @@ class StreamSettings(BaseModel):
     baseline_frames: int = Field(
         _LIMITS.baseline_frames, ge=1, description="face frames at rest before the prompt"
     )
+    rest_s: float = Field(
+        _LIMITS.rest_s, ge=0, description="the head rests this long before each prompt"
+    )
     min_frames: int = Field(
         _LIMITS.min_frames, ge=1, description="face frames observed when no challenge is asked"
     )
@@ -143,7 +146,7 @@ class StreamSettings(BaseModel):
         return SessionLimits(
             max_duration_s=self.max_duration_s, max_frames=self.max_frames,
             idle_timeout_s=self.idle_timeout_s, response_window_s=self.response_window_s,
-            baseline_frames=self.baseline_frames, min_frames=self.min_frames,
+            baseline_frames=self.baseline_frames, rest_s=self.rest_s, min_frames=self.min_frames,
             require_challenge=self.require_challenge, challenges=self.challenges,
             challenges_per_session=self.challenges_per_session,
         )  # fmt: skip

@@ -218,11 +218,9 @@ class Engine:
     def check_verifiable(self, customer_id: str) -> None:
         """Enrolled, with a consent that has not expired: expired consent stops processing at
         once (the retention purge erases the templates at its next run)."""
-        check_customer_id(customer_id)
-        record = self.gallery.store.get_customer(customer_id)
-        if record is None:
-            raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
-        expires = record.consent.expires_at if record.consent else None
+        self.check_enrolled(customer_id)
+        consent = self.gallery.store.consent_of(customer_id)
+        expires = consent.expires_at if consent else None
         if expires is not None and expires <= datetime.now(UTC):
             raise Unprocessable(
                 "CONSENT_EXPIRED", "the customer's consent has expired; enrol again with consent"

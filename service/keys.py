@@ -22,10 +22,11 @@ import threading
 import time
 from pathlib import Path
 
-from service.assembly import KEYRING_FILE
+from service.assembly import KEYRING_FILE, open_store
 from service.config import Settings, SettingsError
 from service.gallery.crypto import Keyring, KeyringError
 from service.gallery.store import Store
+from service.gallery.watchlist import rotate_watchlist_keys
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,6 @@ class KeyringReloader:
 
 def rotate(settings: Settings, wait_s: float) -> dict[str, object]:
     """Add a key, let running services see it, re-encrypt; returns what was done."""
-    from service.assembly import open_store
-
     path = key_file_of(settings)
     keyring = Keyring.from_file(path).add_key()
     keyring.dump(path)
@@ -112,6 +111,7 @@ def rotate(settings: Settings, wait_s: float) -> dict[str, object]:
         count = store.rotate_keys(keyring)
         # Rows a service wrote under the old key before it saw the new file.
         count += store.rotate_keys(keyring)
+        count += rotate_watchlist_keys(store)
     return {"active_key": keyring.active, "reencrypted": count, "key_file": str(path)}
 
 

@@ -146,7 +146,7 @@ class Recording:
 
     def __init__(self, seed: int = 0) -> None:
         self.head = LiveHead(seed)
-        self.script = {7: "TURN_RIGHT", 14: "BLINK"}
+        self.script = {12: "TURN_RIGHT", 20: "BLINK"}
 
     def respond(self, challenge: str) -> None:
         pass  # a recording cannot hear the prompt

@@ -51,6 +51,14 @@ def drive(s: Session, subject, frames: int = 120, passive: float = 0.9) -> int:
     return frames
 
 
+def until_prompt(s: Session, head: LiveHead, face: np.ndarray) -> None:
+    """Frames of a resting head until the session sends its prompt (after rest_s seconds)."""
+    for i in range(100):
+        if s.observe(Observation.of(i / FPS, i / FPS, analysis(face), head.next())):
+            return
+    raise AssertionError("no prompt")
+
+
 def check(report, name: str) -> LivenessCheck:
     return next(c for c in report.checks if c.name == name)
 
@@ -161,9 +169,9 @@ def test_a_response_after_the_deadline_is_too_late() -> None:
     s = session(Challenge.TURN_LEFT)
     head = LiveHead()
     face = unit(1)
-    for i in range(LIMITS.baseline_frames):
-        s.observe(Observation.of(i / FPS, i / FPS, analysis(face), head.next()))
+    until_prompt(s, head, face)
     assert s.phase is Phase.CHALLENGE and s.prompt is not None
+    assert s.prompt.deadline_s - s.prompt.window_s >= LIMITS.rest_s  # it waited for rest
     late = s.prompt.deadline_s + 0.1
     head.respond("TURN_LEFT")
     for _ in range(10):
@@ -175,8 +183,7 @@ def test_a_response_after_the_deadline_is_too_late() -> None:
 def test_the_window_closes_without_frames() -> None:
     s = session(Challenge.TURN_LEFT)
     head, face = LiveHead(), unit(1)
-    for i in range(LIMITS.baseline_frames):
-        s.observe(Observation.of(i / FPS, i / FPS, analysis(face), head.next()))
+    until_prompt(s, head, face)
     assert s.next_timer_s() == pytest.approx(s.prompt.deadline_s)  # type: ignore[union-attr]
     s.expire(s.next_timer_s())
     assert s.done and s.report().response == "NONE" and not s.report().passed
@@ -282,8 +289,7 @@ def test_without_a_challenge_the_session_decides_on_passive_motion_and_blink() -
 def test_a_stream_that_ends_during_the_window_is_unanswered() -> None:
     s = session()
     head, face = LiveHead(), unit(1)
-    for i in range(LIMITS.baseline_frames):
-        s.observe(Observation.of(i / FPS, i / FPS, analysis(face), head.next()))
+    until_prompt(s, head, face)
     s.close()
     assert s.done and s.report().response == "NONE" and not s.report().passed
 

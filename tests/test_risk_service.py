@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from faceguard.v1 import (
     common_pb2,
@@ -348,3 +349,10 @@ def test_risk_cli(served: Running) -> None:
     replayed = _cli("risk", "dead-letters", "replay", "--operator", "fraud-2", *server)
     assert replayed["_rc"] == 0 and replayed["event_id"]
     assert replayed.get("replayed", 0) == len(dead)
+
+
+def test_query_events_refuses_an_out_of_range_time(admin) -> None:
+    request = risk_pb2.QueryEventsRequest(since=Timestamp(seconds=2**62))
+    expect_error(
+        admin.QueryEvents, request, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TIMESTAMP"
+    )

@@ -21,6 +21,7 @@ from faceguard.v1 import (
 from service.assembly import KEYRING_FILE
 from service.gallery.crypto import Keyring, generate_keyring
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store, template_table
+from service.gallery.watchlist import Watchlist, rotate_watchlist_keys, watchlist_template_table
 from service.keys import KeyringReloader
 from tests.service_helpers import FACEGUARD, consent, image, people_with, service_settings
 
@@ -137,3 +138,28 @@ def test_rotation_while_serving_keeps_every_customer_verifiable(
         vectors = [t.vector for p, _ in people for t in store.templates_of(p)]
     assert len(vectors) == 4
     assert_no_plaintext(tmp_path, vectors)
+
+
+def test_rotation_reencrypts_watchlist_templates(tmp_path: Path) -> None:
+    keyring = generate_keyring()
+    templates = [
+        NewTemplate(vector=t.vector / np.linalg.norm(t.vector), model="m", quality=70)
+        for t in some_templates(2)
+    ]
+    with open_store(tmp_path, keyring) as store:
+        watchlist = Watchlist(store, DIM)
+        watchlist.open()
+        entry = watchlist.add("fraudster", templates, "case", "C-1", "fraud-1")
+        rotated = keyring.add_key()
+        assert store.rotate_keys(rotated) == 0  # no customer templates
+        assert rotate_watchlist_keys(store) == 2
+        with store.connect() as conn:
+            table = watchlist_template_table
+            key_ids = set(conn.execute(select(table.c.key_id).distinct()).scalars())
+        assert key_ids == {rotated.active}
+        assert store.verify_chain().ok
+    with open_store(tmp_path, rotated) as store:
+        reopened = Watchlist(store, DIM)
+        reopened.open()
+        hit = reopened.best_hit(templates[0].vector)
+        assert hit is not None and hit[0] == entry.entry_id

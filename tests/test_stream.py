@@ -273,7 +273,7 @@ def test_a_client_that_disconnects_leaves_nothing_behind(kiosk, people, subject)
     stop = threading.Event()
     session_id = f"s-{uuid.uuid4()}"
     call = kiosk.VerifyStream(
-        requests([frame_bytes(images[2])] * 8, name, session_id, stop=stop), timeout=30
+        requests([frame_bytes(images[2])] * 20, name, session_id, stop=stop), timeout=30
     )
     for reply in call:
         if reply.WhichOneof("message") == "prompt":
@@ -284,7 +284,8 @@ def test_a_client_that_disconnects_leaves_nothing_behind(kiosk, people, subject)
     assert settled(), "a reader thread outlived its stream"
     # The session id is free again: no entry was left behind.
     track = subject(LiveHead())
-    again = kiosk.VerifyStream(requests([frame_bytes(images[2])] * 70, name, session_id), timeout=30)
+    frames = [frame_bytes(images[2])] * 70
+    again = kiosk.VerifyStream(requests(frames, name, session_id), timeout=30)
     _, result = converse(again, track)
     assert result.decision.outcome == APPROVE
 
@@ -337,3 +338,29 @@ def test_the_callers_deadline_is_honoured(kiosk, people) -> None:
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - began < 2
     assert settled()
+
+
+def test_the_kiosk_command_streams_a_folder_and_prints_the_decision(
+    served, people, subject, tmp_path, capsys
+) -> None:
+    """`faceguard kiosk` over an image sequence: three frames cannot answer a challenge, so
+    the stream ends before one and the decision (printed as JSON) declines on liveness."""
+    import json
+
+    from service.cli import main
+
+    name, images = people[0]
+    subject(LiveHead())
+    for i in range(3):
+        (tmp_path / f"{i:03d}.jpg").write_bytes(images[2].read_bytes())
+    code = main([
+        "kiosk", "--server", f"127.0.0.1:{served.port}", "--customer-id", name,
+        "--fps", "30", "--json", str(tmp_path),
+    ])  # fmt: skip
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    decision = printed["decision"]
+    assert code == 1 and decision["outcome"] == "DECLINE"
+    assert "LIVENESS_FAILED" in decision["reason_codes"] and printed["session_id"]
+    liveness = decision["liveness"]  # JSON leaves out false and empty fields
+    assert not liveness.get("passed") and liveness["response"] == "NONE"
+    assert {c["name"] for c in liveness["checks"]} == {"passive", "motion", "blink", "challenge"}

@@ -60,7 +60,7 @@ def liveness_message(report: LivenessReport | None) -> common_pb2.LivenessReport
     )
 
 
-def _datetime(stamp: Timestamp, name: str) -> datetime:
+def datetime_from(stamp: Timestamp, name: str) -> datetime:
     """A Timestamp as an aware datetime; out-of-range seconds or nanos are the caller's error."""
     try:
         return stamp.ToDatetime(UTC)
@@ -73,12 +73,12 @@ def consent_from(message: enrollment_pb2.Consent, present: bool) -> Consent | No
         return None
     return Consent(
         purpose=message.purpose,
-        given_at=_datetime(message.given_at, "consent.given_at")
+        given_at=datetime_from(message.given_at, "consent.given_at")
         if message.HasField("given_at")
         else datetime.now(UTC),
         channel=message.channel,
         operator_id=message.operator_id,
-        expires_at=_datetime(message.expires_at, "consent.expires_at")
+        expires_at=datetime_from(message.expires_at, "consent.expires_at")
         if message.HasField("expires_at")
         else None,
     )

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC
 
 import grpc
 from google.protobuf import struct_pb2
 
 from faceguard.v1 import risk_pb2, risk_pb2_grpc
 from service.api.errors import mapped
-from service.api.messages import timestamp
+from service.api.messages import datetime_from, timestamp
 from service.engine import Engine
 from service.errors import InvalidInput
 from service.gallery.lists import ListEntry
@@ -102,8 +101,8 @@ class RiskAdminServicer(risk_pb2_grpc.RiskAdminServicer):
 
     @mapped
     def QueryEvents(self, request: risk_pb2.QueryEventsRequest, context: grpc.ServicerContext):
-        since = request.since.ToDatetime(UTC) if request.HasField("since") else None
-        until = request.until.ToDatetime(UTC) if request.HasField("until") else None
+        since = datetime_from(request.since, "since") if request.HasField("since") else None
+        until = datetime_from(request.until, "until") if request.HasField("until") else None
         views, token = self.admin.events(
             request.customer_id, request.device_id, since, until, request.page_size,
             request.page_token,

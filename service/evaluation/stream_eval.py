@@ -71,7 +71,9 @@ def video_frames(path: Path, fps: float = FPS) -> list[np.ndarray]:
     return frames
 
 
-def analyse(pipeline: FacePipeline, frames: Sequence[np.ndarray], fps: float = FPS) -> list[Observation]:
+def analyse(
+    pipeline: FacePipeline, frames: Sequence[np.ndarray], fps: float = FPS
+) -> list[Observation]:
     """Every frame's observation of its main face, fully analysed, at `fps` time steps."""
     observations = []
     for i, bgr in enumerate(frames):
@@ -164,7 +166,9 @@ def materials(
     return found
 
 
-def evaluate(found: list[Material], settings: StreamSettings, passive_threshold: float) -> dict[str, Any]:
+def evaluate(
+    found: list[Material], settings: StreamSettings, passive_threshold: float
+) -> dict[str, Any]:
     """APCER per attack type and challenge, BPCER of the live video without a challenge."""
     limits = settings.limits()
     policy = settings.liveness.with_passive(passive_threshold)

@@ -451,6 +451,11 @@ class Store:
         with self._engine.connect() as conn:
             return conn.execute(query).first() is not None
 
+    def consent_of(self, customer_id: str) -> StoredConsent | None:
+        """The customer's most recent consent, None for no consent or no such customer."""
+        with self._engine.connect() as conn:
+            return _latest_consents(conn, [customer_id]).get(customer_id)
+
     def get_customer(self, customer_id: str) -> CustomerRecord | None:
         with self._engine.connect() as conn:
             row = conn.execute(

@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 
 from service.gallery import audit
-from service.gallery.audit import NewEvent, check_text
+from service.gallery.audit import EventType, NewEvent, check_text
 from service.gallery.crypto import open_vector, seal_vector
 from service.gallery.index import VectorIndex
 from service.gallery.store import METADATA, NewTemplate, Store, UTCDateTime, event_table
@@ -221,3 +221,36 @@ class Watchlist:
         template_id, score = hits[0]
         entry_id = self._owners.get(template_id)
         return (entry_id, score) if entry_id is not None else None
+
+
+def rotate_watchlist_keys(store: Store, batch: int = 1000) -> int:
+    """Re-encrypt watchlist templates not under the store's active key; returns how many.
+
+    Runs after `Store.rotate_keys` switched the store to the new keyring, in batches that
+    each carry their own KEY_ROTATION event, like the customer templates' rotation.
+    """
+    table, keyring = watchlist_template_table, store.keyring
+    total, last_id = 0, 0
+    while True:
+        with store.transaction() as conn:
+            rows = conn.execute(
+                select(table.c.id, table.c.entry_id, table.c.key_id, table.c.ciphertext)
+                .where(table.c.id > last_id, table.c.key_id != keyring.active)
+                .order_by(table.c.id)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return total
+            done = 0
+            for row in rows:
+                aad = watchlist_aad(row.entry_id, row.id)
+                key_id, blob = keyring.encrypt(keyring.decrypt(row.key_id, row.ciphertext, aad), aad)
+                done += conn.execute(
+                    update(table)
+                    .where(table.c.id == row.id, table.c.key_id == row.key_id)
+                    .values(key_id=key_id, ciphertext=blob)
+                ).rowcount
+            payload = {"key_id": keyring.active, "reencrypted": done, "watchlist": True}
+            audit.append(conn, event_table, NewEvent(EventType.KEY_ROTATION, "OK", payload=payload))
+        total, last_id = total + done, rows[-1].id
+        log.info("re-encrypted %d watchlist templates under key %s", total, keyring.active)

@@ -89,7 +89,8 @@ def combine(
     """Weighted mean of the measured checks; passes at `pass_score` with the challenge passed."""
     measured = [c for c in checks if c.score is not None and c.weight > 0]
     total = sum(c.weight for c in measured)
-    score = sum(c.weight * c.score for c in measured) / total if total else 0.0  # type: ignore[operator]
+    weighted = sum(c.weight * c.score for c in measured)  # type: ignore[operator]
+    score = weighted / total if total else 0.0
     required = [c for c in checks if c.name == "challenge"]
     passed = bool(measured) and score >= policy.pass_score and all(c.passed for c in required)
     return LivenessReport(

@@ -119,7 +119,7 @@ class Session:
         self._phase_face_frames = 0
         self._passive: list[float] = []
         self._cues: list[tuple[float, FrameCues]] = []  # (captured_s, cues)
-        self._baseline: deque[FrameCues] = deque(maxlen=limits.baseline_frames)
+        self._baseline: deque[tuple[float, FrameCues]] = deque()  # (received_s, cues)
         self._window: list[tuple[float, FrameCues]] = []  # (seconds after prompt, cues)
         self._window_without_cues = 0
 
@@ -183,7 +183,8 @@ class Session:
             )
         self._check_limits(obs.received_s)
         self.last_s = obs.received_s
-        if self.phase is Phase.CHALLENGE and self.prompt and obs.received_s > self.prompt.deadline_s:
+        prompt = self.prompt
+        if self.phase is Phase.CHALLENGE and prompt and obs.received_s > prompt.deadline_s:
             self._close_window()
             return None
         if obs.face is None or obs.quality is None:
@@ -208,7 +209,12 @@ class Session:
 
     def _baseline_step(self, obs: Observation) -> Prompt | None:
         if obs.cues is not None:
-            self._baseline.append(obs.cues)
+            self._baseline.append((obs.received_s, obs.cues))
+            while (
+                len(self._baseline) > 1
+                and obs.received_s - self._baseline[1][0] >= self.limits.rest_s
+            ):
+                self._baseline.popleft()  # keep just the last rest_s seconds
         if not self.ask_challenge:
             if self._face_frames >= self.limits.min_frames:
                 self.phase = Phase.DONE
@@ -218,7 +224,7 @@ class Session:
         if not self._baseline:
             self._finish(Response(False, "NONE", "no face landmarks to judge a response by"))
             return None
-        if len(self._baseline) < self.limits.baseline_frames or not self._at_rest():
+        if not self._at_rest(obs.received_s):
             return None
         remaining = [c for c in self.limits.challenges if c not in self.asked]
         self.challenge = self._choose(remaining or self.limits.challenges)
@@ -239,10 +245,15 @@ class Session:
         if response is not None:
             self._answered(response)
 
-    def _at_rest(self) -> bool:
-        """The baseline frames' head pose varies by at most `rest_degrees` on each axis."""
-        yaws = [c.yaw for c in self._baseline]
-        pitches = [c.pitch for c in self._baseline]
+    def _at_rest(self, now_s: float) -> bool:
+        """Landmarks for the last `rest_s` seconds (at least `baseline_frames` frames), with a
+        head pose that varied by at most `rest_degrees` on each axis."""
+        if len(self._baseline) < self.limits.baseline_frames:
+            return False
+        if now_s - self._baseline[0][0] < self.limits.rest_s:
+            return False
+        yaws = [c.yaw for _, c in self._baseline]
+        pitches = [c.pitch for _, c in self._baseline]
         spread = max(max(yaws) - min(yaws), max(pitches) - min(pitches))
         return spread <= self.policy.rest_degrees
 
@@ -262,10 +273,10 @@ class Session:
 
     def _judge(self, final: bool) -> Response | None:
         assert self.challenge is not None
+        rest = [c for _, c in self._baseline]
         return judge(
-            self.challenge, Baseline.of(self._baseline), self._baseline[-1].points,
-            self._window, self.policy, final,
-        )  # fmt: skip
+            self.challenge, Baseline.of(rest), rest[-1].points, self._window, self.policy, final
+        )
 
     def _close_window(self) -> None:
         response = self._judge(final=True)

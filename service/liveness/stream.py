@@ -122,7 +122,7 @@ class StreamRun:
         if opening.identify:
             engine.check_search(opening.top_k, opening.min_score)
         else:
-            engine.check_enrolled(opening.customer_id)
+            engine.check_verifiable(opening.customer_id)  # enrolled, consent not expired
         self.engine = engine
         self.opening = opening
         self.clock = clock
