@@ -118,12 +118,11 @@ def _requests(
         ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise OSError("JPEG encoding failed")
-        yield wrap(
-            frame=verification_pb2.StreamFrame(
-                image=common_pb2.Image(data=data.tobytes()), captured_at=stamp,
-                device_id=args.device_id, session_id=session_id,
-            )  # fmt: skip
-        )
+        frame = verification_pb2.StreamFrame(
+            image=common_pb2.Image(data=data.tobytes()), captured_at=stamp,
+            device_id=args.device_id, session_id=session_id,
+        )  # fmt: skip
+        yield wrap(frame=frame)
 
 
 def _show_prompt(args: argparse.Namespace, prompt: Any) -> None:
@@ -161,9 +160,7 @@ def run_kiosk(args: argparse.Namespace) -> int:
     prompts: list[dict[str, Any]] = []
     result: dict[str, Any] | None = None
     try:
-        call = stream(
-            _requests(args, frames, rate, live, session_id, stop), timeout=args.timeout
-        )
+        call = stream(_requests(args, frames, rate, live, session_id, stop), timeout=args.timeout)
         for reply in call:
             if reply.WhichOneof("message") == "prompt":
                 prompts.append(MessageToDict(reply.prompt, preserving_proto_field_name=True))
@@ -180,4 +177,3 @@ def run_kiosk(args: argparse.Namespace) -> int:
     _emit(args, {"session_id": session_id, "prompts": prompts, **(result or {})})
     outcome = (result or {}).get("decision", {}).get("outcome")
     return 0 if outcome == "APPROVE" else 1
-

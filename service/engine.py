@@ -81,7 +81,7 @@ def check_consent(consent: Consent | None) -> Consent:
             "a consent record with purpose, time, channel and operator is required",
         )
     if consent.expires_at is not None and consent.expires_at <= consent.given_at:
-        raise InvalidInput("CONSENT_EXPIRED", "the consent expires before it was given")
+        raise InvalidInput("INVALID_CONSENT_EXPIRY", "the consent expires before it was given")
     return consent
 
 

@@ -353,6 +353,4 @@ def test_risk_cli(served: Running) -> None:
 
 def test_query_events_refuses_an_out_of_range_time(admin) -> None:
     request = risk_pb2.QueryEventsRequest(since=Timestamp(seconds=2**62))
-    expect_error(
-        admin.QueryEvents, request, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TIMESTAMP"
-    )
+    expect_error(admin.QueryEvents, request, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TIMESTAMP")

@@ -35,9 +35,7 @@ class _UsesEngine:
 
 
 class FaceVerificationServicer(_UsesEngine, verification_pb2_grpc.FaceVerificationServicer):
-    def __init__(
-        self, engine: Callable[[], Engine], stream: StreamSettings | None = None
-    ) -> None:
+    def __init__(self, engine: Callable[[], Engine], stream: StreamSettings | None = None) -> None:
         super().__init__(engine)
         self.stream_settings = stream or StreamSettings()
         self.sessions = ActiveSessions()

@@ -105,9 +105,7 @@ def prompt_message(
         window_ms=round(prompt.window_s * 1000),
         text=INSTRUCTIONS[prompt.challenge],
     )
-    message.deadline.FromNanoseconds(
-        round((time.time() + prompt.deadline_s - clock()) * 1e9)
-    )
+    message.deadline.FromNanoseconds(round((time.time() + prompt.deadline_s - clock()) * 1e9))
     return message
 
 
@@ -180,4 +178,3 @@ def _budget(wait: float, context: grpc.ServicerContext) -> float:
             raise Expired("DEADLINE_EXCEEDED", "the call's deadline passed")
         wait = min(wait, remaining)
     return wait
-

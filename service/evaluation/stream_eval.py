@@ -148,13 +148,28 @@ def materials(
     live = video_frames(live_video)
     jobs: list[tuple[str, str, Any]] = []
     for i, still in enumerate(stills):
-        jobs.append(("printed_photo", still.stem,
-                     lambda s=still, i=i: attacks.printed_photo(_kiosk_frame(s), frames, FPS, i)))
-        jobs.append(("screen_replay", still.stem,
-                     lambda s=still, i=i: attacks.screen_replay(_kiosk_frame(s), frames, FPS, i)))
+        jobs.append(
+            (
+                "printed_photo",
+                still.stem,
+                lambda s=still, i=i: attacks.printed_photo(_kiosk_frame(s), frames, FPS, i),
+            )
+        )
+        jobs.append(
+            (
+                "screen_replay",
+                still.stem,
+                lambda s=still, i=i: attacks.screen_replay(_kiosk_frame(s), frames, FPS, i),
+            )
+        )
     for seed in range(2):
-        jobs.append(("replayed_video", f"{live_video.stem}-{seed}",
-                     lambda seed=seed: attacks.replayed_video(live, seed, FPS)))
+        jobs.append(
+            (
+                "replayed_video",
+                f"{live_video.stem}-{seed}",
+                lambda seed=seed: attacks.replayed_video(live, seed, FPS),
+            )
+        )
     jobs.append(("recorded_replay", replay_video.stem, lambda: video_frames(replay_video)))
     jobs.append(("live", live_video.stem, lambda: live))  # fmt: skip
     found = []

@@ -244,7 +244,8 @@ def rotate_watchlist_keys(store: Store, batch: int = 1000) -> int:
             done = 0
             for row in rows:
                 aad = watchlist_aad(row.entry_id, row.id)
-                key_id, blob = keyring.encrypt(keyring.decrypt(row.key_id, row.ciphertext, aad), aad)
+                plain = keyring.decrypt(row.key_id, row.ciphertext, aad)
+                key_id, blob = keyring.encrypt(plain, aad)
                 done += conn.execute(
                     update(table)
                     .where(table.c.id == row.id, table.c.key_id == row.key_id)

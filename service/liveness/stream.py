@@ -139,9 +139,7 @@ class StreamRun:
 
     def _refusing(self, run: Callable[[], FaceAnalysis]) -> FaceAnalysis:
         """Run a step whose Unprocessable ends the session as an audited declined attempt."""
-        return self.engine.attempt(
-            self.kind, self.opening.device_id, self.opening.customer_id, run
-        )
+        return self.engine.attempt(self.kind, self.opening.device_id, self.opening.customer_id, run)
 
     def _check_frame(self, frame: Frame) -> float:
         if frame.session_id and frame.session_id != self.opening.session_id:
