@@ -142,7 +142,7 @@ def search_figures(
 def run_index_bench(
     sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
     dim: int = 192,
-    queries: int = 200,
+    queries: int = 1000,
     genuine_cosine: float = 0.7,
     nprobes: tuple[int, ...] = (),
 ) -> dict[str, Any]:
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=192)
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--genuine-cosine", type=float, default=0.7)
     parser.add_argument(
         "--nprobe", type=int, nargs="*", default=[], help="more IVF nprobe values to measure"
