@@ -101,7 +101,10 @@ def test_outage_then_recovery_delivers_everything_once_in_order(
 ) -> None:
     port = free_port()
     sink_db = tmp_path / "sink.db"
-    sent = dispatcher(outbox, port)
+    # Retries come every few ms here, and after the outage gRPC's own reconnect backoff fails
+    # calls at once for a while: allow the attempts that the production backoff (0.5 s doubling
+    # to 60 s) spreads over minutes, so the outage ends before anything dead-letters.
+    sent = dispatcher(outbox, port, backoff=Backoff(0.01, 0.05, dead_after=100_000))
     sent.start()
     try:
         ids = [decide(store, f"c{i % 7}") for i in range(40)]  # the sink is down
