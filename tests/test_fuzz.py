@@ -24,8 +24,12 @@ from service.api.fuzz import (
 from service.api.messages import consent_from
 from service.errors import InvalidInput
 
-# Decoders warn about the broken files they are fed; a warning is not a failure here.
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# Decoders warn about the broken files they are fed, and Pillow about huge headers that the
+# decoder's own pixel limit then refuses; a warning is not a failure here.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+]
 BOUNDED = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
