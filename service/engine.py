@@ -180,14 +180,19 @@ class Engine:
         try:
             return run()
         except Unprocessable as exc:
-            decision = self._decision(
-                None, outcome=DECLINE, customer_id=customer_id, reason_codes=(exc.reason,),
-                device_id=device_id,
-            )  # fmt: skip
-            decision = self._risk(kind, decision)
-            self.gallery.store.record_event(self._event(kind, decision))
-            exc.metadata["event_id"] = decision.event_id
+            exc.metadata["event_id"] = self.refuse(kind, device_id, customer_id, exc.reason)
             raise
+
+    def refuse(self, kind: str, device_id: str, customer_id: str, reason: str) -> str:
+        """Audit a declined attempt through the risk policy (so it counts for velocity);
+        returns its event id. Refused faces and abandoned or timed-out sessions end here."""
+        decision = self._decision(
+            None, outcome=DECLINE, customer_id=customer_id, reason_codes=(reason,),
+            device_id=device_id,
+        )  # fmt: skip
+        decision = self._risk(kind, decision)
+        self.gallery.store.record_event(self._event(kind, decision))
+        return decision.event_id
 
     def attempt(
         self, kind: str, device_id: str, customer_id: str, run: Callable[[], FaceAnalysis]

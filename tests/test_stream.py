@@ -31,6 +31,7 @@ from faceguard.v1 import (
 )
 from service.api.server import Running, start
 from service.config import StreamSettings
+from service.risk.policy import DEFAULT_POLICY
 from tests.liveness_tracks import LiveHead, Recording, TiltedPhoto
 from tests.service_helpers import consent, image, people_with, service_settings
 from tests.test_service import reason_of
@@ -53,7 +54,16 @@ def people(shared_data: Path) -> list[tuple[str, list[Path]]]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, people) -> Iterator[Running]:
-    settings = service_settings(tmp_path_factory.mktemp("data"))
+    folder = tmp_path_factory.mktemp("data")
+    # These tests refuse many sessions of one customer on one kiosk on purpose; the velocity
+    # lockout that would follow is tested in test_risk_service.py, not here.
+    policy = DEFAULT_POLICY.read_text().replace(
+        "customer_failures = 5 ", "customer_failures = 1000 "
+    )
+    policy = policy.replace("device_failures = 10 ", "device_failures = 1000 ")
+    (folder / "policy.toml").write_text(policy.replace('version = "default-', 'version = "test-'))
+    settings = service_settings(folder)
+    settings.risk.policy_file = folder / "policy.toml"
     running = start(settings.model_copy(update={"stream": STREAM}))
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         enrollment = enrollment_pb2_grpc.EnrollmentStub(channel)
@@ -230,7 +240,19 @@ def test_another_face_mid_session_is_refused(kiosk, people, subject) -> None:
     assert reason_of(error.value) == "FACE_CHANGED"
 
 
-def test_an_idle_stream_is_dropped(kiosk, people, subject) -> None:
+def last_reasons(served: Running, customer_id: str, reason: str) -> list[str]:
+    """The reason codes of the customer's latest audit event, once one carries `reason`
+    (a session that ends without a decision is audited by its handler thread)."""
+    deadline = time.monotonic() + 5
+    while True:
+        latest = served.engine.gallery.store.events_of(customer_id)[-1]
+        if reason in latest.payload["reason_codes"] or time.monotonic() > deadline:
+            assert latest.outcome == "DECLINE"
+            return latest.payload["reason_codes"]
+        time.sleep(0.05)
+
+
+def test_an_idle_stream_is_dropped(kiosk, people, subject, served) -> None:
     name, images = people[0]
     subject(LiveHead())
     stop = threading.Event()
@@ -245,6 +267,7 @@ def test_an_idle_stream_is_dropped(kiosk, people, subject) -> None:
     assert reason_of(error.value) == "SESSION_IDLE"
     assert time.monotonic() - began < STREAM.idle_timeout_s + 3
     assert settled()
+    assert "SESSION_IDLE" in last_reasons(served, name, "SESSION_IDLE")
 
 
 def test_the_frame_cap_and_the_duration_limit_hold(kiosk, people) -> None:
@@ -267,7 +290,7 @@ def test_the_frame_cap_and_the_duration_limit_hold(kiosk, people) -> None:
     assert settled()
 
 
-def test_a_client_that_disconnects_leaves_nothing_behind(kiosk, people, subject) -> None:
+def test_a_client_that_disconnects_leaves_nothing_behind(kiosk, people, subject, served) -> None:
     name, images = people[0]
     subject(LiveHead())
     stop = threading.Event()
@@ -282,6 +305,7 @@ def test_a_client_that_disconnects_leaves_nothing_behind(kiosk, people, subject)
     call.cancel()
     stop.set()
     assert settled(), "a reader thread outlived its stream"
+    assert "SESSION_ABANDONED" in last_reasons(served, name, "SESSION_ABANDONED")
     # The session id is free again: no entry was left behind.
     track = subject(LiveHead())
     frames = [frame_bytes(images[2])] * 70

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from faceguard.v1 import verification_pb2
-from service.errors import Expired, InvalidInput
+from service.errors import Expired, InvalidInput, TooLarge
 from service.liveness.policy import INSTRUCTIONS
 from service.liveness.session import Prompt
 from service.liveness.stream import ActiveSessions, Frame, Opening, Outcome, StreamRun
@@ -79,6 +79,8 @@ class RequestPump:
                 if left <= POLL_S:
                     return None
                 continue
+            if message is _END and not context.is_active():
+                raise Cancelled  # the request stream ended because the call was cancelled
             return arrived, None if message is _END else message
 
     def close(self) -> None:
@@ -148,20 +150,27 @@ def run_stream(
         opening = opening_of(first[1], identify)
         with sessions.hold(opening.session_id):
             run = begin(opening)
-            while not run.done:
-                item = pump.get(_budget(run.wait_s(), context), context)
-                if item is None:
-                    run.expire()
-                    continue
-                arrived, message = item
-                if message is None:
-                    run.close()
-                    break
-                if message.WhichOneof("message") != "frame":
-                    raise InvalidInput("FRAME_EXPECTED", "only frames follow the start message")
-                prompt = run.frame(_frame(message.frame), arrived)
-                if prompt is not None:
-                    yield prompt
+            try:
+                while not run.done:
+                    item = pump.get(_budget(run.wait_s(), context), context)
+                    if item is None:
+                        run.expire()
+                        continue
+                    arrived, message = item
+                    if message is None:
+                        run.close()
+                        break
+                    if message.WhichOneof("message") != "frame":
+                        raise InvalidInput("FRAME_EXPECTED", "only frames follow the start message")
+                    prompt = run.frame(_frame(message.frame), arrived)
+                    if prompt is not None:
+                        yield prompt
+            except (Expired, TooLarge) as exc:  # idle, too long, too many frames: audited
+                exc.metadata["event_id"] = run.abandon(exc.reason)
+                raise
+            except (Cancelled, GeneratorExit):  # the caller left, while reading or answering
+                run.abandon("SESSION_ABANDONED")
+                raise
             yield run.finish()
     except Cancelled:
         log.info("stream abandoned by the caller")

@@ -137,6 +137,12 @@ class StreamRun:
     def kind(self) -> str:
         return "IDENTIFY" if self.opening.identify else "VERIFY"
 
+    def abandon(self, reason: str) -> str:
+        """Audit a session that ended without a decision (the caller left, or a time limit
+        passed): a declined attempt like a refused face; returns its event id."""
+        opening = self.opening
+        return self.engine.refuse(self.kind, opening.device_id, opening.customer_id, reason)
+
     def _refusing(self, run: Callable[[], FaceAnalysis]) -> FaceAnalysis:
         """Run a step whose Unprocessable ends the session as an audited declined attempt."""
         return self.engine.attempt(self.kind, self.opening.device_id, self.opening.customer_id, run)
