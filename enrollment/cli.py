@@ -18,7 +18,7 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 DEVICE_HELP = "kiosk device id (default: the one bound to the kiosk's client certificate)"
 
 
-def _connection_options(parser: argparse.ArgumentParser) -> None:
+def connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT of the service")
     parser.add_argument("--tls-ca", type=Path, help="CA certificate: use TLS")
     parser.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
@@ -73,11 +73,11 @@ def add_client_commands(commands: argparse._SubParsersAction, handler: Callable)
     health = commands.add_parser("health", help="is the service SERVING (exit 0) or not (1)")
 
     for sub in (add, batch, delete, get, listing, verify, identify, health):
-        _connection_options(sub)
+        connection_options(sub)
         sub.set_defaults(handler=handler)
 
 
-def _emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
+def emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
     if args.json:
         sys.stdout.write(json.dumps(payload) + "\n")
         return
@@ -105,7 +105,7 @@ def _read_images(paths: list[Path]):
     return [common_pb2.Image(data=path.read_bytes()) for path in paths]
 
 
-def _as_dict(message) -> dict[str, Any]:
+def as_dict(message) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
     return MessageToDict(message, preserving_proto_field_name=True)
@@ -127,51 +127,45 @@ def _call(args: argparse.Namespace, stubs) -> dict[str, Any]:
         request = enrollment_pb2.EnrollRequest(
             customer_id=args.customer_id, images=_read_images(args.images), consent=_consent(args)
         )
-        return _as_dict(stubs.enrollment.Enroll(request, timeout=timeout))
+        return as_dict(stubs.enrollment.Enroll(request, timeout=timeout))
     if command == "delete":
         request = enrollment_pb2.DeleteRequest(
             customer_id=args.customer_id, reason=args.reason, operator_id=args.operator
         )
-        return _as_dict(stubs.enrollment.Delete(request, timeout=timeout))
+        return as_dict(stubs.enrollment.Delete(request, timeout=timeout))
     if command == "get":
         request = enrollment_pb2.GetRequest(customer_id=args.customer_id)
-        return _as_dict(stubs.enrollment.Get(request, timeout=timeout))
+        return as_dict(stubs.enrollment.Get(request, timeout=timeout))
     if command == "list":
         request = enrollment_pb2.ListRequest(page_size=args.page_size, page_token=args.page_token)
-        return _as_dict(stubs.enrollment.List(request, timeout=timeout))
+        return as_dict(stubs.enrollment.List(request, timeout=timeout))
     if command == "verify":
         request = verification_pb2.VerifyRequest(
             customer_id=args.customer_id, frames=_read_images(args.frames), device_id=args.device_id
         )
-        return _as_dict(stubs.verification.Verify(request, timeout=timeout))
+        return as_dict(stubs.verification.Verify(request, timeout=timeout))
     request = verification_pb2.IdentifyRequest(
         image=_read_images([args.image])[0], top_k=args.top_k, min_score=args.min_score,
         device_id=args.device_id,
     )  # fmt: skip
-    return _as_dict(stubs.verification.Identify(request, timeout=timeout))
+    return as_dict(stubs.verification.Identify(request, timeout=timeout))
 
 
 def run(args: argparse.Namespace) -> int:
-    import grpc
-
-    from enrollment.client import describe_error, stubs
+    from enrollment.client import reporting_errors, stubs
 
     connection = stubs(args)
-    try:
+
+    def command() -> int:
         if getattr(args, "enroll_command", None) == "import":
             from enrollment.importer import run_import
 
             return run_import(args, connection, _consent(args))
         result = _call(args, connection)
-        _emit(args, result)
+        emit(args, result)
         return 0 if result.get("status", "SERVING") == "SERVING" else 1
-    except grpc.RpcError as error:
-        _emit(args, {"error": describe_error(error)})
-        return 1
-    except OSError as error:
-        _emit(
-            args, {"error": {"status": "LOCAL", "reason": "UNREADABLE_FILE", "message": str(error)}}
-        )
-        return 1
+
+    try:
+        return reporting_errors(lambda payload: emit(args, payload), command)
     finally:
         connection.channel.close()

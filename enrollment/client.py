@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -65,3 +67,15 @@ def describe_error(error: grpc.RpcError) -> dict[str, str]:
         "reason": error_reason(error),
         "message": error.details() or "",
     }
+
+
+def reporting_errors(report: Callable[[dict[str, Any]], None], command: Callable[[], int]) -> int:
+    """Run a client command; a failed call or an unreadable input file is reported as an
+    error (status, reason, message) and gives exit status 1."""
+    try:
+        return command()
+    except grpc.RpcError as error:
+        report({"error": describe_error(error)})
+    except OSError as error:
+        report({"error": {"status": "LOCAL", "reason": "UNREADABLE_FILE", "message": str(error)}})
+    return 1

@@ -23,7 +23,7 @@ JPEG_QUALITY = 90
 
 def add_kiosk_command(commands: argparse._SubParsersAction, handler: Callable) -> None:
     """Register `faceguard kiosk` (no grpc or opencv import here)."""
-    from enrollment.cli import _connection_options
+    from enrollment.cli import connection_options
 
     kiosk = commands.add_parser(
         "kiosk", help="kiosk: stream a camera, video or image sequence for a live session"
@@ -40,7 +40,7 @@ def add_kiosk_command(commands: argparse._SubParsersAction, handler: Callable) -
         "--request-challenge", action="store_true",
         help="ask for a challenge even where the service's policy does not require one",
     )  # fmt: skip
-    _connection_options(kiosk)
+    connection_options(kiosk)
     kiosk.set_defaults(handler=handler, timeout=60.0)
 
 
@@ -140,14 +140,14 @@ def run_kiosk(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from enrollment.cli import _emit
+    from enrollment.cli import emit
     from enrollment.client import describe_error, stubs
 
     try:
         frames, rate, live = open_source(args.source, args.fps)
     except OSError as error:
         failure = {"status": "LOCAL", "reason": "UNREADABLE_SOURCE", "message": str(error)}
-        _emit(args, {"error": failure})
+        emit(args, {"error": failure})
         return 1
     session_id = args.session_id or str(uuid.uuid4())
     stop = threading.Event()
@@ -169,11 +169,11 @@ def run_kiosk(args: argparse.Namespace) -> int:
                 result = MessageToDict(reply.result, preserving_proto_field_name=True)
         stop.set()
     except grpc.RpcError as error:
-        _emit(args, {"session_id": session_id, "prompts": prompts, "error": describe_error(error)})
+        emit(args, {"session_id": session_id, "prompts": prompts, "error": describe_error(error)})
         return 1
     finally:
         stop.set()
         connection.channel.close()
-    _emit(args, {"session_id": session_id, "prompts": prompts, **(result or {})})
+    emit(args, {"session_id": session_id, "prompts": prompts, **(result or {})})
     outcome = (result or {}).get("decision", {}).get("outcome")
     return 0 if outcome == "APPROVE" else 1

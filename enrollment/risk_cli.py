@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from enrollment.cli import _as_dict, _connection_options, _emit
+from enrollment.cli import as_dict, connection_options, emit
 
 LISTS = {"blocklist": "CUSTOMER_BLOCKLIST", "devices": "DEVICE_BLACKLIST"}
 
@@ -76,7 +76,7 @@ def add_risk_commands(commands: argparse._SubParsersAction, handler: Callable) -
     d_replay.add_argument("--operator", required=True)
 
     for sub in (*subs, w_add, w_remove, w_list, events, d_list, d_replay):
-        _connection_options(sub)
+        connection_options(sub)
         sub.set_defaults(handler=handler)
 
 
@@ -101,16 +101,16 @@ def _call(args: argparse.Namespace, stub) -> dict[str, Any]:
                 list=kind, subject=args.subject, reason=args.reason, case_ref=args.case,
                 operator_id=args.operator,
             )  # fmt: skip
-            return _as_dict(stub.AddListEntry(request, timeout=timeout))
+            return as_dict(stub.AddListEntry(request, timeout=timeout))
         if action == "remove":
             request = risk_pb2.RemoveListEntryRequest(
                 list=kind, subject=args.subject, reason=args.reason, operator_id=args.operator
             )
-            return _as_dict(stub.RemoveListEntry(request, timeout=timeout))
+            return as_dict(stub.RemoveListEntry(request, timeout=timeout))
         request = risk_pb2.ListEntriesRequest(
             list=kind, page_size=args.page_size, page_token=args.page_token
         )
-        return _as_dict(stub.ListEntries(request, timeout=timeout))
+        return as_dict(stub.ListEntries(request, timeout=timeout))
     if group == "watchlist":
         if action == "add":
             request = risk_pb2.EnrollWatchlistRequest(
@@ -118,47 +118,41 @@ def _call(args: argparse.Namespace, stub) -> dict[str, Any]:
                 operator_id=args.operator,
                 images=[common_pb2.Image(data=p.read_bytes()) for p in args.images],
             )  # fmt: skip
-            return _as_dict(stub.EnrollWatchlistFace(request, timeout=timeout))
+            return as_dict(stub.EnrollWatchlistFace(request, timeout=timeout))
         if action == "remove":
             request = risk_pb2.RemoveWatchlistRequest(
                 entry_id=args.entry_id, reason=args.reason, operator_id=args.operator
             )
-            return _as_dict(stub.RemoveWatchlistEntry(request, timeout=timeout))
+            return as_dict(stub.RemoveWatchlistEntry(request, timeout=timeout))
         request = risk_pb2.ListWatchlistRequest(
             page_size=args.page_size, page_token=args.page_token
         )
-        return _as_dict(stub.ListWatchlist(request, timeout=timeout))
+        return as_dict(stub.ListWatchlist(request, timeout=timeout))
     if group == "events":
         request = risk_pb2.QueryEventsRequest(
             customer_id=args.customer_id, device_id=args.device_id,
             since=_timestamp(args.since), until=_timestamp(args.until),
             page_size=args.page_size, page_token=args.page_token,
         )  # fmt: skip
-        return _as_dict(stub.QueryEvents(request, timeout=timeout))
+        return as_dict(stub.QueryEvents(request, timeout=timeout))
     if action == "list":
         request = risk_pb2.ListDeadLettersRequest(page_size=args.page_size)
-        return _as_dict(stub.ListDeadLetters(request, timeout=timeout))
+        return as_dict(stub.ListDeadLetters(request, timeout=timeout))
     request = risk_pb2.ReplayDeadLettersRequest(event_ids=args.event_id, operator_id=args.operator)
-    return _as_dict(stub.ReplayDeadLetters(request, timeout=timeout))
+    return as_dict(stub.ReplayDeadLetters(request, timeout=timeout))
 
 
 def run(args: argparse.Namespace) -> int:
-    import grpc
-
-    from enrollment.client import describe_error, open_channel
+    from enrollment.client import open_channel, reporting_errors
     from faceguard.v1 import risk_pb2_grpc
 
     channel = open_channel(args.server, args.tls_ca, args.tls_cert, args.tls_key)
-    try:
-        _emit(args, _call(args, risk_pb2_grpc.RiskAdminStub(channel)))
+
+    def command() -> int:
+        emit(args, _call(args, risk_pb2_grpc.RiskAdminStub(channel)))
         return 0
-    except grpc.RpcError as error:
-        _emit(args, {"error": describe_error(error)})
-        return 1
-    except OSError as error:
-        _emit(
-            args, {"error": {"status": "LOCAL", "reason": "UNREADABLE_FILE", "message": str(error)}}
-        )
-        return 1
+
+    try:
+        return reporting_errors(lambda payload: emit(args, payload), command)
     finally:
         channel.close()

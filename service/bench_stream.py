@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service.config import load_settings
+from service.evaluation.video import read_video
 from service.liveness.policy import LivenessPolicy, SessionLimits
 from service.liveness.session import Session
 from service.liveness.stream import analyse_frame
@@ -39,18 +40,8 @@ DEFAULT_VIDEO = SHARED_DATA / "spoof" / "apfol_videos" / "real2.webm"
 
 def video_frames(path: Path, limit: int) -> list[bytes]:
     """Up to `limit` frames of the video as JPEG bytes (quality 90, as `faceguard kiosk`)."""
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while len(frames) < limit:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        frames.append(data.tobytes())
-    capture.release()
-    if not frames:
-        raise FileNotFoundError(f"no frames read from {path}")
-    return frames
+    encode = [cv2.IMWRITE_JPEG_QUALITY, 90]
+    return [cv2.imencode(".jpg", f, encode)[1].tobytes() for f in read_video(path, limit=limit)]
 
 
 def _pin_two_cores() -> list[int]:

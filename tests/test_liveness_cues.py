@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from service.evaluation.attacks import printed_photo, screen_replay
+from service.evaluation.video import read_video
 from service.vision import liveness_cues as lc
 from service.vision.pipeline import FacePipeline, PipelineConfig, primary_face
 from service.vision.types import Image
@@ -142,14 +143,7 @@ def pipeline() -> FacePipeline:
 
 @pytest.fixture(scope="module")
 def live_frames(shared_data: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(shared_data / "spoof" / "apfol_videos" / "real2.webm"))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    return frames[::2]  # 15 fps, as a kiosk streams
+    return read_video(shared_data / "spoof" / "apfol_videos" / "real2.webm", 15.0)  # a kiosk's rate
 
 
 def _cues(pipeline: FacePipeline, frames: list[np.ndarray]) -> list[lc.FrameCues]:

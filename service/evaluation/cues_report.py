@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from service.evaluation.attacks import printed_photo, replayed_video, screen_replay
+from service.evaluation.video import read_video
 from service.vision.liveness_cues import FrameCues, blink_count, planarity_residual
 from service.vision.pipeline import FacePipeline, PipelineConfig, primary_face
 from service.vision.types import Image
@@ -42,23 +43,6 @@ class Track:
 
     cues: list[FrameCues | None]
     cost_ms: list[float]
-
-
-def read_video(path: Path, fps: float = KIOSK_FPS) -> list[np.ndarray]:
-    """BGR frames of a video file, subsampled to about `fps`."""
-    capture = cv2.VideoCapture(str(path))
-    native = capture.get(cv2.CAP_PROP_FPS) or fps
-    step = max(1, round(native / fps))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    if not frames:
-        raise FileNotFoundError(f"no frames could be read from {path}")
-    return frames[::step]
 
 
 def track(pipeline: FacePipeline, frames: list[np.ndarray]) -> Track:
@@ -120,10 +104,10 @@ def run(data: Path, threads: int, attack_frames: int) -> dict[str, object]:
     if pipeline.facemesh is None:
         raise RuntimeError("the manifest names no face mesh model: run `faceguard models build`")
     videos = data / "spoof" / "apfol_videos"
-    live = read_video(videos / "real2.webm")
+    live = read_video(videos / "real2.webm", KIOSK_FPS)
     sources: dict[str, list[np.ndarray]] = {
         "live real2.webm": live,
-        "phone replay fake2.webm": read_video(videos / "fake2.webm"),
+        "phone replay fake2.webm": read_video(videos / "fake2.webm", KIOSK_FPS),
         "replayed_video(real2)": replayed_video(live, seed=1, fps=KIOSK_FPS),
     }
     for seed, where in ATTACK_SEEDS:

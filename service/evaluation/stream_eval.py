@@ -35,6 +35,7 @@ from service.config import StreamSettings
 from service.errors import FaceguardError
 from service.evaluation import attacks
 from service.evaluation.runner import Progress
+from service.evaluation.video import read_video
 from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Session
 from service.vision.liveness_cues import planarity_residual
@@ -53,22 +54,6 @@ class Material:
     kind: str  # attack type, or "live"
     name: str
     observations: list[Observation]
-
-
-def video_frames(path: Path, fps: float = FPS) -> list[np.ndarray]:
-    """BGR frames of a video, resampled to `fps` by dropping frames (a kiosk's rate)."""
-    capture = cv2.VideoCapture(str(path))
-    source = capture.get(cv2.CAP_PROP_FPS) or fps
-    frames, index = [], 0
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        if int(index * fps / source) != int((index - 1) * fps / source) or index == 0:
-            frames.append(frame)
-        index += 1
-    capture.release()
-    return frames
 
 
 def analyse(
@@ -145,7 +130,7 @@ def materials(
     seconds: float,
 ) -> list[Material]:  # fmt: skip
     frames = int(seconds * FPS)
-    live = video_frames(live_video)
+    live = read_video(live_video, FPS)
     jobs: list[tuple[str, str, Any]] = []
     for i, still in enumerate(stills):
         jobs.append(
@@ -170,7 +155,7 @@ def materials(
                 lambda seed=seed: attacks.replayed_video(live, seed, FPS),
             )
         )
-    jobs.append(("recorded_replay", replay_video.stem, lambda: video_frames(replay_video)))
+    jobs.append(("recorded_replay", replay_video.stem, lambda: read_video(replay_video, FPS)))
     jobs.append(("live", live_video.stem, lambda: live))  # fmt: skip
     found = []
     with Progress(transient=True) as progress:

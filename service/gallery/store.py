@@ -113,8 +113,8 @@ METADATA = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
-# BIGINT on PostgreSQL; SQLite only autoincrements a column declared exactly INTEGER.
-_ID = BigInteger().with_variant(Integer(), "sqlite")
+# Row ids: BIGINT on PostgreSQL; SQLite only autoincrements a column declared exactly INTEGER.
+ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
 _CUSTOMER_ID = String(128)
 
 customer_table = Table(
@@ -125,10 +125,24 @@ customer_table = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+
+def sealed_template_columns() -> list[Column[Any]]:
+    """The columns of an encrypted template row, after its id and owner: customer templates
+    and watchlist templates are stored, sealed and rotated alike."""
+    return [
+        Column("key_id", String(64), nullable=False),
+        Column("ciphertext", LargeBinary(), nullable=False),
+        Column("model", String(128), nullable=False),
+        Column("quality", Float(), nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+    ]
+
+
 template_table = Table(
     "templates",
     METADATA,
-    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column(
         "customer_id",
         _CUSTOMER_ID,
@@ -136,17 +150,13 @@ template_table = Table(
         nullable=False,
         index=True,
     ),
-    Column("key_id", String(64), nullable=False),
-    Column("ciphertext", LargeBinary(), nullable=False),
-    Column("model", String(128), nullable=False),
-    Column("quality", Float(), nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
+    *sealed_template_columns(),
     sqlite_autoincrement=True,
 )
 consent_table = Table(
     "consents",
     METADATA,
-    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column(
         "customer_id",
         _CUSTOMER_ID,
@@ -165,7 +175,7 @@ consent_table = Table(
 event_table = Table(
     "events",
     METADATA,
-    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column("event_id", String(36), nullable=False, unique=True),
     Column("occurred_at", UTCDateTime(), nullable=False),
     Column("type", String(32), nullable=False),
@@ -391,15 +401,25 @@ class Store:
         if missing:
             raise KeyringError(f"the new keyring lacks keys still in use: {sorted(missing)}")
         self._keyring = keyring
+        return self.reseal(template_table, "customer_id", template_aad, batch)
+
+    def reseal(
+        self, table: Table, owner: str, aad: Callable[[str, int], bytes], batch: int = 1000
+    ) -> int:
+        """Re-encrypt the rows of an encrypted-template `table` (see `sealed_template_columns`)
+        not under the active key, `aad(owner, id)` binding each; returns how many. Each batch
+        is its own transaction with its own KEY_ROTATION event."""
+        keyring = self._keyring
         total, last_id = 0, 0
         while True:
             with self._writer.begin() as conn:
-                rows = _rows_not_under(conn, keyring.active, last_id, batch)
+                rows = _rows_not_under(conn, table, owner, keyring.active, last_id, batch)
                 if not rows:
-                    break
-                done = sum(_reseal(conn, keyring, row) for row in rows)
+                    return total
+                done = sum(_reseal(conn, keyring, table, row, aad) for row in rows)
                 payload = {
                     "key_id": keyring.active,
+                    "table": table.name,
                     "reencrypted": done,
                     "first_template_id": rows[0].id,
                     "last_template_id": rows[-1].id,
@@ -408,8 +428,7 @@ class Store:
                     conn, event_table, NewEvent(EventType.KEY_ROTATION, "OK", payload=payload)
                 )
             total, last_id = total + done, rows[-1].id
-            log.info("re-encrypted %d templates under key %s", total, keyring.active)
-        return total
+            log.info("re-encrypted %d %s under key %s", total, table.name, keyring.active)
 
     def _insert_templates(
         self, conn: Connection, customer_id: str, new: Sequence[NewTemplate], now: datetime
@@ -687,28 +706,31 @@ def _delete_templates(conn: Connection, customer_id: str) -> list[int]:
     return ids
 
 
-def _rows_not_under(conn: Connection, key_id: str, after: int, limit: int) -> list[Row[Any]]:
+def _rows_not_under(
+    conn: Connection, table: Table, owner: str, key_id: str, after: int, limit: int
+) -> list[Row[Any]]:
     query = (
-        select(
-            template_table.c.id,
-            template_table.c.customer_id,
-            template_table.c.key_id,
-            template_table.c.ciphertext,
-        )
-        .where(template_table.c.id > after, template_table.c.key_id != key_id)
-        .order_by(template_table.c.id)
+        select(table.c.id, table.c[owner].label("owner"), table.c.key_id, table.c.ciphertext)
+        .where(table.c.id > after, table.c.key_id != key_id)
+        .order_by(table.c.id)
         .limit(limit)
     )
     return list(conn.execute(query).all())
 
 
-def _reseal(conn: Connection, keyring: Keyring, row: Row[Any]) -> int:
+def _reseal(
+    conn: Connection,
+    keyring: Keyring,
+    table: Table,
+    row: Row[Any],
+    aad: Callable[[str, int], bytes],
+) -> int:
     """Re-encrypt one row under the active key; 0 if it changed since it was read."""
-    aad = template_aad(row.customer_id, row.id)
-    key_id, blob = keyring.encrypt(keyring.decrypt(row.key_id, row.ciphertext, aad), aad)
+    bound = aad(row.owner, row.id)
+    key_id, blob = keyring.encrypt(keyring.decrypt(row.key_id, row.ciphertext, bound), bound)
     result = conn.execute(
-        update(template_table)
-        .where(template_table.c.id == row.id, template_table.c.key_id == row.key_id)
+        update(table)
+        .where(table.c.id == row.id, table.c.key_id == row.key_id)
         .values(key_id=key_id, ciphertext=blob)
     )
     return result.rowcount

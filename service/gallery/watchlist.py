@@ -18,12 +18,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import (
-    BigInteger,
     Column,
-    Float,
     ForeignKey,
-    Integer,
-    LargeBinary,
     String,
     Table,
     delete,
@@ -34,15 +30,21 @@ from sqlalchemy import (
 )
 
 from service.gallery import audit
-from service.gallery.audit import EventType, NewEvent, check_text
+from service.gallery.audit import NewEvent, check_text
 from service.gallery.crypto import open_vector, seal_vector
 from service.gallery.index import VectorIndex
-from service.gallery.store import METADATA, NewTemplate, Store, UTCDateTime, event_table
+from service.gallery.store import (
+    METADATA,
+    ROW_ID,
+    NewTemplate,
+    Store,
+    UTCDateTime,
+    event_table,
+    sealed_template_columns,
+)
 
 log = logging.getLogger(__name__)
 
-# Never-reused ids, as for customer templates: they double as the index's int64 ids.
-_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 watchlist_entry_table = Table(
     "watchlist_entries",
@@ -58,7 +60,8 @@ watchlist_entry_table = Table(
 watchlist_template_table = Table(
     "watchlist_templates",
     METADATA,
-    Column("id", _ID, primary_key=True, autoincrement=True),
+    # Never-reused ids, as for customer templates: they double as the index's int64 ids.
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column(
         "entry_id",
         String(36),
@@ -66,11 +69,7 @@ watchlist_template_table = Table(
         nullable=False,
         index=True,
     ),
-    Column("key_id", String(64), nullable=False),
-    Column("ciphertext", LargeBinary(), nullable=False),
-    Column("model", String(128), nullable=False),
-    Column("quality", Float(), nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
+    *sealed_template_columns(),
     sqlite_autoincrement=True,
 )
 
@@ -226,32 +225,6 @@ class Watchlist:
 def rotate_watchlist_keys(store: Store, batch: int = 1000) -> int:
     """Re-encrypt watchlist templates not under the store's active key; returns how many.
 
-    Runs after `Store.rotate_keys` switched the store to the new keyring, in batches that
-    each carry their own KEY_ROTATION event, like the customer templates' rotation.
+    Runs after `Store.rotate_keys` switched the store to the new keyring.
     """
-    table, keyring = watchlist_template_table, store.keyring
-    total, last_id = 0, 0
-    while True:
-        with store.transaction() as conn:
-            rows = conn.execute(
-                select(table.c.id, table.c.entry_id, table.c.key_id, table.c.ciphertext)
-                .where(table.c.id > last_id, table.c.key_id != keyring.active)
-                .order_by(table.c.id)
-                .limit(batch)
-            ).all()
-            if not rows:
-                return total
-            done = 0
-            for row in rows:
-                aad = watchlist_aad(row.entry_id, row.id)
-                plain = keyring.decrypt(row.key_id, row.ciphertext, aad)
-                key_id, blob = keyring.encrypt(plain, aad)
-                done += conn.execute(
-                    update(table)
-                    .where(table.c.id == row.id, table.c.key_id == row.key_id)
-                    .values(key_id=key_id, ciphertext=blob)
-                ).rowcount
-            payload = {"key_id": keyring.active, "reencrypted": done, "watchlist": True}
-            audit.append(conn, event_table, NewEvent(EventType.KEY_ROTATION, "OK", payload=payload))
-        total, last_id = total + done, rows[-1].id
-        log.info("re-encrypted %d watchlist templates under key %s", total, keyring.active)
+    return store.reseal(watchlist_template_table, "entry_id", watchlist_aad, batch)

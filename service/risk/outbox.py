@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Column,
     Connection,
     Index,
@@ -32,15 +31,14 @@ from sqlalchemy import (
 
 from service.gallery import audit
 from service.gallery.audit import NewEvent, check_text, encode_payload
-from service.gallery.store import METADATA, Store, UTCDateTime, event_table
+from service.gallery.store import METADATA, ROW_ID, Store, UTCDateTime, event_table
 
 PENDING, DELIVERED, DEAD = "PENDING", "DELIVERED", "DEAD"
-_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 outbox_table = Table(
     "outbox",
     METADATA,
-    Column("id", _ID, primary_key=True, autoincrement=True),  # the delivery sequence
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),  # the delivery sequence
     Column("event_id", String(36), nullable=False, unique=True),
     Column("ordering_key", String(140), nullable=False),
     Column("document", Text(), nullable=False),
