@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import grpc
 from google.protobuf import struct_pb2
 
 from faceguard.v1 import risk_pb2, risk_pb2_grpc
 from service.api.errors import mapped
 from service.api.messages import datetime_from, timestamp
-from service.engine import Engine
+from service.api.servicers import UsesEngine
 from service.errors import InvalidInput
 from service.gallery.lists import ListEntry
 from service.gallery.watchlist import WatchlistEntry
@@ -41,13 +39,10 @@ def _watch(entry: WatchlistEntry) -> risk_pb2.WatchlistEntry:
     )  # fmt: skip
 
 
-class RiskAdminServicer(risk_pb2_grpc.RiskAdminServicer):
-    def __init__(self, engine: Callable[[], Engine]) -> None:
-        self._engine = engine
-
+class RiskAdminServicer(UsesEngine, risk_pb2_grpc.RiskAdminServicer):
     @property
     def admin(self) -> RiskAdmin:
-        return RiskAdmin(self._engine())
+        return RiskAdmin(self.engine)
 
     @mapped
     def AddListEntry(self, request: risk_pb2.AddListEntryRequest, context: grpc.ServicerContext):

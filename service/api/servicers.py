@@ -25,7 +25,9 @@ from service.liveness.session import Prompt
 from service.liveness.stream import ActiveSessions, Opening, StreamRun
 
 
-class _UsesEngine:
+class UsesEngine:
+    """A servicer's engine, got per call: UNAVAILABLE (NOT_READY) until it is built."""
+
     def __init__(self, engine: Callable[[], Engine]) -> None:
         self._engine = engine
 
@@ -34,7 +36,7 @@ class _UsesEngine:
         return self._engine()
 
 
-class FaceVerificationServicer(_UsesEngine, verification_pb2_grpc.FaceVerificationServicer):
+class FaceVerificationServicer(UsesEngine, verification_pb2_grpc.FaceVerificationServicer):
     def __init__(self, engine: Callable[[], Engine], stream: StreamSettings | None = None) -> None:
         super().__init__(engine)
         self.stream_settings = stream or StreamSettings()
@@ -98,7 +100,7 @@ class FaceVerificationServicer(_UsesEngine, verification_pb2_grpc.FaceVerificati
                 yield verification_pb2.IdentifyStreamResponse(result=result)
 
 
-class EnrollmentServicer(_UsesEngine, enrollment_pb2_grpc.EnrollmentServicer):
+class EnrollmentServicer(UsesEngine, enrollment_pb2_grpc.EnrollmentServicer):
     @mapped
     def Enroll(self, request: enrollment_pb2.EnrollRequest, context: grpc.ServicerContext):
         customer, decision = self.engine.enroll(
