@@ -19,6 +19,11 @@ unusable graphs for these files.
   dimension is freed everywhere, and P-Net's spatial dimensions too; that needs the Reshape
   constants rewritten, the P-Net Reshape that stands for an NCHW->NHWC transpose turned back
   into a Transpose, and the P-Net SAME max-pool switched from baked pads to ``auto_pad``.
+* tf2onnx spells out each PReLU as four or five element-wise ops (``relu(y) + (y - |y|) * a/2``
+  or ``relu(y) - a * relu(-y)``). onnxruntime cannot run those in its blocked (NCHWc) conv
+  layout, so every PReLU costs a layout change out and back; and its own ``PRelu`` kernel is
+  slower still. Each is rewritten as ``a * y + (1 - a) * relu(y)``, per-channel scales that
+  onnxruntime folds into its blocked layout: MobileFaceNet runs ~1.3x faster, same outputs.
 * tf2onnx's output depends on the hash seed and on object identities (names, node order,
   constant sharing, even leftover identity Reshapes), so two plain runs give different files.
   It runs with PYTHONHASHSEED pinned and its output is put into a canonical form, so the files
@@ -207,6 +212,8 @@ class ModelSpec:
     # FULLY_CONNECTED ops with rank>2 input, i.e. biases tf2onnx drops; pinned so a different
     # tf2onnx/tflite shows up as an error rather than as a half-fixed graph.
     dropped_fc_biases: int
+    # PReLUs tf2onnx spells out as element-wise chains; pinned like the FC biases.
+    prelus: int
     # Batch size baked into the tflite file: the interpreter is run in chunks of this size.
     tflite_batch: int
     dynamic_spatial: bool
@@ -254,6 +261,7 @@ MODELS: tuple[ModelSpec, ...] = (
             ),
         ),
         dropped_fc_biases=0,
+        prelus=3,
         tflite_batch=1,
         dynamic_spatial=True,
         build_inputs=pnet_inputs,
@@ -268,6 +276,7 @@ MODELS: tuple[ModelSpec, ...] = (
             TensorSpec("bbox_reg", "rnet/conv5-2/conv5-2", ("batch", 4), MTCNN_REG),
         ),
         dropped_fc_biases=1,
+        prelus=4,
         tflite_batch=1,
         dynamic_spatial=False,
         build_inputs=lambda images: crop_batch(images, 24, mtcnn_normalise, transpose=True),
@@ -290,6 +299,7 @@ MODELS: tuple[ModelSpec, ...] = (
             ),
         ),
         dropped_fc_biases=1,
+        prelus=5,
         tflite_batch=1,
         dynamic_spatial=False,
         build_inputs=lambda images: crop_batch(images, 48, mtcnn_normalise, transpose=True),
@@ -313,6 +323,7 @@ MODELS: tuple[ModelSpec, ...] = (
             ),
         ),
         dropped_fc_biases=0,
+        prelus=33,
         tflite_batch=2,
         dynamic_spatial=False,
         build_inputs=lambda images: crop_batch(images, 112, mtcnn_normalise, transpose=False),
@@ -344,6 +355,7 @@ MODELS: tuple[ModelSpec, ...] = (
             ),
         ),
         dropped_fc_biases=8,
+        prelus=0,
         tflite_batch=1,
         dynamic_spatial=False,
         build_inputs=lambda images: crop_batch(images, 256, unit_normalise, transpose=False),
@@ -446,6 +458,72 @@ def restore_fc_biases(graph: onnx.GraphProto, tfl: TfliteGraph) -> int:
         )
         restored += 1
     return restored
+
+
+def _prelu_parts(
+    add: onnx.NodeProto, producer: dict[str, onnx.NodeProto], constants: dict[str, np.ndarray]
+) -> tuple[str, np.ndarray, onnx.NodeProto] | None:
+    """(y, slope, the Relu of y) if `add` ends tf2onnx's spelling of PReLU(y), else None.
+
+    The two spellings: ``relu(y) + (y - |y|) * (slope / 2)`` (MobileFaceNet) and
+    ``relu(y) + (-relu(-y)) * slope`` (MTCNN).
+    """
+    if add.op_type != "Add":
+        return None
+    relu, mul = (
+        next((node for node in map(producer.get, add.input) if node and node.op_type == op), None)
+        for op in ("Relu", "Mul")
+    )
+    if relu is None or mul is None:
+        return None
+    scale = next((constants[name] for name in mul.input if name in constants), None)
+    term = next((producer.get(name) for name in mul.input if name not in constants), None)
+    if scale is None or term is None:
+        return None
+    y = relu.input[0]
+    if term.op_type == "Sub":
+        absolute = producer.get(term.input[1])
+        if term.input[0] == y and absolute and absolute.op_type == "Abs" and absolute.input[0] == y:
+            return y, 2.0 * scale, relu
+    elif term.op_type == "Neg":
+        inner = producer.get(term.input[0])
+        negated = producer.get(inner.input[0]) if inner and inner.op_type == "Relu" else None
+        if negated and negated.op_type == "Neg" and negated.input[0] == y:
+            return y, scale, relu
+    return None
+
+
+def blockable_prelus(graph: onnx.GraphProto) -> int:
+    """Rewrite each spelled-out PReLU as ``slope * y + (1 - slope) * relu(y)``; returns how many.
+
+    Both forms are per-channel scales of y and relu(y), which onnxruntime keeps in its blocked
+    conv layout. The replaced ops are left unreferenced for `canonicalise` to drop.
+    """
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    producer = producers(graph)
+    rewritten = 0
+    for add in list(graph.node):
+        parts = _prelu_parts(add, producer, constants)
+        if parts is None:
+            continue
+        y, slope, relu = parts
+        out = add.output[0]
+        slope = slope.astype(np.float32)
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(slope, f"{out}/slope"),
+                numpy_helper.from_array(1.0 - slope, f"{out}/relu_weight"),
+            ]
+        )
+        position = list(graph.node).index(add)
+        graph.node.insert(position, helper.make_node("Mul", [y, f"{out}/slope"], [f"{out}/linear"]))
+        graph.node.insert(
+            position + 1,
+            helper.make_node("Mul", [relu.output[0], f"{out}/relu_weight"], [f"{out}/rectified"]),
+        )
+        add.input[:] = [f"{out}/linear", f"{out}/rectified"]
+        rewritten += 1
+    return rewritten
 
 
 def static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
@@ -732,6 +810,9 @@ def convert(spec: ModelSpec, tflite_path: Path) -> bytes:
         raise ConversionError(
             f"{spec.name}: restored {restored} FC biases, expected {spec.dropped_fc_biases}"
         )
+    prelus = blockable_prelus(graph)
+    if prelus != spec.prelus:
+        raise ConversionError(f"{spec.name}: rewrote {prelus} PReLUs, expected {spec.prelus}")
     free_reshapes(graph, static_shapes(model), spec.dynamic_spatial)
     if spec.dynamic_spatial:
         free_same_padding(graph, tfl)
@@ -739,7 +820,7 @@ def convert(spec: ModelSpec, tflite_path: Path) -> bytes:
     canonicalise(graph)
     annotate(model, spec)
     onnx.checker.check_model(model, full_check=True)
-    LOG.info("%s: converted, %d FC biases restored", spec.name, restored)
+    LOG.info("%s: converted, %d FC biases restored, %d PReLUs", spec.name, restored, prelus)
     return model.SerializeToString()
 
 
