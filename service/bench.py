@@ -1,4 +1,4 @@
-"""`faceguard bench pipeline`: median latency of each stage, at 1 and 2 threads.
+"""`faceguard bench pipeline`: median latency of each stage, with 1 and 2 model runs side by side.
 
 `mesh_cues` is the face mesh plus the liveness cues computed from it (pose, eye openness,
 tracked points); `stream` is the per-frame work of a streamed liveness session: decode,

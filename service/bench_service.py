@@ -143,7 +143,7 @@ def measure_service(threads: int, calls: int) -> dict[str, Any]:
                 enrolled, import_rate = _enrol(enrolment, portraits, workers=4)
                 _verify_latency(kiosk, enrolled, 3)  # warm-up
                 return {
-                    "server_threads_per_model": threads,
+                    "server_side_by_side_runs": threads,
                     "portraits": len(portraits),
                     "enrolled": len(enrolled),
                     "import_images_per_s": round(import_rate, 2),

@@ -6,7 +6,8 @@ sends them. Each frame goes through the session's own path (`analyse_frame`: dec
 quality, passive liveness, embedding and mesh cues of the followed face, then
 `Session.observe`; the embedding only where the session asks for one); a second pass times
 the stages one by one, embedding every face. The process is pinned to two
-cores and onnxruntime uses `--threads` per model. Medians, because the machine is shared.
+cores and a frame runs up to `--threads` model runs side by side. Medians, because the machine
+is shared.
 """
 
 from __future__ import annotations

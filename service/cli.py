@@ -340,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_pipeline_options(pipeline)
     pipeline.set_defaults(handler=_bench)
     service = bench.add_parser("service", help="verify latency/throughput, import, identify")
-    service.add_argument("--threads", type=int, default=1, help="server threads per model")
+    service.add_argument(
+        "--threads", type=int, default=2, help="model runs a server call makes side by side"
+    )
     service.add_argument("--calls", type=int, default=40, help="verifies per measurement")
     service.add_argument(
         "--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
@@ -349,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--json", action="store_true", help="print one JSON object")
     service.set_defaults(handler=_bench)
     stream = bench.add_parser("stream", help="median ms per frame of a streamed session")
-    stream.add_argument("--threads", type=int, default=2, help="onnxruntime threads per model")
+    stream.add_argument(
+        "--threads", type=int, default=2, help="model runs a frame makes side by side"
+    )
     stream.add_argument("--frames", type=int, default=120, help="video frames to time")
     stream.add_argument("--video", type=Path, help="default: the shared live video (real2.webm)")
     _add_common_pipeline_options(stream)

@@ -31,7 +31,10 @@ class SettingsError(ValueError):
 
 
 class VisionSettings(BaseModel):
-    threads: int = Field(2, ge=1, le=64, description="onnxruntime intra-op threads per model")
+    threads: int = Field(
+        2, ge=1, le=64,
+        description="model runs one call may make side by side (each model is single-threaded)",
+    )  # fmt: skip
     liveness: bool = True
     fmr_target: str = Field("1e-4", description="false match rate the operating threshold is for")
     allow_multiple_faces: bool = Field(

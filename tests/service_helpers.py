@@ -50,6 +50,12 @@ def passes_gate(path: Path) -> bool:
     return len(analyses) == 1 and not analyses[0].quality.reasons
 
 
+def best_quality(paths: list[Path]) -> Path:
+    """The image whose face scores best at the gate: one that stays above it when a client
+    re-encodes it (a posed photo near a limit can cross it)."""
+    return max(paths, key=lambda path: _gate().analyse(path.read_bytes())[0].quality.score)
+
+
 def people_with(shared: Path, minimum: int, count: int) -> list[tuple[str, list[Path]]]:
     """LFW people with at least `minimum` gate-passing images (sorted, deterministic)."""
     people = []

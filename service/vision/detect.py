@@ -14,11 +14,14 @@ image, so faces at the border are kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
+from service.vision.parallel import SideBySide
 from service.vision.runtime import create_session, run_single_input
 from service.vision.types import Face
 
@@ -165,12 +168,18 @@ def pyramid_scales(height: int, width: int, min_face: int) -> list[float]:
 
 
 class MtcnnDetector:
-    """The MTCNN cascade; holds one onnxruntime session per network."""
+    """The MTCNN cascade; holds one onnxruntime session per network.
 
-    def __init__(self, pnet: Path, rnet: Path, onet: Path, threads: int = 1) -> None:
-        self._pnet = create_session(pnet, threads)
-        self._rnet = create_session(rnet, threads)
-        self._onet = create_session(onet, threads)
+    The pyramid levels, and halves of the R-Net and O-Net crop batches, run side by side.
+    """
+
+    def __init__(
+        self, pnet: Path, rnet: Path, onet: Path, side_by_side: SideBySide | None = None
+    ) -> None:
+        self._pnet = create_session(pnet)
+        self._rnet = create_session(rnet)
+        self._onet = create_session(onet)
+        self._side_by_side = side_by_side or SideBySide(1)
 
     def __call__(self, rgb: np.ndarray, config: DetectorConfig = DetectorConfig()) -> list[Face]:
         """Every face in an RGB uint8 image, best detector score first."""
@@ -200,26 +209,14 @@ class MtcnnDetector:
     def _proposals(self, image: np.ndarray, min_face: int, config: DetectorConfig) -> np.ndarray:
         """P-Net over the pyramid: candidate boxes (x1, y1, x2, y2, score), regressed."""
         height, width = image.shape[:2]
-        found = []
+        pyramid = []
         scaled = image
         for scale in pyramid_scales(height, width, min_face):
             size = (max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale))))
             scaled = shrink(scaled, size)  # each level from the previous, larger one
-            batch = normalise(scaled).transpose(1, 0, 2)[None]
-            outputs = run_single_input(self._pnet, batch)
-            prob, reg = _by_channels(outputs, 2), _by_channels(outputs, 4)
-            prob = prob[0, :, :, 1].T
-            reg = reg[0].transpose(1, 0, 2)
-            ys, xs = np.nonzero(prob > config.thresholds[0])
-            if len(ys) == 0:
-                continue
-            x1 = np.round(xs * PNET_STRIDE / scale)
-            y1 = np.round(ys * PNET_STRIDE / scale)
-            x2 = np.round((xs * PNET_STRIDE + PNET_CELL - 1) / scale)
-            y2 = np.round((ys * PNET_STRIDE + PNET_CELL - 1) / scale)
-            cand = np.stack([x1, y1, x2, y2, prob[ys, xs]], axis=1)
-            cand = np.concatenate([cand, reg[ys, xs]], axis=1)
-            found.append(cand[nms(cand[:, :4], cand[:, 4], config.pnet_nms)])
+            pyramid.append((scale, scaled))
+        scanned = self._side_by_side.map(partial(self._scan, config=config), pyramid)
+        found = [candidates for candidates in scanned if len(candidates)]
         if not found:
             return np.zeros((0, 5), dtype=np.float64)
         cand = np.concatenate(found)
@@ -227,11 +224,36 @@ class MtcnnDetector:
         boxes = calibrate(cand[:, :4], cand[:, 5:9])
         return np.concatenate([square(boxes), cand[:, 4:5]], axis=1)
 
+    def _scan(self, level: tuple[float, np.ndarray], config: DetectorConfig) -> np.ndarray:
+        """P-Net on one pyramid level: its candidates (box, score, regression) after NMS."""
+        scale, scaled = level
+        outputs = run_single_input(self._pnet, normalise(scaled).transpose(1, 0, 2)[None])
+        prob = _by_channels(outputs, 2)[0, :, :, 1].T
+        reg = _by_channels(outputs, 4)[0].transpose(1, 0, 2)
+        ys, xs = np.nonzero(prob > config.thresholds[0])
+        x1 = np.round(xs * PNET_STRIDE / scale)
+        y1 = np.round(ys * PNET_STRIDE / scale)
+        x2 = np.round((xs * PNET_STRIDE + PNET_CELL - 1) / scale)
+        y2 = np.round((ys * PNET_STRIDE + PNET_CELL - 1) / scale)
+        cand = np.concatenate([np.stack([x1, y1, x2, y2, prob[ys, xs]], axis=1), reg[ys, xs]], 1)
+        return cand[nms(cand[:, :4], cand[:, 4], config.pnet_nms)]
+
+    def _crops_through(
+        self, session: ort.InferenceSession, levels: list[np.ndarray], boxes: np.ndarray, size: int
+    ) -> list[np.ndarray]:
+        """A network's outputs for every box's crop, the batch cut in parts run side by side."""
+
+        def run(part: slice) -> list[np.ndarray]:
+            return run_single_input(session, crop_batch(levels, boxes[part], size))
+
+        parts = self._side_by_side.map(run, self._side_by_side.split(len(boxes)))
+        return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
     def _refine(
         self, levels: list[np.ndarray], boxes: np.ndarray, config: DetectorConfig
     ) -> np.ndarray:
         """R-Net on 24x24 crops: drop non-faces and tighten the rest."""
-        outputs = run_single_input(self._rnet, crop_batch(levels, boxes, RNET_SIZE))
+        outputs = self._crops_through(self._rnet, levels, boxes, RNET_SIZE)
         scores = _by_channels(outputs, 2)[:, 1]
         keep = scores > config.thresholds[1]
         boxes, scores, reg = boxes[keep], scores[keep], _by_channels(outputs, 4)[keep]
@@ -243,7 +265,7 @@ class MtcnnDetector:
         self, levels: list[np.ndarray], boxes: np.ndarray, config: DetectorConfig
     ) -> tuple[np.ndarray, np.ndarray]:
         """O-Net on 48x48 crops: final score, box and the 5 landmarks."""
-        outputs = run_single_input(self._onet, crop_batch(levels, boxes, ONET_SIZE))
+        outputs = self._crops_through(self._onet, levels, boxes, ONET_SIZE)
         scores = _by_channels(outputs, 2)[:, 1]
         keep = scores > config.thresholds[2]
         boxes, scores = boxes[keep], scores[keep]

@@ -10,13 +10,16 @@ the cosine of two fused templates is the weighted mean of the members' cosines. 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from service.modelpack.manifest import Model
 from service.vision.align import align_face
+from service.vision.parallel import SideBySide
 from service.vision.runtime import create_session, run_single_input
 
 
@@ -31,30 +34,40 @@ def fuse(parts: list[np.ndarray], weights: tuple[float, ...]) -> np.ndarray:
     return l2_normalise(np.concatenate(weighted, axis=-1)).astype(np.float32)
 
 
+def merge_views(raws: list[np.ndarray]) -> np.ndarray:
+    """Unit embeddings from a network's outputs for each view (the face, its mirror image)."""
+    if len(raws) == 1:
+        return l2_normalise(raws[0])
+    return l2_normalise(sum(l2_normalise(raw) for raw in raws))
+
+
 class NetworkEmbedder:
     """One embedding network: aligned chips in, unit embeddings out."""
 
-    def __init__(self, model: Model, path: Path, threads: int) -> None:
+    def __init__(self, model: Model, path: Path) -> None:
         self.name = model.name
         self.template = np.asarray(model.extra["template"], dtype=np.float64)
         self.size = (int(model.input["width"]), int(model.input["height"]))
         self.mean = float(model.input.get("mean", 0.0))
         self.std = float(model.input.get("std", 1.0))
-        self._session = create_session(path, threads)
+        self._session = create_session(path)
 
     def chip(self, rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         return align_face(rgb, landmarks, self.template, self.size)
 
+    def views(self, chips: np.ndarray, flip: bool) -> list[np.ndarray]:
+        """Network inputs for a uint8 N x H x W x 3 batch: the chips and, with `flip`, their
+        mirror images, as separate batches so that they can run side by side."""
+        batch = (chips.astype(np.float32) - self.mean) / self.std
+        return [batch, batch[:, :, ::-1]] if flip else [batch]
+
+    def run(self, view: np.ndarray) -> np.ndarray:
+        """Raw (unnormalised) embeddings of one view."""
+        return run_single_input(self._session, view)[0]
+
     def __call__(self, chips: np.ndarray, flip: bool) -> np.ndarray:
         """Unit embeddings of a uint8 N x H x W x 3 batch (mirror-averaged when `flip`)."""
-        batch = (chips.astype(np.float32) - self.mean) / self.std
-        if flip:
-            batch = np.concatenate([batch, batch[:, :, ::-1]])
-        raw = run_single_input(self._session, batch)[0]
-        if flip:
-            count = len(chips)
-            raw = l2_normalise(raw[:count]) + l2_normalise(raw[count:])
-        return l2_normalise(raw)
+        return merge_views([self.run(view) for view in self.views(chips, flip)])
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,19 @@ class FusedEmbedder:
         """Aligned chips per member: a list (one entry per member) of N x H x W x 3 batches."""
         return [np.stack([m.chip(rgb, lm) for lm in landmarks]) for m in self.members]
 
-    def __call__(self, chips: list[np.ndarray]) -> np.ndarray:
-        parts = [m(batch, self.spec.flip) for m, batch in zip(self.members, chips, strict=True)]
+    def runs(self, chips: list[np.ndarray]) -> list[Callable[[], np.ndarray]]:
+        """One network run per member and view, for the caller to run side by side."""
+        return [
+            partial(member.run, view)
+            for member, batch in zip(self.members, chips, strict=True)
+            for view in member.views(batch, self.spec.flip)
+        ]
+
+    def combine(self, raws: list[np.ndarray]) -> np.ndarray:
+        """The fused templates from the outputs of `runs`, in its order."""
+        views = len(raws) // len(self.members)
+        parts = [merge_views(raws[i * views : (i + 1) * views]) for i in range(len(self.members))]
         return fuse(parts, self.spec.weights)
+
+    def __call__(self, chips: list[np.ndarray], side_by_side: SideBySide) -> np.ndarray:
+        return self.combine(side_by_side.run(*self.runs(chips)))

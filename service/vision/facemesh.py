@@ -38,12 +38,12 @@ def crop_transform(face: Face, scale: float, size: int) -> np.ndarray:
 class FaceMesh:
     """The face mesh network: one face in, its (468, 3) points in image pixels out."""
 
-    def __init__(self, model: Model, path: Path, threads: int) -> None:
+    def __init__(self, model: Model, path: Path) -> None:
         self.model = model
         self.size = int(model.input["height"])
         self.std = float(model.input.get("std", 255.0))
         self.crop_scale = float(model.extra.get("crop_scale", 1.5))
-        self._session = create_session(path, threads)
+        self._session = create_session(path)
         self._input = self._session.get_inputs()[0].name
 
     def crop(self, rgb: np.ndarray, face: Face) -> tuple[np.ndarray, np.ndarray]:

@@ -61,14 +61,14 @@ READINGS = {
 class LivenessModel:
     """A passive liveness network over face crops, batched across faces."""
 
-    def __init__(self, model: Model, path: Path, threads: int) -> None:
+    def __init__(self, model: Model, path: Path) -> None:
         self.model = model
         self.size = int(model.input["height"])
         self.mean = float(model.input.get("mean", 0.0))
         self.std = float(model.input.get("std", 1.0))
         self.crop_scale = float(model.extra.get("crop_scale", 1.0))
         self._read = READINGS[model.extra["reading"]]
-        self._session = create_session(path, threads)
+        self._session = create_session(path)
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
 

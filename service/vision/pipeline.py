@@ -9,6 +9,7 @@ benchmark can time it and callers that already hold decoded pixels can skip deco
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,14 @@ from service.vision.embed import FusedEmbedder, FusionSpec, NetworkEmbedder
 from service.vision.facemesh import FaceMesh
 from service.vision.liveness import LivenessModel
 from service.vision.liveness_cues import FrameCues, cues_from_mesh
+from service.vision.parallel import SideBySide
 from service.vision.quality import QualityPolicy, assess_quality
 from service.vision.types import Embedding, Face, FaceAnalysis, Image, Quality
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Pipeline settings; `threads` is onnxruntime's intra-op thread count per model."""
+    """Pipeline settings; `threads` is how many model runs one call may make side by side."""
 
     threads: int = 2
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -76,21 +78,21 @@ class FacePipeline:
         self.config = config
         manifest = manifest or load_manifest()
         models = manifest.models
-        threads = config.threads
+        self.side_by_side = SideBySide(config.threads)
 
         def path(name: str) -> Path:
             return verified_model_path(models[name], models_dir)
 
         self.detector = MtcnnDetector(
-            path("mtcnn_pnet"), path("mtcnn_rnet"), path("mtcnn_onet"), threads
+            path("mtcnn_pnet"), path("mtcnn_rnet"), path("mtcnn_onet"), self.side_by_side
         )
         spec = fusion_spec(manifest)
         self.embedder = FusedEmbedder(
-            spec, [NetworkEmbedder(models[n], path(n), threads) for n in spec.members]
+            spec, [NetworkEmbedder(models[n], path(n)) for n in spec.members]
         )
         liveness_name = manifest.section("liveness").get("model")
         self.liveness_model = (
-            LivenessModel(models[liveness_name], path(liveness_name), threads)
+            LivenessModel(models[liveness_name], path(liveness_name))
             if config.liveness and liveness_name
             else None
         )
@@ -102,9 +104,7 @@ class FacePipeline:
             self.model_versions["liveness"] = liveness_name
         mesh_name = manifest.section("facemesh").get("model")
         self.facemesh = (
-            FaceMesh(models[mesh_name], path(mesh_name), threads)
-            if config.facemesh and mesh_name
-            else None
+            FaceMesh(models[mesh_name], path(mesh_name)) if config.facemesh and mesh_name else None
         )
         if self.facemesh:
             self.model_versions["facemesh"] = mesh_name
@@ -122,20 +122,28 @@ class FacePipeline:
         return self.embedder.chips(image.rgb, [f.landmarks for f in faces])
 
     def embed(self, chips: list[np.ndarray]) -> list[Embedding]:
-        vectors = self.embedder(chips)
+        return self._embeddings(self.embedder(chips, self.side_by_side))
+
+    def _embeddings(self, vectors: np.ndarray) -> list[Embedding]:
         return [Embedding(vector=v, model=self.embedder.spec.version) for v in vectors]
 
     def analyse_faces(self, image: Image, faces: list[Face]) -> list[FaceAnalysis]:
-        """Quality, liveness and embedding for faces already detected in `image`."""
+        """Quality, liveness and embedding for faces already detected in `image`.
+
+        The embedder's runs (each member, the faces and their mirror images) and the liveness
+        model's run go side by side.
+        """
         if not faces:
             return []
         qualities = self.quality(image, faces)
-        embeddings = self.embed(self.align(image, faces))
-        liveness = (
-            self.liveness_model(self.liveness_model.crops(image.rgb, faces))
-            if self.liveness_model
-            else [None] * len(faces)
-        )
+        runs = self.embedder.runs(self.align(image, faces))
+        if self.liveness_model is not None:
+            model = self.liveness_model
+            runs.append(partial(model, model.crops(image.rgb, faces)))
+        outputs = self.side_by_side.run(*runs)
+        members_runs = len(outputs) - (self.liveness_model is not None)
+        embeddings = self._embeddings(self.embedder.combine(outputs[:members_runs]))
+        liveness = outputs[members_runs] if self.liveness_model else [None] * len(faces)
         return [
             FaceAnalysis(face=f, quality=q, liveness=lv, embedding=e)
             for f, q, lv, e in zip(faces, qualities, liveness, embeddings, strict=True)
