@@ -87,20 +87,19 @@ def analyse_frame(
     pipeline: FacePipeline, session: Session, data: bytes, received_s: float, captured_s: float
 ) -> Observation:
     """Decode a frame and analyse only the face the session follows: quality, passive score and
-    mesh cues always, the embedding where the session wants one."""
+    mesh cues always, the embedding where the session wants one (those three side by side)."""
     image = pipeline.decode(data)
     face = session.follow(pipeline.detect(image), image)
     if face is None:
         return Observation(received_s, captured_s)
     quality = pipeline.quality(image, [face])[0]
     model = pipeline.liveness_model
-    liveness = model(model.crops(image.rgb, [face]))[0] if model else None
-    embedding = (
-        pipeline.embed(pipeline.align(image, [face]))[0]
-        if session.wants_embedding(quality)
-        else None
+    wants_embedding = session.wants_embedding(quality)
+    embedding, cues, liveness = pipeline.side_by_side.run(
+        lambda: pipeline.embed(pipeline.align(image, [face]))[0] if wants_embedding else None,
+        lambda: pipeline.cues(image, face),
+        lambda: model(model.crops(image.rgb, [face]))[0] if model else None,
     )
-    cues = pipeline.cues(image, face)
     return Observation(received_s, captured_s, face, quality, liveness, embedding, cues)
 
 
