@@ -67,6 +67,10 @@ def check_customer_id(customer_id: str) -> str:
     return customer_id
 
 
+def not_enrolled(customer_id: str) -> NotFound:
+    return NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
+
+
 def check_count(items: list[bytes], limit: int, what: str) -> None:
     if not items:
         raise InvalidInput(f"NO_{what.upper()}", f"at least one {what[:-1]} is required")
@@ -218,14 +222,15 @@ class Engine:
     def check_enrolled(self, customer_id: str) -> None:
         check_customer_id(customer_id)
         if not self.gallery.has_customer(customer_id):
-            raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
+            raise not_enrolled(customer_id)
 
     def check_verifiable(self, customer_id: str) -> None:
         """Enrolled, with a consent that has not expired: expired consent stops processing at
         once (the retention purge erases the templates at its next run)."""
-        self.check_enrolled(customer_id)
-        consent = self.gallery.store.consent_of(customer_id)
-        expires = consent.expires_at if consent else None
+        check_customer_id(customer_id)
+        enrolled, expires = self.gallery.store.consent_expiry(customer_id)
+        if not enrolled:
+            raise not_enrolled(customer_id)
         if expires is not None and expires <= datetime.now(UTC):
             raise Unprocessable(
                 "CONSENT_EXPIRED", "the customer's consent has expired; enrol again with consent"
@@ -432,7 +437,7 @@ class Engine:
         check_customer_id(customer_id)
         record = self.gallery.store.get_customer(customer_id)
         if record is None:
-            raise NotFound("CUSTOMER_NOT_FOUND", f"customer {customer_id} is not enrolled")
+            raise not_enrolled(customer_id)
         return record
 
     def list(self, page_size: int, page_token: str) -> tuple[list[CustomerRecord], str | None]:

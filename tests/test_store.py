@@ -143,6 +143,8 @@ def test_enroll_then_get(store: Store) -> None:
         )
     assert store.get_customer("nobody") is None
     assert store.templates_of("nobody") == []
+    assert store.consent_expiry("cust-1") == (True, consent().expires_at)
+    assert store.consent_expiry("nobody") == (False, None)
 
 
 def test_list_customers_in_keyset_pages(store: Store) -> None:

@@ -36,6 +36,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    bindparam,
     create_engine,
     delete,
     func,
@@ -470,10 +471,12 @@ class Store:
         with self._engine.connect() as conn:
             return conn.execute(query).first() is not None
 
-    def consent_of(self, customer_id: str) -> StoredConsent | None:
-        """The customer's most recent consent, None for no consent or no such customer."""
+    def consent_expiry(self, customer_id: str) -> tuple[bool, datetime | None]:
+        """Whether the customer is enrolled, and when their latest consent expires (None:
+        never, or no consent). One prepared statement: it runs on every verification."""
         with self._engine.connect() as conn:
-            return _latest_consents(conn, [customer_id]).get(customer_id)
+            row = conn.execute(_CONSENT_EXPIRY, {"customer_id": customer_id}).first()
+        return (False, None) if row is None else (True, row.expires_at)
 
     def get_customer(self, customer_id: str) -> CustomerRecord | None:
         with self._engine.connect() as conn:
@@ -773,6 +776,17 @@ def _customer_records(conn: Connection, rows: Sequence[Row[Any]]) -> list[Custom
         )
         for row in rows
     ]
+
+
+_CONSENT_EXPIRY = select(
+    customer_table.c.customer_id,
+    select(consent_table.c.expires_at)
+    .where(consent_table.c.customer_id == customer_table.c.customer_id)
+    .order_by(consent_table.c.id.desc())
+    .limit(1)
+    .scalar_subquery()
+    .label("expires_at"),
+).where(customer_table.c.customer_id == bindparam("customer_id"))
 
 
 def _latest_consents(conn: Connection, ids: list[str]) -> dict[str, StoredConsent]:
