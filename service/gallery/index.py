@@ -1,13 +1,19 @@
 """The gallery's vector index: cosine search over enrolled templates, by store template id.
 
 Templates are L2-normalised float32 vectors, so cosine is the inner product. Up to
-`IndexOptions.exact_limit` templates the index is exact (a flat scan); beyond it an inverted-file
-index (IVF-Flat) scans only the lists nearest the probe. IVF-Flat keeps the vectors uncompressed,
-so its scores are exact and need no re-scoring; it supports `remove_ids`, which HNSW does not
-(see ../shared/VECTORS.md for the measurements behind these choices).
+`IndexOptions.exact_limit` templates the index is exact (a flat scan). Beyond it ("ivfpq") an
+inverted file of 4-bit product-quantised codes (faiss `IndexIVFPQFastScan`, 24 bytes a template
+at d=192) scans a large share of the lists cheaply, and its best 100 or so candidates are
+re-scored exactly against the stored float vectors, so every score returned is an exact cosine
+(the service thresholds them). The exact vectors live in an IVF-Flat over the same centroids
+with a hash-table direct map: it is only read by id, and unlike faiss's `IndexRefine` (which
+addresses vectors by position) it supports `remove_ids` in O(1) per id. Both halves change under
+one write lock, so no search sees a template in one and not the other. HNSW has no
+`remove_ids`; see ../shared/VECTORS.md for the measurements behind these choices.
 
 The store is the source of truth: this index is a cache of it, snapshotted with `save`,
-checked on `load` and healed with `sync`; when a snapshot is unusable the caller rebuilds.
+checked on `load` and healed with `sync`; when a snapshot is unusable (including one written
+before the "ivfpq" kind, whose IVF-Flat is refused) the caller rebuilds.
 
 Concurrency: searches run concurrently; add/remove swap nothing and take the index exclusively;
 `rebuild` builds the new index while searches go on against the old one and swaps it in; `save`
@@ -27,6 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import faiss
 import numpy as np
@@ -35,8 +42,9 @@ from service.gallery.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
-# A snapshot is the faiss index followed by this magic and the SHA-256 of the index bytes, so
-# a truncated or bit-flipped file is refused instead of loading wrong vectors.
+# A snapshot is the faiss index (two for "ivfpq", one after the other) followed by this magic
+# and the SHA-256 of the index bytes, so a truncated or bit-flipped file is refused instead of
+# loading wrong vectors.
 _FOOTER_MAGIC = b"FGIDX1\x00\x00"
 _FOOTER_SIZE = len(_FOOTER_MAGIC) + hashlib.sha256().digest_size
 _HASH_CHUNK = 1 << 22
@@ -45,6 +53,9 @@ _HASH_CHUNK = 1 << 22
 _NORM_TOLERANCE = 1e-3
 # Fewer training points per IVF list than this and faiss's k-means warns and clusters poorly.
 _MIN_POINTS_PER_LIST = 39
+# Candidates re-scored per result asked for, so a deep k still gets a pool several times its
+# size (the codes rank close impostors roughly; the genuine match stands far above them).
+_RERANK_PER_RESULT = 4
 
 
 class IndexFileError(Exception):
@@ -55,19 +66,28 @@ class IndexFileError(Exception):
 class IndexOptions:
     """How `rebuild` chooses and sizes the index, and how many threads bulk work may use.
 
-    Measured at 1M templates on synthetic face-like data (random identities, probes at genuine
-    cosine 0.7; `python -m service.gallery.index_bench`): recall@1 grows with the number of
-    lists at an equal scanned share, so 12*sqrt(N) lists (not faiss's usual 4*sqrt(N)), 14%
-    of them probed, give recall@1 ~0.993 at ~9 ms a probe, where 4*sqrt(N) lists reached only
-    0.988 scanning 20% (11 ms). 16*sqrt(N) lists or 25 k-means iterations gained <0.005
-    recall for 1.6x and 2.2x the build time. Real embeddings cluster, so a smaller share may
-    do; measure before lowering it.
+    Measured on this 2-core AVX2 machine with synthetic face-like data, d=192 (random
+    identities, probes at genuine cosine 0.7; `python -m service.gallery.index_bench`). The
+    codes only choose candidates: re-scoring 400 instead of 100 found no more matches, so a
+    miss is the probe's true list left unscanned, and recall@1 follows the share of lists
+    scanned, which 4-bit fast-scan codes make cheap. At 1M, 4*sqrt(N) lists (4,000) with 30%
+    probed gave recall@1 0.998 at p50 4.2 ms (build 80 s, 832 MB saved, 1.1 GB resident after
+    a build, as lists grow by doubling); 25% gave 0.995 at 3.8 ms. 2*sqrt(N) lists build in
+    half the time but recall less at equal cost (0.994 at 40%, 4.2 ms). The IVF-Flat this
+    replaced needed 12*sqrt(N) lists and 14% probed for 0.993 at 18 ms (build 324 s).
+    Exact up to 50k templates (a flat scan: 4.4 ms at 50k, 8-10 ms at 100k, 19 ms at 200k);
+    "ivfpq" gave 0.999 at 1.2 ms at 100k. Random identities have no cluster structure, the
+    hard case; real embeddings cluster, so a smaller share may do.
     """
 
-    exact_limit: int = 200_000
-    lists_per_sqrt: float = 12.0
+    exact_limit: int = 50_000
+    lists_per_sqrt: float = 4.0
     max_nlist: int = 16_384
-    probe_fraction: float = 0.14
+    probe_fraction: float = 0.3
+    # d / this many sub-quantizers of 4 bits each: 24-byte codes at d=192.
+    dims_per_code: int = 4
+    # Candidates re-scored exactly (at least 4 per result asked for).
+    rerank_depth: int = 100
     train_points_per_list: int = _MIN_POINTS_PER_LIST + 1
     train_iterations: int = 10
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -160,31 +180,14 @@ def _planned_nlist(n: int, options: IndexOptions) -> int:
     return max(1, min(options.max_nlist, wanted, n // _MIN_POINTS_PER_LIST))
 
 
-def _build_flat(dim: int, ids: np.ndarray, vectors: np.ndarray) -> faiss.Index:
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    index.add_with_ids(vectors, ids)
-    return index
+def _subquantizers(dim: int, dims_per_code: int) -> int:
+    """The most 4-bit sub-quantizers, at most dim / dims_per_code, that split dim evenly."""
+    most = max(1, dim // dims_per_code)
+    return next(m for m in range(most, 0, -1) if dim % m == 0)
 
 
-def _build_ivf(
-    dim: int, ids: np.ndarray, vectors: np.ndarray, options: IndexOptions
-) -> faiss.IndexIVFFlat:
-    """IVF-Flat trained on a sample of the vectors themselves (spherical k-means for cosine)."""
-    nlist = _planned_nlist(len(ids), options)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.spherical = True
-    index.cp.niter = options.train_iterations
-    sample_size = min(len(ids), options.train_points_per_list * nlist)
-    rows = np.sort(np.random.default_rng(0).choice(len(ids), sample_size, replace=False))
-    index.train(vectors[rows])
-    index.add_with_ids(vectors, ids)
-    return index
-
-
-def _stored_ids(index: faiss.Index) -> np.ndarray:
-    """The ids held by a flat (IDMap2) or IVF index, sorted."""
-    if isinstance(index, faiss.IndexIDMap2):
-        return np.sort(faiss.vector_to_array(index.id_map).astype(np.int64))
+def _list_ids(index: faiss.IndexIVF) -> np.ndarray:
+    """The ids held in an IVF index's inverted lists, sorted."""
     lists = index.invlists
     parts = [
         faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
@@ -194,14 +197,183 @@ def _stored_ids(index: faiss.Index) -> np.ndarray:
     return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
 
 
-def _kind_of(index: faiss.Index) -> str:
-    if isinstance(index, faiss.IndexIDMap2) and isinstance(
-        faiss.downcast_index(index.index), faiss.IndexFlatIP
-    ):
-        return "flat"
-    if isinstance(index, faiss.IndexIVFFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT:
-        return "ivf"
-    raise IndexFileError(f"unsupported index type {type(index).__name__}")
+class _Flat:
+    """Exact search: every template scored. An IDMap2 maps faiss rows to store ids and back."""
+
+    kind = "flat"
+    nlist = 0
+
+    def __init__(self, index: faiss.IndexIDMap2) -> None:
+        self.index = index
+
+    @classmethod
+    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray) -> _Flat:
+        built = cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
+        built.add(ids, vectors)
+        return built
+
+    @property
+    def parts(self) -> tuple[faiss.Index, ...]:
+        """The faiss indexes a snapshot holds, in order."""
+        return (self.index,)
+
+    def stored_ids(self) -> np.ndarray:
+        return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.index.add_with_ids(vectors, ids)
+
+    def remove(self, ids: np.ndarray) -> int:
+        return int(self.index.remove_ids(ids))
+
+    def search(
+        self, probes: np.ndarray, k: int, nprobe: int, depth: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the k best, best first; `nprobe` and `depth` steer only "ivfpq"."""
+        return self.index.search(probes, k)
+
+
+class _Reranked:
+    """Candidates from 4-bit PQ fast-scan codes, re-scored exactly against stored vectors.
+
+    `candidates` (IVF-PQ fast-scan, ~d/8 bytes a template) is scanned. `exact` (IVF-Flat over
+    the same centroids, with a hash-table direct map) is only read by id: its lists just keep
+    each list's regrowth on `add` small, and removing an id from it costs O(1). Removal from
+    `candidates` scans its lists' ids (about 6 ms a call at 1M).
+    """
+
+    kind = "ivfpq"
+
+    def __init__(self, candidates: faiss.IndexIVFPQFastScan, exact: faiss.IndexIVFFlat) -> None:
+        # Scan list by list into a heap: for one probe a call (the service's searches) this
+        # was 25% faster at 1M than the batched layout faiss picks by default, which suits
+        # large batches (30% slower on 256 probes). Set before the index is shared, never
+        # changed after, and not saved with it, so it is set here for loaded indexes too.
+        candidates.implem = 10
+        self.candidates = candidates
+        self.exact = exact
+
+    @classmethod
+    def build(
+        cls, dim: int, ids: np.ndarray, vectors: np.ndarray, options: IndexOptions
+    ) -> _Reranked:
+        """Trained on a sample of the vectors themselves (spherical k-means for cosine)."""
+        nlist = _planned_nlist(len(ids), options)
+        candidates = faiss.IndexIVFPQFastScan(
+            faiss.IndexFlatIP(dim),
+            dim,
+            nlist,
+            _subquantizers(dim, options.dims_per_code),
+            4,
+            faiss.METRIC_INNER_PRODUCT,
+        )
+        # Codes of the vectors, not of their residuals: random-like embeddings barely shrink
+        # when their centroid is subtracted, and residual codes need a lookup table for every
+        # list probed. The codes only choose candidates; the scores come from `exact`.
+        candidates.by_residual = False
+        candidates.cp.spherical = True
+        candidates.cp.niter = options.train_iterations
+        sample_size = min(len(ids), options.train_points_per_list * nlist)
+        rows = np.sort(np.random.default_rng(0).choice(len(ids), sample_size, replace=False))
+        candidates.train(vectors[rows])
+        centroids = faiss.IndexFlatIP(dim)
+        centroids.add(candidates.quantizer.reconstruct_n(0, nlist))
+        exact = faiss.IndexIVFFlat(centroids, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        exact.set_direct_map_type(faiss.DirectMap.Hashtable)
+        built = cls(candidates, exact)
+        built.add(ids, vectors)
+        return built
+
+    @property
+    def nlist(self) -> int:
+        return self.candidates.nlist
+
+    @property
+    def parts(self) -> tuple[faiss.Index, ...]:
+        """The faiss indexes a snapshot holds, in order (`_read_parts` relies on it)."""
+        return (self.candidates, self.exact)
+
+    def stored_ids(self) -> np.ndarray:
+        return _list_ids(self.candidates)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.candidates.add_with_ids(vectors, ids)
+        self.exact.add_with_ids(vectors, ids)
+
+    def remove(self, ids: np.ndarray) -> int:
+        removed = int(self.candidates.remove_ids(ids))
+        # A hash-table direct map removes only by an explicit id array, not by a selector set.
+        self.exact.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
+        return removed
+
+    def search(
+        self, probes: np.ndarray, k: int, nprobe: int, depth: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(exact scores, ids) of the k best among the `depth` best by code, best first."""
+        # Per-call parameters: setting nprobe on the shared index races between threads.
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        _, labels = self.candidates.search(probes, depth, params=params)
+        found = labels >= 0  # fewer than `depth` when the scanned lists hold fewer
+        vectors = self.exact.reconstruct_batch(labels[found])
+        scores = np.full(labels.shape, -np.inf, np.float32)
+        scores[found] = np.einsum("ij,ij->i", vectors, probes[np.nonzero(found)[0]])
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(scores, best, axis=1)
+        best_ids = np.take_along_axis(labels, best, axis=1)
+        best_ids[~np.take_along_axis(found, best, axis=1)] = -1
+        return best_scores, best_ids
+
+
+def _from_parts(parts: list[faiss.Index]) -> _Flat | _Reranked:
+    """The index a snapshot's faiss indexes make up; IndexFileError for any other shape.
+
+    An IVF-Flat alone (the approximate kind before "ivfpq") is refused, so the caller
+    rebuilds it from the store.
+    """
+    match parts:
+        case [faiss.IndexIDMap2() as flat] if isinstance(
+            faiss.downcast_index(flat.index), faiss.IndexFlatIP
+        ):
+            return _Flat(flat)
+        case [faiss.IndexIVFPQFastScan() as candidates, faiss.IndexIVFFlat() as exact] if (
+            candidates.metric_type == exact.metric_type == faiss.METRIC_INNER_PRODUCT
+            and candidates.d == exact.d
+            and exact.direct_map.type == faiss.DirectMap.Hashtable
+        ):
+            if not np.array_equal(_list_ids(candidates), _list_ids(exact)):
+                raise IndexFileError("the candidate codes and exact vectors hold different ids")
+            return _Reranked(candidates, exact)
+    names = ", ".join(type(part).__name__ for part in parts)
+    raise IndexFileError(f"unsupported index type ({names})")
+
+
+def _write_parts(parts: tuple[faiss.Index, ...], file: BinaryIO) -> bytes:
+    """Write the faiss indexes one after another to `file`; returns the SHA-256 of the bytes."""
+    digest = hashlib.sha256()
+
+    def sink(chunk: bytes) -> int:
+        digest.update(chunk)
+        return file.write(chunk)
+
+    writer = faiss.PyCallbackIOWriter(sink)
+    for part in parts:
+        faiss.write_index(part, writer)
+    return digest.digest()
+
+
+def _read_parts(file: BinaryIO, end: int) -> list[faiss.Index]:
+    """Read the faiss indexes `_write_parts` wrote, which must end exactly at byte `end`."""
+
+    def source(size: int) -> bytes:
+        return file.read(min(size, end - file.tell()))
+
+    reader = faiss.PyCallbackIOReader(source)
+    parts = [faiss.read_index(reader)]
+    if isinstance(parts[0], faiss.IndexIVFPQFastScan):  # "ivfpq": its exact vectors follow
+        parts.append(faiss.read_index(reader))
+    if file.tell() != end:
+        raise IndexFileError(f"{end - file.tell()} unexpected bytes after the index")
+    return parts
 
 
 def _file_digest(path: Path, length: int) -> bytes:
@@ -217,7 +389,7 @@ def _file_digest(path: Path, length: int) -> bytes:
     return digest.digest()
 
 
-def _read_verified(path: Path) -> faiss.Index:
+def _read_verified(path: Path) -> _Flat | _Reranked:
     """Read a snapshot after checking its footer digest; never memory-mapped.
 
     A memory-mapped IVF index aborts the process when added to (VECTORS.md), and this index
@@ -234,12 +406,16 @@ def _read_verified(path: Path) -> faiss.Index:
             raise IndexFileError(f"{path} has no snapshot footer (truncated or not a snapshot)")
         if _file_digest(path, size - _FOOTER_SIZE) != footer[len(_FOOTER_MAGIC) :]:
             raise IndexFileError(f"{path} fails its checksum (corrupt)")
-        # faiss reads exactly the index's bytes and leaves the footer after them unread.
-        return faiss.read_index(str(path))
+        with path.open("rb") as file:
+            parts = _read_parts(file, size - _FOOTER_SIZE)
     except OSError as exc:
         raise IndexFileError(f"cannot read {path}: {exc}") from exc
     except RuntimeError as exc:  # faiss reports malformed files as RuntimeError
         raise IndexFileError(f"{path} is not a readable faiss index: {exc}") from exc
+    try:
+        return _from_parts(parts)
+    except IndexFileError as exc:
+        raise IndexFileError(f"{path}: {exc}") from exc
 
 
 class VectorIndex:
@@ -251,7 +427,7 @@ class VectorIndex:
         self.dim = dim
         self.options = options or IndexOptions()
         _configure_blas(dim)
-        self._index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._index: _Flat | _Reranked = _Flat(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
         self._ids = self._frozen(np.empty(0, np.int64))
         self._rw = _ReadWriteLock()
         self._mutate = threading.Lock()  # serialises writers; searches only need `_rw`
@@ -267,19 +443,26 @@ class VectorIndex:
 
     @property
     def kind(self) -> str:
-        """The index type: "flat" (exact) or "ivf" (approximate)."""
-        return _kind_of(self._index)
+        """The index type: "flat" (exact) or "ivfpq" (approximate candidates, exact scores)."""
+        return self._index.kind
 
     @property
     def nlist(self) -> int:
-        """Inverted lists of an IVF index (0 for a flat index)."""
-        return self._index.nlist if isinstance(self._index, faiss.IndexIVF) else 0
+        """Inverted lists of an "ivfpq" index (0 for a flat index)."""
+        return self._index.nlist
 
     @property
     def nprobe(self) -> int:
-        """Lists an IVF search scans by default (0 for a flat index)."""
+        """Lists an "ivfpq" search scans by default (0 for a flat index)."""
         nlist = self.nlist
         return min(nlist, max(1, round(self.options.probe_fraction * nlist))) if nlist else 0
+
+    def rerank_depth(self, k: int) -> int:
+        """Candidates an "ivfpq" search re-scores exactly for k results (0 for a flat index).
+
+        At least `_RERANK_PER_RESULT` per result, so a deep k still has a pool to choose from.
+        """
+        return max(self.options.rerank_depth, _RERANK_PER_RESULT * k) if self.nlist else 0
 
     @property
     def needs_rebuild(self) -> bool:
@@ -289,7 +472,7 @@ class VectorIndex:
         slow down linearly) and IVF lists can grow long; the caller rebuilds when this says so.
         """
         size, index = len(self), self._index
-        if not isinstance(index, faiss.IndexIVF):
+        if isinstance(index, _Flat):
             return size > self.options.exact_limit
         planned = _planned_nlist(size, self.options)
         return size < self.options.exact_limit // 2 or index.nlist < planned // 2
@@ -330,7 +513,7 @@ class VectorIndex:
             return
         faiss.omp_set_num_threads(self.options.threads)
         with self._rw.write():
-            self._index.add_with_ids(vectors, ids)
+            self._index.add(ids, vectors)
             self._ids = self._frozen(np.insert(self._ids, np.searchsorted(self._ids, new), new))
 
     def _remove_locked(self, ids: np.ndarray) -> int:
@@ -340,7 +523,7 @@ class VectorIndex:
             return 0
         faiss.omp_set_num_threads(self.options.threads)
         with self._rw.write():
-            removed = int(self._index.remove_ids(gone))
+            removed = self._index.remove(gone)
             self._ids = self._frozen(np.delete(self._ids, np.searchsorted(self._ids, gone)))
         return removed
 
@@ -353,7 +536,7 @@ class VectorIndex:
         return found
 
     def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Replace the contents, choosing flat or IVF for the new size.
+        """Replace the contents, choosing flat or "ivfpq" for the new size.
 
         The new index is built while searches continue on the old one, then swapped in; both
         are in memory until the swap.
@@ -362,10 +545,11 @@ class VectorIndex:
         with self._mutate:
             start = time.perf_counter()
             faiss.omp_set_num_threads(self.options.threads)
+            index: _Flat | _Reranked
             if len(ids) > self.options.exact_limit:
-                index = _build_ivf(self.dim, ids, vectors, self.options)
+                index = _Reranked.build(self.dim, ids, vectors, self.options)
             else:
-                index = _build_flat(self.dim, ids, vectors)
+                index = _Flat.build(self.dim, ids, vectors)
             with self._rw.write():
                 self._index, self._ids = index, self._frozen(sorted_ids)
             log.info(
@@ -384,7 +568,8 @@ class VectorIndex:
         request from many threads, and OpenMP teams per call would oversubscribe the cores.
         The OpenMP thread count is per calling thread, so this leaves other threads' bulk
         work at `options.threads`.
-        `nprobe` overrides the default number of IVF lists scanned, for this call only.
+        `nprobe` overrides the default number of lists an "ivfpq" index scans, for this call
+        only.
         """
         probe = np.asarray(vector)
         if probe.ndim != 1:
@@ -409,12 +594,10 @@ class VectorIndex:
             k = min(k, len(self))
             if not k:
                 return [[] for _ in range(len(probes))]
-            params = None
-            if isinstance(self._index, faiss.IndexIVF):
-                # Per-call parameters: setting nprobe on the shared index races between threads.
-                params = faiss.SearchParametersIVF(nprobe=nprobe or self.nprobe)
-            scores, labels = self._index.search(probes, k, params=params)
-        # IVF can find fewer than k when the scanned lists hold fewer; faiss pads with -1.
+            scores, labels = self._index.search(
+                probes, k, nprobe or self.nprobe, min(len(self), self.rerank_depth(k))
+            )
+        # "ivfpq" can find fewer than k when the scanned lists hold fewer; padded with -1.
         return [
             [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
             for row_ids, row_scores in zip(labels, scores, strict=True)
@@ -432,9 +615,8 @@ class VectorIndex:
             os.close(fd)
             tmp = Path(tmp_name)
             try:
-                faiss.write_index(self._index, tmp_name)
-                digest = _file_digest(tmp, tmp.stat().st_size)
-                with tmp.open("ab") as file:
+                with tmp.open("wb") as file:
+                    digest = _write_parts(self._index.parts, file)
                     file.write(_FOOTER_MAGIC + digest)
                     file.flush()
                     os.fsync(file.fileno())
@@ -450,11 +632,10 @@ class VectorIndex:
         """Open a snapshot written by `save`; IndexFileError when it is missing or unusable."""
         path = Path(path)
         index = _read_verified(path)
-        if index.d != dim:
-            raise IndexFileError(f"{path} holds {index.d}-d vectors, expected {dim}")
-        _kind_of(index)
-        ids = _stored_ids(index)
-        if len(ids) != index.ntotal or np.any(ids[1:] == ids[:-1]):
+        if index.parts[0].d != dim:
+            raise IndexFileError(f"{path} holds {index.parts[0].d}-d vectors, expected {dim}")
+        ids = index.stored_ids()
+        if len(ids) != index.parts[0].ntotal or np.any(ids[1:] == ids[:-1]):
             raise IndexFileError(f"{path} has inconsistent ids")
         loaded = cls(dim, options)
         loaded._index, loaded._ids = index, cls._frozen(ids)

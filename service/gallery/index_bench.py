@@ -1,8 +1,11 @@
 """`python -m service.gallery.index_bench`: the gallery index's cost and recall per gallery size.
 
 For each size it builds the index the service would (`VectorIndex.rebuild` with default
-options) and reports the kind chosen, build time, snapshot size, single-probe search latency
-(k=10, one probe per call, as the service searches) and recall@1 against exact search.
+options, or a lower `--exact-limit` to measure the approximate kind on smaller galleries) and
+reports the kind chosen, lists scanned, candidates re-scored exactly, build time, snapshot size,
+resident memory the build added (the index, plus any heap the allocator kept), single-probe
+search latency (k=10, one probe per call, as the service searches) and recall@1 against exact
+search.
 
 The data is synthetic and face-like: identities are random unit vectors and each probe is an
 identity's template turned to a fixed genuine cosine (0.7 by default, a typical same-person
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -26,7 +30,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from service.gallery.index import VectorIndex
+from service.gallery.index import IndexOptions, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,12 @@ def exact_top1(templates: np.ndarray, probes: np.ndarray) -> np.ndarray:
     return best_row
 
 
+def resident_bytes() -> int:
+    """This process's resident memory (Linux), to measure what building an index holds."""
+    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
 def snapshot_bytes(index: VectorIndex) -> int:
     """Size of the index as saved: its vectors, ids and structure, without Python overhead."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +102,12 @@ def single_probe_latency(
 
 
 def bench_size(
-    size: int, dim: int, queries: int, genuine_cosine: float, nprobes: tuple[int, ...]
+    size: int,
+    dim: int,
+    queries: int,
+    genuine_cosine: float,
+    nprobes: tuple[int, ...],
+    options: IndexOptions,
 ) -> list[dict[str, Any]]:
     """Rows for one gallery size: the default nprobe first, then any others asked for."""
     templates, rows, probes = face_like_data(
@@ -104,22 +119,25 @@ def bench_size(
         size,
         np.mean(truth == rows),
     )
-    index = VectorIndex(dim)
-    start = time.perf_counter()
+    index = VectorIndex(dim, options)
+    resident_before, start = resident_bytes(), time.perf_counter()
     index.rebuild(np.arange(size, dtype=np.int64), templates)
     build_s = time.perf_counter() - start
+    resident_growth = resident_bytes() - resident_before
     del templates  # the index holds its own copy
     nbytes = snapshot_bytes(index)
     built = {
         "size": size,
         "kind": index.kind,
         "nlist": index.nlist,
+        "rerank_depth": index.rerank_depth(K),
         "build_s": round(build_s, 2),
         "bytes_per_vector": round(nbytes / size, 1),
         "index_mb": round(nbytes / 1e6, 1),
+        "resident_growth_mb": round(resident_growth / 1e6, 1),
     }
     settings = [index.nprobe]
-    if index.kind == "ivf":
+    if index.nlist:
         settings += [n for n in nprobes if n != index.nprobe]
     return [{**built, **search_figures(index, probes, truth, n)} for n in settings]
 
@@ -127,7 +145,7 @@ def bench_size(
 def search_figures(
     index: VectorIndex, probes: np.ndarray, truth: np.ndarray, nprobe: int
 ) -> dict[str, Any]:
-    """Latency percentiles and recall@1 at one nprobe (0: a flat index)."""
+    """Latency percentiles and recall@1 at one nprobe (0: a flat index, which scans all)."""
     p50, p95, top1 = single_probe_latency(index, probes, nprobe or None)
     figures = {
         "nprobe": nprobe,
@@ -145,13 +163,18 @@ def run_index_bench(
     queries: int = 1000,
     genuine_cosine: float = 0.7,
     nprobes: tuple[int, ...] = (),
+    options: IndexOptions | None = None,
 ) -> dict[str, Any]:
     """Bench every size in turn (one size's data in memory at a time)."""
+    options = options or IndexOptions()
     results = [
-        row for size in sizes for row in bench_size(size, dim, queries, genuine_cosine, nprobes)
+        row
+        for size in sizes
+        for row in bench_size(size, dim, queries, genuine_cosine, nprobes, options)
     ]
     return {
         "dim": dim,
+        "exact_limit": options.exact_limit,
         "queries": queries,
         "k": K,
         "genuine_cosine": genuine_cosine,
@@ -171,9 +194,11 @@ def print_table(report: dict[str, Any]) -> None:
         ("kind", "kind", "{}"),
         ("nlist", "nlist", "{}"),
         ("nprobe", "nprobe", "{}"),
+        ("rerank", "rerank_depth", "{}"),
         ("build s", "build_s", "{:.1f}"),
         ("B/vector", "bytes_per_vector", "{:.0f}"),
         ("MB", "index_mb", "{:.1f}"),
+        ("RSS+ MB", "resident_growth_mb", "{:.1f}"),
         ("p50 ms", "p50_ms", "{:.2f}"),
         ("p95 ms", "p95_ms", "{:.2f}"),
         ("recall@1", "recall_at_1", "{:.3f}"),
@@ -195,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nprobe", type=int, nargs="*", default=[], help="more IVF nprobe values to measure"
     )
+    parser.add_argument(
+        "--exact-limit",
+        type=int,
+        default=IndexOptions().exact_limit,
+        help="largest gallery searched exactly (lower it to measure the approximate kind)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -202,7 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
     report = run_index_bench(
-        tuple(args.sizes), args.dim, args.queries, args.genuine_cosine, tuple(args.nprobe)
+        tuple(args.sizes),
+        args.dim,
+        args.queries,
+        args.genuine_cosine,
+        tuple(args.nprobe),
+        IndexOptions(exact_limit=args.exact_limit),
     )
     if args.json:
         sys.stdout.write(json.dumps(report) + "\n")
