@@ -9,7 +9,6 @@ benchmark can time it and callers that already hold decoded pixels can skip deco
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -122,28 +121,22 @@ class FacePipeline:
         return self.embedder.chips(image.rgb, [f.landmarks for f in faces])
 
     def embed(self, chips: list[np.ndarray]) -> list[Embedding]:
-        return self._embeddings(self.embedder(chips, self.side_by_side))
-
-    def _embeddings(self, vectors: np.ndarray) -> list[Embedding]:
+        """Embeddings of aligned chips; the embedder's runs (each member, the faces and their
+        mirror images) go side by side."""
+        vectors = self.embedder(chips, self.side_by_side)
         return [Embedding(vector=v, model=self.embedder.spec.version) for v in vectors]
 
     def analyse_faces(self, image: Image, faces: list[Face]) -> list[FaceAnalysis]:
-        """Quality, liveness and embedding for faces already detected in `image`.
-
-        The embedder's runs (each member, the faces and their mirror images) and the liveness
-        model's run go side by side.
-        """
+        """Quality, liveness and embedding for faces already detected in `image`."""
         if not faces:
             return []
         qualities = self.quality(image, faces)
-        runs = self.embedder.runs(self.align(image, faces))
-        if self.liveness_model is not None:
-            model = self.liveness_model
-            runs.append(partial(model, model.crops(image.rgb, faces)))
-        outputs = self.side_by_side.run(*runs)
-        members_runs = len(outputs) - (self.liveness_model is not None)
-        embeddings = self._embeddings(self.embedder.combine(outputs[:members_runs]))
-        liveness = outputs[members_runs] if self.liveness_model else [None] * len(faces)
+        embeddings = self.embed(self.align(image, faces))
+        liveness = (
+            self.liveness_model(self.liveness_model.crops(image.rgb, faces))
+            if self.liveness_model
+            else [None] * len(faces)
+        )
         return [
             FaceAnalysis(face=f, quality=q, liveness=lv, embedding=e)
             for f, q, lv, e in zip(faces, qualities, liveness, embeddings, strict=True)
