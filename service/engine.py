@@ -103,7 +103,9 @@ class Engine:
 
     # ---- faces -------------------------------------------------------------------------
 
-    def _analyse(self, data: bytes, index: int) -> list[FaceAnalysis]:
+    def _analyse(self, data: bytes, index: int, template: bool) -> list[FaceAnalysis]:
+        """Every face of one image; `template`: embedded as a gallery template (see
+        `FacePipeline.embed`), else as a probe."""
         try:
             image = self.pipeline.decode(data)
         except ImageDecodeError as exc:
@@ -112,26 +114,31 @@ class Engine:
         faces = self.pipeline.detect(image)
         if len(faces) > 1 and self.policy.allow_multiple_faces:
             faces = [primary_face(faces, image)]
-        return self.pipeline.analyse_faces(image, faces)
+        return self.pipeline.analyse_faces(image, faces, template)
 
-    def _at_most_one_face(self, data: bytes, index: int, what: str) -> list[FaceAnalysis]:
-        analyses = self._analyse(data, index)
+    def _at_most_one_face(
+        self, data: bytes, index: int, what: str, template: bool
+    ) -> list[FaceAnalysis]:
+        analyses = self._analyse(data, index, template)
         if len(analyses) > 1:
             raise Unprocessable(
                 "MULTIPLE_FACES", f"{what} {index}: {len(analyses)} faces found", image=str(index)
             )
         return analyses
 
-    def _single_face(self, data: bytes, index: int) -> FaceAnalysis:
-        analyses = self._at_most_one_face(data, index, "image")
+    def _single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
+        analyses = self._at_most_one_face(data, index, "image", template)
         if not analyses:
             raise Unprocessable("NO_FACE", f"image {index}: no face found", image=str(index))
         return analyses[0]
 
     def _best_face(self, frames: list[bytes]) -> FaceAnalysis:
-        """The best-quality face over the frames; each frame must hold at most one face."""
+        """The best-quality face over the frames (a probe); each frame must hold at most one
+        face."""
         found = [
-            a for i, frame in enumerate(frames) for a in self._at_most_one_face(frame, i, "frame")
+            a
+            for i, frame in enumerate(frames)
+            for a in self._at_most_one_face(frame, i, "frame", template=False)
         ]
         if not found:
             raise Unprocessable("NO_FACE", "no face found in any frame")
@@ -273,7 +280,7 @@ class Engine:
         self.check_search(top_k, min_score)
 
         def face() -> FaceAnalysis:
-            analysis = self._single_face(image, 0)
+            analysis = self._single_face(image, 0, template=False)
             self.quality_gate(analysis, "image")
             return analysis
 
@@ -339,7 +346,7 @@ class Engine:
         """Enrolment images analysed: one face each, passing the quality gate."""
         analyses = []
         for i, data in enumerate(images):
-            analysis = self._single_face(data, i)
+            analysis = self._single_face(data, i, template=True)
             self.quality_gate(analysis, f"image {i}")
             analyses.append(analysis)
         return analyses

@@ -176,3 +176,18 @@ def test_grayscale_faces_are_analysed(pipeline: FacePipeline, shared_data: Path)
     gray = shared_data / "faces" / "faceapi_bbt"
     found = [bool(pipeline.analyse(p.read_bytes())) for p in sorted(gray.glob("*/*.png"))[:10]]
     assert sum(found) >= 8
+
+
+def test_a_probe_is_embedded_without_the_mirror_image_and_still_matches_its_template(
+    pipeline: FacePipeline, samples: list[Path]
+) -> None:
+    image = pipeline.decode(samples[0].read_bytes())
+    chips = pipeline.align(image, pipeline.detect(image)[:1])
+    spec = pipeline.embedder.spec
+    assert spec.flip and not spec.probe_flip  # the shipped manifest
+    assert len(pipeline.embedder.runs(chips, template=True)) == 2
+    assert len(pipeline.embedder.runs(chips, template=False)) == 1
+    template = pipeline.embed(chips, template=True)[0].vector
+    probe = pipeline.embed(chips, template=False)[0].vector
+    assert not np.allclose(template, probe)
+    assert float(template @ probe) > 0.9  # far above any operating threshold (~0.45-0.6)

@@ -48,7 +48,7 @@ APPROVE, DECLINE = common_pb2.APPROVE, common_pb2.DECLINE
 
 @pytest.fixture(scope="module")
 def people(shared_data: Path) -> list[tuple[str, list[Path]]]:
-    return people_with(shared_data, minimum=3, count=6)
+    return people_with(shared_data, minimum=3, count=7)
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +149,28 @@ def test_enroll_verify_identify_delete(enrollment, kiosk, people) -> None:
         verification_pb2.IdentifyRequest(image=image(alice_images[2])), timeout=60
     )
     assert all(c.customer_id != alice for c in after.candidates)
+
+
+def test_templates_are_embedded_with_the_mirror_image_and_probes_without(
+    served: Running, enrollment, kiosk, people
+) -> None:
+    """Enrolment runs the embedder on each face and its mirror image; a verify or identify
+    runs it once (the manifest's `flip` and `probe_flip`)."""
+    member = served.engine.pipeline.embedder.members[0]
+    runs = []
+    original = member.run
+    member.run = lambda view: runs.append(len(view)) or original(view)
+    try:
+        name, images = people[6]
+        enroll(enrollment, name, images[:1])
+        assert len(runs) == 2
+        runs.clear()
+        request = verification_pb2.VerifyRequest(customer_id=name, frames=[image(images[1])])
+        assert "MATCH" in kiosk.Verify(request, timeout=60).decision.reason_codes
+        kiosk.Identify(verification_pb2.IdentifyRequest(image=image(images[1])), timeout=60)
+        assert len(runs) == 2  # one run each
+    finally:
+        del member.run
 
 
 def test_duplicate_identity_and_existing_customer_are_refused(enrollment, people) -> None:

@@ -20,7 +20,7 @@ from service.config import SettingsError, load_settings, operating_threshold
 from service.evaluation import metrics, runner
 from service.evaluation.plots import plot_roc_det
 from service.modelpack.manifest import MANIFEST_PATH, load_manifest
-from service.vision.embed import fuse
+from service.vision.embed import fuse, merge_views
 from service.vision.pipeline import FacePipeline, primary_face
 
 log = logging.getLogger(__name__)
@@ -95,15 +95,44 @@ def run_liveness(args: argparse.Namespace) -> int:
     return 0
 
 
-def member_vectors(pipeline: FacePipeline, path: Path) -> list[np.ndarray] | None:
-    """Each member network's unit embedding of the image's main face (None: no face)."""
+MemberVectors = tuple[list[np.ndarray], list[np.ndarray]]
+
+
+def member_vectors(pipeline: FacePipeline, path: Path) -> MemberVectors | None:
+    """Each member network's unit embedding of the image's main face, as a template and as a
+    probe (they differ when the manifest's `flip` and `probe_flip` do); None: no face."""
     analysis_image = pipeline.decode(path.read_bytes())
     face = primary_face(pipeline.detect(analysis_image), analysis_image)
     if face is None:
         return None
     chips = pipeline.align(analysis_image, [face])
-    embedder = pipeline.embedder
-    return [m(c, embedder.spec.flip)[0] for m, c in zip(embedder.members, chips, strict=True)]
+    spec = pipeline.embedder.spec
+    templates, probes = [], []
+    for member, batch in zip(pipeline.embedder.members, chips, strict=True):
+        raws = [member.run(view) for view in member.views(batch, spec.flip or spec.probe_flip)]
+        templates.append(merge_views(raws if spec.flip else raws[:1])[0])
+        probes.append(merge_views(raws if spec.probe_flip else raws[:1])[0])
+    return templates, probes
+
+
+def _probe_figures(
+    templates: np.ndarray, probes: np.ndarray, people: np.ndarray,
+    genuine: np.ndarray, thresholds: dict[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    """TAR and FMR at the calibrated thresholds when a probe is embedded differently from the
+    templates: genuine pairs scored both ways round, impostors every cross-person
+    template-probe pair of the `--faces` trees."""
+    cross = templates @ probes.T
+    impostors = cross[people[:, None] != people[None, :]]
+    return {
+        "probe_tar_at_thresholds": {
+            k: round(float((genuine >= v).mean()), 6) for k, v in thresholds.items()
+        },
+        "probe_fmr_at_thresholds": {
+            k: float((impostors >= v).mean()) for k, v in thresholds.items()
+        },
+        "probe_impostor_pairs": int(impostors.size),
+    }
 
 
 def _cross_person_impostors(vectors: np.ndarray, people: np.ndarray) -> np.ndarray:
@@ -131,12 +160,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     paths = {key(args.root / name) for p in pairs for name in (p.a, p.b)}
     trees = [(tree, runner.identity_tree(tree)) for tree in args.faces]
     paths |= {key(tree / n) for tree, people in trees for images in people.values() for n in images}
-    vectors: dict[Path, list[np.ndarray] | None] = {}
+    both: dict[Path, MemberVectors | None] = {}
     with runner.Progress(transient=True) as progress:
         task = progress.add_task("embedding", total=len(paths))
         for path in sorted(paths):
-            vectors[path] = member_vectors(pipeline, path)
+            both[path] = member_vectors(pipeline, path)
             progress.advance(task)
+    vectors = {path: found[0] if found else None for path, found in both.items()}
     members = pipeline.embedder.members
     pair_vectors = [(vectors[key(args.root / p.a)], vectors[key(args.root / p.b)]) for p in pairs]
     ok = [i for i, (a, b) in enumerate(pair_vectors) if a is not None and b is not None]
@@ -187,6 +217,24 @@ def run_calibrate(args: argparse.Namespace) -> int:
             k: round(float((genuine >= v).mean()), 6) for k, v in thresholds.items()
         },
     }
+    spec = pipeline.embedder.spec
+    if spec.probe_flip != spec.flip:
+        weighted = tuple(weights)
+        probe_genuine = np.array([
+            float(fuse(x[0], weighted) @ fuse(y[1], weighted))
+            for p in pairs if p.same
+            for a, b in [(both[key(args.root / p.a)], both[key(args.root / p.b)])] if a and b
+            for x, y in ((a, b), (b, a))
+        ])  # fmt: skip
+        tree_both = [
+            both[key(tree / name)] for tree, people in trees
+            for images in people.values() for name in images if both[key(tree / name)]
+        ]  # fmt: skip
+        figures |= _probe_figures(
+            np.stack([fuse(t, weighted) for t, _ in tree_both]),
+            np.stack([fuse(p, weighted) for _, p in tree_both]),
+            np.array([person for _, person in tree_images]), probe_genuine, thresholds,
+        )  # fmt: skip
     if args.write:
         _write_calibration(figures)
     _emit(args, "calibration", figures)
@@ -202,11 +250,12 @@ def _write_calibration(figures: dict[str, Any]) -> None:
     for key, value in figures["thresholds"].items():
         thresholds[key] = value
     embedder["thresholds"] = thresholds
+    probe_keys = ("probe_tar_at_thresholds", "probe_fmr_at_thresholds")
     embedder["calibration"] = {
         "impostor_pairs": figures["impostor_pairs"],
         "genuine_pairs": figures["genuine_pairs"],
         "tar_at_thresholds": figures["tar_at_thresholds"],
-    }
+    } | {key: figures[key] for key in probe_keys if key in figures}
     tmp = MANIFEST_PATH.with_suffix(".toml.partial")
     tmp.write_text(tomlkit.dumps(document), encoding="utf-8")
     tmp.replace(MANIFEST_PATH)

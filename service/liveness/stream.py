@@ -96,7 +96,11 @@ def analyse_frame(
     model = pipeline.liveness_model
     wants_embedding = session.wants_embedding(quality)
     embedding, cues, liveness = pipeline.side_by_side.run(
-        lambda: pipeline.embed(pipeline.align(image, [face]))[0] if wants_embedding else None,
+        lambda: (
+            pipeline.embed(pipeline.align(image, [face]), template=False)[0]
+            if wants_embedding
+            else None
+        ),
         lambda: pipeline.cues(image, face),
         lambda: model(model.crops(image.rgb, [face]))[0] if model else None,
     )

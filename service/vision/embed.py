@@ -77,7 +77,8 @@ class FusionSpec:
     version: str
     members: tuple[str, ...]
     weights: tuple[float, ...]
-    flip: bool
+    flip: bool  # templates: the mean of the face's and its mirror image's embeddings
+    probe_flip: bool  # probes likewise (False: the face alone, one network run fewer)
 
 
 class FusedEmbedder:
@@ -91,12 +92,13 @@ class FusedEmbedder:
         """Aligned chips per member: a list (one entry per member) of N x H x W x 3 batches."""
         return [np.stack([m.chip(rgb, lm) for lm in landmarks]) for m in self.members]
 
-    def runs(self, chips: list[np.ndarray]) -> list[Callable[[], np.ndarray]]:
+    def runs(self, chips: list[np.ndarray], template: bool) -> list[Callable[[], np.ndarray]]:
         """One network run per member and view, for the caller to run side by side."""
+        flip = self.spec.flip if template else self.spec.probe_flip
         return [
             partial(member.run, view)
             for member, batch in zip(self.members, chips, strict=True)
-            for view in member.views(batch, self.spec.flip)
+            for view in member.views(batch, flip)
         ]
 
     def combine(self, raws: list[np.ndarray]) -> np.ndarray:
@@ -105,5 +107,8 @@ class FusedEmbedder:
         parts = [merge_views(raws[i * views : (i + 1) * views]) for i in range(len(self.members))]
         return fuse(parts, self.spec.weights)
 
-    def __call__(self, chips: list[np.ndarray], side_by_side: SideBySide) -> np.ndarray:
-        return self.combine(side_by_side.run(*self.runs(chips)))
+    def __call__(
+        self, chips: list[np.ndarray], side_by_side: SideBySide, template: bool
+    ) -> np.ndarray:
+        """Fused unit templates (`template`) or probes of the members' chip batches."""
+        return self.combine(side_by_side.run(*self.runs(chips, template)))

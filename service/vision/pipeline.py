@@ -44,6 +44,7 @@ def fusion_spec(manifest: Manifest) -> FusionSpec:
         members=tuple(table["members"]),
         weights=tuple(float(w) for w in table["weights"]),
         flip=bool(table["flip"]),
+        probe_flip=bool(table.get("probe_flip", table["flip"])),
     )
 
 
@@ -120,18 +121,24 @@ class FacePipeline:
     def align(self, image: Image, faces: list[Face]) -> list[np.ndarray]:
         return self.embedder.chips(image.rgb, [f.landmarks for f in faces])
 
-    def embed(self, chips: list[np.ndarray]) -> list[Embedding]:
-        """Embeddings of aligned chips; the embedder's runs (each member, the faces and their
-        mirror images) go side by side."""
-        vectors = self.embedder(chips, self.side_by_side)
+    def embed(self, chips: list[np.ndarray], template: bool = True) -> list[Embedding]:
+        """Embeddings of aligned chips, as gallery templates or (`template=False`) as probes.
+
+        The two may differ in test-time augmentation (the manifest's `flip` and `probe_flip`):
+        a template is made once at enrolment, a probe on every request. The embedder's runs
+        (each member, the faces and their mirror images) go side by side.
+        """
+        vectors = self.embedder(chips, self.side_by_side, template)
         return [Embedding(vector=v, model=self.embedder.spec.version) for v in vectors]
 
-    def analyse_faces(self, image: Image, faces: list[Face]) -> list[FaceAnalysis]:
-        """Quality, liveness and embedding for faces already detected in `image`."""
+    def analyse_faces(
+        self, image: Image, faces: list[Face], template: bool = True
+    ) -> list[FaceAnalysis]:
+        """Quality, liveness and embedding (see `embed`) for faces already detected."""
         if not faces:
             return []
         qualities = self.quality(image, faces)
-        embeddings = self.embed(self.align(image, faces))
+        embeddings = self.embed(self.align(image, faces), template)
         liveness = (
             self.liveness_model(self.liveness_model.crops(image.rgb, faces))
             if self.liveness_model
