@@ -134,15 +134,16 @@ class FacePipeline:
     def analyse_faces(
         self, image: Image, faces: list[Face], template: bool = True
     ) -> list[FaceAnalysis]:
-        """Quality, liveness and embedding (see `embed`) for faces already detected."""
+        """Quality, liveness and embedding (see `embed`) for faces already detected; the
+        liveness model runs beside the embedder."""
         if not faces:
             return []
         qualities = self.quality(image, faces)
-        embeddings = self.embed(self.align(image, faces), template)
-        liveness = (
-            self.liveness_model(self.liveness_model.crops(image.rgb, faces))
-            if self.liveness_model
-            else [None] * len(faces)
+        chips = self.align(image, faces)
+        model = self.liveness_model
+        embeddings, liveness = self.side_by_side.run(
+            lambda: self.embed(chips, template),
+            lambda: model(model.crops(image.rgb, faces)) if model else [None] * len(faces),
         )
         return [
             FaceAnalysis(face=f, quality=q, liveness=lv, embedding=e)
