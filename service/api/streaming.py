@@ -29,7 +29,11 @@ log = logging.getLogger(__name__)
 
 QUEUE_FRAMES = 8
 POLL_S = 0.25  # how often a waiting handler looks whether the caller is still there
-_END = object()
+_END = object()  # the caller closed its side of the stream (or seems to: see `_cancelled`)
+_GONE = object()  # reading failed: the call was cancelled or broke
+# gRPC Python can end a cancelled call's request stream as if the caller had closed it, a
+# moment before the call turns inactive; a session must not be decided in that moment.
+END_GRACE_S = 0.1
 
 
 class Cancelled(Exception):
@@ -56,14 +60,15 @@ class RequestPump:
                 continue
 
     def _read(self) -> None:
+        end = _END
         try:
             for message in self._requests:
                 self._put((self._clock(), message))
                 if self._stop.is_set():
                     return
         except grpc.RpcError:
-            pass  # the call was cancelled or ended: the handler sees it through the context
-        self._put((self._clock(), _END))
+            end = _GONE
+        self._put((self._clock(), end))
 
     def get(self, timeout: float, context: grpc.ServicerContext) -> tuple[float, Any] | None:
         """The next (arrival time, message), `(t, None)` at the end of the stream, or None when
@@ -79,13 +84,26 @@ class RequestPump:
                 if left <= POLL_S:
                     return None
                 continue
-            if message is _END and not context.is_active():
+            if message is _GONE or (message is _END and _cancelled(context)):
                 raise Cancelled  # the request stream ended because the call was cancelled
             return arrived, None if message is _END else message
 
     def close(self) -> None:
         """Stop reading; the reader exits once gRPC fails its pending read (the call is over)."""
         self._stop.set()
+
+
+def _cancelled(context: grpc.ServicerContext) -> bool:
+    """Whether the call turns out cancelled within `END_GRACE_S` of its request stream ending.
+
+    Costs a caller that really closed its stream that much before its decision.
+    """
+    deadline = time.monotonic() + END_GRACE_S
+    while context.is_active():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _frame(message: Any) -> Frame:
