@@ -42,7 +42,8 @@ def merge_views(raws: list[np.ndarray]) -> np.ndarray:
 
 
 class NetworkEmbedder:
-    """One embedding network: aligned chips in, unit embeddings out."""
+    """One embedding network: aligned chips in, raw embeddings of each view out (`merge_views`
+    makes unit embeddings of them)."""
 
     def __init__(self, model: Model, path: Path) -> None:
         self.name = model.name
@@ -64,10 +65,6 @@ class NetworkEmbedder:
     def run(self, view: np.ndarray) -> np.ndarray:
         """Raw (unnormalised) embeddings of one view."""
         return run_single_input(self._session, view)[0]
-
-    def __call__(self, chips: np.ndarray, flip: bool) -> np.ndarray:
-        """Unit embeddings of a uint8 N x H x W x 3 batch (mirror-averaged when `flip`)."""
-        return merge_views([self.run(view) for view in self.views(chips, flip)])
 
 
 @dataclass(frozen=True)
