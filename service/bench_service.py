@@ -4,7 +4,8 @@ Starts `faceguard serve` as a separate process on a free port and a fresh data d
 (so client and server do not share an interpreter), enrols single-face portraits made from
 the sample photos, then measures:
 - import: images per second through Enroll, `--workers` concurrent calls;
-- verify: median latency with one client, and verifies per second with 8 concurrent clients;
+- verify: median latency with one client, and verifies per second with 8 concurrent clients,
+  each with the server's CPU time (CPU ms per verify alone; cores busy under the 8 clients);
 - identify: the vector index alone, with synthetic face-like templates in galleries of the
   requested sizes (see `service.gallery.index_bench`).
 """
@@ -128,6 +129,13 @@ def _verify_throughput(stub, enrolled: dict[str, bytes], clients: int, calls: in
     return round(calls / (time.perf_counter() - start), 1)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far, from Linux's /proc:
+    what a verify costs the server, apart from the client sharing the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure_service(threads: int, calls: int) -> dict[str, Any]:
     portraits = _portraits()
     port = _free_port()
@@ -142,13 +150,22 @@ def measure_service(threads: int, calls: int) -> dict[str, Any]:
                 _wait_ready(enrolment)
                 enrolled, import_rate = _enrol(enrolment, portraits, workers=4)
                 _verify_latency(kiosk, enrolled, 3)  # warm-up
+                cpu_before = _cpu_seconds(server.pid)
+                latency = _verify_latency(kiosk, enrolled, calls)
+                cpu_between, started = _cpu_seconds(server.pid), time.perf_counter()
+                rate = _verify_throughput(kiosk, enrolled, 8, calls * 2)
+                busy = (_cpu_seconds(server.pid) - cpu_between) / (time.perf_counter() - started)
                 return {
                     "server_side_by_side_runs": threads,
                     "portraits": len(portraits),
                     "enrolled": len(enrolled),
                     "import_images_per_s": round(import_rate, 2),
-                    "verify_median_ms_1_client": _verify_latency(kiosk, enrolled, calls),
-                    "verify_per_s_8_clients": _verify_throughput(kiosk, enrolled, 8, calls * 2),
+                    "verify_median_ms_1_client": latency,
+                    "server_cpu_ms_per_verify_1_client": round(
+                        (cpu_between - cpu_before) * 1000.0 / calls, 1
+                    ),
+                    "verify_per_s_8_clients": rate,
+                    "server_cores_busy_8_clients": round(busy, 2),
                 }
         finally:
             server.terminate()
