@@ -133,7 +133,7 @@ def _retention(args: argparse.Namespace) -> int:
     settings = _settings_for_store(args)
     days = args.inactive_days if args.inactive_days is not None else settings.privacy.inactive_days
     with open_store(settings) as store:
-        return run_retention(store, days, args.dry_run)
+        return run_retention(store, days, args.dry_run, settings.privacy.outbox_keep_days)
 
 
 def _risk(args: argparse.Namespace) -> int:

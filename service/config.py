@@ -101,6 +101,11 @@ class PrivacySettings(BaseModel):
     purge_every_hours: float | None = Field(
         None, gt=0, description="run the retention purge inside the service this often"
     )
+    outbox_keep_days: float | None = Field(
+        30.0, gt=0,
+        description="the purge deletes fraud-engine callbacks delivered longer ago than this "
+        "(the audit chain keeps the events); None: keep them",
+    )  # fmt: skip
 
 
 _LIMITS = SessionLimits()

@@ -5,8 +5,10 @@ attempt by someone claiming their id is not their use), or their record's last u
 later; no extra column is needed. Customers inactive for `privacy.inactive_days`, and those
 whose latest consent has expired, are erased exactly as `Enrollment.Delete` erases
 (templates, consents, record, index entry), each with its own audited RETENTION_PURGE event,
-so the audit chain stays whole and says why. Runs as `faceguard retention run`, or inside the
-service every `privacy.purge_every_hours`.
+so the audit chain stays whole and says why. The same run deletes fraud-engine callbacks
+delivered more than `privacy.outbox_keep_days` ago: their documents name customers, and the
+audit chain keeps the events. Runs as `faceguard retention run`, or inside the service every
+`privacy.purge_every_hours`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from service.gallery.store import (
     customer_table,
     event_table,
 )
+from service.risk.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class Due:
 class PurgeReport:
     purged: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
+    callbacks_pruned: int = 0
 
 
 def due_for_purge(store: Store, now: datetime, inactive_days: float | None) -> list[Due]:
@@ -97,11 +101,16 @@ def purge(
     inactive_days: float | None,
     now: datetime | None = None,
     dry_run: bool = False,
+    outbox_keep_days: float | None = None,
 ) -> PurgeReport:
     """Erase every customer due; `erase(customer_id, event)` is `Gallery.delete` in the
-    service (index kept in step) or `Store.delete_customer` from the command line."""
+    service (index kept in step) or `Store.delete_customer` from the command line. Then
+    delete the callbacks delivered more than `outbox_keep_days` ago (None: none)."""
     now = now or datetime.now(UTC)
     report = PurgeReport()
+    if outbox_keep_days is not None and not dry_run:
+        before = now - timedelta(days=outbox_keep_days)
+        report.callbacks_pruned = Outbox(store).prune_delivered(before)
     for item in due_for_purge(store, now, inactive_days):
         if not dry_run:
             event = NewEvent(
@@ -118,8 +127,11 @@ def purge(
                 continue  # erased meanwhile (Enrollment.Delete): nothing left to purge
         report.purged.append(item.customer_id)
         report.reasons[item.reason] = report.reasons.get(item.reason, 0) + 1
-    if report.purged:
-        log.info("retention purge: %d customers %s", len(report.purged), report.reasons)
+    if report.purged or report.callbacks_pruned:
+        log.info(
+            "retention purge: %d customers %s, %d delivered callbacks",
+            len(report.purged), report.reasons, report.callbacks_pruned,
+        )  # fmt: skip
     return report
 
 
@@ -147,9 +159,17 @@ class PurgeSchedule:
         self._thread.join()
 
 
-def run_retention(store: Store, inactive_days: float | None, dry_run: bool) -> int:
+def run_retention(
+    store: Store, inactive_days: float | None, dry_run: bool, outbox_keep_days: float | None
+) -> int:
     """`faceguard retention run`: prints counts only (customer ids stay in the audit trail)."""
-    report = purge(store, store.delete_customer, inactive_days, dry_run=dry_run)
-    summary = {"dry_run": dry_run, "purged": len(report.purged), "reasons": report.reasons}
+    report = purge(
+        store, store.delete_customer, inactive_days, dry_run=dry_run,
+        outbox_keep_days=outbox_keep_days,
+    )  # fmt: skip
+    summary = {
+        "dry_run": dry_run, "purged": len(report.purged), "reasons": report.reasons,
+        "callbacks_pruned": report.callbacks_pruned,
+    }  # fmt: skip
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,7 @@ from service.gallery.audit import InvalidEvent, NewEvent
 from service.gallery.crypto import generate_keyring
 from service.gallery.lists import CUSTOMER_BLOCKLIST, DEVICE_BLACKLIST, ListFacts, RiskLists
 from service.gallery.store import METADATA, Store
+from service.retention import purge
 from service.risk.callback import FraudEngineClient, SigningKey, channel_for
 from service.risk.dispatcher import Dispatcher
 from service.risk.outbox import DEAD, DELIVERED, PENDING, Backoff, Outbox
@@ -94,6 +96,25 @@ def test_due_yields_only_the_head_of_each_customer(store: Store, outbox: Outbox)
     assert [i.event_id for i in outbox.due(10)] == [a1, b1]
     outbox.settle([outbox.due(10)[0]], [], FAST)
     assert {i.event_id for i in outbox.due(10)} == {a2, b1}
+
+
+def test_delivered_rows_are_pruned_after_the_retention_period(store: Store, outbox: Outbox) -> None:
+    """Delivered rows older than the cut-off go, in batches; pending and dead ones stay, and
+    so do the audit events."""
+    delivered = [decide(store, f"c{i}") for i in range(5)]
+    waiting = decide(store, "c0")  # behind c0's first event: still pending after one round
+    outbox.settle(outbox.due(10), [], FAST)
+    assert outbox.statuses(delivered) == dict.fromkeys(delivered, DELIVERED)
+    now = datetime.now(UTC)
+    assert outbox.prune_delivered(now - timedelta(days=1)) == 0  # all delivered just now
+    assert outbox.prune_delivered(now + timedelta(seconds=1), batch=2) == 5
+    assert outbox.statuses([*delivered, waiting]) == {waiting: PENDING}
+    assert all(store.events_of(f"c{i}") for i in range(5))
+    later = now + timedelta(days=31)
+    outbox.settle(outbox.due(10), [], FAST)
+    report = purge(store, store.delete_customer, None, later, outbox_keep_days=30)
+    assert report.callbacks_pruned == 1 and report.purged == []
+    assert outbox.counts() == {PENDING: 0, DELIVERED: 0, DEAD: 0}
 
 
 def test_outage_then_recovery_delivers_everything_once_in_order(

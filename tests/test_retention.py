@@ -108,7 +108,9 @@ def test_retention_command(store: Store, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"dry_run": False, "purged": 1, "reasons": {"INACTIVE": 1}}
+    assert json.loads(result.stdout) == {
+        "dry_run": False, "purged": 1, "reasons": {"INACTIVE": 1}, "callbacks_pruned": 0,
+    }  # fmt: skip
     assert store.get_customer("idle") is None and store.verify_chain().ok
 
 

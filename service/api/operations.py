@@ -98,6 +98,7 @@ class Operations:
                     engine.gallery.delete,
                     privacy.inactive_days,
                     datetime.now(UTC),
+                    outbox_keep_days=privacy.outbox_keep_days,
                 ),
                 privacy.purge_every_hours * 3600.0,
             )

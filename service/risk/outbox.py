@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     func,
     insert,
     select,
@@ -213,6 +214,28 @@ class Outbox:
         )
         with self.store.connect() as conn:
             return dict(conn.execute(query).all())
+
+    def prune_delivered(self, before: datetime, batch: int = 10_000) -> int:
+        """Delete rows delivered before `before`; returns how many.
+
+        A delivered row has done its job (the audit chain keeps the event itself), and its
+        document names a customer, so it should not outlive the retention period. Deleted in
+        batches of `batch`, each its own short transaction, so decisions keep being recorded
+        meanwhile.
+        """
+        oldest = (
+            select(outbox_table.c.id)
+            .where(outbox_table.c.status == DELIVERED, outbox_table.c.delivered_at < before)
+            .order_by(outbox_table.c.id)
+            .limit(batch)
+        )
+        pruned = 0
+        while True:
+            with self.store.transaction() as conn:
+                gone = conn.execute(delete(outbox_table).where(outbox_table.c.id.in_(oldest)))
+            pruned += gone.rowcount
+            if gone.rowcount < batch:
+                return pruned
 
     def counts(self) -> dict[str, int]:
         """Rows per status: the queue depth and the dead letters, for metrics and benches."""
