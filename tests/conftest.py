@@ -6,8 +6,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import postgres
 import pytest
+
+from faceguard.v1 import enrollment_pb2_grpc, verification_pb2_grpc
 
 # Development data lives beside the repository, never inside it (see ../shared/data/README.md).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -37,3 +40,23 @@ def postgres_url() -> Iterator[str]:
         pytest.skip("no PostgreSQL server binaries (Debian package postgresql) on this machine")
     with postgres.temporary_server(bin_dir) as url:
         yield url
+
+
+# gRPC clients of the module's `served` server (a fixture each test module defines: the
+# servers differ in settings), one channel per module.
+
+
+@pytest.fixture(scope="module")
+def channel(served) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as chan:
+        yield chan
+
+
+@pytest.fixture(scope="module")
+def enrollment(channel: grpc.Channel) -> enrollment_pb2_grpc.EnrollmentStub:
+    return enrollment_pb2_grpc.EnrollmentStub(channel)
+
+
+@pytest.fixture(scope="module")
+def kiosk(channel: grpc.Channel) -> verification_pb2_grpc.FaceVerificationStub:
+    return verification_pb2_grpc.FaceVerificationStub(channel)

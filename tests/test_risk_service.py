@@ -93,24 +93,8 @@ def served(folder: Path, sink: RunningSink) -> Iterator[Running]:
 
 
 @pytest.fixture(scope="module")
-def channel(served: Running) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as chan:
-        yield chan
-
-
-@pytest.fixture(scope="module")
-def kiosk(channel: grpc.Channel) -> verification_pb2_grpc.FaceVerificationStub:
-    return verification_pb2_grpc.FaceVerificationStub(channel)
-
-
-@pytest.fixture(scope="module")
 def admin(channel: grpc.Channel) -> risk_pb2_grpc.RiskAdminStub:
     return risk_pb2_grpc.RiskAdminStub(channel)
-
-
-@pytest.fixture(scope="module")
-def enrollment(channel: grpc.Channel) -> enrollment_pb2_grpc.EnrollmentStub:
-    return enrollment_pb2_grpc.EnrollmentStub(channel)
 
 
 def verify(kiosk, customer: str, face: Path, device: str) -> common_pb2.Decision:

@@ -58,22 +58,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     running.stop(grace=2)
 
 
-@pytest.fixture(scope="module")
-def channel(served: Running) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as chan:
-        yield chan
-
-
-@pytest.fixture(scope="module")
-def enrollment(channel: grpc.Channel) -> enrollment_pb2_grpc.EnrollmentStub:
-    return enrollment_pb2_grpc.EnrollmentStub(channel)
-
-
-@pytest.fixture(scope="module")
-def kiosk(channel: grpc.Channel) -> verification_pb2_grpc.FaceVerificationStub:
-    return verification_pb2_grpc.FaceVerificationStub(channel)
-
-
 def reason_of(error: grpc.RpcError) -> str:
     status = rpc_status.from_call(error)
     assert status is not None, "no rich status details"

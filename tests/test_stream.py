@@ -27,7 +27,6 @@ from faceguard.v1 import (
     enrollment_pb2,
     enrollment_pb2_grpc,
     verification_pb2,
-    verification_pb2_grpc,
 )
 from service.api.server import Running, start
 from service.config import StreamSettings
@@ -76,12 +75,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, people) -> Iterator[Running
         )
     yield running
     running.stop(grace=2)
-
-
-@pytest.fixture(scope="module")
-def kiosk(served: Running) -> Iterator[verification_pb2_grpc.FaceVerificationStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as channel:
-        yield verification_pb2_grpc.FaceVerificationStub(channel)
 
 
 @pytest.fixture
