@@ -22,7 +22,7 @@ from service.gallery.gallery import Gallery
 from service.gallery.store import ConsentRecord, CustomerRecord, NewEvent, NewTemplate
 from service.vision.decode import DecodeReason, ImageDecodeError
 from service.vision.pipeline import FacePipeline, primary_face
-from service.vision.types import FaceAnalysis
+from service.vision.types import Face, FaceAnalysis, Image
 
 if TYPE_CHECKING:
     import numpy as np
@@ -103,9 +103,9 @@ class Engine:
 
     # ---- faces -------------------------------------------------------------------------
 
-    def _analyse(self, data: bytes, index: int, template: bool) -> list[FaceAnalysis]:
-        """Every face of one image; `template`: embedded as a gallery template (see
-        `FacePipeline.embed`), else as a probe."""
+    def _face_of(self, data: bytes, index: int, what: str) -> tuple[Image, Face | None]:
+        """The decoded image and its one face (None: no face); several faces are refused
+        unless the policy takes the most central one."""
         try:
             image = self.pipeline.decode(data)
         except ImageDecodeError as exc:
@@ -114,35 +114,32 @@ class Engine:
         faces = self.pipeline.detect(image)
         if len(faces) > 1 and self.policy.allow_multiple_faces:
             faces = [primary_face(faces, image)]
-        return self.pipeline.analyse_faces(image, faces, template)
-
-    def _at_most_one_face(
-        self, data: bytes, index: int, what: str, template: bool
-    ) -> list[FaceAnalysis]:
-        analyses = self._analyse(data, index, template)
-        if len(analyses) > 1:
+        if len(faces) > 1:
             raise Unprocessable(
-                "MULTIPLE_FACES", f"{what} {index}: {len(analyses)} faces found", image=str(index)
+                "MULTIPLE_FACES", f"{what} {index}: {len(faces)} faces found", image=str(index)
             )
-        return analyses
+        return image, faces[0] if faces else None
 
     def _single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
-        analyses = self._at_most_one_face(data, index, "image", template)
-        if not analyses:
+        """The analysis of an image's one face; `template`: embedded as a gallery template
+        (see `FacePipeline.embed`), else as a probe."""
+        image, face = self._face_of(data, index, "image")
+        if face is None:
             raise Unprocessable("NO_FACE", f"image {index}: no face found", image=str(index))
-        return analyses[0]
+        return self.pipeline.analyse_faces(image, [face], template)[0]
 
     def _best_face(self, frames: list[bytes]) -> FaceAnalysis:
-        """The best-quality face over the frames (a probe); each frame must hold at most one
-        face."""
-        found = [
-            a
-            for i, frame in enumerate(frames)
-            for a in self._at_most_one_face(frame, i, "frame", template=False)
-        ]
-        if not found:
+        """The best-quality face over the frames, analysed as a probe; each frame must hold at
+        most one face. Only that face is embedded and scored for liveness."""
+        seen = []
+        for i, frame in enumerate(frames):
+            image, face = self._face_of(frame, i, "frame")
+            if face is not None:
+                seen.append((self.pipeline.quality(image, [face])[0].score, image, face))
+        if not seen:
             raise Unprocessable("NO_FACE", "no face found in any frame")
-        return max(found, key=lambda a: a.quality.score)
+        _, image, face = max(seen, key=lambda found: found[0])
+        return self.pipeline.analyse_faces(image, [face], template=False)[0]
 
     @staticmethod
     def quality_gate(analysis: FaceAnalysis, where: str) -> None:

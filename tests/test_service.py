@@ -138,8 +138,8 @@ def test_enroll_verify_identify_delete(enrollment, kiosk, people) -> None:
 def test_templates_are_embedded_with_the_mirror_image_and_probes_without(
     served: Running, enrollment, kiosk, people
 ) -> None:
-    """Enrolment runs the embedder on each face and its mirror image; a verify or identify
-    runs it once (the manifest's `flip` and `probe_flip`)."""
+    """Enrolment runs the embedder on each face and its mirror image; a verify (on its best
+    frame only) or an identify runs it once (the manifest's `flip` and `probe_flip`)."""
     member = served.engine.pipeline.embedder.members[0]
     runs = []
     original = member.run
@@ -149,7 +149,8 @@ def test_templates_are_embedded_with_the_mirror_image_and_probes_without(
         enroll(enrollment, name, images[:1])
         assert len(runs) == 2
         runs.clear()
-        request = verification_pb2.VerifyRequest(customer_id=name, frames=[image(images[1])])
+        frames = [image(images[1]), image(images[2])]  # only the better frame is embedded
+        request = verification_pb2.VerifyRequest(customer_id=name, frames=frames)
         assert "MATCH" in kiosk.Verify(request, timeout=60).decision.reason_codes
         kiosk.Identify(verification_pb2.IdentifyRequest(image=image(images[1])), timeout=60)
         assert len(runs) == 2  # one run each
