@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from faceguard.v1 import common_pb2, fraud_engine_pb2, fraud_engine_pb2_grpc
@@ -182,9 +182,3 @@ class Assessor:
             detail=f"recommends {outcome}",
         )  # fmt: skip
         return rule, outcome
-
-
-def event_from_request(request: fraud_engine_pb2.OnIdentityEventRequest) -> dict[str, Any]:
-    """The event of a request as a dict (for the reference sink's storage)."""
-    event = fraud_engine_pb2.IdentityEvent.FromString(request.event)
-    return json_format.MessageToDict(event, preserving_proto_field_name=True)
