@@ -4,6 +4,7 @@ expired consent stops verification at once."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from service.gallery.crypto import generate_keyring
 from service.gallery.gallery import Gallery
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store
 from service.retention import CONSENT_EXPIRED, EVENT_TYPE, INACTIVE, due_for_purge, purge
+from service.risk.outbox import DELIVERED, Backoff, Outbox
 from tests.service_helpers import FACEGUARD, image, people_with, service_settings
 
 DIM = 8
@@ -100,18 +102,24 @@ def test_without_a_period_only_expired_consents_are_purged(store: Store) -> None
 
 
 def test_retention_command(store: Store, tmp_path: Path) -> None:
+    outbox = Outbox(store)
+    store.on_event(outbox.record)
     enroll(store, "idle")
+    outbox.settle(outbox.due(10), [], Backoff())  # the enrolment's callback is delivered
     time.sleep(1.1)
+    one_second = str(1.0 / 86400)
     result = subprocess.run(
         [str(FACEGUARD), "retention", "run", "--data-dir", str(tmp_path),
-         "--inactive-days", str(1.0 / 86400)],
+         "--inactive-days", one_second],
         capture_output=True, text=True, timeout=120,
+        env={**os.environ, "FACEGUARD_PRIVACY__OUTBOX_KEEP_DAYS": one_second},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
-        "dry_run": False, "purged": 1, "reasons": {"INACTIVE": 1}, "callbacks_pruned": 0,
+        "dry_run": False, "purged": 1, "reasons": {"INACTIVE": 1}, "callbacks_pruned": 1,
     }  # fmt: skip
     assert store.get_customer("idle") is None and store.verify_chain().ok
+    assert outbox.counts()[DELIVERED] == 0
 
 
 def test_expired_consent_stops_verification(shared_data: Path, tmp_path: Path) -> None:
