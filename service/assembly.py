@@ -12,6 +12,7 @@ from service.gallery.store import Store
 from service.modelpack.manifest import load_manifest
 from service.risk.runtime import build_risk
 from service.vision.pipeline import FacePipeline
+from service.vision_processes import Vision, VisionProcesses, default_process_count
 
 log = logging.getLogger(__name__)
 
@@ -68,4 +69,17 @@ def build_engine(settings: Settings) -> Engine:
         settings.risk, store, settings.storage.data_dir, dim, policy.liveness_threshold,
         dev=settings.storage.dev_generate_key,
     )  # fmt: skip
-    return Engine(pipeline, gallery, policy, risk=risk)
+    return Engine(pipeline, gallery, policy, risk=risk, vision=_vision(settings, policy))
+
+
+def _vision(settings: Settings, policy: Policy) -> Vision | None:
+    """Worker processes for the single-shot face work, unless configured to run in-process."""
+    count = settings.vision.processes
+    if count == 0:
+        return None
+    return VisionProcesses(
+        settings.service_pipeline_config(),
+        count or default_process_count(),
+        allow_multiple=policy.allow_multiple_faces,
+        timeout_s=settings.vision.worker_timeout_s,
+    )

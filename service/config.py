@@ -35,6 +35,15 @@ class VisionSettings(BaseModel):
         2, ge=1, le=64,
         description="model runs one call may make side by side (each model is single-threaded)",
     )  # fmt: skip
+    processes: int | None = Field(
+        None, ge=0, le=256,
+        description="worker processes for single-shot face work; 0: in the serving process; "
+        "default: one per core",
+    )  # fmt: skip
+    worker_timeout_s: float = Field(
+        30.0, gt=0, description="longest one request's face work may take before its worker "
+        "is killed and replaced",
+    )  # fmt: skip
     liveness: bool = True
     fmr_target: str = Field("1e-4", description="false match rate the operating threshold is for")
     allow_multiple_faces: bool = Field(

@@ -11,18 +11,28 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from service.decision import APPROVE, DECLINE, Decision, LivenessReport, match_outcome
-from service.errors import Conflict, InvalidInput, NotFound, TooLarge, Unprocessable
+from service.errors import (
+    Conflict,
+    Internal,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+    Unprocessable,
+)
 from service.gallery.gallery import Gallery
 from service.gallery.store import ConsentRecord, CustomerRecord, NewEvent, NewTemplate
-from service.vision.decode import DecodeReason, ImageDecodeError
-from service.vision.pipeline import FacePipeline, primary_face
-from service.vision.types import Face, FaceAnalysis, Image
+from service.vision.decode import DecodeReason
+from service.vision.pipeline import FacePipeline
+from service.vision.subject import ImageRejected
+from service.vision.types import FaceAnalysis
+from service.vision_processes import InProcessVision, Vision, VisionWorkerError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,57 +99,52 @@ def check_consent(consent: Consent | None) -> Consent:
     return consent
 
 
+@contextmanager
+def _rejections() -> Iterator[None]:
+    """Map the face work's failures to the service's errors, keeping the image index."""
+    try:
+        yield
+    except ImageRejected as exc:
+        where = {} if exc.index is None else {"image": str(exc.index)}
+        if exc.reason == DecodeReason.TOO_LARGE:
+            raise TooLarge(exc.reason, exc.message, **where) from exc
+        if exc.reason in set(DecodeReason):
+            raise InvalidInput(exc.reason, exc.message, **where) from exc
+        raise Unprocessable(exc.reason, exc.message, **where) from exc
+    except VisionWorkerError as exc:
+        raise Internal("VISION_WORKER_FAILED", f"face analysis failed: {exc}") from exc
+
+
 class Engine:
     """Use cases over one pipeline and one gallery; thread-safe as they are."""
 
     def __init__(
         self, pipeline: FacePipeline, gallery: Gallery, policy: Policy,
-        risk: RiskRuntime | None = None,
+        risk: RiskRuntime | None = None, vision: Vision | None = None,
     ) -> None:  # fmt: skip
+        """`pipeline` serves streams and names the models; single-shot requests go to `vision`
+        (default: that pipeline, in this process)."""
         self.pipeline = pipeline
         self.gallery = gallery
         self.policy = policy
         self.risk = risk
+        self.vision = vision or InProcessVision(pipeline, policy.allow_multiple_faces)
+
+    def close(self) -> None:
+        """Release what the engine runs besides this process (the vision workers)."""
+        self.vision.close()
 
     # ---- faces -------------------------------------------------------------------------
 
-    def _face_of(self, data: bytes, index: int, what: str) -> tuple[Image, Face | None]:
-        """The decoded image and its one face (None: no face); several faces are refused
-        unless the policy takes the most central one."""
-        try:
-            image = self.pipeline.decode(data)
-        except ImageDecodeError as exc:
-            error = TooLarge if exc.reason == DecodeReason.TOO_LARGE else InvalidInput
-            raise error(str(exc.reason), f"image {index}: {exc}", image=str(index)) from exc
-        faces = self.pipeline.detect(image)
-        if len(faces) > 1 and self.policy.allow_multiple_faces:
-            faces = [primary_face(faces, image)]
-        if len(faces) > 1:
-            raise Unprocessable(
-                "MULTIPLE_FACES", f"{what} {index}: {len(faces)} faces found", image=str(index)
-            )
-        return image, faces[0] if faces else None
-
     def _single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
-        """The analysis of an image's one face; `template`: embedded as a gallery template
-        (see `FacePipeline.embed`), else as a probe."""
-        image, face = self._face_of(data, index, "image")
-        if face is None:
-            raise Unprocessable("NO_FACE", f"image {index}: no face found", image=str(index))
-        return self.pipeline.analyse_faces(image, [face], template)[0]
+        """The analysis of an image's one face (see `subject.single_face`)."""
+        with _rejections():
+            return self.vision.single_face(data, index, template)
 
     def _best_face(self, frames: list[bytes]) -> FaceAnalysis:
-        """The best-quality face over the frames, analysed as a probe; each frame must hold at
-        most one face. Only that face is embedded and scored for liveness."""
-        seen = []
-        for i, frame in enumerate(frames):
-            image, face = self._face_of(frame, i, "frame")
-            if face is not None:
-                seen.append((self.pipeline.quality(image, [face])[0].score, image, face))
-        if not seen:
-            raise Unprocessable("NO_FACE", "no face found in any frame")
-        _, image, face = max(seen, key=lambda found: found[0])
-        return self.pipeline.analyse_faces(image, [face], template=False)[0]
+        """The best face over the frames, as a probe (see `subject.best_probe`)."""
+        with _rejections():
+            return self.vision.best_probe(frames)
 
     @staticmethod
     def quality_gate(analysis: FaceAnalysis, where: str) -> None:
@@ -184,10 +189,11 @@ class Engine:
     def _attempt(
         self, kind: str, device_id: str, customer_id: str, run: Callable[[], FaceAnalysis]
     ) -> FaceAnalysis:
-        """Run a face step; a failure is audited as a declined attempt before it propagates."""
+        """Run a face step; a failure is audited as a declined attempt before it propagates
+        (a request that crashes a vision worker too: it counts for velocity like any other)."""
         try:
             return run()
-        except Unprocessable as exc:
+        except (Unprocessable, Internal) as exc:
             exc.metadata["event_id"] = self.refuse(kind, device_id, customer_id, exc.reason)
             raise
 

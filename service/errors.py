@@ -42,6 +42,10 @@ class Unavailable(FaceguardError):
     """The service is not ready to answer (UNAVAILABLE)."""
 
 
+class Internal(FaceguardError):
+    """The service failed on this request: a vision worker crashed or overran (INTERNAL)."""
+
+
 class Expired(FaceguardError):
     """A session that ran past a time limit: idle too long, or longer than allowed
     (DEADLINE_EXCEEDED)."""

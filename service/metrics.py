@@ -108,39 +108,46 @@ def record_decision(outcome: str, reasons: list[str]) -> None:
         DECISION_REASONS.labels(outcome=outcome, reason=reason).inc()
 
 
-def _timed(stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
-    histogram = STAGE_DURATION.labels(stage=stage)
+Observer = Callable[[str, float], None]  # (stage, seconds)
 
+
+def observe_stage(stage: str, seconds: float) -> None:
+    """Record one pipeline stage's duration."""
+    STAGE_DURATION.labels(stage=stage).observe(seconds)
+
+
+def _timed(stage: str, function: Callable[..., Any], observe: Observer) -> Callable[..., Any]:
     @functools.wraps(function)
     def timed(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
             return function(*args, **kwargs)
         finally:
-            histogram.observe(time.perf_counter() - start)
+            observe(stage, time.perf_counter() - start)
 
     return timed
 
 
-def instrument_pipeline(pipeline: Any) -> None:
-    """Time each stage of a `FacePipeline` in place.
+def instrument_pipeline(pipeline: Any, observe: Observer = observe_stage) -> None:
+    """Time each stage of a `FacePipeline` in place, reporting to `observe` (by default the
+    stage histogram; a vision worker collects them to send back with its answer).
 
     The vision layer stays free of metrics: the stage methods (and the liveness model's call)
     are wrapped on this one instance, which its own `analyse_faces` then calls through.
     """
     for stage in PIPELINE_STAGES:
-        setattr(pipeline, stage, _timed(stage, getattr(pipeline, stage)))
+        setattr(pipeline, stage, _timed(stage, getattr(pipeline, stage), observe))
     model = getattr(pipeline, "liveness_model", None)
     if model is not None:
-        pipeline.liveness_model = _TimedModel(model)
+        pipeline.liveness_model = _TimedModel(model, observe)
 
 
 class _TimedModel:
     """A model whose calls are timed as the `liveness` stage; everything else passes through."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, observe: Observer) -> None:
         self._model = model
-        self._call = _timed("liveness", model.__call__)
+        self._call = _timed("liveness", model.__call__, observe)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._call(*args, **kwargs)

@@ -34,7 +34,7 @@ def service_settings(data_dir: Path, **server: object) -> Settings:
         quality={"min_face_px": 45, "min_inter_eye_px": 20},
         storage={"data_dir": data_dir, "dev_generate_key": True},
         server={"port": 0, "grace_seconds": 5} | server,
-        vision={"threads": 1},
+        vision={"threads": 1, "processes": 1},
     )
     return settings
 

@@ -67,3 +67,11 @@ def test_split_covers_every_item_once(workers: int, count: int) -> None:
     covered = [i for part in parts for i in range(count)[part]]
     assert covered == list(range(count))
     assert len(parts) == max(1, min(workers, count))
+
+
+def test_without_spread_every_task_runs_on_the_calling_thread() -> None:
+    side_by_side = SideBySide(2)
+    side_by_side.spread = False
+    assert side_by_side.split(10) == [slice(0, 10)]
+    names = side_by_side.map(lambda _: threading.current_thread().name, range(4))
+    assert names == [threading.current_thread().name] * 4

@@ -135,27 +135,57 @@ def test_enroll_verify_identify_delete(enrollment, kiosk, people) -> None:
     assert all(c.customer_id != alice for c in after.candidates)
 
 
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A server doing its face work in its own process (`vision.processes = 0`), whose models
+    a test can watch."""
+    settings = service_settings(tmp_path_factory.mktemp("in-process"))
+    vision = settings.vision.model_copy(update={"processes": 0})
+    running = start(settings.model_copy(update={"vision": vision}))
+    yield running
+    running.stop(grace=2)
+
+
 def test_templates_are_embedded_with_the_mirror_image_and_probes_without(
-    served: Running, enrollment, kiosk, people
+    in_process: Running, people
 ) -> None:
     """Enrolment runs the embedder on each face and its mirror image; a verify (on its best
     frame only) or an identify runs it once (the manifest's `flip` and `probe_flip`)."""
-    member = served.engine.pipeline.embedder.members[0]
+    member = in_process.engine.pipeline.embedder.members[0]
     runs = []
     original = member.run
     member.run = lambda view: runs.append(len(view)) or original(view)
     try:
-        name, images = people[6]
-        enroll(enrollment, name, images[:1])
-        assert len(runs) == 2
-        runs.clear()
-        frames = [image(images[1]), image(images[2])]  # only the better frame is embedded
-        request = verification_pb2.VerifyRequest(customer_id=name, frames=frames)
-        assert "MATCH" in kiosk.Verify(request, timeout=60).decision.reason_codes
-        kiosk.Identify(verification_pb2.IdentifyRequest(image=image(images[1])), timeout=60)
-        assert len(runs) == 2  # one run each
+        with grpc.insecure_channel(f"127.0.0.1:{in_process.port}") as channel:
+            kiosk = verification_pb2_grpc.FaceVerificationStub(channel)
+            name, images = people[6]
+            enroll(enrollment_pb2_grpc.EnrollmentStub(channel), name, images[:1])
+            assert len(runs) == 2
+            runs.clear()
+            frames = [image(images[1]), image(images[2])]  # only the better frame is embedded
+            request = verification_pb2.VerifyRequest(customer_id=name, frames=frames)
+            assert "MATCH" in kiosk.Verify(request, timeout=60).decision.reason_codes
+            kiosk.Identify(verification_pb2.IdentifyRequest(image=image(images[1])), timeout=60)
+            assert len(runs) == 2  # one run each
     finally:
         del member.run
+
+
+def test_a_crashed_vision_worker_fails_only_its_call(served: Running, enrollment, kiosk, people):
+    """A worker killed (as a crash on a crafted image would) costs one INTERNAL answer with
+    its reason, audited as a declined attempt; a fresh worker serves the next call."""
+    name, images = people[6]  # people[6] is enrolled only on the in-process server
+    enroll(enrollment, name, images[:1])
+    for pid in served.engine.vision.pids():
+        os.kill(pid, signal.SIGKILL)
+    request = verification_pb2.VerifyRequest(
+        customer_id=name, frames=[image(images[1])], device_id="K-crash"
+    )
+    expect_error(kiosk.Verify, request, grpc.StatusCode.INTERNAL, "VISION_WORKER_FAILED")
+    assert "MATCH" in kiosk.Verify(request, timeout=60).decision.reason_codes
+    verifies = [e for e in served.engine.gallery.store.events_of(name) if e.type == "VERIFY"]
+    assert verifies[0].outcome == "DECLINE"
+    assert "VISION_WORKER_FAILED" in verifies[0].payload["reason_codes"]
 
 
 def test_duplicate_identity_and_existing_customer_are_refused(enrollment, people) -> None:

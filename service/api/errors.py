@@ -22,6 +22,7 @@ from service.errors import (
     Conflict,
     Expired,
     FaceguardError,
+    Internal,
     InvalidInput,
     NotFound,
     TooLarge,
@@ -41,6 +42,7 @@ STATUS: dict[type[FaceguardError], grpc.StatusCode] = {
     Conflict: grpc.StatusCode.ALREADY_EXISTS,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Expired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Internal: grpc.StatusCode.INTERNAL,
 }
 
 

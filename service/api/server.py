@@ -109,6 +109,7 @@ class Running:
         if self.engine.risk is not None:
             self.engine.risk.stop()
         self.operations.stop()
+        self.engine.close()
         self.engine.gallery.save()
 
 

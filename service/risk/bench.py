@@ -125,8 +125,10 @@ def _risk_cost(data: Path, enrolled: dict[str, bytes], calls: int) -> dict[str, 
     from service.config import load_settings
 
     settings = load_settings()
-    settings = settings.model_copy(update={"storage": settings.storage.model_copy(
-        update={"data_dir": data, "dev_generate_key": True})})  # fmt: skip
+    settings = settings.model_copy(update={
+        "storage": settings.storage.model_copy(update={"data_dir": data, "dev_generate_key": True}),
+        "vision": settings.vision.model_copy(update={"processes": 0}),  # this pipeline only
+    })  # fmt: skip
     engine = build_engine(settings)
     assert engine.risk is not None
     samples, customers = [], sorted(enrolled)

@@ -35,11 +35,12 @@ class SideBySide:
             if self.workers > 1
             else None
         )
+        self.spread = True
 
     def map(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """`[function(item) for item in items]`, in order, with the items run side by side."""
         items = list(items)
-        if self._helpers is None or len(items) < 2:
+        if self._helpers is None or len(items) < 2 or not self.spread:
             return [function(item) for item in items]
         queued: list[Future[R]] = [self._helpers.submit(function, item) for item in items[1:]]
         try:
@@ -63,7 +64,7 @@ class SideBySide:
 
     def split(self, count: int) -> Sequence[slice]:
         """`count` items cut into one contiguous slice per worker (fewer when items are few)."""
-        parts = max(1, min(self.workers, count))
+        parts = max(1, min(self.workers if self.spread else 1, count))
         bounds = [round(i * count / parts) for i in range(parts + 1)]
         return [slice(bounds[i], bounds[i + 1]) for i in range(parts)]
 

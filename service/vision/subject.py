@@ -1,0 +1,76 @@
+"""The one face a request is about: found, checked for count, and analysed.
+
+A verify or liveness check sends frames and wants the best face among them as a probe; an
+identify or an enrolment image wants the image's single face, as a probe or as a gallery
+template. Both run here as whole requests over a `FacePipeline`, so they can run in a worker
+process (`service.vision_processes`) with one round trip each: only the image bytes go in and
+only the analysis comes back, never the decoded pixels.
+"""
+
+from __future__ import annotations
+
+from service.vision.decode import ImageDecodeError
+from service.vision.pipeline import FacePipeline, primary_face
+from service.vision.types import Face, FaceAnalysis, Image
+
+NO_FACE = "NO_FACE"
+MULTIPLE_FACES = "MULTIPLE_FACES"
+
+
+class ImageRejected(Exception):
+    """An image of the request gives no usable face.
+
+    `reason` is a `DecodeReason` code, NO_FACE or MULTIPLE_FACES; `index` is the image's
+    position in the request (None: no frame of the request held a face).
+    """
+
+    def __init__(self, reason: str, index: int | None, message: str) -> None:
+        super().__init__(reason, index, message)
+        self.reason = reason
+        self.index = index
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _face_of(
+    pipeline: FacePipeline, data: bytes, index: int, what: str, allow_multiple: bool
+) -> tuple[Image, Face | None]:
+    """The decoded image and its one face (None: no face). Several faces are refused unless
+    `allow_multiple`, which takes the most central one."""
+    try:
+        image = pipeline.decode(data)
+    except ImageDecodeError as exc:
+        raise ImageRejected(str(exc.reason), index, f"{what} {index}: {exc}") from exc
+    faces = pipeline.detect(image)
+    if len(faces) > 1 and allow_multiple:
+        faces = [primary_face(faces, image)]
+    if len(faces) > 1:
+        raise ImageRejected(MULTIPLE_FACES, index, f"{what} {index}: {len(faces)} faces found")
+    return image, faces[0] if faces else None
+
+
+def single_face(
+    pipeline: FacePipeline, data: bytes, index: int, template: bool, allow_multiple: bool
+) -> FaceAnalysis:
+    """The analysis of an image's one face; `template`: embedded as a gallery template (see
+    `FacePipeline.embed`), else as a probe."""
+    image, face = _face_of(pipeline, data, index, "image", allow_multiple)
+    if face is None:
+        raise ImageRejected(NO_FACE, index, f"image {index}: no face found")
+    return pipeline.analyse_faces(image, [face], template)[0]
+
+
+def best_probe(pipeline: FacePipeline, frames: list[bytes], allow_multiple: bool) -> FaceAnalysis:
+    """The best-quality face over the frames, analysed as a probe; each frame must hold at most
+    one face. Only that face is embedded and scored for liveness."""
+    seen = []
+    for i, frame in enumerate(frames):
+        image, face = _face_of(pipeline, frame, i, "frame", allow_multiple)
+        if face is not None:
+            seen.append((pipeline.quality(image, [face])[0].score, image, face))
+    if not seen:
+        raise ImageRejected(NO_FACE, None, "no face found in any frame")
+    _, image, face = max(seen, key=lambda found: found[0])
+    return pipeline.analyse_faces(image, [face], template=False)[0]

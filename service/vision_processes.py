@@ -1,0 +1,298 @@
+"""Where the face pipeline runs for single-shot requests: in worker processes, or in this one.
+
+Worker processes (`VisionProcesses`, the service's default) for two reasons:
+- Throughput. Python runs one thread at a time, and the pipeline's own Python (non-maximum
+  suppression, crops, quality) holds that lock between model runs. In one process, 8
+  concurrent verifies kept only 1.7 of 2 cores busy, and each verify cost about a quarter more
+  CPU than it did alone.
+- Containment. A decoder or model that crashes on a crafted image takes down one worker, not
+  the service, and a worker that overruns the time limit is killed. Either way that call fails
+  with `VisionWorkerError` and a fresh worker takes the dead one's place.
+
+Each worker serves one call at a time over its own pipe: the image bytes go in, the analysis
+and the stage timings come back (see `service.vision.subject`). A call goes to the idle worker
+used most recently, whose caches are warm, and runs its model runs side by side only when
+every other worker is idle: under load, splitting a call only adds threads competing for the
+same cores.
+
+`InProcessVision` runs the same functions on a pipeline in this process (`vision.processes =
+0`), for tools and tests that want no child processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Protocol
+
+from service.metrics import Observer, instrument_pipeline, observe_stage
+from service.modelpack.manifest import MODELS_DIR
+from service.vision import subject
+from service.vision.pipeline import FacePipeline, PipelineConfig
+from service.vision.types import FaceAnalysis
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 300.0  # loading and checking every model on a slow, busy machine
+TASKS: dict[str, Callable[..., FaceAnalysis]] = {
+    "best_probe": subject.best_probe,
+    "single_face": subject.single_face,
+}
+
+
+class Vision(Protocol):
+    """The single-shot face work the engine asks for (see `service.vision.subject`)."""
+
+    def best_probe(self, frames: list[bytes]) -> FaceAnalysis: ...
+
+    def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis: ...
+
+    def close(self) -> None: ...
+
+
+class VisionWorkerError(Exception):
+    """A vision worker died, overran the time limit or could not start."""
+
+
+@dataclass(frozen=True)
+class InProcessVision:
+    """The face work on a pipeline of this process."""
+
+    pipeline: FacePipeline
+    allow_multiple: bool = False
+
+    def best_probe(self, frames: list[bytes]) -> FaceAnalysis:
+        return subject.best_probe(self.pipeline, frames, self.allow_multiple)
+
+    def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
+        return subject.single_face(self.pipeline, data, index, template, self.allow_multiple)
+
+    def close(self) -> None:
+        """Nothing to release: the pipeline belongs to the caller."""
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+
+
+def default_process_count() -> int:
+    """One worker per core this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+class VisionProcesses:
+    """The face work in `count` worker processes, each with its own pipeline.
+
+    `timeout_s` bounds both the wait for a free worker and one call's work. `observe` receives
+    each stage's duration as measured in the worker (by default, the stage histogram).
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        count: int,
+        allow_multiple: bool = False,
+        timeout_s: float = 30.0,
+        models_dir: Path = MODELS_DIR,
+        observe: Observer = observe_stage,
+    ) -> None:
+        if count < 1:
+            raise ValueError("at least one vision worker is needed")
+        self.config = config
+        self.allow_multiple = allow_multiple
+        self.timeout_s = timeout_s
+        self.models_dir = models_dir
+        self.observe = observe
+        self._context = multiprocessing.get_context("spawn")  # never fork a gRPC server
+        self._changed = threading.Condition()
+        self._all: set[_Worker] = set()
+        self._idle: list[_Worker] = []
+        self._busy = 0
+        self._starting = 0
+        self._closed = False
+        started = [self._spawn() for _ in range(count)]  # they load their models at once
+        try:
+            for worker in started:
+                self._await_ready(worker)
+        except BaseException:
+            self.close()
+            raise
+        self._idle = started
+        log.info("vision workers ready: %d processes", count)
+
+    def best_probe(self, frames: list[bytes]) -> FaceAnalysis:
+        return self._call("best_probe", frames, self.allow_multiple)
+
+    def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
+        return self._call("single_face", data, index, template, self.allow_multiple)
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids, for operators (and tests) to find them."""
+        with self._changed:
+            return sorted(w.process.pid for w in self._all if w.process.pid is not None)
+
+    def close(self) -> None:
+        """Stop every worker: each exits when its pipe closes; stragglers are killed."""
+        with self._changed:
+            self._closed = True
+            workers = list(self._all)
+            self._all.clear()
+            self._changed.notify_all()
+        for worker in workers:
+            worker.conn.close()
+        for worker in workers:
+            _stop(worker.process)
+
+    # ---- one call ----------------------------------------------------------------------
+
+    def _call(self, task: str, *args: object) -> FaceAnalysis:
+        worker, spread = self._take()
+        try:
+            worker.conn.send((task, args, spread))
+            if not worker.conn.poll(self.timeout_s):
+                raise TimeoutError(f"no answer within {self.timeout_s:.0f} s")
+            ok, value, stages = worker.conn.recv()
+        except BaseException as exc:  # dead, stuck or interrupted: its state is unknown
+            self._replace(worker)
+            log.error("vision worker %s failed during %s: %r", worker.process.pid, task, exc)
+            raise VisionWorkerError(f"the vision worker failed during {task}") from exc
+        self._give_back(worker)
+        for stage, seconds in stages:
+            self.observe(stage, seconds)
+        if not ok:
+            raise value
+        return value
+
+    def _take(self) -> tuple[_Worker, bool]:
+        """The most recently used idle worker, and whether it may spread its model runs (no
+        other worker is busy)."""
+        with self._changed:
+            usable = self._changed.wait_for(
+                lambda: self._idle or self._closed or self._busy + self._starting == 0,
+                timeout=self.timeout_s,
+            )
+            if not usable:
+                raise VisionWorkerError(f"no vision worker free within {self.timeout_s:.0f} s")
+            if not self._idle:
+                raise VisionWorkerError("no vision worker is running")
+            spread = self._busy == 0
+            self._busy += 1
+            return self._idle.pop(), spread
+
+    def _give_back(self, worker: _Worker) -> None:
+        with self._changed:
+            self._busy -= 1
+            if self._closed:
+                return
+            self._idle.append(worker)
+            self._changed.notify()
+
+    # ---- worker lifecycle --------------------------------------------------------------
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(
+            target=_work, args=(child, self.config, self.models_dir), daemon=True,
+            name="faceguard-vision",
+        )  # fmt: skip
+        process.start()
+        child.close()  # the worker holds the only other end: its death reads as EOF here
+        worker = _Worker(process, parent)
+        with self._changed:
+            self._all.add(worker)
+        return worker
+
+    def _await_ready(self, worker: _Worker) -> None:
+        try:
+            if not worker.conn.poll(STARTUP_TIMEOUT_S):
+                raise VisionWorkerError(f"not ready within {STARTUP_TIMEOUT_S:.0f} s")
+            status, detail = worker.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise VisionWorkerError("the vision worker exited while starting") from exc
+        if status != "ready":
+            raise VisionWorkerError(f"the vision worker could not start: {detail}")
+
+    def _replace(self, worker: _Worker) -> None:
+        """Kill a failed worker and start another in the background; it joins the idle ones
+        once its models are loaded."""
+        with self._changed:
+            self._busy -= 1
+            self._all.discard(worker)
+            if self._closed:
+                return
+            self._starting += 1
+        worker.conn.close()
+        _stop(worker.process, grace=0.0)
+        threading.Thread(target=self._restart, name="vision-restart", daemon=True).start()
+
+    def _restart(self) -> None:
+        worker = None
+        try:
+            worker = self._spawn()
+            self._await_ready(worker)
+        except Exception:
+            log.exception("a replacement vision worker did not start")
+            ready = False
+        else:
+            ready = True
+        with self._changed:
+            self._starting -= 1
+            keep = ready and not self._closed
+            if keep:
+                self._idle.append(worker)
+            elif worker is not None:
+                self._all.discard(worker)
+            self._changed.notify_all()
+        if worker is not None and not keep:
+            worker.conn.close()
+            _stop(worker.process, grace=0.0)
+
+
+def _stop(process: BaseProcess, grace: float = 5.0) -> None:
+    process.join(grace)
+    if process.is_alive():
+        process.kill()
+        process.join(5.0)
+
+
+def _work(conn: Connection, config: PipelineConfig, models_dir: Path) -> None:
+    """A worker's life: load the pipeline, then answer calls until the pipe closes.
+
+    Signals are the serving process's business: on SIGTERM it finishes its in-flight calls,
+    which need their workers, then closes the pipes.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        pipeline = FacePipeline(config, models_dir=models_dir)
+    except Exception as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    stages: list[tuple[str, float]] = []
+    instrument_pipeline(pipeline, lambda stage, seconds: stages.append((stage, seconds)))
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            task, args, spread = conn.recv()
+        except (EOFError, OSError):
+            return
+        stages.clear()
+        pipeline.side_by_side.spread = spread
+        try:
+            reply = (True, TASKS[task](pipeline, *args), stages)
+        except subject.ImageRejected as exc:
+            reply = (False, exc, stages)
+        except Exception as exc:  # a bug: report it whole, as the serving process would
+            log.exception("vision task %s failed", task)
+            reply = (False, RuntimeError(f"{type(exc).__name__}: {exc}"), stages)
+        conn.send(reply)
