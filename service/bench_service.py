@@ -5,7 +5,8 @@ Starts `faceguard serve` as a separate process on a free port and a fresh data d
 the sample photos, then measures:
 - import: images per second through Enroll, `--workers` concurrent calls;
 - verify: median latency with one client, and verifies per second with 8 concurrent clients,
-  each with the server's CPU time (CPU ms per verify alone; cores busy under the 8 clients);
+  each with the CPU time of the server and its vision worker processes (CPU ms per verify
+  alone; cores busy under the 8 clients);
 - identify: the vector index alone, with synthetic face-like templates in galleries of the
   requested sizes (see `service.gallery.index_bench`).
 """
@@ -129,11 +130,26 @@ def _verify_throughput(stub, enrolled: dict[str, bytes], clients: int, calls: in
     return round(calls / (time.perf_counter() - start), 1)
 
 
+def _stat(pid: int) -> list[str]:
+    """A process's /proc stat fields after its name (state, ppid, ..., utime, stime at 11-12)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all threads) a process has used so far, from Linux's /proc:
-    what a verify costs the server, apart from the client sharing the machine."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time (user + system, all threads) the server and its vision worker processes have
+    used so far, from Linux's /proc: what a verify costs the service, apart from the client
+    sharing the machine. A worker that exits mid-run takes its time with it."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat(int(entry.name))
+        except OSError:  # a process that ended while being read
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def measure_service(threads: int, calls: int) -> dict[str, Any]:

@@ -51,6 +51,27 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
     assert list(nms(boxes, scores, 0.5, mode="min")) == [1, 2]
 
 
+def test_nms_matches_a_box_by_box_greedy_pass_across_blocks() -> None:
+    """More boxes than one block of overlaps: the same boxes survive as in the textbook pass."""
+    rng = np.random.default_rng(1)
+    corners = rng.uniform(0, 400, (700, 2))
+    boxes = np.round(np.concatenate([corners, corners + rng.uniform(5, 60, (700, 2))], 1))
+    scores = np.round(rng.uniform(0, 1, 700), 3)
+
+    def overlap(a: np.ndarray, b: np.ndarray, mode: str) -> float:
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+        area_a, area_b = ((x[2] - x[0] + 1) * (x[3] - x[1] + 1) for x in (a, b))
+        return w * h / (min(area_a, area_b) if mode == "min" else area_a + area_b - w * h)
+
+    for mode in ("union", "min"):
+        expected: list[int] = []
+        for i in np.argsort(-scores, kind="stable"):
+            if all(overlap(boxes[k], boxes[i], mode) <= 0.5 for k in expected):
+                expected.append(int(i))
+        assert list(nms(boxes, scores, 0.5, mode)) == expected
+
+
 def test_crops_sample_the_box_from_the_halved_image_and_pad_outside_with_zeros() -> None:
     """A crop equals the box's area average (one colour per 8x8 block here, whatever level it
     is sampled from) and is zero (normalised -127.5/128) where the box leaves the image."""
