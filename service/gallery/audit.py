@@ -18,6 +18,7 @@ events, which never hold images or embeddings (`encode_payload` refuses both).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import numbers
@@ -29,7 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, RowMapping, Table, func, insert, select
+from sqlalchemy import Connection, Insert, RowMapping, Select, Table, func, insert, select
 
 GENESIS = "0" * 64
 MAX_PAYLOAD_CHARS = 16_384
@@ -162,7 +163,8 @@ def append(
     """
     payload = encode_payload({**event.payload, **(facts or {})})
     _serialise_appends(conn)
-    head = conn.execute(select(events.c.hash).order_by(events.c.id.desc()).limit(1)).scalar()
+    head_query, insert_row = _append_statements(events)
+    head = conn.execute(head_query).scalar()
     prev_hash = head if head is not None else GENESIS
     row = {
         "event_id": event.event_id,
@@ -174,9 +176,16 @@ def append(
         "payload": payload,
     }
     conn.execute(
-        insert(events).values(**row, prev_hash=prev_hash, hash=chain_hash(prev_hash, _hashed(row)))
+        insert_row, {**row, "prev_hash": prev_hash, "hash": chain_hash(prev_hash, _hashed(row))}
     )
     return event.event_id
+
+
+@functools.cache
+def _append_statements(events: Table) -> tuple[Select[tuple[str]], Insert]:
+    """The chain head query and the row insert, built once per table (every decision runs
+    them; building a statement costs more than SQLite's running it)."""
+    return select(events.c.hash).order_by(events.c.id.desc()).limit(1), insert(events)
 
 
 def verify(conn: Connection, events: Table, batch: int = 10_000) -> ChainReport:
@@ -253,7 +262,12 @@ def _plain_scalar(value: object) -> object:
 _BINARY = bytes | bytearray | memoryview
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _refuse_vectors(value: object) -> None:
+    if type(value) in _SCALARS:  # most of a payload; exact types, as ABC checks are slow
+        return
     if isinstance(value, Mapping):
         for item in value.values():
             _refuse_vectors(item)

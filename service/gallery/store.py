@@ -503,13 +503,8 @@ class Store:
 
     def templates_of(self, customer_id: str) -> list[StoredTemplate]:
         """A customer's decrypted templates in id order (empty for an unknown customer)."""
-        query = (
-            select(template_table)
-            .where(template_table.c.customer_id == customer_id)
-            .order_by(template_table.c.id)
-        )
         with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(_TEMPLATES_OF, {"customer_id": customer_id}).all()
         return [
             StoredTemplate(row.id, row.customer_id, self._open(row), row.model, row.quality)
             for row in rows
@@ -568,10 +563,8 @@ class Store:
         with self._engine.connect() as conn:
             for start in range(0, len(wanted), _IN_CHUNK):
                 chunk = wanted[start : start + _IN_CHUNK]
-                query = select(template_table.c.id, template_table.c.customer_id).where(
-                    template_table.c.id.in_(chunk)
-                )
-                found.update({row.id: row.customer_id for row in conn.execute(query)})
+                rows = conn.execute(_OWNERS, {"ids": chunk})
+                found.update({row.id: row.customer_id for row in rows})
         return found
 
     def events_of(self, customer_id: str) -> list[EventRecord]:
@@ -787,6 +780,18 @@ _CONSENT_EXPIRY = select(
     .scalar_subquery()
     .label("expires_at"),
 ).where(customer_table.c.customer_id == bindparam("customer_id"))
+
+
+# Statements that run on every verification, built once (SQLAlchemy's construction of a
+# statement costs more than SQLite's execution of these).
+_TEMPLATES_OF = (
+    select(template_table)
+    .where(template_table.c.customer_id == bindparam("customer_id"))
+    .order_by(template_table.c.id)
+)
+_OWNERS = select(template_table.c.id, template_table.c.customer_id).where(
+    template_table.c.id.in_(bindparam("ids", expanding=True))
+)
 
 
 def _latest_consents(conn: Connection, ids: list[str]) -> dict[str, StoredConsent]:

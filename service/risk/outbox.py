@@ -53,6 +53,8 @@ outbox_table = Table(
     sqlite_autoincrement=True,
 )
 
+_INSERT = insert(outbox_table)  # built once: it runs with every decision
+
 
 @dataclass(frozen=True)
 class OutboxItem:
@@ -114,13 +116,12 @@ class Outbox:
     def record(self, conn: Connection, event: NewEvent) -> None:
         """Store event hook: the outbox row, in the transaction that appends the event."""
         now = datetime.now(UTC)
-        conn.execute(
-            insert(outbox_table).values(
-                event_id=event.event_id, ordering_key=ordering_key(event),
-                document=json.dumps(document(event, now), separators=(",", ":")),
-                status=PENDING, attempts=0, next_attempt_at=now, last_error="", created_at=now,
-            )
-        )  # fmt: skip
+        conn.execute(_INSERT, {
+            "event_id": event.event_id, "ordering_key": ordering_key(event),
+            "document": json.dumps(document(event, now), separators=(",", ":")),
+            "status": PENDING, "attempts": 0, "next_attempt_at": now, "last_error": "",
+            "created_at": now,
+        })  # fmt: skip
 
     def due(self, limit: int) -> list[OutboxItem]:
         """The oldest pending row of each ordering key, if its retry time has come."""
