@@ -41,6 +41,7 @@ from service.bench import framed_face
 from service.config import load_settings
 from service.gallery.index_bench import run_index_bench
 from service.vision.pipeline import FacePipeline
+from service.vision_processes import default_process_count
 
 FACEGUARD = Path(sys.executable).with_name("faceguard")
 
@@ -173,6 +174,9 @@ def measure_service(threads: int, calls: int) -> dict[str, Any]:
                 busy = (_cpu_seconds(server.pid) - cpu_between) / (time.perf_counter() - started)
                 return {
                     "server_side_by_side_runs": threads,
+                    "server_vision_processes": (
+                        load_settings().vision.processes or default_process_count()
+                    ),
                     "portraits": len(portraits),
                     "enrolled": len(enrolled),
                     "import_images_per_s": round(import_rate, 2),

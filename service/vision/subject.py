@@ -69,8 +69,10 @@ def best_probe(pipeline: FacePipeline, frames: list[bytes], allow_multiple: bool
     for i, frame in enumerate(frames):
         image, face = _face_of(pipeline, frame, i, "frame", allow_multiple)
         if face is not None:
-            seen.append((pipeline.quality(image, [face])[0].score, image, face))
+            seen.append((image, face))
     if not seen:
         raise ImageRejected(NO_FACE, None, "no face found in any frame")
-    _, image, face = max(seen, key=lambda found: found[0])
+    if len(seen) > 1:  # best quality first; a lone face is scored once, by analyse_faces
+        seen.sort(key=lambda found: -pipeline.quality(found[0], [found[1]])[0].score)
+    image, face = seen[0]
     return pipeline.analyse_faces(image, [face], template=False)[0]
