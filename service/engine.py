@@ -24,6 +24,7 @@ from service.errors import (
     InvalidInput,
     NotFound,
     TooLarge,
+    Unavailable,
     Unprocessable,
 )
 from service.gallery.gallery import Gallery
@@ -32,7 +33,12 @@ from service.vision.decode import DecodeReason
 from service.vision.pipeline import FacePipeline
 from service.vision.subject import ImageRejected
 from service.vision.types import FaceAnalysis
-from service.vision_processes import InProcessVision, Vision, VisionWorkerError
+from service.vision_processes import (
+    InProcessVision,
+    Vision,
+    VisionUnavailable,
+    VisionWorkerError,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -111,6 +117,8 @@ def _rejections() -> Iterator[None]:
         if exc.reason in set(DecodeReason):
             raise InvalidInput(exc.reason, exc.message, **where) from exc
         raise Unprocessable(exc.reason, exc.message, **where) from exc
+    except VisionUnavailable as exc:
+        raise Unavailable("VISION_UNAVAILABLE", f"face analysis unavailable: {exc}") from exc
     except VisionWorkerError as exc:
         raise Internal("VISION_WORKER_FAILED", f"face analysis failed: {exc}") from exc
 

@@ -62,6 +62,10 @@ class VisionWorkerError(Exception):
     """A vision worker died, overran the time limit or could not start."""
 
 
+class VisionUnavailable(VisionWorkerError):
+    """No vision worker could take the call: all busy past the time limit, or none running."""
+
+
 @dataclass(frozen=True)
 class InProcessVision:
     """The face work on a pipeline of this process."""
@@ -147,6 +151,7 @@ class VisionProcesses:
             self._closed = True
             workers = list(self._all)
             self._all.clear()
+            self._idle.clear()
             self._changed.notify_all()
         for worker in workers:
             worker.conn.close()
@@ -182,9 +187,9 @@ class VisionProcesses:
                 timeout=self.timeout_s,
             )
             if not usable:
-                raise VisionWorkerError(f"no vision worker free within {self.timeout_s:.0f} s")
+                raise VisionUnavailable(f"no vision worker free within {self.timeout_s:.0f} s")
             if not self._idle:
-                raise VisionWorkerError("no vision worker is running")
+                raise VisionUnavailable("no vision worker is running")
             spread = self._busy == 0
             self._busy += 1
             return self._idle.pop(), spread

@@ -20,7 +20,12 @@ from service.bench import framed_face
 from service.config import load_settings
 from service.vision.pipeline import FacePipeline
 from service.vision.subject import ImageRejected
-from service.vision_processes import InProcessVision, VisionProcesses, VisionWorkerError
+from service.vision_processes import (
+    InProcessVision,
+    VisionProcesses,
+    VisionUnavailable,
+    VisionWorkerError,
+)
 
 CONFIG = load_settings(vision={"threads": 2}).service_pipeline_config()
 
@@ -119,6 +124,23 @@ def test_a_worker_that_overruns_is_killed_and_replaced(
     assert workers.pids() != [before]
 
 
+def test_a_call_that_finds_every_worker_busy_past_the_limit_is_unavailable(
+    workers: VisionProcesses, portraits: list[bytes]
+) -> None:
+    calls: list[object] = []
+    long_call = threading.Thread(target=lambda: calls.append(_outcome(workers, portraits * 4)))
+    long_call.start()
+    time.sleep(0.05)  # the long call holds the only worker
+    workers.timeout_s = 0.01
+    try:
+        with pytest.raises(VisionUnavailable, match="no vision worker free"):
+            workers.best_probe(portraits[:1])
+    finally:
+        workers.timeout_s = 60.0
+        long_call.join(60)
+    assert not isinstance(calls[0], Exception)  # the busy worker finished its own call
+
+
 def test_closing_stops_every_worker(portraits: list[bytes]) -> None:
     processes = VisionProcesses(CONFIG, count=2)
     pids = processes.pids()
@@ -128,7 +150,7 @@ def test_closing_stops_every_worker(portraits: list[bytes]) -> None:
         _wait_dead(pid)
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    with pytest.raises(VisionWorkerError):
+    with pytest.raises(VisionUnavailable):
         processes.best_probe(portraits[:1])
 
 
