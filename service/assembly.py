@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 from service.config import Settings, SettingsError, operating_threshold
 from service.engine import Engine, Policy
@@ -79,7 +78,7 @@ def _vision(settings: Settings, policy: Policy) -> Vision | None:
     if count == 0:
         return None
     return VisionProcesses(
-        replace(settings.service_pipeline_config(), facemesh=False),  # streams only
+        settings.service_pipeline_config(),
         count or default_process_count(),
         allow_multiple=policy.allow_multiple_faces,
         timeout_s=settings.vision.worker_timeout_s,

@@ -33,6 +33,7 @@ from service.liveness.policy import LivenessPolicy, SessionLimits
 from service.liveness.session import Session
 from service.liveness.stream import analyse_frame
 from service.vision.pipeline import FacePipeline
+from service.vision_processes import InProcessVision
 
 BUDGET_MS = 1000.0 / 15.0
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -65,10 +66,11 @@ def measure(pipeline: FacePipeline, frames: list[bytes]) -> dict[str, Any]:
         require_challenge=False,
     )  # fmt: skip
     session = Session(limits, policy, 0.0)
+    vision = InProcessVision(pipeline)
     totals = []
     for i, data in enumerate(frames):
         began = time.perf_counter()
-        session.observe(analyse_frame(pipeline, session, data, i / 30.0, i / 30.0))
+        session.observe(analyse_frame(vision, session, data, i / 30.0, i / 30.0))
         totals.append((time.perf_counter() - began) * 1000.0)
     stages: dict[str, list[float]] = {s: [] for s in ("decode", "detect", "analyse", "cues")}
     for data in frames:
@@ -100,7 +102,8 @@ def run_bench_stream(args: argparse.Namespace) -> int:
     config = settings.service_pipeline_config()
     pipeline = FacePipeline(replace(config, threads=args.threads))
     frames = video_frames(args.video or DEFAULT_VIDEO, args.frames)
-    analyse_frame(pipeline, Session(SessionLimits(), LivenessPolicy(), 0.0), frames[0], 0, 0)
+    warm_up = Session(SessionLimits(), LivenessPolicy(), 0.0)
+    analyse_frame(InProcessVision(pipeline), warm_up, frames[0], 0, 0)
     figures = {"cores": cores, "threads": args.threads, "video": (args.video or DEFAULT_VIDEO).name}
     figures |= measure(pipeline, frames)
     if args.json:

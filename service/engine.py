@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from service.decision import APPROVE, DECLINE, Decision, LivenessReport, match_outcome
 from service.errors import (
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from service.risk.runtime import RiskRuntime
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CUSTOMER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")
 
@@ -106,8 +108,8 @@ def check_consent(consent: Consent | None) -> Consent:
 
 
 @contextmanager
-def _rejections() -> Iterator[None]:
-    """Map the face work's failures to the service's errors, keeping the image index."""
+def face_errors() -> Iterator[None]:
+    """Map the face work's failures to the service's errors, keeping the image's index."""
     try:
         yield
     except ImageRejected as exc:
@@ -146,12 +148,12 @@ class Engine:
 
     def _single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
         """The analysis of an image's one face (see `subject.single_face`)."""
-        with _rejections():
+        with face_errors():
             return self.vision.single_face(data, index, template)
 
     def _best_face(self, frames: list[bytes]) -> FaceAnalysis:
         """The best face over the frames, as a probe (see `subject.best_probe`)."""
-        with _rejections():
+        with face_errors():
             return self.vision.best_probe(frames)
 
     @staticmethod
@@ -194,9 +196,7 @@ class Engine:
             return decision
         return self.risk.checks.apply(kind, decision, vectors, neighbours)
 
-    def _attempt(
-        self, kind: str, device_id: str, customer_id: str, run: Callable[[], FaceAnalysis]
-    ) -> FaceAnalysis:
+    def _attempt(self, kind: str, device_id: str, customer_id: str, run: Callable[[], T]) -> T:
         """Run a face step; a failure is audited as a declined attempt before it propagates
         (a request that crashes a vision worker too: it counts for velocity like any other)."""
         try:
@@ -216,9 +216,7 @@ class Engine:
         self.gallery.store.record_event(self._event(kind, decision))
         return decision.event_id
 
-    def attempt(
-        self, kind: str, device_id: str, customer_id: str, run: Callable[[], FaceAnalysis]
-    ) -> FaceAnalysis:
+    def attempt(self, kind: str, device_id: str, customer_id: str, run: Callable[[], T]) -> T:
         """`_attempt` for the streamed session, which finds its face outside the engine: a
         refusal (NO_FACE, FACE_CHANGED, low quality) is audited like a single-shot one."""
         return self._attempt(kind, device_id, customer_id, run)

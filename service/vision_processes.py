@@ -1,4 +1,4 @@
-"""Where the face pipeline runs for single-shot requests: in worker processes, or in this one.
+"""Where the face pipeline runs for requests and stream frames: in worker processes, or here.
 
 Worker processes (`VisionProcesses`, the service's default) for two reasons:
 - Throughput. Python runs one thread at a time, and the pipeline's own Python (non-maximum
@@ -31,29 +31,33 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.metrics import Observer, instrument_pipeline, observe_stage
 from service.modelpack.manifest import MODELS_DIR
 from service.vision import subject
 from service.vision.pipeline import FacePipeline, PipelineConfig
+from service.vision.subject import FrameFace, FrameWish
 from service.vision.types import FaceAnalysis
 
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 300.0  # loading and checking every model on a slow, busy machine
-TASKS: dict[str, Callable[..., FaceAnalysis]] = {
+TASKS: dict[str, Callable[..., object]] = {
     "best_probe": subject.best_probe,
     "single_face": subject.single_face,
+    "stream_frame": subject.stream_frame,
 }
 
 
 class Vision(Protocol):
-    """The single-shot face work the engine asks for (see `service.vision.subject`)."""
+    """The face work the engine and stream sessions ask for (see `service.vision.subject`)."""
 
     def best_probe(self, frames: list[bytes]) -> FaceAnalysis: ...
 
     def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis: ...
+
+    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FrameFace | None: ...
 
     def close(self) -> None: ...
 
@@ -78,6 +82,9 @@ class InProcessVision:
 
     def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
         return subject.single_face(self.pipeline, data, index, template, self.allow_multiple)
+
+    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FrameFace | None:
+        return subject.stream_frame(self.pipeline, data, index, wish)
 
     def close(self) -> None:
         """Nothing to release: the pipeline belongs to the caller."""
@@ -140,6 +147,9 @@ class VisionProcesses:
     def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
         return self._call("single_face", data, index, template, self.allow_multiple)
 
+    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FrameFace | None:
+        return self._call("stream_frame", data, index, wish)
+
     def pids(self) -> list[int]:
         """The worker processes' ids, for operators (and tests) to find them."""
         with self._changed:
@@ -160,7 +170,7 @@ class VisionProcesses:
 
     # ---- one call ----------------------------------------------------------------------
 
-    def _call(self, task: str, *args: object) -> FaceAnalysis:
+    def _call(self, task: str, *args: object) -> Any:
         worker, spread = self._take()
         try:
             worker.conn.send((task, args, spread))

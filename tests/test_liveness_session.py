@@ -245,14 +245,14 @@ def test_the_best_quality_face_is_kept_for_matching() -> None:
 def test_embeddings_are_asked_for_only_where_needed() -> None:
     s = session()
     head, face = LiveHead(), unit(1)
-    assert s.wants_embedding(Quality(80.0, ()))  # the first face: the identity to follow
+    assert s.wish().wants_embedding(Quality(80.0, ()))  # the first face: the identity to follow
     s.observe(Observation.of(0.0, 0.0, analysis(face, quality=80.0), head.next()))
-    assert not s.wants_embedding(Quality(70.0, ()))
-    assert s.wants_embedding(Quality(90.0, ()))  # better than the best: it may be the match
+    assert not s.wish().wants_embedding(Quality(70.0, ()))
+    assert s.wish().wants_embedding(Quality(90.0, ()))  # better than the best: the match?
     plain = analysis(face, quality=70.0)
     for i in range(1, EMBED_EVERY):
         s.observe(Observation(i / FPS, i / FPS, plain.face, plain.quality, cues=head.next()))
-    assert s.wants_embedding(Quality(70.0, ()))  # time to check the face is still the same
+    assert s.wish().wants_embedding(Quality(70.0, ()))  # time to check it is still the same
     # The identity check on that frame catches a change made in between.
     with pytest.raises(Unprocessable):
         s.observe(Observation.of(0.4, 0.4, analysis(unit(2), quality=70.0), head.next()))

@@ -48,7 +48,7 @@ APPROVE, DECLINE = common_pb2.APPROVE, common_pb2.DECLINE
 
 @pytest.fixture(scope="module")
 def people(shared_data: Path) -> list[tuple[str, list[Path]]]:
-    return people_with(shared_data, minimum=3, count=7)
+    return people_with(shared_data, minimum=3, count=8)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +133,34 @@ def test_enroll_verify_identify_delete(enrollment, kiosk, people) -> None:
         verification_pb2.IdentifyRequest(image=image(alice_images[2])), timeout=60
     )
     assert all(c.customer_id != alice for c in after.candidates)
+
+
+def test_a_stream_is_analysed_in_the_vision_workers(
+    served: Running, enrollment, kiosk, people, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streamed session's frames go to the vision workers, never to the serving process's
+    own pipeline; ended before its challenge, the session still matches the face."""
+    name, images = people[7]
+    enroll(enrollment, name, images[:1])
+
+    def detect_here(image):
+        raise AssertionError("a stream frame was analysed in the serving process")
+
+    monkeypatch.setattr(served.engine.pipeline, "detect", detect_here)
+    options = verification_pb2.StreamOptions(session_id="s-workers", device_id="K-stream")
+    frame = verification_pb2.VerifyStreamRequest(
+        frame=verification_pb2.StreamFrame(image=image(images[1]), session_id="s-workers")
+    )
+    messages = [
+        verification_pb2.VerifyStreamRequest(
+            start=verification_pb2.VerifyStreamStart(customer_id=name, options=options)
+        ),
+        *[frame] * 4,
+    ]
+    replies = list(kiosk.VerifyStream(iter(messages), timeout=60))
+    decision = replies[-1].result.decision
+    assert "MATCH" in decision.reason_codes
+    assert decision.outcome == DECLINE and "LIVENESS_FAILED" in decision.reason_codes
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, people) -> Iterator[Running
     (folder / "policy.toml").write_text(policy.replace('version = "default-', 'version = "test-'))
     settings = service_settings(folder)
     settings.risk.policy_file = folder / "policy.toml"
-    running = start(settings.model_copy(update={"stream": STREAM}))
+    # The face work runs in this process, where `subject` can replace the mesh cues with a
+    # scripted head; test_service.py streams through the vision workers.
+    vision = settings.vision.model_copy(update={"processes": 0})
+    running = start(settings.model_copy(update={"stream": STREAM, "vision": vision}))
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         enrollment = enrollment_pb2_grpc.EnrollmentStub(channel)
         name, images = people[0]

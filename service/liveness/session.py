@@ -13,7 +13,7 @@ It follows one face: in each frame the face nearest the previous one, and the se
 FACE_CHANGED when that face jumps between consecutive frames or stops being the same person.
 It keeps only what it needs: scores, landmark points and the best-quality face's analysis,
 never the images. Embedding is the costly step of a frame, so the session asks for one only
-where it needs it (`wants_embedding`): the first face, a face of better quality than the best
+where it needs it (`wish`): the first face, a face of better quality than the best
 so far (the one matched at the end), and every `EMBED_EVERY`-th face frame to keep checking
 that the face is still the same person; the face's position is checked on every frame.
 """
@@ -33,8 +33,8 @@ from service.liveness import checks
 from service.liveness.challenge import Baseline, Response, judge, pick
 from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.vision.liveness_cues import FrameCues
-from service.vision.pipeline import primary_face
-from service.vision.types import Embedding, Face, FaceAnalysis, Image, Liveness, Quality
+from service.vision.subject import FrameWish
+from service.vision.types import Embedding, Face, FaceAnalysis, Liveness, Quality
 
 # Face frames between identity checks of the followed face (at 15 frames/s: three a second).
 EMBED_EVERY = 5
@@ -53,7 +53,7 @@ class Phase(StrEnum):
 class Observation:
     """One frame as the session sees it: when, the followed face, its cues.
 
-    `embedding` is present where the session asked for one (`Session.wants_embedding`).
+    `embedding` is present where the session asked for one (`Session.wish`).
     """
 
     received_s: float  # server clock
@@ -81,10 +81,6 @@ class Prompt:
     challenge: Challenge
     deadline_s: float  # server clock
     window_s: float
-
-
-def _centre(face: Face) -> np.ndarray:
-    return (face.box[:2] + face.box[2:]) / 2.0
 
 
 class Session:
@@ -129,27 +125,21 @@ class Session:
 
     # ---- the face to follow ---------------------------------------------------------------
 
-    def follow(self, faces: list[Face], image: Image) -> Face | None:
-        """The face this session follows in a frame: nearest the last one, else the central one."""
-        if not faces:
-            return None
-        if self._previous is None:
-            return primary_face(faces, image)
-        last = _centre(self._previous[1])
-        return min(faces, key=lambda f: float(np.linalg.norm(_centre(f) - last)))
-
-    def wants_embedding(self, quality: Quality) -> bool:
-        """Whether the next face, of this quality, needs its embedding computed."""
-        return (
+    def wish(self) -> FrameWish:
+        """What the next frame should give: the face nearest the one followed so far, and its
+        embedding only where needed (the first face, a better one than the best, or time to
+        check the face is still the same person)."""
+        last = self._previous[1] if self._previous is not None else None
+        needed = (
             self._reference is None
             or self.best is None
-            or quality.score > self.best.quality.score
             or self._since_embedding + 1 >= EMBED_EVERY
         )
+        return FrameWish(last, None if needed else self.best.quality.score)
 
     def _track(self, face: Face, embedding: Embedding | None, received_s: float) -> None:
         if self._previous is not None and received_s - self._previous[0] <= JUMP_GAP_S:
-            moved = np.linalg.norm(_centre(face) - _centre(self._previous[1]))
+            moved = np.linalg.norm(face.centre - self._previous[1].centre)
             if moved > self.policy.track_jump * max(self._previous[1].width, 1.0):
                 raise Unprocessable(
                     "FACE_CHANGED", "the face jumped between frames: another face or a cut"

@@ -16,15 +16,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from service.config import StreamSettings
 from service.decision import Decision
-from service.engine import Engine
-from service.errors import Conflict, InvalidInput, TooLarge, Unprocessable
+from service.engine import Engine, face_errors
+from service.errors import Conflict, InvalidInput, Unprocessable
 from service.liveness.session import Observation, Prompt, Session
-from service.vision.decode import DecodeReason, ImageDecodeError
-from service.vision.pipeline import FacePipeline
 from service.vision.types import FaceAnalysis
+from service.vision_processes import Vision
+
+T = TypeVar("T")
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
@@ -84,27 +86,17 @@ class ActiveSessions:
 
 
 def analyse_frame(
-    pipeline: FacePipeline, session: Session, data: bytes, received_s: float, captured_s: float
+    vision: Vision, session: Session, data: bytes, received_s: float, captured_s: float
 ) -> Observation:
-    """Decode a frame and analyse only the face the session follows: quality, passive score and
-    mesh cues always, the embedding where the session wants one (those three side by side)."""
-    image = pipeline.decode(data)
-    face = session.follow(pipeline.detect(image), image)
-    if face is None:
+    """The session's observation of a frame: only the face it follows is analysed, as it
+    wishes (see `subject.stream_frame`)."""
+    found = vision.stream_frame(data, session.frames, session.wish())
+    if found is None:
         return Observation(received_s, captured_s)
-    quality = pipeline.quality(image, [face])[0]
-    model = pipeline.liveness_model
-    wants_embedding = session.wants_embedding(quality)
-    embedding, cues, liveness = pipeline.side_by_side.run(
-        lambda: (
-            pipeline.embed(pipeline.align(image, [face]), template=False)[0]
-            if wants_embedding
-            else None
-        ),
-        lambda: pipeline.cues(image, face),
-        lambda: model(model.crops(image.rgb, [face]))[0] if model else None,
-    )
-    return Observation(received_s, captured_s, face, quality, liveness, embedding, cues)
+    return Observation(
+        received_s, captured_s, found.face, found.quality, found.liveness, found.embedding,
+        found.cues,
+    )  # fmt: skip
 
 
 class StreamRun:
@@ -146,7 +138,7 @@ class StreamRun:
         opening = self.opening
         return self.engine.refuse(self.kind, opening.device_id, opening.customer_id, reason)
 
-    def _refusing(self, run: Callable[[], FaceAnalysis]) -> FaceAnalysis:
+    def _refusing(self, run: Callable[[], T]) -> T:
         """Run a step whose Unprocessable ends the session as an audited declined attempt."""
         return self.engine.attempt(self.kind, self.opening.device_id, self.opening.customer_id, run)
 
@@ -167,17 +159,15 @@ class StreamRun:
 
     def observation(self, frame: Frame, received_s: float) -> Observation:
         captured = self._check_frame(frame)
-        try:
+        with face_errors():
             return analyse_frame(
-                self.engine.pipeline, self.session, frame.data, received_s, captured
+                self.engine.vision, self.session, frame.data, received_s, captured
             )
-        except ImageDecodeError as exc:
-            error = TooLarge if exc.reason == DecodeReason.TOO_LARGE else InvalidInput
-            raise error(str(exc.reason), f"frame {self.session.frames}: {exc}") from exc
 
     def frame(self, frame: Frame, received_s: float) -> Prompt | None:
-        """Take one frame that arrived at `received_s` (server clock); a prompt to send, if any."""
-        obs = self.observation(frame, received_s)
+        """Take one frame that arrived at `received_s` (server clock); a prompt to send, if any.
+        A frame that fails its vision worker is audited, as single-shot calls audit theirs."""
+        obs = self._refusing(lambda: self.observation(frame, received_s))
         prompt: list[Prompt | None] = []
 
         def observe() -> FaceAnalysis:

@@ -60,7 +60,7 @@ def primary_face(faces: list[Face], image: Image) -> Face | None:
     centre = np.array([image.width / 2.0, image.height / 2.0])
 
     def distance(face: Face) -> float:
-        offset = np.linalg.norm((face.box[:2] + face.box[2:]) / 2.0 - centre)
+        offset = np.linalg.norm(face.centre - centre)
         return float(offset / np.sqrt(max(face.width * face.height, 1.0)))
 
     return min(faces, key=distance)

@@ -2,16 +2,22 @@
 
 A verify or liveness check sends frames and wants the best face among them as a probe; an
 identify or an enrolment image wants the image's single face, as a probe or as a gallery
-template. Both run here as whole requests over a `FacePipeline`, so they can run in a worker
-process (`service.vision_processes`) with one round trip each: only the image bytes go in and
-only the analysis comes back, never the decoded pixels.
+template; a streamed session wants, frame by frame, the face it follows. Each runs here as a
+whole step over a `FacePipeline`, so it can run in a worker process
+(`service.vision_processes`) with one round trip: only the image bytes go in and only the
+analysis comes back, never the decoded pixels.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+
 from service.vision.decode import ImageDecodeError
+from service.vision.liveness_cues import FrameCues
 from service.vision.pipeline import FacePipeline, primary_face
-from service.vision.types import Face, FaceAnalysis, Image
+from service.vision.types import Embedding, Face, FaceAnalysis, Image, Liveness, Quality
 
 NO_FACE = "NO_FACE"
 MULTIPLE_FACES = "MULTIPLE_FACES"
@@ -34,15 +40,19 @@ class ImageRejected(Exception):
         return self.message
 
 
+def _decode(pipeline: FacePipeline, data: bytes, index: int, what: str) -> Image:
+    try:
+        return pipeline.decode(data)
+    except ImageDecodeError as exc:
+        raise ImageRejected(str(exc.reason), index, f"{what} {index}: {exc}") from exc
+
+
 def _face_of(
     pipeline: FacePipeline, data: bytes, index: int, what: str, allow_multiple: bool
 ) -> tuple[Image, Face | None]:
     """The decoded image and its one face (None: no face). Several faces are refused unless
     `allow_multiple`, which takes the most central one."""
-    try:
-        image = pipeline.decode(data)
-    except ImageDecodeError as exc:
-        raise ImageRejected(str(exc.reason), index, f"{what} {index}: {exc}") from exc
+    image = _decode(pipeline, data, index, what)
     faces = pipeline.detect(image)
     if len(faces) > 1 and allow_multiple:
         faces = [primary_face(faces, image)]
@@ -76,3 +86,59 @@ def best_probe(pipeline: FacePipeline, frames: list[bytes], allow_multiple: bool
         seen.sort(key=lambda found: -pipeline.quality(found[0], [found[1]])[0].score)
     image, face = seen[0]
     return pipeline.analyse_faces(image, [face], template=False)[0]
+
+
+@dataclass(frozen=True)
+class FrameWish:
+    """What a streamed session wants from its next frame: the face nearest the one it followed
+    `last` (None: the primary face), with its embedding if its quality score is above
+    `embed_above` (None: whatever its quality)."""
+
+    last: Face | None = None
+    embed_above: float | None = None
+
+    def follow(self, faces: list[Face], image: Image) -> Face | None:
+        if not faces:
+            return None
+        if self.last is None:
+            return primary_face(faces, image)
+        last = self.last.centre
+        return min(faces, key=lambda f: float(np.linalg.norm(f.centre - last)))
+
+    def wants_embedding(self, quality: Quality) -> bool:
+        return self.embed_above is None or quality.score > self.embed_above
+
+
+@dataclass(frozen=True)
+class FrameFace:
+    """A streamed frame's followed face: quality, passive liveness and mesh cues always, the
+    embedding where the session wished for it."""
+
+    face: Face
+    quality: Quality
+    liveness: Liveness | None
+    embedding: Embedding | None
+    cues: FrameCues | None
+
+
+def stream_frame(
+    pipeline: FacePipeline, data: bytes, index: int, wish: FrameWish
+) -> FrameFace | None:
+    """Decode frame `index` of a stream and analyse only the face the session follows (None:
+    no face); its embedding, mesh cues and passive liveness run side by side."""
+    image = _decode(pipeline, data, index, "frame")
+    face = wish.follow(pipeline.detect(image), image)
+    if face is None:
+        return None
+    quality = pipeline.quality(image, [face])[0]
+    model = pipeline.liveness_model
+    embedding, cues, liveness = pipeline.side_by_side.run(
+        lambda: (
+            pipeline.embed(pipeline.align(image, [face]), template=False)[0]
+            if wish.wants_embedding(quality)
+            else None
+        ),
+        lambda: pipeline.cues(image, face),
+        lambda: model(model.crops(image.rgb, [face]))[0] if model else None,
+    )
+    return FrameFace(face, quality, liveness, embedding, cues)

@@ -49,6 +49,10 @@ class Face:
     def height(self) -> float:
         return float(self.box[3] - self.box[1])
 
+    @property
+    def centre(self) -> np.ndarray:
+        return (self.box[:2] + self.box[2:]) / 2.0
+
 
 @dataclass(frozen=True)
 class Pose:
