@@ -131,9 +131,7 @@ class Session:
         check the face is still the same person)."""
         last = self._previous[1] if self._previous is not None else None
         needed = (
-            self._reference is None
-            or self.best is None
-            or self._since_embedding + 1 >= EMBED_EVERY
+            self._reference is None or self.best is None or self._since_embedding + 1 >= EMBED_EVERY
         )
         return FrameWish(last, None if needed else self.best.quality.score)
 

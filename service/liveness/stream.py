@@ -160,9 +160,7 @@ class StreamRun:
     def observation(self, frame: Frame, received_s: float) -> Observation:
         captured = self._check_frame(frame)
         with face_errors():
-            return analyse_frame(
-                self.engine.vision, self.session, frame.data, received_s, captured
-            )
+            return analyse_frame(self.engine.vision, self.session, frame.data, received_s, captured)
 
     def frame(self, frame: Frame, received_s: float) -> Prompt | None:
         """Take one frame that arrived at `received_s` (server clock); a prompt to send, if any.
