@@ -73,7 +73,7 @@ def build_engine(settings: Settings) -> Engine:
 
 
 def _vision(settings: Settings, policy: Policy) -> Vision | None:
-    """Worker processes for the single-shot face work, unless configured to run in-process."""
+    """Worker processes for the face work, unless configured to run it in this process."""
     count = settings.vision.processes
     if count == 0:
         return None

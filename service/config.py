@@ -37,12 +37,12 @@ class VisionSettings(BaseModel):
     )  # fmt: skip
     processes: int | None = Field(
         None, ge=0, le=256,
-        description="worker processes for single-shot face work; 0: in the serving process; "
-        "default: one per core",
+        description="worker processes for the face work of requests and stream frames; 0: in "
+        "the serving process; default: one per core",
     )  # fmt: skip
     worker_timeout_s: float = Field(
-        30.0, gt=0, description="longest one request's face work may take before its worker "
-        "is killed and replaced",
+        30.0, gt=0, description="longest the face work of one request or frame may take before "
+        "its worker is killed and replaced",
     )  # fmt: skip
     liveness: bool = True
     fmr_target: str = Field("1e-4", description="false match rate the operating threshold is for")

@@ -132,8 +132,8 @@ class Engine:
         self, pipeline: FacePipeline, gallery: Gallery, policy: Policy,
         risk: RiskRuntime | None = None, vision: Vision | None = None,
     ) -> None:  # fmt: skip
-        """`pipeline` serves streams and names the models; single-shot requests go to `vision`
-        (default: that pipeline, in this process)."""
+        """`pipeline` names the models; the face work of requests and stream frames goes to
+        `vision` (default: that pipeline, in this process)."""
         self.pipeline = pipeline
         self.gallery = gallery
         self.policy = policy

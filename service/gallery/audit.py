@@ -260,8 +260,6 @@ def _plain_scalar(value: object) -> object:
 
 
 _BINARY = bytes | bytearray | memoryview
-
-
 _SCALARS = (str, int, float, bool, type(None))
 
 
