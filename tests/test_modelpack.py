@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 
 import pytest
 
+from service.modelpack.build import CONVERT_DIR, _converter_files
 from service.modelpack.fetch import FetchError, fetch_source
 from service.modelpack.manifest import (
     Model,
@@ -92,3 +94,16 @@ def test_a_tampered_model_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "m.onnx").unlink()
     with pytest.raises(ModelIntegrityError, match="missing"):
         verified_model_path(model, tmp_path)
+
+
+def test_every_import_of_a_converter_is_part_of_its_build_key() -> None:
+    """A converter's cached build is reused only while the files it runs are unchanged, so
+    every module of models/convert that a converter imports must count for its key."""
+    manifest = load_manifest()
+    for source in manifest.sources.values():
+        files = {p.name for p in _converter_files(source)}
+        script = CONVERT_DIR / f"{source.converter}.py"
+        assert script.name in files
+        imported = set(re.findall(r"^from (\w+) import", script.read_text(), re.MULTILINE))
+        local = {name for name in imported if (CONVERT_DIR / f"{name}.py").is_file()}
+        assert {f"{name}.py" for name in local} <= files, source.name

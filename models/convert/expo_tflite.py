@@ -72,6 +72,7 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 from onnx import helper, numpy_helper
+from shared_onnx import ConversionError, name_by_order, producers, rename_tensor
 from tf2onnx import tflite_utils
 
 LOG = logging.getLogger("expo_tflite")
@@ -94,10 +95,6 @@ GENERATED_NAME = re.compile(r"_*__\d+.*$")
 Dims = tuple[int | str, ...]
 Batch = np.ndarray
 InputBuilder = Callable[[Sequence[np.ndarray]], list[Batch]]
-
-
-class ConversionError(RuntimeError):
-    """The tflite graph or the tf2onnx output is not what the graph surgery was written for."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,11 +422,6 @@ class TfliteGraph:
 # --------------------------------------------------------------------------------------------
 
 
-def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    """Map tensor name -> node producing it."""
-    return {output: node for node in graph.node for output in node.output}
-
-
 def restore_fc_biases(graph: onnx.GraphProto, tfl: TfliteGraph) -> int:
     """Re-add the biases tf2onnx drops from FULLY_CONNECTED ops with rank>2 input.
 
@@ -634,16 +626,6 @@ def free_same_padding(graph: onnx.GraphProto, tfl: TfliteGraph) -> None:
         node.attribute.extend([*kept, helper.make_attribute("auto_pad", "SAME_UPPER")])
 
 
-def rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename a tensor everywhere it appears (node I/O, graph I/O)."""
-    for node in graph.node:
-        node.input[:] = [new if name == old else name for name in node.input]
-        node.output[:] = [new if name == old else name for name in node.output]
-    for info in itertools.chain(graph.input, graph.output):
-        if info.name == old:
-            info.name = new
-
-
 def set_dims(info: onnx.ValueInfoProto, dims: Dims) -> None:
     """Replace a graph I/O shape; str dims become symbolic (dynamic) dims."""
     shape = info.type.tensor_type.shape
@@ -690,36 +672,6 @@ def merge_duplicate_initializers(graph: onnx.GraphProto) -> None:
         node.input[:] = [alias.get(name, name) for name in node.input]
 
 
-def dependency_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Nodes in post-order of a depth-first walk from the graph outputs, inputs in order.
-
-    The order depends only on the graph's structure, not on the order or names tf2onnx chose;
-    nodes that feed no output are left out.
-    """
-    producer = producers(graph)
-    done: set[str] = set()
-    ordered = []
-    for output in graph.output:
-        stack = [producer[output.name]]
-        while stack:
-            node = stack[-1]
-            if node.output[0] in done:
-                stack.pop()
-                continue
-            pending = [
-                producer[name]
-                for name in node.input
-                if name in producer and producer[name].output[0] not in done
-            ]
-            if pending:
-                stack.append(pending[0])
-            else:
-                done.add(node.output[0])
-                ordered.append(node)
-                stack.pop()
-    return ordered
-
-
 def canonicalise(graph: onnx.GraphProto) -> None:
     """Give the graph a form that depends only on its structure: this makes runs byte-identical.
 
@@ -730,27 +682,7 @@ def canonicalise(graph: onnx.GraphProto) -> None:
     counting in that order, unused initializers dropped; nodes are named after their output.
     """
     merge_duplicate_initializers(graph)
-    nodes = dependency_order(graph)
-    initializers = {init.name: init for init in graph.initializer}
-    mapping: dict[str, str] = {}
-    for node in nodes:
-        for name in node.input:
-            if name and name not in mapping:
-                mapping[name] = f"const__{len(mapping)}" if is_generated(name) else name
-        for name in node.output:
-            mapping[name] = f"{node.op_type}__{len(mapping)}" if is_generated(name) else name
-    for node in nodes:
-        node.input[:] = [mapping[name] if name else name for name in node.input]
-        node.output[:] = [mapping[name] for name in node.output]
-        node.name = node.output[0]
-        node.doc_string = ""
-    used = [initializers[name] for name in mapping if name in initializers]
-    for init in used:
-        init.name = mapping[init.name]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(used)
+    name_by_order(graph, is_generated, "__")
 
 
 def annotate(model: onnx.ModelProto, spec: ModelSpec) -> None:

@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from shared_npm import ensure_node_deps
+from shared_onnx import ConversionError
 
 LOG = logging.getLogger("faceapi_dlib")
 
@@ -314,44 +315,6 @@ class Reference:
     descriptors: np.ndarray  # float32 [n, 128]
 
 
-def installed_version(prefix: Path, name: str) -> str | None:
-    """Version of an npm package under prefix/node_modules, None when absent."""
-    manifest = prefix / "node_modules" / name / "package.json"
-    if not manifest.is_file():
-        return None
-    return json.loads(manifest.read_text(encoding="utf-8"))["version"]
-
-
-def ensure_node_deps(prefix: Path) -> None:
-    """Installs package.json's pinned deps into the npm prefix unless already there.
-
-    No lockfile is written and install scripts are skipped: the deps are plain JS/WASM files.
-    """
-    pins: dict[str, str] = json.loads(NODE_PACKAGE_JSON.read_text(encoding="utf-8"))["dependencies"]
-    stale = [name for name, version in pins.items() if installed_version(prefix, name) != version]
-    if not stale:
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise SystemExit(
-            f"{MODEL_NAME}: npm not found; run `npm install` with {NODE_PACKAGE_JSON} in {prefix}"
-        )
-    prefix.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(NODE_PACKAGE_JSON, prefix / "package.json")
-    LOG.info("installing %s into %s", ", ".join(f"{n}@{pins[n]}" for n in stale), prefix)
-    command = [
-        npm,
-        "install",
-        "--prefix",
-        str(prefix),
-        "--no-package-lock",
-        "--ignore-scripts",
-        "--no-audit",
-        "--no-fund",
-    ]
-    subprocess.run(command, stdout=sys.stderr, check=True)
-
-
 def run_reference(package_dir: Path, images: list[Path], node: str, node_prefix: Path) -> Reference:
     """Runs face-api on TFJS (CPU backend) in node; node's stdout banner goes to our stderr."""
     env = {**os.environ, "NODE_PATH": str(node_prefix / "node_modules")}
@@ -408,7 +371,7 @@ def compare(ours: np.ndarray, reference: np.ndarray, tolerance: float) -> dict[s
 
 def check_with_node(args: argparse.Namespace, model_bytes: bytes) -> bool:
     """Compares with face-api on real chips, prints the JSON line; True if within tolerance."""
-    ensure_node_deps(args.node_prefix)
+    ensure_node_deps(args.node_prefix, NODE_PACKAGE_JSON)
     images = list(args.samples)
     reference = run_reference(args.package_dir, images, args.node, args.node_prefix)
     if len(reference.descriptors) == 0:
@@ -475,7 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     check_package(args.package_dir)
     weights, weights_sha256 = load_weights(args.package_dir / "model")
     model_bytes = build_model(weights, weights_sha256).SerializeToString()
-    if not check_with_node(args, model_bytes):
+    try:
+        if not check_with_node(args, model_bytes):
+            return 1
+    except ConversionError as err:
+        LOG.error("%s: %s", MODEL_NAME, err)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(model_bytes)

@@ -71,6 +71,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+from shared_npm import ensure_node_deps
+from shared_onnx import ConversionError, name_by_order, producers, rename_tensor
 
 LOG = logging.getLogger("human_tfjs")
 
@@ -85,10 +87,6 @@ GENERATED_NAME = re.compile(r"__\d+")
 HERE = Path(__file__).resolve().parent
 REFERENCE_SCRIPT = HERE / "human_reference.mjs"
 NODE_PACKAGE_JSON = HERE / "human_package.json"  # exact pins of the reference runtime's npm deps
-
-
-class ConversionError(RuntimeError):
-    """The package, the conversion or the reference run is not what this script expects."""
 
 
 @dataclass(frozen=True)
@@ -221,19 +219,6 @@ def run_tf2onnx(model_json: Path) -> onnx.ModelProto:
     return onnx.load(str(target))
 
 
-def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {name: node for node in graph.node for name in node.output}
-
-
-def rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        node.input[:] = [new if name == old else name for name in node.input]
-        node.output[:] = [new if name == old else name for name in node.output]
-    for info in (*graph.input, *graph.output):
-        if info.name == old:
-            info.name = new
-
-
 def tensor_info(name: str, dims: list[str | int]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
@@ -270,26 +255,6 @@ def set_io(graph: onnx.GraphProto, spec: ModelSpec) -> None:
     graph.output.extend(tensor_info(name, [BATCH_DIM, n]) for name, n in spec.outputs.items())
 
 
-def dependency_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Nodes in post-order of a depth-first walk from the outputs: depends on structure only."""
-    producer = producers(graph)
-    ordered: list[onnx.NodeProto] = []
-    done: set[str] = set()
-
-    def visit(node: onnx.NodeProto) -> None:
-        if node.output[0] in done:
-            return
-        done.add(node.output[0])
-        for name in node.input:
-            if name in producer:
-                visit(producer[name])
-        ordered.append(node)
-
-    for output in graph.output:
-        visit(producer[output.name])
-    return ordered
-
-
 def canonicalise(graph: onnx.GraphProto, structural_names: bool = False) -> None:
     """Give the graph a form that depends only on its structure, so runs are byte-identical.
 
@@ -298,31 +263,12 @@ def canonicalise(graph: onnx.GraphProto, structural_names: bool = False) -> None
     ``<op type>_<k>`` / ``const_<k>`` with k counting in dependency order, nodes are named after
     their output, unused initializers are dropped. Graph input and output names stay.
     """
-    nodes = dependency_order(graph)
-    initializers = {init.name: init for init in graph.initializer}
     io_names = {info.name for info in (*graph.input, *graph.output)}
 
     def renamed(name: str) -> bool:
         return name not in io_names and (structural_names or bool(GENERATED_NAME.search(name)))
 
-    mapping: dict[str, str] = {}
-    for node in nodes:
-        for name in node.input:
-            if name and name not in mapping:
-                mapping[name] = f"const_{len(mapping)}" if renamed(name) else name
-        for name in node.output:
-            mapping[name] = f"{node.op_type}_{len(mapping)}" if renamed(name) else name
-    for node in nodes:
-        node.input[:] = [mapping[name] if name else name for name in node.input]
-        node.output[:] = [mapping[name] for name in node.output]
-        node.name = node.output[0]
-        node.doc_string = ""
-    used = [initializers[name] for name in mapping if name in initializers]
-    for init in used:
-        init.name = mapping[init.name]
-    del graph.node[:], graph.initializer[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(used)
+    name_by_order(graph, renamed, "_")
 
 
 def annotate(model: onnx.ModelProto, spec: ModelSpec) -> None:
@@ -364,38 +310,6 @@ class Reference:
     inputs: np.ndarray  # float32 [n, size, size, 3]
     outputs: dict[str, np.ndarray]  # ONNX output name -> float32 [n, k]
     runtime: str
-
-
-def installed_version(prefix: Path, name: str) -> str | None:
-    """Version of an npm package under prefix/node_modules, None when absent."""
-    manifest = prefix / "node_modules" / name / "package.json"
-    if not manifest.is_file():
-        return None
-    return json.loads(manifest.read_text(encoding="utf-8"))["version"]
-
-
-def ensure_node_deps(prefix: Path) -> None:
-    """Installs human_package.json's pinned deps into the npm prefix unless already there.
-
-    No lockfile is written and install scripts are skipped: the deps are plain JS files.
-    """
-    pins: dict[str, str] = json.loads(NODE_PACKAGE_JSON.read_text(encoding="utf-8"))["dependencies"]
-    stale = [name for name, version in pins.items() if installed_version(prefix, name) != version]
-    if not stale:
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise ConversionError(
-            f"npm not found; run `npm install` with {NODE_PACKAGE_JSON} in {prefix}"
-        )
-    prefix.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(NODE_PACKAGE_JSON, prefix / "package.json")
-    LOG.info("installing %s into %s", ", ".join(f"{n}@{pins[n]}" for n in stale), prefix)
-    command = [
-        npm, "install", "--prefix", str(prefix),
-        "--no-package-lock", "--ignore-scripts", "--no-audit", "--no-fund",
-    ]  # fmt: skip
-    subprocess.run(command, stdout=sys.stderr, check=True)
 
 
 def reference_nodes(package_dir: Path, spec: ModelSpec) -> dict[str, str]:
@@ -520,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     args.package_dir = args.package_dir.resolve()
     try:
         check_package(args.package_dir)
-        ensure_node_deps(args.node_prefix)
+        ensure_node_deps(args.node_prefix, NODE_PACKAGE_JSON)
         results = [process(args, spec) for spec in MODELS]
     except (ConversionError, subprocess.CalledProcessError, OSError) as err:
         LOG.error("%s: %s", PACKAGE_NAME, err)

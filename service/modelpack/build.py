@@ -71,9 +71,10 @@ def _digest(*parts: bytes) -> str:
 
 
 def _converter_files(source: Source) -> list[Path]:
-    """The converter script and its companions (`<converter>*`, e.g. a node reference script)."""
-    prefix = source.converter.split("_")[0]
-    return sorted(p for p in CONVERT_DIR.iterdir() if p.is_file() and p.name.startswith(prefix))
+    """The converter script, its companions (`<converter>*`, e.g. a node reference script)
+    and the helpers every converter may import (`shared_*`)."""
+    prefixes = (source.converter.split("_")[0], "shared_")
+    return sorted(p for p in CONVERT_DIR.iterdir() if p.is_file() and p.name.startswith(prefixes))
 
 
 def build_key(source: Source) -> str:
