@@ -12,7 +12,12 @@ from service.gallery.store import Store
 from service.modelpack.manifest import load_manifest
 from service.risk.runtime import build_risk
 from service.vision.pipeline import FacePipeline
-from service.vision_processes import Vision, VisionProcesses, default_process_count
+from service.vision_processes import (
+    InProcessVision,
+    Vision,
+    VisionProcesses,
+    default_process_count,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,33 +57,38 @@ def open_store(settings: Settings) -> Store:
 def build_engine(settings: Settings) -> Engine:
     """Models loaded, store opened, index consistent with the store: ready to serve."""
     manifest = load_manifest()
-    pipeline = FacePipeline(settings.service_pipeline_config(), manifest)
-    store = open_store(settings)
-    members = manifest.section("embedder")["members"]
-    dim = int(sum(manifest.models[name].extra["dim"] for name in members))
-    gallery = Gallery(
-        store, settings.storage.data_dir / "index.faiss", dim, settings.storage.snapshot_every
-    )
     policy = Policy(
         threshold=operating_threshold(manifest, settings.vision.fmr_target),
         fmr_target=settings.vision.fmr_target,
         liveness_threshold=float(manifest.section("liveness").get("threshold", 0.0)),
         allow_multiple_faces=settings.vision.allow_multiple_faces,
     )
-    risk = build_risk(
-        settings.risk, store, settings.storage.data_dir, dim, policy.liveness_threshold,
-        dev=settings.storage.dev_generate_key,
-    )  # fmt: skip
-    return Engine(pipeline, gallery, policy, risk=risk, vision=_vision(settings, policy))
+    store = open_store(settings)  # first: without a key the service refuses to start at once
+    vision = _vision(settings, policy)
+    try:
+        members = manifest.section("embedder")["members"]
+        dim = int(sum(manifest.models[name].extra["dim"] for name in members))
+        gallery = Gallery(
+            store, settings.storage.data_dir / "index.faiss", dim, settings.storage.snapshot_every
+        )
+        risk = build_risk(
+            settings.risk, store, settings.storage.data_dir, dim, policy.liveness_threshold,
+            dev=settings.storage.dev_generate_key,
+        )  # fmt: skip
+    except BaseException:
+        vision.close()
+        raise
+    return Engine(vision, gallery, policy, risk=risk)
 
 
-def _vision(settings: Settings, policy: Policy) -> Vision | None:
-    """Worker processes for the face work, unless configured to run it in this process."""
+def _vision(settings: Settings, policy: Policy) -> Vision:
+    """The face work: in worker processes, or (`vision.processes = 0`) in this one."""
+    config = settings.service_pipeline_config()
     count = settings.vision.processes
     if count == 0:
-        return None
+        return InProcessVision(FacePipeline(config), policy.allow_multiple_faces)
     return VisionProcesses(
-        settings.service_pipeline_config(),
+        config,
         count or default_process_count(),
         allow_multiple=policy.allow_multiple_faces,
         timeout_s=settings.vision.worker_timeout_s,

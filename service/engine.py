@@ -30,15 +30,9 @@ from service.errors import (
 from service.gallery.gallery import Gallery
 from service.gallery.store import ConsentRecord, CustomerRecord, NewEvent, NewTemplate
 from service.vision.decode import DecodeReason
-from service.vision.pipeline import FacePipeline
 from service.vision.subject import ImageRejected
 from service.vision.types import FaceAnalysis
-from service.vision_processes import (
-    InProcessVision,
-    Vision,
-    VisionUnavailable,
-    VisionWorkerError,
-)
+from service.vision_processes import Vision, VisionUnavailable, VisionWorkerError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -129,16 +123,14 @@ class Engine:
     """Use cases over one pipeline and one gallery; thread-safe as they are."""
 
     def __init__(
-        self, pipeline: FacePipeline, gallery: Gallery, policy: Policy,
-        risk: RiskRuntime | None = None, vision: Vision | None = None,
-    ) -> None:  # fmt: skip
-        """`pipeline` names the models; the face work of requests and stream frames goes to
-        `vision` (default: that pipeline, in this process)."""
-        self.pipeline = pipeline
+        self, vision: Vision, gallery: Gallery, policy: Policy, risk: RiskRuntime | None = None
+    ) -> None:
+        """`vision` does the face work of requests and stream frames (see
+        `service.vision_processes`)."""
+        self.vision = vision
         self.gallery = gallery
         self.policy = policy
         self.risk = risk
-        self.vision = vision or InProcessVision(pipeline, policy.allow_multiple_faces)
 
     def close(self) -> None:
         """Release what the engine runs besides this process (the vision workers)."""
@@ -172,7 +164,7 @@ class Engine:
             fmr_target=self.policy.fmr_target,
             quality_score=analysis.quality.score if analysis else None,
             liveness_score=analysis.liveness.score if analysis and analysis.liveness else None,
-            model_versions=self.pipeline.model_versions,
+            model_versions=self.vision.model_versions,
             **fields,
         )
 

@@ -33,7 +33,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Protocol
 
-from service.metrics import Observer, instrument_pipeline, observe_stage
+from service.metrics import Observer, instrument_pipeline
 from service.modelpack.manifest import MODELS_DIR
 from service.vision import subject
 from service.vision.pipeline import FacePipeline, PipelineConfig
@@ -51,7 +51,14 @@ TASKS: dict[str, Callable[..., object]] = {
 
 
 class Vision(Protocol):
-    """The face work the engine and stream sessions ask for (see `service.vision.subject`)."""
+    """The face work the engine and stream sessions ask for (see `service.vision.subject`),
+    and the versions of the models doing it (task -> version, for every decision)."""
+
+    @property
+    def model_versions(self) -> dict[str, str]: ...
+
+    def instrument(self, observe: Observer) -> None:
+        """Report each pipeline stage's duration to `observe` from now on."""
 
     def best_probe(self, frames: list[bytes]) -> FaceAnalysis: ...
 
@@ -77,6 +84,13 @@ class InProcessVision:
     pipeline: FacePipeline
     allow_multiple: bool = False
 
+    @property
+    def model_versions(self) -> dict[str, str]:
+        return self.pipeline.model_versions
+
+    def instrument(self, observe: Observer) -> None:
+        instrument_pipeline(self.pipeline, observe)
+
     def best_probe(self, frames: list[bytes]) -> FaceAnalysis:
         return subject.best_probe(self.pipeline, frames, self.allow_multiple)
 
@@ -87,7 +101,7 @@ class InProcessVision:
         return subject.stream_frame(self.pipeline, data, index, wish)
 
     def close(self) -> None:
-        """Nothing to release: the pipeline belongs to the caller."""
+        """Nothing to release: the pipeline is the caller's."""
 
 
 @dataclass(eq=False)
@@ -104,8 +118,8 @@ def default_process_count() -> int:
 class VisionProcesses:
     """The face work in `count` worker processes, each with its own pipeline.
 
-    `timeout_s` bounds both the wait for a free worker and one call's work. `observe` receives
-    each stage's duration as measured in the worker (by default, the stage histogram).
+    `timeout_s` bounds both the wait for a free worker and one call's work. Stage durations
+    measured in the workers go to the observer given to `instrument` (none until then).
     """
 
     def __init__(
@@ -115,7 +129,6 @@ class VisionProcesses:
         allow_multiple: bool = False,
         timeout_s: float = 30.0,
         models_dir: Path = MODELS_DIR,
-        observe: Observer = observe_stage,
     ) -> None:
         if count < 1:
             raise ValueError("at least one vision worker is needed")
@@ -123,7 +136,7 @@ class VisionProcesses:
         self.allow_multiple = allow_multiple
         self.timeout_s = timeout_s
         self.models_dir = models_dir
-        self.observe = observe
+        self._observe: Observer = lambda stage, seconds: None
         self._context = multiprocessing.get_context("spawn")  # never fork a gRPC server
         self._changed = threading.Condition()
         self._all: set[_Worker] = set()
@@ -133,11 +146,11 @@ class VisionProcesses:
         self._closed = False
         started = [self._spawn() for _ in range(count)]  # they load their models at once
         try:
-            for worker in started:
-                self._await_ready(worker)
+            versions = [self._await_ready(worker) for worker in started]
         except BaseException:
             self.close()
             raise
+        self.model_versions = versions[0]  # every worker loads the same verified files
         self._idle = started
         log.info("vision workers ready: %d processes", count)
 
@@ -149,6 +162,9 @@ class VisionProcesses:
 
     def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FrameFace | None:
         return self._call("stream_frame", data, index, wish)
+
+    def instrument(self, observe: Observer) -> None:
+        self._observe = observe
 
     def pids(self) -> list[int]:
         """The worker processes' ids, for operators (and tests) to find them."""
@@ -183,7 +199,7 @@ class VisionProcesses:
             raise VisionWorkerError(f"the vision worker failed during {task}") from exc
         self._give_back(worker)
         for stage, seconds in stages:
-            self.observe(stage, seconds)
+            self._observe(stage, seconds)
         if not ok:
             raise value
         return value
@@ -227,7 +243,8 @@ class VisionProcesses:
             self._all.add(worker)
         return worker
 
-    def _await_ready(self, worker: _Worker) -> None:
+    def _await_ready(self, worker: _Worker) -> dict[str, str]:
+        """The worker's model versions, once its models are loaded."""
         try:
             if not worker.conn.poll(STARTUP_TIMEOUT_S):
                 raise VisionWorkerError(f"not ready within {STARTUP_TIMEOUT_S:.0f} s")
@@ -236,6 +253,7 @@ class VisionProcesses:
             raise VisionWorkerError("the vision worker exited while starting") from exc
         if status != "ready":
             raise VisionWorkerError(f"the vision worker could not start: {detail}")
+        return detail
 
     def _replace(self, worker: _Worker) -> None:
         """Kill a failed worker and start another in the background; it joins the idle ones
@@ -295,7 +313,7 @@ def _work(conn: Connection, config: PipelineConfig, models_dir: Path) -> None:
         return
     stages: list[tuple[str, float]] = []
     instrument_pipeline(pipeline, lambda stage, seconds: stages.append((stage, seconds)))
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", pipeline.model_versions))
     while True:
         try:
             task, args, spread = conn.recv()

@@ -88,7 +88,7 @@ def subject(served: Running, monkeypatch: pytest.MonkeyPatch):
     def cues(image, face):
         return holder["track"].next()  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(served.engine.pipeline, "cues", cues)
+    monkeypatch.setattr(served.engine.vision.pipeline, "cues", cues)
 
     def use(track):
         holder["track"] = track

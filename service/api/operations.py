@@ -81,8 +81,8 @@ class Operations:
 
     def engine_built(self, engine: Engine) -> None:
         self._engine = engine
-        metrics.instrument_pipeline(engine.pipeline)
-        metrics.record_models(engine.pipeline.model_versions)
+        engine.vision.instrument(metrics.observe_stage)
+        metrics.record_models(engine.vision.model_versions)
         if engine.risk is not None:
             self.collector.outbox = functools.partial(outbox_stats, engine.risk.outbox.store)
         key_file = key_file_path(self.settings)

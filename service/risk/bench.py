@@ -127,14 +127,14 @@ def _risk_cost(data: Path, enrolled: dict[str, bytes], calls: int) -> dict[str, 
     settings = load_settings()
     settings = settings.model_copy(update={
         "storage": settings.storage.model_copy(update={"data_dir": data, "dev_generate_key": True}),
-        "vision": settings.vision.model_copy(update={"processes": 0}),  # this pipeline only
+        "vision": settings.vision.model_copy(update={"processes": 0}),  # no worker processes
     })  # fmt: skip
     engine = build_engine(settings)
     assert engine.risk is not None
     samples, customers = [], sorted(enrolled)
     for i in range(calls):
         customer = customers[i % len(customers)]
-        [analysis] = engine.pipeline.analyse(enrolled[customer])
+        analysis = engine.vision.single_face(enrolled[customer], 0, template=False)
         score = engine.gallery.best_match(customer, analysis.embedding.vector)
         decision = Decision(
             event_id=str(uuid.uuid4()), outcome=APPROVE, customer_id=customer,
