@@ -38,7 +38,7 @@ class VisionSettings(BaseModel):
     processes: int | None = Field(
         None, ge=0, le=256,
         description="worker processes for the face work of requests and stream frames; 0: in "
-        "the serving process; default: one per core",
+        "the serving process; default: one per core, within a container's CPU quota",
     )  # fmt: skip
     worker_timeout_s: float = Field(
         30.0, gt=0, description="longest the face work of one request or frame may take before "

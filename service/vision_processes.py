@@ -22,6 +22,7 @@ same cores.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -42,6 +43,7 @@ from service.vision.types import FaceAnalysis
 
 log = logging.getLogger(__name__)
 
+CGROUP = Path("/sys/fs/cgroup")
 STARTUP_TIMEOUT_S = 300.0  # loading and checking every model on a slow, busy machine
 TASKS: dict[str, Callable[..., object]] = {
     "best_probe": subject.best_probe,
@@ -110,9 +112,25 @@ class _Worker:
     conn: Connection
 
 
-def default_process_count() -> int:
-    """One worker per core this process may run on."""
-    return len(os.sched_getaffinity(0))
+def cpu_quota(cgroup: Path = CGROUP) -> float | None:
+    """The CPUs a container's cgroup quota allows (v2 `cpu.max` or v1 CFS); None: no quota."""
+    try:
+        if (cgroup / "cpu.max").is_file():
+            quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 else quota_us / period_us
+
+
+def default_process_count(cgroup: Path = CGROUP) -> int:
+    """One worker per core this process may use: its CPU affinity, capped by a container's CPU
+    quota, which affinity does not show (2 CPUs on a 64-core host would start 64 workers)."""
+    cores = len(os.sched_getaffinity(0))
+    quota = cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
 class VisionProcesses:

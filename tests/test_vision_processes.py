@@ -25,6 +25,7 @@ from service.vision_processes import (
     VisionProcesses,
     VisionUnavailable,
     VisionWorkerError,
+    default_process_count,
 )
 
 CONFIG = load_settings(vision={"threads": 2}).service_pipeline_config()
@@ -164,3 +165,24 @@ def _outcome(workers: VisionProcesses, frames: list[bytes]) -> object:
         return workers.best_probe(frames)
     except Exception as exc:
         return exc
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2: 1.5 CPUs -> 2 workers
+        ({"cpu.max": "max 100000\n"}, None),  # no quota: every core
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # no cgroup files
+    ],
+)
+def test_the_default_worker_count_follows_a_container_cpu_quota(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    cores = len(os.sched_getaffinity(0))
+    want = cores if expected is None else min(cores, expected)
+    assert default_process_count(tmp_path) == want
