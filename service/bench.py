@@ -80,14 +80,16 @@ def stage_latencies(pipeline: FacePipeline, frame: bytes, repeat: int) -> dict[s
     image = pipeline.decode(frame)
     faces = pipeline.detect(image)
     chips = pipeline.align(image, faces)
-    live = pipeline.liveness_model
-    crops = live.crops(image.rgb, faces) if live and faces else None
     timings = {
         "decode": _median_ms(lambda: pipeline.decode(frame), repeat),
         "detect": _median_ms(lambda: pipeline.detect(image), repeat),
         "quality": _median_ms(lambda: pipeline.quality(image, faces), repeat),
         "align": _median_ms(lambda: pipeline.align(image, faces), repeat),
-        "liveness": _median_ms(lambda: live(crops), repeat) if crops is not None else 0.0,
+        "liveness": (
+            _median_ms(lambda: pipeline.liveness(image, faces), repeat)
+            if pipeline.liveness_model and faces
+            else 0.0
+        ),
         "embed": _median_ms(lambda: pipeline.embed(chips), repeat),
         "mesh_cues": (
             _median_ms(lambda: pipeline.cues(image, faces[0]), repeat)

@@ -120,7 +120,7 @@ def face_errors() -> Iterator[None]:
 
 
 class Engine:
-    """Use cases over one pipeline and one gallery; thread-safe as they are."""
+    """Use cases over the face work (`vision`) and one gallery; thread-safe as they are."""
 
     def __init__(
         self, vision: Vision, gallery: Gallery, policy: Policy, risk: RiskRuntime | None = None
@@ -188,9 +188,10 @@ class Engine:
             return decision
         return self.risk.checks.apply(kind, decision, vectors, neighbours)
 
-    def _attempt(self, kind: str, device_id: str, customer_id: str, run: Callable[[], T]) -> T:
-        """Run a face step; a failure is audited as a declined attempt before it propagates
-        (a request that crashes a vision worker too: it counts for velocity like any other)."""
+    def attempt(self, kind: str, device_id: str, customer_id: str, run: Callable[[], T]) -> T:
+        """Run a face step (of a request, or of a streamed session's frame); a refusal (NO_FACE,
+        FACE_CHANGED, low quality) or a crashed vision worker is audited as a declined attempt
+        before it propagates, so it counts for velocity like any other."""
         try:
             return run()
         except (Unprocessable, Internal) as exc:
@@ -208,11 +209,6 @@ class Engine:
         self.gallery.store.record_event(self._event(kind, decision))
         return decision.event_id
 
-    def attempt(self, kind: str, device_id: str, customer_id: str, run: Callable[[], T]) -> T:
-        """`_attempt` for the streamed session, which finds its face outside the engine: a
-        refusal (NO_FACE, FACE_CHANGED, low quality) is audited like a single-shot one."""
-        return self._attempt(kind, device_id, customer_id, run)
-
     # ---- kiosk -------------------------------------------------------------------------
 
     def verify(self, customer_id: str, frames: list[bytes], device_id: str) -> Decision:
@@ -224,7 +220,7 @@ class Engine:
             self.quality_gate(analysis, "best frame")
             return analysis
 
-        analysis = self._attempt("VERIFY", device_id, customer_id, best)
+        analysis = self.attempt("VERIFY", device_id, customer_id, best)
         return self.verify_face(customer_id, analysis, device_id)
 
     def check_enrolled(self, customer_id: str) -> None:
@@ -285,7 +281,7 @@ class Engine:
             self.quality_gate(analysis, "image")
             return analysis
 
-        analysis = self._attempt("IDENTIFY", device_id, "", face)
+        analysis = self.attempt("IDENTIFY", device_id, "", face)
         return self.identify_face(analysis, top_k, min_score, device_id)
 
     def check_search(self, top_k: int, min_score: float) -> None:
@@ -329,7 +325,7 @@ class Engine:
 
     def check_liveness(self, frames: list[bytes], device_id: str) -> Decision:
         check_count(frames, self.policy.max_frames, "frames")
-        analysis = self._attempt("CHECK_LIVENESS", device_id, "", lambda: self._best_face(frames))
+        analysis = self.attempt("CHECK_LIVENESS", device_id, "", lambda: self._best_face(frames))
         live = analysis.liveness.score if analysis.liveness else None
         weak = live is None or live < self.policy.liveness_threshold
         decision = self._decision(

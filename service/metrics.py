@@ -54,7 +54,7 @@ DECISION_REASONS = Counter(
     ["outcome", "reason"],
 )  # fmt: skip
 MODEL_INFO = Gauge("faceguard_model_info", "Model versions in use (value 1)", ["task", "version"])
-PIPELINE_STAGES = ("decode", "detect", "quality", "align", "embed")
+PIPELINE_STAGES = ("decode", "detect", "quality", "align", "liveness", "embed")
 
 
 @dataclass(frozen=True)
@@ -132,28 +132,11 @@ def instrument_pipeline(pipeline: Any, observe: Observer = observe_stage) -> Non
     """Time each stage of a `FacePipeline` in place, reporting to `observe` (by default the
     stage histogram; a vision worker collects them to send back with its answer).
 
-    The vision layer stays free of metrics: the stage methods (and the liveness model's call)
-    are wrapped on this one instance, which its own `analyse_faces` then calls through.
+    The vision layer stays free of metrics: the stage methods are wrapped on this one
+    instance, which its own `analyse_faces` then calls through.
     """
     for stage in PIPELINE_STAGES:
         setattr(pipeline, stage, _timed(stage, getattr(pipeline, stage), observe))
-    model = getattr(pipeline, "liveness_model", None)
-    if model is not None:
-        pipeline.liveness_model = _TimedModel(model, observe)
-
-
-class _TimedModel:
-    """A model whose calls are timed as the `liveness` stage; everything else passes through."""
-
-    def __init__(self, model: Any, observe: Observer) -> None:
-        self._model = model
-        self._call = _timed("liveness", model.__call__, observe)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
 
 
 class _Together(Collector):

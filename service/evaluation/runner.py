@@ -149,8 +149,7 @@ def liveness_scores(pipeline: FacePipeline, root: Path) -> tuple[np.ndarray, np.
             if face is None:
                 undetected += 1
                 face = whole_image_face(image.width, image.height)
-            live = pipeline.liveness_model(pipeline.liveness_model.crops(image.rgb, [face]))
-            scores.append(live[0].score)
+            scores.append(pipeline.liveness(image, [face])[0].score)
             attacks.append(label == "spoof")
     return np.array(scores), np.array(attacks), undetected
 

@@ -139,7 +139,7 @@ def encode_payload(payload: Mapping[str, Any]) -> str:
             separators=(",", ":"),
             ensure_ascii=False,
             allow_nan=False,
-            default=_plain_scalar,
+            default=plain_scalar,
         )
     except (TypeError, ValueError) as err:
         raise InvalidEvent(f"event payload is not plain JSON: {err}") from None
@@ -252,7 +252,7 @@ def check_text(name: str, value: object, limit: int) -> None:
         raise ValueError(f"{name} must be 1-{limit} printable characters, got {value!r}")
 
 
-def _plain_scalar(value: object) -> object:
+def plain_scalar(value: object) -> object:
     """json.dumps fallback: numpy scalars become Python numbers; anything else is refused."""
     if isinstance(value, np.generic) and isinstance(value, numbers.Number):
         return value.item()

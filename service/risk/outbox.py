@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 
 from service.gallery import audit
-from service.gallery.audit import NewEvent, check_text, encode_payload
+from service.gallery.audit import NewEvent, check_text, plain_scalar
 from service.gallery.store import METADATA, ROW_ID, Store, UTCDateTime, event_table
 
 PENDING, DELIVERED, DEAD = "PENDING", "DELIVERED", "DEAD"
@@ -86,6 +86,9 @@ class Backoff:
 
 
 def document(event: NewEvent, occurred_at: datetime) -> dict[str, Any]:
+    """The event as the fraud engine receives it. Its payload is taken as it is: the outbox
+    row is written by a store event hook, after the audit append in the same transaction has
+    checked and encoded that payload (no vectors, no images)."""
     return {
         "event_id": event.event_id,
         "type": event.type,
@@ -93,7 +96,7 @@ def document(event: NewEvent, occurred_at: datetime) -> dict[str, Any]:
         "customer_id": event.customer_id or "",
         "device_id": event.device_id or "",
         "outcome": event.outcome,
-        "payload": json.loads(encode_payload(event.payload)),
+        "payload": event.payload,
     }
 
 
@@ -118,7 +121,9 @@ class Outbox:
         now = datetime.now(UTC)
         conn.execute(_INSERT, {
             "event_id": event.event_id, "ordering_key": ordering_key(event),
-            "document": json.dumps(document(event, now), separators=(",", ":")),
+            "document": json.dumps(
+                document(event, now), separators=(",", ":"), default=plain_scalar
+            ),
             "status": PENDING, "attempts": 0, "next_attempt_at": now, "last_error": "",
             "created_at": now,
         })  # fmt: skip

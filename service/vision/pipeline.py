@@ -22,7 +22,7 @@ from service.vision.liveness import LivenessModel
 from service.vision.liveness_cues import FrameCues, cues_from_mesh
 from service.vision.parallel import SideBySide
 from service.vision.quality import QualityPolicy, assess_quality
-from service.vision.types import Embedding, Face, FaceAnalysis, Image, Quality
+from service.vision.types import Embedding, Face, FaceAnalysis, Image, Liveness, Quality
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,11 @@ class FacePipeline:
         vectors = self.embedder(chips, self.side_by_side, template)
         return [Embedding(vector=v, model=self.embedder.spec.version) for v in vectors]
 
+    def liveness(self, image: Image, faces: list[Face]) -> list[Liveness | None]:
+        """The passive liveness score of each face (None each without a liveness model)."""
+        model = self.liveness_model
+        return model(model.crops(image.rgb, faces)) if model else [None] * len(faces)
+
     def analyse_faces(
         self, image: Image, faces: list[Face], template: bool = True
     ) -> list[FaceAnalysis]:
@@ -140,10 +145,8 @@ class FacePipeline:
             return []
         qualities = self.quality(image, faces)
         chips = self.align(image, faces)
-        model = self.liveness_model
         embeddings, liveness = self.side_by_side.run(
-            lambda: self.embed(chips, template),
-            lambda: model(model.crops(image.rgb, faces)) if model else [None] * len(faces),
+            lambda: self.embed(chips, template), lambda: self.liveness(image, faces)
         )
         return [
             FaceAnalysis(face=f, quality=q, liveness=lv, embedding=e)

@@ -131,7 +131,6 @@ def stream_frame(
     if face is None:
         return None
     quality = pipeline.quality(image, [face])[0]
-    model = pipeline.liveness_model
     embedding, cues, liveness = pipeline.side_by_side.run(
         lambda: (
             pipeline.embed(pipeline.align(image, [face]), template=False)[0]
@@ -139,6 +138,6 @@ def stream_frame(
             else None
         ),
         lambda: pipeline.cues(image, face),
-        lambda: model(model.crops(image.rgb, [face]))[0] if model else None,
+        lambda: pipeline.liveness(image, [face])[0],
     )
     return FrameFace(face, quality, liveness, embedding, cues)
