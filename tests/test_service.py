@@ -159,6 +159,21 @@ def test_a_stream_is_analysed_in_the_vision_workers(
     assert decision.outcome == DECLINE and "LIVENESS_FAILED" in decision.reason_codes
 
 
+def test_no_vision_worker_free_in_time_is_unavailable(served: Running, kiosk, people) -> None:
+    """Every worker busy past `vision.worker_timeout_s`: UNAVAILABLE with its reason, and
+    the worker serves the next call once free."""
+    vision = served.engine.vision
+    request = verification_pb2.IdentifyRequest(image=image(people[0][1][1]))
+    held, _ = vision._take()  # white-box: the one worker, as a long call would hold it
+    timeout, vision.timeout_s = vision.timeout_s, 0.05
+    try:
+        expect_error(kiosk.Identify, request, grpc.StatusCode.UNAVAILABLE, "VISION_UNAVAILABLE")
+    finally:
+        vision.timeout_s = timeout
+        vision._give_back(held)
+    assert kiosk.Identify(request, timeout=60).decision.event_id
+
+
 @pytest.fixture(scope="module")
 def in_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """A server doing its face work in its own process (`vision.processes = 0`), whose models
