@@ -8,6 +8,7 @@ face pipeline, pick the face, apply the quality gate, match against the gallery,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import uuid
@@ -312,12 +313,19 @@ class Engine:
         )
         if liveness is not None and not liveness.passed:
             outcome, reasons = DECLINE, (*reasons, "LIVENESS_FAILED")
+        matched = top[0] if top and top[1] >= self.policy.threshold else ""
         decision = self._decision(
-            analysis, outcome=outcome, customer_id=top[0] if top and outcome != DECLINE else "",
-            match_score=top[1] if top else None, threshold=self.policy.threshold,
-            reason_codes=reasons, device_id=device_id, liveness=liveness,
+            analysis, outcome=outcome, customer_id=matched, match_score=top[1] if top else None,
+            threshold=self.policy.threshold, reason_codes=reasons, device_id=device_id,
+            liveness=liveness,
         )  # fmt: skip
+        # The rules judge the face against the customer it matched, even when the match is
+        # declined (a failed liveness session): with the id cleared first, that customer was
+        # "another customer" to DUPLICATE_IDENTITY and WEAK_MATCH_MARGIN. A declined match
+        # then names no customer, as before.
         decision = self._risk("IDENTIFY", decision, [analysis.embedding.vector], candidates)
+        if outcome == DECLINE:
+            decision = dataclasses.replace(decision, customer_id="")
         self.gallery.store.record_event(
             self._event("IDENTIFY", decision, candidates=len(candidates))
         )

@@ -225,6 +225,27 @@ def test_identify_stream(kiosk, people, subject) -> None:
     assert result.decision.outcome == APPROVE and result.decision.liveness.passed
 
 
+def test_a_declined_identify_stream_judges_the_face_against_its_match(
+    kiosk, people, subject
+) -> None:
+    """A matched face whose session fails liveness is declined for liveness alone: the risk
+    rules judge it against the customer it matched, not against themself as another one."""
+    name, images = people[0]
+    track = subject(TiltedPhoto())
+    call = kiosk.IdentifyStream(
+        requests([frame_bytes(images[2])] * 45, "", "s-identify-photo", identify=True),
+        timeout=30,
+    )
+    _, result = converse(call, track)
+    decision = result.decision
+    assert result.candidates[0].customer_id == name
+    assert decision.outcome == DECLINE and "LIVENESS_FAILED" in decision.reason_codes
+    fired = {rule.reason_code for rule in decision.rules if rule.fired}
+    assert "DUPLICATE_IDENTITY" not in fired and "WEAK_MATCH_MARGIN" not in fired
+    assert "DUPLICATE_IDENTITY" not in decision.reason_codes
+    assert decision.customer_id == ""  # a declined match names no customer
+
+
 def test_another_face_mid_session_is_refused(kiosk, people, subject) -> None:
     (name, images), (_, others) = people
     subject(LiveHead())
