@@ -237,7 +237,7 @@ class Settings(BaseSettings):
         This halves detection time on kiosk frames; evaluation keeps the configured minimum.
         """
         config = self.pipeline_config()
-        floor = round(0.75 * self.quality.min_face_px)
+        floor = round(0.75 * self.quality.face_px)
         detector = replace(config.detector, min_face=max(config.detector.min_face, floor))
         return replace(config, detector=detector)
 

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Quality settings about face size: a refusal for them suggests the ID/web photo profile.
+SIZE_SETTINGS = frozenset({"min_face_px", "min_inter_eye_px"})
+
 CUSTOMER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")
 
 
@@ -150,14 +153,28 @@ class Engine:
             return self.vision.best_probe(frames)
 
     @staticmethod
-    def quality_gate(analysis: FaceAnalysis, where: str) -> None:
-        if analysis.quality.reasons:
-            reasons = ", ".join(analysis.quality.reasons)
-            raise Unprocessable(
-                str(analysis.quality.reasons[0]),
-                f"{where}: face quality {analysis.quality.score:.0f}/100 too low ({reasons})",
-                reasons=reasons,
-            )
+    def quality_gate(analysis: FaceAnalysis, where: str, image: int | None = None) -> None:
+        """Refuse a face below the quality policy, saying what was measured against what is
+        required and which setting moves it; the ErrorInfo metadata carries the same values
+        (e.g. face_px 62, min_face_px 80) and the refused image's index, for clients."""
+        quality = analysis.quality
+        if not quality.reasons:
+            return
+        reasons = ", ".join(quality.reasons)
+        found = quality.shortfalls
+        details = "; ".join(s.text for s in found) or f"quality {quality.score:.0f}/100"
+        metadata = {"reasons": reasons}
+        if image is not None:
+            metadata["image"] = str(image)
+        for shortfall in found:
+            metadata[shortfall.measure] = f"{shortfall.value:.3g}"
+            metadata[shortfall.setting] = f"{shortfall.limit:g}"
+        hint = ""
+        if any(s.setting in SIZE_SETTINGS for s in found):
+            hint = '; for ID or web photos set quality.profile = "id_photo"'
+        raise Unprocessable(
+            str(quality.reasons[0]), f"{where}: {details} ({reasons}){hint}", **metadata
+        )
 
     def _decision(self, analysis: FaceAnalysis | None, **fields: object) -> Decision:
         return Decision(
@@ -352,7 +369,7 @@ class Engine:
         analyses = []
         for i, data in enumerate(images):
             analysis = self._single_face(data, i, template=True)
-            self.quality_gate(analysis, f"image {i}")
+            self.quality_gate(analysis, f"image {i}", image=i)
             analyses.append(analysis)
         return analyses
 

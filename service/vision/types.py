@@ -64,6 +64,19 @@ class Pose:
 
 
 @dataclass(frozen=True)
+class Shortfall:
+    """One measurement beyond its limit, with the setting that moves the limit, so a refusal
+    can say "face 62 px, needs 80 (quality.min_face_px)"."""
+
+    reason: str  # the LOW_QUALITY_* code it belongs to
+    measure: str  # the component's name: face_px, inter_eye_px, sharpness, ...
+    value: float
+    limit: float
+    setting: str  # the QualityPolicy field: min_face_px, max_yaw_deg, ...
+    text: str  # the sentence, e.g. "eyes 28 px apart, needs 40 (quality.min_inter_eye_px)"
+
+
+@dataclass(frozen=True)
 class Quality:
     """A 0-100 quality score, the measured components behind it and the reasons it fell short."""
 
@@ -71,6 +84,7 @@ class Quality:
     reasons: tuple[str, ...]
     components: dict[str, float] = field(default_factory=dict)
     pose: Pose = Pose(0.0, 0.0, 0.0)
+    shortfalls: tuple[Shortfall, ...] = ()
 
 
 @dataclass(frozen=True)
