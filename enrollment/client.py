@@ -12,6 +12,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from enrollment import exit_status
 from faceguard.v1 import enrollment_pb2_grpc, verification_pb2_grpc
 
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -51,31 +52,44 @@ def stubs(args: argparse.Namespace) -> Stubs:
     )
 
 
-def error_reason(error: grpc.RpcError) -> str:
-    """The ErrorInfo reason of a failed call, or its status code name when there is none."""
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo of a failed call's rich status, if it has one."""
     status = rpc_status.from_call(error)
     for detail in status.details if status else ():
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
-            return info.reason
-    return error.code().name
+            return info
+    return None
 
 
-def describe_error(error: grpc.RpcError) -> dict[str, str]:
-    return {
+def error_reason(error: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a failed call, or its status code name when there is none."""
+    info = error_info(error)
+    return info.reason if info else error.code().name
+
+
+def describe_error(error: grpc.RpcError) -> dict[str, Any]:
+    """Status, reason and message of a failed call, and the ErrorInfo metadata when there is
+    any (a quality refusal's measured and required values, an audited attempt's event id)."""
+    info = error_info(error)
+    described: dict[str, Any] = {
         "status": error.code().name,
-        "reason": error_reason(error),
+        "reason": info.reason if info else error.code().name,
         "message": error.details() or "",
     }
+    if info and info.metadata:
+        described["metadata"] = dict(sorted(info.metadata.items()))
+    return described
 
 
 def reporting_errors(report: Callable[[dict[str, Any]], None], command: Callable[[], int]) -> int:
     """Run a client command; a failed call or an unreadable input file is reported as an
-    error (status, reason, message) and gives exit status 1."""
+    error (status, reason, message) with its exit status (`enrollment.exit_status`)."""
     try:
         return command()
     except grpc.RpcError as error:
         report({"error": describe_error(error)})
+        return exit_status.for_error(error.code().name)
     except OSError as error:
         report({"error": {"status": "LOCAL", "reason": "UNREADABLE_FILE", "message": str(error)}})
-    return 1
+        return exit_status.REFUSED

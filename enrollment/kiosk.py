@@ -4,7 +4,8 @@ With `--customer-id` it runs VerifyStream (1:1), without it IdentifyStream (1:N)
 out at the source's own rate (a video's frame rate, `--fps` for image sequences, the camera's
 pace for a webcam), JPEG-encoded with their capture time; prompts are shown as they arrive and
 the one final decision is printed (or written as one JSON object with `--json`). It is the
-kiosk demo and the tool for trying the liveness checks by hand.
+kiosk demo and the tool for trying the liveness checks by hand: a recorded clip always
+declines when the service asks a random challenge (the default), as it cannot answer it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def add_kiosk_command(commands: argparse._SubParsersAction, handler: Callable) -
         "source", help="video file, folder of images, image files' glob, or a webcam index (0)"
     )
     kiosk.add_argument("--customer-id", help="verify this customer (default: identify)")
-    kiosk.add_argument("--device-id", default="kiosk-cli")
+    kiosk.add_argument("--device-id", default="kiosk-cli", help="the kiosk's device id")
     kiosk.add_argument("--session-id", help="default: a new UUID")
     kiosk.add_argument("--fps", type=float, help="send rate (default: the video's, else 15)")
     kiosk.add_argument("--top-k", type=int, default=5, help="identify: candidates to return")
@@ -136,19 +137,20 @@ def _show_prompt(args: argparse.Namespace, prompt: Any) -> None:
 
 
 def run_kiosk(args: argparse.Namespace) -> int:
-    """Stream the source; print the decision. Exit 0 on APPROVE, 1 otherwise."""
+    """Stream the source; print the decision. The exit status is the decision's (0 APPROVE,
+    1 DECLINE, 3 REVIEW) or the failure's (`enrollment.exit_status`)."""
     import grpc
-    from google.protobuf.json_format import MessageToDict
 
-    from enrollment.cli import emit
+    from enrollment import exit_status
     from enrollment.client import describe_error, stubs
+    from enrollment.render import message_json, print_decision, print_error, print_json
 
     try:
         frames, rate, live = open_source(args.source, args.fps)
     except OSError as error:
         failure = {"status": "LOCAL", "reason": "UNREADABLE_SOURCE", "message": str(error)}
-        emit(args, {"error": failure})
-        return 1
+        print_json({"error": failure}) if args.json else print_error(failure)
+        return exit_status.REFUSED
     session_id = args.session_id or str(uuid.uuid4())
     stop = threading.Event()
     connection = stubs(args)
@@ -158,22 +160,29 @@ def run_kiosk(args: argparse.Namespace) -> int:
         else connection.verification.IdentifyStream
     )
     prompts: list[dict[str, Any]] = []
-    result: dict[str, Any] | None = None
+    result: dict[str, Any] = {}
     try:
         call = stream(_requests(args, frames, rate, live, session_id, stop), timeout=args.timeout)
         for reply in call:
             if reply.WhichOneof("message") == "prompt":
-                prompts.append(MessageToDict(reply.prompt, preserving_proto_field_name=True))
+                prompts.append(message_json(reply.prompt))
                 _show_prompt(args, reply.prompt)
             else:
-                result = MessageToDict(reply.result, preserving_proto_field_name=True)
+                result = message_json(reply.result)
         stop.set()
     except grpc.RpcError as error:
-        emit(args, {"session_id": session_id, "prompts": prompts, "error": describe_error(error)})
-        return 1
+        failure = describe_error(error)
+        if args.json:
+            print_json({"session_id": session_id, "prompts": prompts, "error": failure})
+        else:
+            print_error(failure)
+        return exit_status.for_error(error.code().name)
     finally:
         stop.set()
         connection.channel.close()
-    emit(args, {"session_id": session_id, "prompts": prompts, **(result or {})})
-    outcome = (result or {}).get("decision", {}).get("outcome")
-    return 0 if outcome == "APPROVE" else 1
+    decision = result.get("decision", {})
+    if args.json:
+        print_json({"session_id": session_id, "prompts": prompts, **result})
+    else:
+        print_decision(decision, result.get("candidates", ()))
+    return exit_status.for_outcome(decision.get("outcome", ""))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from enrollment.cli import as_dict, connection_options, emit
+from enrollment.render import print_fields, print_json, print_records
 
 LISTS = {"blocklist": "CUSTOMER_BLOCKLIST", "devices": "DEVICE_BLACKLIST"}
 
@@ -69,7 +70,7 @@ def add_risk_commands(commands: argparse._SubParsersAction, handler: Callable) -
 
     dead = groups.add_parser("dead-letters", help="callbacks that ran out of retries")
     dead_actions = dead.add_subparsers(dest="risk_action", required=True)
-    d_list = dead_actions.add_parser("list")
+    d_list = dead_actions.add_parser("list", help="callbacks that ran out of retries")
     d_list.add_argument("--page-size", type=int, default=50)
     d_replay = dead_actions.add_parser("replay", help="send them again (all, or --event-id)")
     d_replay.add_argument("--event-id", action="append", default=[])
@@ -142,6 +143,43 @@ def _call(args: argparse.Namespace, stub) -> dict[str, Any]:
     return as_dict(stub.ReplayDeadLetters(request, timeout=timeout))
 
 
+# The records each listing shows as a table: (reply field, columns, what an empty page says).
+TABLES = {
+    "entries": (
+        "entries", ("subject", "reason", "case_ref", "operator_id", "added_at"), "no entries"
+    ),
+    "watchlist": (
+        "entries", ("entry_id", "label", "reason", "case_ref", "template_count", "added_at"),
+        "no watchlist entries",
+    ),
+    "events": (
+        "events", ("occurred_at", "type", "customer_id", "device_id", "outcome", "delivery"),
+        "no events",
+    ),
+    "dead_letters": (
+        "dead_letters", ("event_id", "customer_id", "attempts", "last_error", "created_at"),
+        "no dead letters",
+    ),
+}  # fmt: skip
+
+
+def show(args: argparse.Namespace, reply: dict[str, Any]) -> None:
+    """A listing as a table ("no entries" when empty), anything else as its fields."""
+    group, action = args.risk_group, args.risk_action
+    table = (
+        "events" if group == "events"
+        else "watchlist" if group == "watchlist" and action == "list"
+        else "entries" if group in LISTS and action == "list"
+        else "dead_letters" if group == "dead-letters" and action == "list"
+        else None
+    )  # fmt: skip
+    if table is None:
+        print_fields(reply)
+        return
+    field, columns, empty = TABLES[table]
+    print_records(reply.get(field, []), columns, empty, reply.get("next_page_token", ""))
+
+
 def run(args: argparse.Namespace) -> int:
     from enrollment.client import open_channel, reporting_errors
     from faceguard.v1 import risk_pb2_grpc
@@ -149,7 +187,11 @@ def run(args: argparse.Namespace) -> int:
     channel = open_channel(args.server, args.tls_ca, args.tls_cert, args.tls_key)
 
     def command() -> int:
-        emit(args, _call(args, risk_pb2_grpc.RiskAdminStub(channel)))
+        reply = _call(args, risk_pb2_grpc.RiskAdminStub(channel))
+        if args.json:
+            print_json(reply)
+        else:
+            show(args, reply)
         return 0
 
     try:

@@ -10,12 +10,15 @@ import argparse
 import json
 import logging
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 
+from enrollment import exit_status
+from service.cli_help import ManParser, finish_help, run_docs_commands
 from service.config import SettingsError
 from service.modelpack.manifest import ModelIntegrityError
 
@@ -174,10 +177,43 @@ def _add_common_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+DESCRIPTION = """\
+faceguard: biometric identity verification for bank smart branches.
+
+The service (`faceguard serve`) finds the face in kiosk frames, checks its quality and
+liveness, matches it 1:1 or 1:N against enrolled customers, applies the fraud risk rules and
+answers with a Decision (APPROVE, REVIEW or DECLINE, with reason codes), recorded in a
+hash-chained audit log. The other commands are its clients (enroll, verify, identify,
+check-liveness, kiosk, health, risk) and its tools (models, audit, keys, certs, retention,
+eval, bench, analyze, fuzz). `faceguard COMMAND --help` describes each, with an example."""
+
+EPILOG = f"""\
+quick start:
+  make run                                      # terminal 1: serves on 127.0.0.1:50051
+  faceguard enroll add --customer-id alice --operator desk-7 alice1.jpg alice2.jpg
+  faceguard verify --customer-id alice alice3.jpg
+
+environment:
+  FACEGUARD_SERVER      the client commands' --server (default 127.0.0.1:50051)
+  FACEGUARD_<SECTION>__<SETTING>
+                        any setting, e.g. FACEGUARD_QUALITY__PROFILE=id_photo
+                        (see README.md, Configuration)
+
+{exit_status.HELP}"""
+
+
+def _version() -> str:
+    try:
+        return f"faceguard {metadata.version('faceguard')}"
+    except metadata.PackageNotFoundError:
+        return "faceguard (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="faceguard", description=__doc__.splitlines()[0])
+    parser = ManParser(prog="faceguard", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     models = commands.add_parser("models", help="the model pack").add_subparsers(
         dest="models_command", required=True
@@ -366,6 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
     callbacks.add_argument("--kills", type=int, default=2, help="kill -9s of the service")
     callbacks.add_argument("--json", action="store_true", help="print one JSON object")
     callbacks.set_defaults(handler=_bench)
+
+    docs = commands.add_parser("docs", help="documentation generated from this program")
+    docs_commands = docs.add_subparsers(dest="docs_command", required=True).add_parser(
+        "commands", help="the README's commands table, from this parser (Markdown)"
+    )
+    docs_commands.add_argument(
+        "--write", type=Path, help="replace the table between the markers in this README"
+    )
+    docs_commands.set_defaults(handler=lambda args: run_docs_commands(args, parser))
+    finish_help(parser, exit_status.HELP)
     return parser
 
 

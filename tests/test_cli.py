@@ -117,3 +117,46 @@ def test_unknown_fmr_target_is_a_clear_error() -> None:
 @pytest.mark.parametrize("bad", ["--nope", "eval"])
 def test_bad_usage_exits_with_usage_error(bad: str) -> None:
     assert run(bad).returncode == 2
+
+
+def test_every_command_help_reads_like_a_man_page() -> None:
+    """Each command's --help: a description, defaults, an example; the client commands also
+    say where the server address comes from and what the exit statuses mean."""
+    from service.cli import build_parser
+    from service.cli_help import is_leaf, walk
+
+    parser = build_parser()
+    leaves = [(path, sub) for path, sub, _ in walk(parser) if is_leaf(sub)]
+    assert len(leaves) > 30
+    for path, sub in leaves:
+        text = sub.format_help()
+        assert sub.description and "examples:\n  faceguard " in text, path
+        if any("--server" in a.option_strings for a in sub._actions):
+            assert "127.0.0.1:50051" in text and "FACEGUARD_SERVER" in text, path
+            assert "exit status:\n  0  APPROVE" in text, path
+    identify = dict((" ".join(p), s) for p, s in leaves)["identify"].format_help()
+    assert "0 means the service's calibrated operating" in " ".join(identify.split())
+    top = parser.format_help()
+    assert "FACEGUARD_SERVER" in top and "exit status:" in top and "examples" not in top
+
+
+def test_version_and_the_server_environment_variable() -> None:
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("faceguard ")
+    shown = run("verify", "--help", env={"FACEGUARD_SERVER": "10.1.2.3:7000"})
+    assert "(default: 10.1.2.3:7000)" in shown.stdout
+
+
+def test_the_readme_commands_table_is_the_parsers() -> None:
+    """The README's table is generated: after adding a command or option, run
+    `faceguard docs commands --write README.md`."""
+    from service.cli import build_parser
+    from service.cli_help import commands_markdown, readme_with_table
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = commands_markdown(build_parser())
+    assert readme_with_table(readme, table) == readme, (
+        "README.md's commands table is out of date: run faceguard docs commands --write README.md"
+    )
+    for option in ("--request-challenge", "--assess-outcome", "--cache-dir", "--skip-bad-images"):
+        assert option in table

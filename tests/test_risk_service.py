@@ -327,7 +327,7 @@ def test_risk_cli(served: Running) -> None:
         _cli("risk", "devices", "remove", "kiosk-cli", "--operator", "fraud-2", *server)["_rc"] == 0
     )
     missing = _cli("risk", "devices", "remove", "kiosk-cli", "--operator", "fraud-2", *server)
-    assert missing["_rc"] == 1 and missing["error"]["reason"] == "NOT_LISTED"
+    assert missing["_rc"] == 4 and missing["error"]["reason"] == "NOT_LISTED"
     dead = _cli("risk", "dead-letters", "list", *server).get("dead_letters", [])
     assert all(d["attempts"] == 10 for d in dead)  # the module's sink is down by now
     replayed = _cli("risk", "dead-letters", "replay", "--operator", "fraud-2", *server)
