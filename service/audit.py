@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from service.assembly import open_store
 from service.config import load_settings
+
+log = logging.getLogger(__name__)
 
 
 def run_audit_verify(args: argparse.Namespace) -> int:
@@ -16,6 +19,16 @@ def run_audit_verify(args: argparse.Namespace) -> int:
         settings = settings.model_copy(
             update={"storage": settings.storage.model_copy(update={"data_dir": args.data_dir})}
         )
+    storage = settings.storage
+    database = storage.data_dir / "faceguard.db"
+    if storage.database_url is None and not database.is_file():
+        # Opening the store would create an empty database (and ./data) and then ask for a
+        # key: say what is missing instead.
+        log.error(
+            "no faceguard database at %s: give the service's data directory with --data-dir "
+            "(or storage.data_dir / storage.database_url in --config)", database,
+        )  # fmt: skip
+        return 1
     with open_store(settings) as store:
         report = store.verify_chain()
     sys.stdout.write(

@@ -14,12 +14,11 @@ from importlib import metadata
 from pathlib import Path
 
 from pydantic import ValidationError
-from rich.console import Console
-from rich.logging import RichHandler
 
 from enrollment import exit_status
 from service.cli_help import ManParser, finish_help, run_docs_commands
 from service.config import SettingsError
+from service.logs import quiet_libraries, text_handler
 from service.modelpack.manifest import ModelIntegrityError
 
 log = logging.getLogger("faceguard")
@@ -418,10 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=True)],
+        level=logging.DEBUG if args.verbose else logging.INFO, handlers=[text_handler()]
     )
+    quiet_libraries()
     try:
         return int(args.handler(args) or 0)
     except (SettingsError, ValidationError, ModelIntegrityError, FileNotFoundError) as exc:

@@ -65,8 +65,32 @@ def json_handler(stream: TextIO = sys.stderr) -> logging.Handler:
 
 
 # Libraries whose debug output would carry request data: SQLAlchemy logs statement
-# parameters (customer ids beside template qualities) once its logger allows INFO.
-LIBRARY_LEVELS = {"sqlalchemy": logging.WARNING}
+# parameters (customer ids beside template qualities) once its logger allows INFO. faiss's
+# loader says at INFO, with a traceback, that it could not load its AVX512 builds, which
+# this CPU may lack: the generic build it then loads is the one intended.
+LIBRARY_LEVELS = {"sqlalchemy": logging.WARNING, "faiss.loader": logging.WARNING}
+
+
+def quiet_libraries() -> None:
+    """Hold the libraries in `LIBRARY_LEVELS` at their levels."""
+    for name, library_level in LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(library_level)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def text_handler(stream: TextIO = sys.stderr) -> logging.Handler:
+    """Text logs: rich's columns on a terminal; one unwrapped line per record when the stream
+    is a file or pipe (rich would wrap those at 80 columns, breaking grep and log shippers)."""
+    if stream.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        return RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=True)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    return handler
 
 
 def use_json_logs(level: int, stream: TextIO = sys.stderr) -> logging.Handler:
@@ -78,6 +102,5 @@ def use_json_logs(level: int, stream: TextIO = sys.stderr) -> logging.Handler:
     handler = json_handler(stream)
     root.addHandler(handler)
     root.setLevel(level)
-    for name, library_level in LIBRARY_LEVELS.items():
-        logging.getLogger(name).setLevel(library_level)
+    quiet_libraries()
     return handler

@@ -38,7 +38,10 @@ class Gallery:
         try:
             index = VectorIndex.load(self.index_path, self.dim)
         except IndexFileError as exc:
-            log.warning("index snapshot unusable (%s): rebuilding from the store", exc)
+            if self.index_path.exists():
+                log.warning("index snapshot unusable (%s): rebuilding from the store", exc)
+            else:  # a first start, or a snapshot deleted on purpose: nothing is wrong
+                log.info("no index snapshot at %s yet: building it from the store", self.index_path)
             index = VectorIndex(self.dim)
             ids, vectors = self._all_templates()
             index.rebuild(ids, vectors)
