@@ -160,3 +160,54 @@ def test_the_readme_commands_table_is_the_parsers() -> None:
     )
     for option in ("--request-challenge", "--assess-outcome", "--cache-dir", "--skip-bad-images"):
         assert option in table
+
+
+def test_eval_verify_refuses_a_wrong_root_and_a_one_class_pairs_file(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Both are refused before any image is analysed: a wrong --root used to score every pair
+    as failed and report accuracy 0.5; one class used to fail with a traceback after the run."""
+    pairs = shared_data / "pairs" / "lfw_view1_test.csv"
+    wrong = run("eval", "verify", "--pairs", str(pairs), "--root", str(tmp_path))
+    assert wrong.returncode == 1 and "are not under --root" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    genuine = tmp_path / "genuine.csv"
+    lines = pairs.read_text().splitlines()
+    genuine.write_text("\n".join([lines[0], *[x for x in lines[1:] if x.endswith(",1")][:5]]))
+    one_class = run("eval", "verify", "--pairs", str(genuine), "--root", str(shared_data))
+    assert one_class.returncode == 1 and "only genuine pairs" in one_class.stderr
+    empty = run("eval", "identify", "--root", str(tmp_path))
+    assert empty.returncode == 1 and "no person folder" in empty.stderr
+
+
+def test_eval_tables_round_their_numbers() -> None:
+    from service.evaluation.commands import rounded
+
+    figures = {"accuracy": 0.9949999999, "tar_at_far": {"0.01": 0.99199999}, "n": 3}
+    assert rounded(figures) == {"accuracy": 0.995, "tar_at_far": {"0.01": 0.992}, "n": 3}
+
+
+def test_the_roc_and_det_plot_marks_the_operating_point() -> None:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from service.evaluation import plots
+
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(0.7, 0.1, 300), rng.normal(0.1, 0.1, 3000)])
+    labels = np.concatenate([np.ones(300), np.zeros(3000)])
+    roc_ax, det_ax = Figure().subplots(1, 2)
+    plots._draw_roc(roc_ax, *plots.roc(scores, labels)[:2], 3000, plots.eer(scores, labels))
+    fmr, tmr, _ = plots.roc(scores, labels)
+    plots._draw_det(det_ax, fmr, 1 - tmr, 3000, 300, plots.eer(scores, labels))
+    plots._mark_operating_point(roc_ax, det_ax, scores, labels.astype(bool), (0.53, "1e-4"))
+    legend = [t.get_text() for t in roc_ax.get_legend().get_texts()]
+    assert any(t.startswith("operating point (FMR target 1e-4): FMR ") for t in legend)
+    assert "operating point" in [t.get_text() for t in det_ax.get_legend().get_texts()]
+
+
+def test_bench_pipeline_explains_why_total_is_less_than_the_sum_of_stages() -> None:
+    result = run("bench", "pipeline", "--repeat", "1")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "is less than the sum of the stages: mesh_cues runs only for streamed frames" in text

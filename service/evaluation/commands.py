@@ -33,19 +33,61 @@ def _pipeline(args: argparse.Namespace, liveness: bool = False) -> FacePipeline:
     return FacePipeline(replace(settings.pipeline_config(), liveness=liveness))
 
 
+def rounded(value: Any) -> Any:
+    """Floats to 4 significant digits, inside dicts and lists too (for the tables)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
 def _emit(args: argparse.Namespace, title: str, figures: dict[str, Any]) -> None:
-    """Print the figures as one JSON object (--json) or as a table."""
+    """Print the figures as one JSON object (--json, full precision) or as a table with the
+    numbers rounded to 4 significant digits."""
     if args.json:
         sys.stdout.write(json.dumps(figures) + "\n")
         return
     table = Table(title=title, show_header=False)
-    for key, value in figures.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, dict) else f"{value}")
+    for key, value in rounded(figures).items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else f"{value}")
     Console().print(table)
+
+
+class EvaluationInputError(ValueError):
+    """Labelled data that cannot give a meaningful figure: refused before the run."""
+
+
+def check_pairs(pairs: list[runner.Pair], root: Path) -> None:
+    """A pairs file the run can measure: both classes present and its images under `root`
+    (a wrong --root would otherwise score every pair as failed and report accuracy 0.5)."""
+    if not root.is_dir():
+        raise EvaluationInputError(f"--root {root} is not a folder")
+    classes = {p.same for p in pairs}
+    if classes != {True, False}:
+        kind = "no pairs" if not pairs else "only " + ("genuine" if True in classes else "impostor")
+        raise EvaluationInputError(
+            f"the pairs file has {kind} pairs: accuracy, ROC and FMR need both same=1 and "
+            "same=0 rows"
+        )
+    names = sorted({name for p in pairs for name in (p.a, p.b)})
+    missing = [name for name in names if not (root / name).is_file()]
+    if missing:
+        raise EvaluationInputError(
+            f"{len(missing)} of {len(names)} images of the pairs file are not under --root "
+            f"{root} (e.g. {root / missing[0]}): is --root the folder the paths are relative to?"
+        )
 
 
 def run_verify(args: argparse.Namespace) -> int:
     pairs = runner.read_pairs(args.pairs)
+    try:
+        check_pairs(pairs, args.root)
+    except EvaluationInputError as exc:
+        log.error("%s", exc)
+        return 1
     pipeline = _pipeline(args)
     analyses = runner.analyse_all(
         pipeline, args.root, chain.from_iterable((p.a, p.b) for p in pairs)
@@ -57,14 +99,24 @@ def run_verify(args: argparse.Namespace) -> int:
     report = metrics.verification_report(scores, labels, failed, threshold)
     if args.plot:
         plot_roc_det(
-            scores, labels, args.plot, f"{args.pairs.name}: {pipeline.embedder.spec.version}"
-        )
+            scores, labels, args.plot, f"{args.pairs.name}: {pipeline.embedder.spec.version}",
+            operating=(threshold, settings.vision.fmr_target),
+        )  # fmt: skip
     _emit(args, f"verification: {args.pairs.name}", report.to_dict())
     return 0
 
 
 def run_identify(args: argparse.Namespace) -> int:
+    if not args.root.is_dir():
+        log.error("--root %s is not a folder", args.root)
+        return 1
     people = runner.identity_tree(args.root)
+    if sum(len(images) >= 2 for images in people.values()) == 0:
+        log.error(
+            "--root %s has no person folder with two or more images: nothing to search for "
+            "(it needs a folder per person)", args.root,
+        )  # fmt: skip
+        return 1
     pipeline = _pipeline(args)
     analyses = runner.analyse_all(pipeline, args.root, chain.from_iterable(people.values()))
     data = runner.identification_scores(people, analyses)

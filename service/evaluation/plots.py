@@ -20,6 +20,7 @@ from service.evaluation.metrics import auc, eer, roc
 _CURVE = "#1f4e79"
 _EER = "#c0392b"
 _REFERENCE = "#8c8c8c"
+_OPERATING = "#e67e22"
 # DET axis ticks (Martin et al. 1997 use a similar set); only those inside the data range show.
 _DET_TICKS = (1e-5, 1e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.4)
 _DET_MAX = 0.5
@@ -102,13 +103,36 @@ def _draw_det(
     ax.legend(loc="upper right", frameon=True)
 
 
-def plot_roc_det(scores: ArrayLike, labels: ArrayLike, out_path: str | Path, title: str) -> Path:
+def _mark_operating_point(
+    roc_ax: Axes, det_ax: Axes, scores: np.ndarray, positives: np.ndarray,
+    operating: tuple[float, str],
+) -> None:  # fmt: skip
+    """The service's operating threshold as a point on both panels: the FMR and FNMR this run
+    measures there (a zero rate sits on the axis floor, where a log axis can show it)."""
+    threshold, target = operating
+    fmr = float((scores[~positives] >= threshold).mean())
+    fnmr = float((scores[positives] < threshold).mean())
+    label = f"operating point (FMR target {target}): FMR {fmr:.2g}, FNMR {fnmr:.2%}"
+    roc_floor = roc_ax.get_xlim()[0]
+    roc_ax.plot(max(fmr, roc_floor), 1.0 - fnmr, "s", ms=7, color=_OPERATING, label=label)
+    roc_ax.legend(loc="lower right", frameon=True)
+    low, high = det_ax.get_xlim()
+    z = _probit(np.clip(np.array([fmr, fnmr]), 1e-9, 1 - 1e-9))
+    det_ax.plot(*np.clip(z, low, high), "s", ms=7, color=_OPERATING, label="operating point")
+    det_ax.legend(loc="upper right", frameon=True)
+
+
+def plot_roc_det(
+    scores: ArrayLike, labels: ArrayLike, out_path: str | Path, title: str,
+    operating: tuple[float, str] | None = None,
+) -> Path:  # fmt: skip
     """Write a PNG with the ROC (log FMR axis) and DET (normal-deviate axes) of a run.
 
     Operating points with a zero rate cannot sit on a log or normal-deviate axis and are left
     out; the axes start at the smallest non-zero rate the run can measure (one error in the
-    impostor or genuine set). The EER point is marked on both panels when it is not 0.
-    Returns the path written; missing parent folders are created.
+    impostor or genuine set). The EER point is marked on both panels when it is not 0, and
+    `operating` (threshold, FMR target) marks where the service decides. Returns the path
+    written; missing parent folders are created.
     """
     fmr, tmr, _ = roc(scores, labels)
     positives = np.asarray(labels).astype(bool)
@@ -120,6 +144,8 @@ def plot_roc_det(scores: ArrayLike, labels: ArrayLike, out_path: str | Path, tit
     roc_ax, det_ax = fig.subplots(1, 2)
     _draw_roc(roc_ax, fmr, tmr, n_impostors, eer_)
     _draw_det(det_ax, fmr, 1.0 - tmr, n_impostors, n_genuine, eer_)
+    if operating is not None:
+        _mark_operating_point(roc_ax, det_ax, np.asarray(scores), positives, operating)
     fig.suptitle(
         f"{title}\n{n_genuine:,} genuine / {n_impostors:,} impostor pairs · "
         f"AUC {auc(scores, labels):.4f} · {_eer_label(eer_)}",
