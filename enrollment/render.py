@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +41,7 @@ REASON_WORDS = {
     "WEAK_MATCH_MARGIN": "weak match margin",
 }
 _SUMMARY_PHRASES = 3
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
 def _json_defaults_flag() -> str:
@@ -75,6 +77,8 @@ def _reason_phrase(code: str, decision: dict[str, Any], rules: dict[str, dict]) 
         return f"{who} matched at {_score(score)} (threshold {_score(threshold)})"
     if code == "NO_MATCH" and score is not None:
         return f"no match (best {_score(score)}, needs {_score(threshold)})"
+    if code == "NO_MATCH" and threshold is not None:
+        return f"no match (no one at or above {_score(threshold)})"
     rule = rules.get(code)
     words = REASON_WORDS.get(code, code)
     if rule and rule.get("detail"):
@@ -172,7 +176,7 @@ def records_table(
         return empty
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # wrapped, never cut: ids and files whole
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
     return table
@@ -181,6 +185,8 @@ def records_table(
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, str) and TIMESTAMP.match(value):
+        return value[:19].replace("T", " ")  # to the second, UTC as the service gives it
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))
     if isinstance(value, float):

@@ -245,7 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check the hash chain; names the first broken row"
     )
     audit_verify.add_argument("--config", type=Path, help="TOML settings file")
-    audit_verify.add_argument("--data-dir", type=Path)
+    audit_verify.add_argument(
+        "--data-dir", type=Path, help="the service's data directory (default: storage.data_dir)"
+    )
+    audit_verify.add_argument("--json", action="store_true", help="print one JSON object")
     audit_verify.set_defaults(handler=_audit)
 
     from enrollment.cli import add_client_commands

@@ -7,12 +7,14 @@ Nested tables map to the vision stages' own frozen dataclasses, validated by pyd
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -201,6 +203,21 @@ class RiskSettings(BaseModel):
     assess_timeout_s: float = Field(0.2, gt=0, description="deadline of the Assess consult")
 
 
+# The client commands' server address (HOST:PORT): not the service's `[server]` table, which
+# the prefix would otherwise read it as (set that table's fields as FACEGUARD_SERVER__PORT...).
+CLIENT_SERVER_VARIABLE = "FACEGUARD_SERVER"
+
+
+class ServiceEnvironment(EnvSettingsSource):
+    """The `FACEGUARD_*` environment, less the client commands' FACEGUARD_SERVER."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        variables = dict(super()._load_env_vars())
+        for name in (CLIENT_SERVER_VARIABLE, CLIENT_SERVER_VARIABLE.lower()):
+            variables.pop(name, None)
+        return variables
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FACEGUARD_", env_nested_delimiter="__", extra="forbid"
@@ -227,7 +244,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        return (
+            init_settings,
+            ServiceEnvironment(settings_cls),
+            TomlConfigSettingsSource(settings_cls),
+        )
 
     def service_pipeline_config(self) -> PipelineConfig:
         """The pipeline as the service runs it: no search for faces far below the quality gate.

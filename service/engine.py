@@ -171,7 +171,10 @@ class Engine:
             metadata[shortfall.setting] = f"{shortfall.limit:g}"
         hint = ""
         if any(s.setting in SIZE_SETTINGS for s in found):
-            hint = '; for ID or web photos set quality.profile = "id_photo"'
+            hint = (
+                '; for ID or web photos the service needs quality.profile = "id_photo" '
+                "(FACEGUARD_QUALITY__PROFILE=id_photo)"
+            )
         raise Unprocessable(
             str(quality.reasons[0]), f"{where}: {details} ({reasons}){hint}", **metadata
         )

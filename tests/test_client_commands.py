@@ -205,3 +205,13 @@ def test_the_server_comes_from_faceguard_server(served) -> None:
         timeout=120, env=env,
     )  # fmt: skip
     assert done.returncode == 5 and "UNAVAILABLE" in done.stderr
+
+
+def test_faceguard_server_is_not_read_as_the_service_settings(monkeypatch) -> None:
+    """FACEGUARD_SERVER shares the settings' prefix: the service must not parse the client's
+    HOST:PORT as its [server] table (it failed to load any settings)."""
+    from service.config import Settings
+
+    monkeypatch.setenv("FACEGUARD_SERVER", "127.0.0.1:50551")
+    monkeypatch.setenv("FACEGUARD_SERVER__PORT", "50999")
+    assert Settings().server.port == 50999

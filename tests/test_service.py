@@ -453,7 +453,7 @@ def test_audit_verify_names_the_first_tampered_row(served: Running, kiosk, tmp_p
     for _ in range(4):  # each refused attempt is audited too
         with pytest.raises(grpc.RpcError):
             kiosk.CheckLiveness(verification_pb2.CheckLivenessRequest(frames=[blank]), timeout=30)
-    ok = _cli("audit", "verify", "--data-dir", str(_data_dir(served)))
+    ok = _cli("audit", "verify", "--data-dir", str(_data_dir(served)), "--json")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     report = json.loads(ok.stdout)
     assert report["ok"] and report["rows_checked"] > 3
@@ -464,9 +464,11 @@ def test_audit_verify_names_the_first_tampered_row(served: Running, kiosk, tmp_p
             (copy / name).write_bytes((_data_dir(served) / name).read_bytes())
     with sqlite3.connect(copy / "faceguard.db") as db:
         db.execute("UPDATE events SET outcome = 'TAMPERED' WHERE id = 3")
-    broken = _cli("audit", "verify", "--data-dir", str(copy))
+    broken = _cli("audit", "verify", "--data-dir", str(copy), "--json")
     assert broken.returncode == 1
     assert json.loads(broken.stdout)["first_broken_row"] == 3
+    readable = _cli("audit", "verify", "--data-dir", str(copy))
+    assert readable.stdout.startswith("audit chain BROKEN at row 3: ")
 
 
 def _data_dir(served: Running) -> Path:
