@@ -226,9 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gRPC service")
     serve.add_argument("--config", type=Path, help="TOML settings file")
-    serve.add_argument("--data-dir", type=Path, help="SQLite database, index snapshot, dev keys")
-    serve.add_argument("--port", type=int, help="listen port (0: any free port)")
-    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument(
+        "--data-dir", type=Path,
+        help="SQLite database, index snapshot, dev keys (default: storage.data_dir, ./data)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--port", type=int, help="listen port (default: server.port, 50051; 0: any free port)"
+    )
+    serve.add_argument("--host", help="listen address (default: server.host, 127.0.0.1)")
     serve.add_argument(
         "--dev-key", action="store_true",
         help="development: generate a template key in the data dir when none is configured",
@@ -267,10 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
         "fraud-sink", help="reference FraudEngine: verifies, dedupes and stores callbacks"
     )
     sink.add_argument("--port", type=int, required=True, help="listen port (0: any free port)")
-    sink.add_argument("--host", default="127.0.0.1")
+    sink.add_argument("--host", default="127.0.0.1", help="listen address")
     sink.add_argument("--db", type=Path, required=True, help="SQLite file for received events")
     sink.add_argument("--hmac-key-file", type=Path, required=True, help="the shared HMAC key")
-    sink.add_argument("--key-id", default="k1")
+    sink.add_argument("--key-id", default="k1", help="id of the HMAC key, as the service signs")
     sink.add_argument("--fail-rate", type=float, default=0.0, help="share of calls to fail")
     sink.add_argument("--hang", action="store_true", help="start hanging (SIGUSR1 toggles)")
     sink.add_argument(
@@ -323,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sub, handler in ((rotate, _keys), (purge, _retention)):
         sub.add_argument("--config", type=Path, help="TOML settings file")
-        sub.add_argument("--data-dir", type=Path)
+        sub.add_argument(
+            "--data-dir", type=Path, help="the service's data directory (default: storage.data_dir)"
+        )
         sub.set_defaults(handler=handler)
 
     analyze = commands.add_parser(
@@ -340,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--root", type=Path, required=True, help="folder the paths are under")
     verify.add_argument("--plot", type=Path, help="write ROC and DET curves to this PNG")
     identify = evals.add_parser("identify", help="1:N identification on a folder per person")
-    identify.add_argument("--root", type=Path, required=True)
+    identify.add_argument("--root", type=Path, required=True, help="a folder per person")
     liveness = evals.add_parser("liveness", help="presentation attack detection")
     liveness.add_argument("--root", type=Path, required=True, help="has live/ and spoof/")
     liveness.add_argument("--threshold", type=float, help="default: the manifest's")
@@ -399,8 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     callbacks = bench.add_parser(
         "callbacks", help="decisions delivered through a failing sink and kill -9s; risk cost"
     )
-    callbacks.add_argument("--decisions", type=int, default=1000)
-    callbacks.add_argument("--fail-rate", type=float, default=0.3)
+    callbacks.add_argument("--decisions", type=int, default=1000, help="decisions to make")
+    callbacks.add_argument(
+        "--fail-rate", type=float, default=0.3, help="share of deliveries the sink fails"
+    )
     callbacks.add_argument("--kills", type=int, default=2, help="kill -9s of the service")
     callbacks.add_argument("--json", action="store_true", help="print one JSON object")
     callbacks.set_defaults(handler=_bench)

@@ -142,7 +142,14 @@ def finish_help(parser: argparse.ArgumentParser, exit_help: str) -> None:
     for path, sub, summary in walk(parser):
         if sub.description is None:
             sub.description = summary[:1].upper() + summary[1:] + "." if summary else None
-        if not is_leaf(sub) or sub.epilog:
+        for action in _arguments(sub):
+            if not action.help:  # argparse leaves out an option without help, default and all
+                action.help = action.dest.replace("_", " ")
+        if sub.epilog:
+            continue
+        if not is_leaf(sub):
+            command = " ".join(["faceguard", *path])
+            sub.epilog = f"Each action's options and an example: {command} ACTION --help"
             continue
         parts = ["examples:\n" + "\n".join(f"  {line}" for line in example_lines(path, sub))]
         if any(a.option_strings and "--server" in a.option_strings for a in sub._actions):

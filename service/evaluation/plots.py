@@ -114,11 +114,14 @@ def _mark_operating_point(
     fnmr = float((scores[positives] < threshold).mean())
     label = f"operating point (FMR target {target}): FMR {fmr:.2g}, FNMR {fnmr:.2%}"
     roc_floor = roc_ax.get_xlim()[0]
-    roc_ax.plot(max(fmr, roc_floor), 1.0 - fnmr, "s", ms=7, color=_OPERATING, label=label)
+    roc_ax.plot(
+        max(fmr, roc_floor), 1.0 - fnmr, "s", ms=7, color=_OPERATING, label=label, clip_on=False
+    )
     roc_ax.legend(loc="lower right", frameon=True)
     low, high = det_ax.get_xlim()
     z = _probit(np.clip(np.array([fmr, fnmr]), 1e-9, 1 - 1e-9))
-    det_ax.plot(*np.clip(z, low, high), "s", ms=7, color=_OPERATING, label="operating point")
+    point = np.clip(z, low, high)
+    det_ax.plot(*point, "s", ms=7, color=_OPERATING, label="operating point", clip_on=False)
     det_ax.legend(loc="upper right", frameon=True)
 
 
