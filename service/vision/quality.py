@@ -203,7 +203,7 @@ def shortfalls(
           "clipped pixels {value:.0%}, at most {limit:.0%}")  # fmt: skip
     for axis in ("yaw", "pitch", "roll"):
         check(QualityReason.POSE, axis, abs(getattr(pose, axis)), f"max_{axis}_deg",
-              axis + " {value:.1f} degrees, at most {limit:.0f}")  # fmt: skip
+              axis + " {value:.2f} degrees, at most {limit:.0f}")  # fmt: skip
     return tuple(found)
 
 
