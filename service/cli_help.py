@@ -51,7 +51,37 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "eval identify": ("faceguard eval identify --root ../shared/data/faces/lfw",),
     "bench pipeline": ("faceguard bench pipeline --repeat 10",),
+    "bench service": ("faceguard bench service --threads 2 --calls 60 --json",),
+    "bench stream": ("faceguard bench stream --frames 120 --json",),
+    "bench callbacks": ("faceguard bench callbacks --decisions 1000 --fail-rate 0.3 --kills 2",),
     "docs commands": ("faceguard docs commands --write README.md",),
+    "models build": ("faceguard models build",),
+    "certs dev": ("faceguard certs dev --out certs --client kiosk-K-009:kiosk:K-009",),
+    "keys rotate": ("faceguard keys rotate --data-dir data --wait 5",),
+    "retention run": ("faceguard retention run --inactive-days 365 --dry-run",),
+    "fuzz": ("faceguard fuzz --count 10000 --workers 2",),
+    "analyze": ("faceguard analyze photo1.jpg photo2.jpg", "faceguard analyze --json"),
+    "eval liveness": (
+        "faceguard eval liveness --root ../shared/data/spoof/apfol_liveness --stream --json",
+    ),
+    "eval calibrate": (
+        "faceguard eval calibrate --pairs ../shared/data/pairs/lfw_view1_train.csv "
+        "--root ../shared/data --faces ../shared/data/faces/lfw --write",
+    ),
+    "fraud-sink": (
+        "faceguard fraud-sink --port 50061 --db sink.db --hmac-key-file data/callback-hmac.key",
+    ),
+    "risk blocklist add": (
+        "faceguard risk blocklist add alice --reason 'stolen id' --case CASE-12 --operator fraud-2",
+    ),
+    "risk devices add": (
+        "faceguard risk devices add K-007 --reason tampered --case CASE-3 --operator fraud-2",
+    ),
+    "risk watchlist add": (
+        "faceguard risk watchlist add face.jpg --label suspect-4 --reason 'card fraud' "
+        "--case CASE-9 --operator fraud-2",
+    ),
+    "risk events": ("faceguard risk events --customer-id alice --since 2026-01-01T00:00:00",),
 }
 
 # What a command does, at more length than its one-line help (its --help page and the README
