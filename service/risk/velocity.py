@@ -26,6 +26,7 @@ parse event payloads.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    delete,
     false,
     func,
     insert,
@@ -55,6 +57,10 @@ from service.gallery.store import METADATA, ROW_ID, Store, UTCDateTime, event_ta
 # Decisions whose DECLINE is a failed attempt.
 ATTEMPT_TYPES = ("VERIFY", "IDENTIFY")
 LIFT_EVENT = "LOCKOUT_LIFT"
+# Attempts older than every window (and a day) are dropped every PRUNE_EVERY records; the
+# audit chain keeps the events themselves.
+KEEP = timedelta(days=1)
+PRUNE_EVERY = 1000
 DEVICE, CUSTOMER_AT_DEVICE, CUSTOMER = "DEVICE", "CUSTOMER_AT_DEVICE", "CUSTOMER"
 
 attempt_table = Table(
@@ -190,6 +196,9 @@ class Velocity:
     def __init__(self, store: Store, limits: Limits | None) -> None:
         self.store = store
         self.limits = limits
+        self._recorded = itertools.count(1)
+        longest = max(limits.device_window_s, limits.customer_window_s) if limits else 0.0
+        self._keep = max(KEEP, timedelta(seconds=longest))
 
     def create_schema(self) -> None:
         with self.store.transaction() as conn:
@@ -202,13 +211,18 @@ class Velocity:
         if event.type not in ATTEMPT_TYPES or event.outcome != "DECLINE":
             return
         customer = event.customer_id if counts_against_customer(event) else None
+        now = datetime.now(UTC)
         conn.execute(
             insert(attempt_table).values(
-                event_id=event.event_id, occurred_at=datetime.now(UTC),
+                event_id=event.event_id, occurred_at=now,
                 device_id=event.device_id, customer_id=customer,
                 device_lifted=False, customer_lifted=False,
             )
         )  # fmt: skip
+        if next(self._recorded) % PRUNE_EVERY == 0:
+            conn.execute(
+                delete(attempt_table).where(attempt_table.c.occurred_at < now - self._keep)
+            )
 
     def facts(self, customer_id: str, device_id: str) -> VelocityFacts:
         """The counted failures of a device, of a customer at it, and of the customer."""
