@@ -1,33 +1,82 @@
-"""`faceguard audit verify`: check the event log's hash chain and name the first broken row."""
+"""`faceguard audit verify` and `faceguard audit checkpoint`: the event log's tamper evidence.
+
+`verify` walks the chain (plain hashes before the AUDIT_CHAIN_KEYED row, the audit key's HMAC
+from it on) and checks it against the latest signed checkpoint (`--checkpoints FILE`, by
+default the data dir's): rows deleted after it (truncation), a different hash at its row or
+a moved keyed start (re-chaining), and lines whose signature is wrong (forged). It only reads:
+it never makes a key, a table or a row. `checkpoint` appends a checkpoint of the head now.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import asdict
+from pathlib import Path
 
-from service.assembly import open_store
-from service.config import load_settings
+from service.assembly import audit_key_for, keyring_for, open_store
+from service.config import Settings, load_settings
+from service.gallery import checkpoints
+from service.gallery.store import Store
 
 
-def run_audit_verify(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
     if args.data_dir:
         settings = settings.model_copy(
             update={"storage": settings.storage.model_copy(update={"data_dir": args.data_dir})}
         )
+    return settings
+
+
+def verify_report(store: Store, checkpoint_file: Path) -> dict[str, object]:
+    """The chain's report, checked against the latest authentic checkpoint in the file."""
+    report = store.verify_chain()
+    ok, reason = report.ok, report.reason
+    latest, forged = None, []
+    if store.chain_key is not None:
+        found = checkpoints.read(checkpoint_file, store.chain_key)
+        latest, forged = found.latest, found.forged
+        if forged and ok:  # a broken chain's own reason comes first
+            ok = False
+            reason = f"{checkpoint_file}: lines {forged} are not signed by the audit key (forged)"
+        elif ok and latest is not None:
+            contradiction = checkpoints.problem(store, latest, report)
+            if contradiction:
+                ok, reason = False, contradiction
+    return {
+        "ok": ok,
+        "rows_checked": report.rows,
+        "first_broken_row": report.first_broken,
+        "reason": reason,
+        "head_hash": report.head_hash,
+        "head_row": report.head_row,
+        "keyed_from_row": report.keyed_from,
+        "checkpoint": asdict(latest) if latest is not None else None,
+        "checkpoint_file": str(checkpoint_file),
+        "forged_checkpoint_lines": forged,
+    }
+
+
+def run_audit_verify(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    store = Store(settings.storage.url(), keyring_for(settings), audit_key_for(settings, False))
+    try:
+        file = args.checkpoints or settings.storage.checkpoint_dir() / checkpoints.FILE_NAME
+        result = verify_report(store, file)
+    finally:
+        store.close()
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0 if result["ok"] else 1
+
+
+def run_audit_checkpoint(args: argparse.Namespace) -> int:
+    settings = _settings(args)
     with open_store(settings) as store:
-        report = store.verify_chain()
+        written = checkpoints.write(store, settings.storage.checkpoint_dir())
+    file = settings.storage.checkpoint_dir() / checkpoints.FILE_NAME
     sys.stdout.write(
-        json.dumps(
-            {
-                "ok": report.ok,
-                "rows_checked": report.rows,
-                "first_broken_row": report.first_broken,
-                "reason": report.reason,
-                "head_hash": report.head_hash,
-            }
-        )
-        + "\n"
+        json.dumps({"checkpoint": asdict(written) if written else None, "file": str(file)}) + "\n"
     )
-    return 0 if report.ok else 1
+    return 0

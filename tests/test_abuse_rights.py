@@ -7,11 +7,15 @@
   name; one device locks a customer out only at that device; non-matching faces from several
   devices lock them out everywhere; an admin lists lockouts and lifts one (RPC and CLI),
   audited, and the velocity rule respects the lift.
+- Rewriting the audit chain: through `faceguard audit verify`, an intact chain (plain rows from
+  before the upgrade, keyed after) passes; deleted newest rows, an edited and re-chained row,
+  a tail re-chained with plain hashes and a forged checkpoint are each reported.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +24,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from sqlalchemy import delete, select
 
 from faceguard.v1 import (
     common_pb2,
@@ -30,8 +35,19 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.server import Running, start
+from service.assembly import keyring_for, open_store
 from service.certs import DEV_CLIENTS, ClientSpec, write_dev_pki
-from tests.service_helpers import FACEGUARD, image, mtls_settings, people_with, tls_channel
+from service.config import SettingsError
+from service.gallery.audit import ChainKey, NewEvent
+from service.gallery.store import Store, event_table
+from tests.service_helpers import (
+    FACEGUARD,
+    image,
+    mtls_settings,
+    people_with,
+    service_settings,
+    tls_channel,
+)
 from tests.test_security import reason_of
 from tests.test_service import enroll
 
@@ -259,3 +275,112 @@ def test_several_devices_lock_a_customer_everywhere_until_an_admin_lifts_it(
     assert event.payload["operator"] == "admin" and event.payload["reason"] == "case FR-7"
     listed = admin_cli(served, pki, "lockouts", "list")
     assert not [x for x in listed.get("lockouts", []) if x.get("customer_id") == name]
+
+
+# ---- a chain anyone can rewrite ------------------------------------------------------------
+
+
+def audit_cli(*args: str) -> tuple[int, dict]:
+    done = subprocess.run(
+        [str(FACEGUARD), "audit", *args], capture_output=True, text=True, timeout=120
+    )
+    return done.returncode, json.loads(done.stdout)
+
+
+def decide(store: Store, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        store.record_event(
+            NewEvent("VERIFY", "APPROVE", device_id="K-1", customer_id=f"c-{i}",
+                     payload={"reason_codes": ["MATCH"], "match_score": 0.9})
+        )  # fmt: skip
+
+
+@pytest.fixture()
+def chain(tmp_path: Path) -> Path:
+    """A data dir whose chain is plain for 3 rows (written before the upgrade), then keyed
+    (marker + 6 rows), with a checkpoint of the head taken by the command."""
+    data = tmp_path / "data"
+    settings = service_settings(data)
+    data.mkdir()
+    with Store(settings.storage.url(), keyring_for(settings)) as old:  # before the upgrade
+        old.create_schema()
+        decide(old, 3)
+    with open_store(settings) as store:
+        decide(store, 6, start=3)
+    code, written = audit_cli("checkpoint", "--data-dir", str(data))
+    assert code == 0 and written["checkpoint"]["row"] == 10
+    assert (data / "audit-chain.key").stat().st_mode & 0o077 == 0
+    return data
+
+
+def sql(data: Path, *statements: str) -> None:
+    with sqlite3.connect(data / "faceguard.db") as db:
+        for statement in statements:
+            db.execute(statement)
+
+
+def test_an_intact_upgraded_chain_verifies(chain: Path) -> None:
+    code, report = audit_cli("verify", "--data-dir", str(chain))
+    assert code == 0 and report["ok"], report
+    assert report["rows_checked"] == 10 and report["keyed_from_row"] == 4
+    assert report["checkpoint"]["row"] == 10
+
+
+def test_deleting_the_newest_rows_is_detected(chain: Path) -> None:
+    sql(chain, "DELETE FROM events WHERE id > 8")
+    code, report = audit_cli("verify", "--data-dir", str(chain))
+    assert code == 1 and "truncated" in report["reason"], report
+
+
+def test_editing_a_row_and_rechaining_is_detected(chain: Path) -> None:
+    """The attacker edits row 6 and recomputes every later hash; without the audit key the
+    keyed rows cannot be recomputed, so they rewrite the tail as a plain chain."""
+    with Store(service_settings(chain).storage.url(), keyring_for(service_settings(chain))) as s:
+        with s.transaction() as conn:
+            rows = conn.execute(select(event_table).where(event_table.c.id >= 6)).all()
+            conn.execute(delete(event_table).where(event_table.c.id >= 6))
+        for row in rows:
+            edited = "DECLINE" if row.id == 6 else row.outcome
+            s.record_event(NewEvent(row.type, edited, device_id=row.device_id,
+                                    customer_id=row.customer_id, event_id=row.event_id,
+                                    payload=json.loads(row.payload)))  # fmt: skip
+    code, report = audit_cli("verify", "--data-dir", str(chain))
+    assert code == 1 and report["first_broken_row"] >= 6
+    assert "audit key" in report["reason"], report
+
+
+def test_rechaining_everything_back_to_plain_hashes_is_detected(chain: Path) -> None:
+    """Rows from the keyed marker on deleted and re-appended as a plain chain: the chain
+    walks intact, only the shipped checkpoint contradicts it."""
+    settings = service_settings(chain)
+    with Store(settings.storage.url(), keyring_for(settings)) as s:
+        with s.transaction() as conn:
+            conn.execute(delete(event_table).where(event_table.c.id >= 4))
+        decide(s, 7, start=3)
+    code, report = audit_cli("verify", "--data-dir", str(chain))
+    assert code == 1 and report["rows_checked"] == 10 and report["keyed_from_row"] is None
+    assert "re-chained" in report["reason"], report
+
+
+def test_a_forged_checkpoint_is_detected(chain: Path, tmp_path: Path) -> None:
+    shipped = tmp_path / "shipped.jsonl"
+    lines = (chain / "audit-checkpoints" / "checkpoints.jsonl").read_text().splitlines()
+    forged = json.loads(lines[-1]) | {"row": 7}
+    shipped.write_text("\n".join([*lines, json.dumps(forged)]) + "\n")
+    code, report = audit_cli("verify", "--data-dir", str(chain), "--checkpoints", str(shipped))
+    assert code == 1 and report["forged_checkpoint_lines"] == [2], report
+
+
+def test_the_service_writes_checkpoints_while_serving(served: Running) -> None:
+    data = Path(str(served.engine.gallery.index_path.parent))
+    lines = (data / "audit-checkpoints" / "checkpoints.jsonl").read_text().splitlines()
+    assert lines and json.loads(lines[0])["keyed_from"] is not None
+
+
+def test_a_different_audit_key_is_refused_at_start_and_by_verify(chain: Path) -> None:
+    (chain / "audit-chain.key").unlink()
+    ChainKey.generate().dump(chain / "audit-chain.key")
+    with pytest.raises(SettingsError, match="keyed with key"):
+        open_store(service_settings(chain))
+    code, report = audit_cli("verify", "--data-dir", str(chain))
+    assert code == 1 and report["first_broken_row"] == 4 and "keyed with key" in report["reason"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.config import RiskSettings, SettingsError
+from service.gallery.checkpoints import Checkpointer
 from service.gallery.lists import RiskLists
 from service.gallery.store import Store
 from service.gallery.watchlist import Watchlist
@@ -39,8 +40,12 @@ class RiskRuntime:
     velocity: Velocity
     dispatcher: Dispatcher | None = None
     client: FraudEngineClient | None = None
+    # Signed chain-head checkpoints: like the callbacks, what leaves the database.
+    checkpointer: Checkpointer | None = None
 
     def start(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         if self.dispatcher is not None:
             self.dispatcher.start()
             log.info("fraud-engine callbacks: dispatcher started")
@@ -52,6 +57,8 @@ class RiskRuntime:
             self.dispatcher.stop()
         if self.client is not None:
             self.client.close()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
 
 
 def hmac_key_path(settings: RiskSettings, data_dir: Path, dev: bool) -> Path:
