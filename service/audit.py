@@ -15,10 +15,12 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from sqlalchemy import inspect, make_url
+
 from service.assembly import audit_key_for, keyring_for, open_store
 from service.config import Settings, load_settings
 from service.gallery import checkpoints
-from service.gallery.store import Store
+from service.gallery.store import Store, event_table
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -61,14 +63,26 @@ def verify_report(store: Store, checkpoint_file: Path) -> dict[str, object]:
 
 def run_audit_verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    store = Store(settings.storage.url(), keyring_for(settings), audit_key_for(settings, False))
+    storage = settings.storage
+    url = make_url(storage.url())
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        return _fail(f"no database at {url.database}")  # (opening it would make an empty one)
+    store = Store(storage.url(), keyring_for(settings), audit_key_for(settings, False))
     try:
-        file = args.checkpoints or settings.storage.checkpoint_dir() / checkpoints.FILE_NAME
+        with store.connect() as conn:
+            if not inspect(conn).has_table(event_table.name):
+                return _fail(f"no {event_table.name} table: not a faceguard database")
+        file = args.checkpoints or storage.checkpoint_dir() / checkpoints.FILE_NAME
         result = verify_report(store, file)
     finally:
         store.close()
     sys.stdout.write(json.dumps(result) + "\n")
     return 0 if result["ok"] else 1
+
+
+def _fail(reason: str) -> int:
+    sys.stdout.write(json.dumps({"ok": False, "reason": reason}) + "\n")
+    return 1
 
 
 def run_audit_checkpoint(args: argparse.Namespace) -> int:

@@ -384,3 +384,8 @@ def test_a_different_audit_key_is_refused_at_start_and_by_verify(chain: Path) ->
         open_store(service_settings(chain))
     code, report = audit_cli("verify", "--data-dir", str(chain))
     assert code == 1 and report["first_broken_row"] == 4 and "keyed with key" in report["reason"]
+
+
+def test_verify_of_a_data_dir_without_a_database_fails_and_creates_nothing(tmp_path: Path):
+    code, report = audit_cli("verify", "--data-dir", str(tmp_path / "none"))
+    assert code == 1 and not report["ok"] and not (tmp_path / "none").exists()
