@@ -389,3 +389,16 @@ def test_a_different_audit_key_is_refused_at_start_and_by_verify(chain: Path) ->
 def test_verify_of_a_data_dir_without_a_database_fails_and_creates_nothing(tmp_path: Path):
     code, report = audit_cli("verify", "--data-dir", str(tmp_path / "none"))
     assert code == 1 and not report["ok"] and not (tmp_path / "none").exists()
+
+
+def test_a_refused_stream_opening_is_audited_for_the_device(served: Running, pki: Path) -> None:
+    options = verification_pb2.StreamOptions(session_id="probe-1")
+    start_message = verification_pb2.VerifyStreamRequest(
+        start=verification_pb2.VerifyStreamStart(customer_id="nobody-streamed", options=options)
+    )
+    stub = kiosk(served, pki, KIOSKS[0])
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.VerifyStream(iter([start_message]), timeout=60))
+    assert reason_of(err.value) == "CUSTOMER_NOT_FOUND"
+    (event,) = served.engine.gallery.store.events_of("nobody-streamed")
+    assert (event.type, event.outcome, event.device_id) == ("VERIFY", "DECLINE", KIOSKS[0])
