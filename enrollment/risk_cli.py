@@ -1,4 +1,5 @@
-"""`faceguard risk ...`: the RiskAdmin client (lists, watchlist, events, dead letters).
+"""`faceguard risk ...`: the RiskAdmin client (lists, watchlist, events, dead letters,
+velocity lockouts).
 
 Same connection and TLS options as the other client commands; each prints the reply, or one
 JSON object with `--json`; a failed call prints its status and reason code and exits 1.
@@ -78,7 +79,23 @@ def add_risk_commands(commands: argparse._SubParsersAction, handler: Callable) -
     )
     d_replay.add_argument("--operator", required=True, help="staff id making the replay")
 
-    for sub in (*subs, w_add, w_remove, w_list, events, d_list, d_replay):
+    lockouts = groups.add_parser("lockouts", help="velocity lockouts in force")
+    l_list = lockouts.add_subparsers(dest="risk_action", required=True).add_parser(
+        "list", help="customers and devices locked out now: why, since and until when"
+    )
+    l_list.add_argument("--page-size", type=int, default=50, help="lockouts per page")
+    unlock = groups.add_parser(
+        "unlock", help="lift a lockout with a reason (audited with your certificate's name)"
+    )
+    unlock.add_argument("--customer-id", default="", help="the customer's lockouts")
+    unlock.add_argument(
+        "--device-id", default="",
+        help="a device's lockout; with --customer-id, the customer's lockout at that device",
+    )  # fmt: skip
+    unlock.add_argument("--reason", required=True, help="why the lockout is lifted (audited)")
+    unlock.set_defaults(risk_action="lift")
+
+    for sub in (*subs, w_add, w_remove, w_list, events, d_list, d_replay, l_list, unlock):
         connection_options(sub)
         sub.set_defaults(handler=handler)
 
@@ -138,6 +155,14 @@ def _call(args: argparse.Namespace, stub) -> dict[str, Any]:
             page_size=args.page_size, page_token=args.page_token,
         )  # fmt: skip
         return as_dict(stub.QueryEvents(request, timeout=timeout))
+    if group == "lockouts":
+        request = risk_pb2.ListLockoutsRequest(page_size=args.page_size)
+        return as_dict(stub.ListLockouts(request, timeout=timeout))
+    if group == "unlock":
+        request = risk_pb2.LiftLockoutRequest(
+            customer_id=args.customer_id, device_id=args.device_id, reason=args.reason
+        )
+        return as_dict(stub.LiftLockout(request, timeout=timeout))
     if action == "list":
         request = risk_pb2.ListDeadLettersRequest(page_size=args.page_size)
         return as_dict(stub.ListDeadLetters(request, timeout=timeout))

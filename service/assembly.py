@@ -6,6 +6,8 @@ import logging
 
 from service.config import Settings, SettingsError, operating_threshold
 from service.engine import Engine, Policy
+from service.gallery.audit import ChainKey, ChainKeyError
+from service.gallery.checkpoints import Checkpointer
 from service.gallery.crypto import Keyring, KeyringError, generate_keyring, load_keyring
 from service.gallery.gallery import Gallery
 from service.gallery.store import Store
@@ -47,10 +49,33 @@ def keyring_for(settings: Settings) -> Keyring:
     return keyring
 
 
+def audit_key_for(settings: Settings, create: bool = True) -> ChainKey | None:
+    """The audit chain's key: the configured file, or the default one beside the template key
+    file, made there when missing (`create`) so every chain is keyed; None when absent."""
+    storage = settings.storage
+    path = storage.audit_key_path()
+    if not path.is_file():
+        if storage.audit_key_file is not None:
+            raise SettingsError(f"storage.audit_key_file {path} does not exist")
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ChainKey.generate().dump(path)
+        log.warning("generated the audit chain key %s; keep a copy off this machine", path)
+    try:
+        return ChainKey.from_file(path)
+    except ChainKeyError as exc:
+        raise SettingsError(str(exc)) from exc
+
+
 def open_store(settings: Settings) -> Store:
     settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.storage.url(), keyring_for(settings))
-    store.create_schema()
+    store = Store(settings.storage.url(), keyring_for(settings), audit_key_for(settings))
+    try:
+        store.create_schema()
+    except ChainKeyError as exc:
+        store.close()
+        raise SettingsError(str(exc)) from exc
     return store
 
 
@@ -75,6 +100,9 @@ def build_engine(settings: Settings) -> Engine:
             settings.risk, store, settings.storage.data_dir, dim, policy.liveness_threshold,
             dev=settings.storage.dev_generate_key,
         )  # fmt: skip
+        risk.checkpointer = Checkpointer(
+            store, settings.storage.checkpoint_dir(), settings.storage.audit_checkpoint_every_s
+        )
     except BaseException:
         vision.close()
         raise

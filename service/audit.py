@@ -1,4 +1,11 @@
-"""`faceguard audit verify`: check the event log's hash chain and name the first broken row."""
+"""`faceguard audit verify` and `faceguard audit checkpoint`: the event log's tamper evidence.
+
+`verify` walks the chain (plain hashes before the AUDIT_CHAIN_KEYED row, the audit key's HMAC
+from it on) and checks it against the latest signed checkpoint (`--checkpoints FILE`, by
+default the data dir's): rows deleted after it (truncation), a different hash at its row or
+a moved keyed start (re-chaining), and lines whose signature is wrong (forged). It only reads:
+it never makes a key, a table or a row. `checkpoint` appends a checkpoint of the head now.
+"""
 
 from __future__ import annotations
 
@@ -6,58 +13,113 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import asdict
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import inspect, make_url
 
-from service.assembly import open_store
-from service.config import load_settings
+from service.assembly import audit_key_for, keyring_for, open_store
+from service.config import Settings, load_settings
+from service.gallery import checkpoints
+from service.gallery.store import Store, event_table
 
 log = logging.getLogger(__name__)
 
 
-def run_audit_verify(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
     if args.data_dir:
         settings = settings.model_copy(
             update={"storage": settings.storage.model_copy(update={"data_dir": args.data_dir})}
         )
-    storage = settings.storage
-    database = storage.data_dir / "faceguard.db"
-    if storage.database_url is None and not database.is_file():
-        # Opening the store would create an empty database (and ./data) and then ask for a
-        # key: say what is missing instead.
-        log.error(
-            "no faceguard database at %s: give the service's data directory with --data-dir "
-            "(or storage.data_dir / storage.database_url in --config)", database,
-        )  # fmt: skip
-        return 1
-    with open_store(settings) as store:
-        report = store.verify_chain()
-    figures = {
-        "ok": report.ok,
+    return settings
+
+
+def verify_report(store: Store, checkpoint_file: Path) -> dict[str, object]:
+    """The chain's report, checked against the latest authentic checkpoint in the file."""
+    report = store.verify_chain()
+    ok, reason = report.ok, report.reason
+    latest, forged = None, []
+    if store.chain_key is not None:
+        found = checkpoints.read(checkpoint_file, store.chain_key)
+        latest, forged = found.latest, found.forged
+        if forged and ok:  # a broken chain's own reason comes first
+            ok = False
+            reason = f"{checkpoint_file}: lines {forged} are not signed by the audit key (forged)"
+        elif ok and latest is not None:
+            contradiction = checkpoints.problem(store, latest, report)
+            if contradiction:
+                ok, reason = False, contradiction
+    return {
+        "ok": ok,
         "rows_checked": report.rows,
         "first_broken_row": report.first_broken,
-        "reason": report.reason,
+        "reason": reason,
         "head_hash": report.head_hash,
+        "head_row": report.head_row,
+        "keyed_from_row": report.keyed_from,
+        "checkpoint": asdict(latest) if latest is not None else None,
+        "checkpoint_file": str(checkpoint_file),
+        "forged_checkpoint_lines": forged,
     }
+
+
+def run_audit_verify(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    storage = settings.storage
+    url = make_url(storage.url())
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        # Opening it would make an empty database (and ./data) and then ask for a key.
+        return _fail(
+            args,
+            f"no faceguard database at {url.database}: give the service's data directory with "
+            "--data-dir (or storage.data_dir / storage.database_url in --config)",
+        )
+    store = Store(storage.url(), keyring_for(settings), audit_key_for(settings, False))
+    try:
+        with store.connect() as conn:
+            if not inspect(conn).has_table(event_table.name):
+                return _fail(args, f"no {event_table.name} table: not a faceguard database")
+        file = args.checkpoints or storage.checkpoint_dir() / checkpoints.FILE_NAME
+        result = verify_report(store, file)
+    finally:
+        store.close()
+    _print(args, result)
+    return 0 if result["ok"] else 1
+
+
+def _fail(args: argparse.Namespace, reason: str) -> int:
+    log.error("%s", reason)
+    if args.json:
+        _print(args, {"ok": False, "reason": reason})
+    return 1
+
+
+def _print(args: argparse.Namespace, figures: dict[str, object]) -> None:
+    """One JSON object with --json; for people, the verdict on one line and a table."""
     if args.json:
         sys.stdout.write(json.dumps(figures) + "\n")
-    else:
-        _print_report(figures)
-    return 0 if report.ok else 1
-
-
-def _print_report(figures: dict[str, object]) -> None:
-    """The verdict on one line, then the figures as a table."""
+        return
     console = Console()
-    verdict = (
-        f"audit chain intact: {figures['rows_checked']} rows checked"
-        if figures["ok"]
-        else f"audit chain BROKEN at row {figures['first_broken_row']}: {figures['reason']}"
-    )
+    if figures["ok"]:
+        verdict = f"audit chain intact: {figures['rows_checked']} rows checked"
+    else:
+        verdict = f"audit chain BROKEN at row {figures['first_broken_row']}: {figures['reason']}"
     console.print(verdict, style="bold", markup=False, highlight=False, soft_wrap=True)
     table = Table(show_header=False, box=None, pad_edge=False)
     for key, value in figures.items():
         table.add_row(key, "" if value is None else str(value))
     console.print(table)
+
+
+def run_audit_checkpoint(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with open_store(settings) as store:
+        written = checkpoints.write(store, settings.storage.checkpoint_dir())
+    file = settings.storage.checkpoint_dir() / checkpoints.FILE_NAME
+    sys.stdout.write(
+        json.dumps({"checkpoint": asdict(written) if written else None, "file": str(file)}) + "\n"
+    )
+    return 0

@@ -3,7 +3,8 @@
 Client identity lives in the certificate's subject alternative names as URIs, so a
 certificate can be checked by any TLS library and carries nothing but identity:
 
-- `faceguard://role/<role>`: one per role the client holds (kiosk, enrollment, admin);
+- `faceguard://role/<role>`: one per role the client holds (kiosk, enrollment, admin,
+  investigator: a 1:N search below the operating threshold, audited);
 - `faceguard://device/<device id>`: a kiosk's device id, bound to its key.
 
 The common name is a readable client name (`kiosk-K-001`) used in logs and rate limits.
@@ -27,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 log = logging.getLogger(__name__)
 
-ROLES = ("kiosk", "enrollment", "admin")
+ROLES = ("kiosk", "enrollment", "admin", "investigator")
 URI_PREFIX = "faceguard://"
 ROLE_URI = URI_PREFIX + "role/"
 DEVICE_URI = URI_PREFIX + "device/"
@@ -48,6 +49,7 @@ DEV_CLIENTS = (
     ClientSpec("kiosk-K-002", ("kiosk",), "K-002"),
     ClientSpec("enrollment-desk", ("enrollment",)),
     ClientSpec("admin", ("admin",)),
+    ClientSpec("investigator", ("investigator",)),
 )
 
 

@@ -166,9 +166,9 @@ def _fuzz(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from service.audit import run_audit_verify
+    from service.audit import run_audit_checkpoint, run_audit_verify
 
-    return run_audit_verify(args)
+    return (run_audit_checkpoint if args.audit_command == "checkpoint" else run_audit_verify)(args)
 
 
 def _add_common_pipeline_options(parser: argparse.ArgumentParser) -> None:
@@ -249,12 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     audit_verify = audit.add_parser(
         "verify", help="check the hash chain; names the first broken row"
     )
-    audit_verify.add_argument("--config", type=Path, help="TOML settings file")
     audit_verify.add_argument(
-        "--data-dir", type=Path, help="the service's data directory (default: storage.data_dir)"
-    )
+        "--checkpoints", type=Path,
+        help="signed checkpoint file to check against (default: the data dir's)",
+    )  # fmt: skip
     audit_verify.add_argument("--json", action="store_true", help="print one JSON object")
-    audit_verify.set_defaults(handler=_audit)
+    audit_checkpoint = audit.add_parser(
+        "checkpoint", help="append a signed checkpoint of the chain head (ship it elsewhere)"
+    )
+    for sub in (audit_verify, audit_checkpoint):
+        sub.add_argument("--config", type=Path, help="TOML settings file")
+        sub.add_argument(
+            "--data-dir", type=Path, help="the service's data directory (default: storage.data_dir)"
+        )
+        sub.set_defaults(handler=_audit)
 
     from enrollment.cli import add_client_commands
 

@@ -65,6 +65,9 @@ class ServerSettings(BaseModel):
     insecure: bool = Field(False, description="allow plaintext on a non-loopback address")
 
 
+AUDIT_KEY_FILE = "audit-chain.key"
+
+
 class StorageSettings(BaseModel):
     data_dir: Path = Field(Path("data"), description="SQLite database, index snapshot, keys")
     database_url: str | None = Field(None, description="default: SQLite in data_dir")
@@ -73,6 +76,24 @@ class StorageSettings(BaseModel):
         False, description="development only: create a keyring in data_dir if there is none"
     )
     snapshot_every: int = Field(1000, ge=1, description="index snapshot after this many changes")
+    audit_key_file: Path | None = Field(
+        None,
+        description="HMAC key of the audit chain, kept outside the database (default: "
+        "audit-chain.key beside the template key file, made when missing)",
+    )
+    audit_checkpoint_dir: Path | None = Field(
+        None, description="signed chain-head checkpoints (default: data_dir/audit-checkpoints)"
+    )
+    audit_checkpoint_every_s: float = Field(
+        60.0, ge=0, description="seconds between checkpoints while serving (0: only at start/stop)"
+    )
+
+    def audit_key_path(self) -> Path:
+        folder = self.key_file.parent if self.key_file is not None else self.data_dir
+        return self.audit_key_file or folder / AUDIT_KEY_FILE
+
+    def checkpoint_dir(self) -> Path:
+        return self.audit_checkpoint_dir or self.data_dir / "audit-checkpoints"
 
     def url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'faceguard.db'}"

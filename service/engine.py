@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 from service.decision import APPROVE, DECLINE, Decision, LivenessReport, match_outcome
 from service.errors import (
     Conflict,
+    Forbidden,
     Internal,
     InvalidInput,
     NotFound,
@@ -48,6 +49,11 @@ T = TypeVar("T")
 SIZE_SETTINGS = frozenset({"min_face_px", "min_inter_eye_px"})
 
 CUSTOMER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")
+
+
+# Refusals before a decision that are audited as declined attempts (see `Engine.attempt`);
+# an unavailable service or a lapsed session is not the caller's attempt.
+REFUSALS = (InvalidInput, TooLarge, NotFound, Forbidden, Unprocessable, Internal)
 
 
 @dataclass(frozen=True)
@@ -210,21 +216,23 @@ class Engine:
         return self.risk.checks.apply(kind, decision, vectors, neighbours)
 
     def attempt(self, kind: str, device_id: str, customer_id: str, run: Callable[[], T]) -> T:
-        """Run a face step (of a request, or of a streamed session's frame); a refusal (NO_FACE,
-        FACE_CHANGED, low quality) or a crashed vision worker is audited as a declined attempt
-        before it propagates, so it counts for velocity like any other."""
+        """Run the checks and face step of a request (or of a streamed session's frame); a
+        refusal (bad or missing image, unknown customer, NO_FACE, FACE_CHANGED, low quality, a
+        right the caller lacks) or a crashed vision worker is audited as a declined attempt
+        before it propagates, so it counts for the device's velocity like any other."""
         try:
             return run()
-        except (Unprocessable, Internal) as exc:
+        except REFUSALS as exc:
             exc.metadata["event_id"] = self.refuse(kind, device_id, customer_id, exc.reason)
             raise
 
     def refuse(self, kind: str, device_id: str, customer_id: str, reason: str) -> str:
         """Audit a declined attempt through the risk policy (so it counts for velocity);
-        returns its event id. Refused faces and abandoned or timed-out sessions end here."""
+        returns its event id. Refused requests and abandoned or timed-out sessions end here.
+        No face was compared, so it never counts against the customer it names."""
         decision = self._decision(
-            None, outcome=DECLINE, customer_id=customer_id, reason_codes=(reason,),
-            device_id=device_id,
+            None, outcome=DECLINE, reason_codes=(reason,), device_id=device_id,
+            customer_id=customer_id if CUSTOMER_ID.fullmatch(customer_id or "") else "",
         )  # fmt: skip
         decision = self._risk(kind, decision)
         self.gallery.store.record_event(self._event(kind, decision))
@@ -233,10 +241,9 @@ class Engine:
     # ---- kiosk -------------------------------------------------------------------------
 
     def verify(self, customer_id: str, frames: list[bytes], device_id: str) -> Decision:
-        self.check_verifiable(customer_id)
-        check_count(frames, self.policy.max_frames, "frames")
-
         def best() -> FaceAnalysis:
+            self.check_verifiable(customer_id)
+            check_count(frames, self.policy.max_frames, "frames")
             analysis = self._best_face(frames)
             self.quality_gate(analysis, "best frame")
             return analysis
@@ -292,24 +299,33 @@ class Engine:
         return decision
 
     def identify(
-        self, image: bytes, top_k: int, min_score: float, device_id: str
-    ) -> tuple[list[tuple[str, float]], Decision]:
-        check_count([image] if image else [], 1, "images")
-        self.check_search(top_k, min_score)
+        self, image: bytes, top_k: int, min_score: float, device_id: str,
+        searcher: str | None = None,
+    ) -> tuple[list[tuple[str, float]], Decision]:  # fmt: skip
+        """1:N search. `searcher` names a caller with the right to a floor below the operating
+        threshold (investigator or admin); a kiosk (None) sees only candidates at or above it."""
 
         def face() -> FaceAnalysis:
+            check_count([image] if image else [], 1, "images")
+            self.check_search(top_k, min_score, searcher)
             analysis = self._single_face(image, 0, template=False)
             self.quality_gate(analysis, "image")
             return analysis
 
         analysis = self.attempt("IDENTIFY", device_id, "", face)
-        return self.identify_face(analysis, top_k, min_score, device_id)
+        return self.identify_face(analysis, top_k, min_score, device_id, searcher=searcher)
 
-    def check_search(self, top_k: int, min_score: float) -> None:
+    def check_search(self, top_k: int, min_score: float, searcher: str | None = None) -> None:
         if top_k > self.policy.max_top_k:
             raise TooLarge("TOP_K_TOO_LARGE", f"top_k is at most {self.policy.max_top_k}")
         if not -1.0 <= min_score <= 1.0:
             raise InvalidInput("INVALID_MIN_SCORE", "min_score is a cosine in [-1, 1]")
+        if min_score and min_score < self.policy.threshold and searcher is None:
+            raise Forbidden(
+                "SCORE_FLOOR_NOT_ALLOWED",
+                f"min_score below the operating threshold {self.policy.threshold:.3f} needs "
+                "the investigator role",
+            )
 
     def identify_face(
         self,
@@ -318,9 +334,13 @@ class Engine:
         min_score: float,
         device_id: str,
         liveness: LivenessReport | None = None,
+        searcher: str | None = None,
     ) -> tuple[list[tuple[str, float]], Decision]:
-        """Search the gallery for a gated face and record the decision (shared with streams)."""
+        """Search the gallery for a gated face and record the decision (shared with streams).
+        A floor below the threshold is only for a `searcher`, who is named in the event."""
         floor = min_score or self.policy.threshold
+        if searcher is None:
+            floor = max(floor, self.policy.threshold)
         candidates = [
             (cid, score)
             for cid, score in self.gallery.search(analysis.embedding.vector, top_k or 5)
@@ -346,8 +366,9 @@ class Engine:
         decision = self._risk("IDENTIFY", decision, [analysis.embedding.vector], candidates)
         if outcome == DECLINE:
             decision = dataclasses.replace(decision, customer_id="")
+        asked = {"searcher": searcher, "min_score": floor} if searcher is not None else {}
         self.gallery.store.record_event(
-            self._event("IDENTIFY", decision, candidates=len(candidates))
+            self._event("IDENTIFY", decision, candidates=len(candidates), **asked)
         )
         return candidates, decision
 

@@ -30,6 +30,10 @@ class Unprocessable(FaceguardError):
     (FAILED_PRECONDITION)."""
 
 
+class Forbidden(FaceguardError):
+    """The caller's role does not grant what the request asks for (PERMISSION_DENIED)."""
+
+
 class NotFound(FaceguardError):
     """An unknown customer (NOT_FOUND)."""
 

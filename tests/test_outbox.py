@@ -221,22 +221,15 @@ def test_a_hanging_sink_times_out_and_is_retried(
         sink.stop()
 
 
-def test_list_facts_and_failure_counts(store: Store) -> None:
+def test_list_facts(store: Store) -> None:
     lists = RiskLists(store)
     lists.create_schema()
-    assert lists.facts("alice", "k1", 60, 60) == ListFacts()
-    for outcome in ("DECLINE", "DECLINE", "APPROVE"):
-        decide(store, "alice", outcome, device="k1")
-    decide(store, "bob", "DECLINE", device="k1")
+    assert lists.facts("alice", "k1") == ListFacts()
     entry = lists.add(CUSTOMER_BLOCKLIST, "alice", "mule", "CASE-1", "op")
     lists.add(DEVICE_BLACKLIST, "k9", "stolen", "CASE-2", "op")
-    facts = lists.facts("alice", "k1", 60, 60)
+    facts = lists.facts("alice", "k1")
     assert facts.blocklisted == entry and facts.device_blacklisted is None
-    assert facts.customer_failures.count == 2 and facts.device_failures.count == 3
-    assert facts.customer_failures.latest is not None
-    assert facts.customer_failures.latest.tzinfo is not None
-    assert lists.facts("alice", "k9", 60, 60).device_blacklisted.case_ref == "CASE-2"
-    assert lists.facts("alice", "k1", 60, 60, with_failures=False).customer_failures.count == 0
+    assert lists.facts("alice", "k9").device_blacklisted.case_ref == "CASE-2"
     assert lists.remove(CUSTOMER_BLOCKLIST, "alice", "cleared", "op")
     assert lists.remove(CUSTOMER_BLOCKLIST, "alice", "cleared", "op") is None
     page, cursor = lists.entries(DEVICE_BLACKLIST, 10, None)

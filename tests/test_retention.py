@@ -22,6 +22,8 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.assembly import KEYRING_FILE
+from service.config import AUDIT_KEY_FILE
+from service.gallery.audit import ChainKey
 from service.gallery.crypto import generate_keyring
 from service.gallery.gallery import Gallery
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store
@@ -118,7 +120,13 @@ def test_retention_command(store: Store, tmp_path: Path) -> None:
     assert json.loads(result.stdout) == {
         "dry_run": False, "purged": 1, "reasons": {"INACTIVE": 1}, "callbacks_pruned": 1,
     }  # fmt: skip
-    assert store.get_customer("idle") is None and store.verify_chain().ok
+    url, key = (
+        f"sqlite:///{tmp_path / 'faceguard.db'}",
+        ChainKey.from_file(tmp_path / AUDIT_KEY_FILE),
+    )
+    keyed = Store(url, store.keyring, key)
+    with keyed:  # the command keyed the chain with the data dir's audit key
+        assert store.get_customer("idle") is None and keyed.verify_chain().ok
     assert outbox.counts()[DELIVERED] == 0
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from service.decision import APPROVE, DECLINE, REVIEW
-from service.gallery.lists import Failures, ListEntry, ListFacts
+from service.gallery.lists import ListEntry, ListFacts
 from service.risk.policy import PolicyError, load_policy, parse_policy, stricter
 from service.risk.rules import RiskContext
+from service.risk.velocity import Failures, VelocityFacts
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 POLICY = load_policy()
@@ -75,14 +76,22 @@ def test_duplicate_identity_is_hard_at_enrolment_and_reviewed_at_verification() 
 
 
 def test_velocity_locks_after_the_limit_and_cools_down() -> None:
-    recent = Failures(5, NOW - timedelta(seconds=10))
-    assert fired(ctx(lists=ListFacts(customer_failures=Failures(4, NOW)))) == set()
-    locked = POLICY.evaluate(ctx(lists=ListFacts(customer_failures=recent)))
+    recent = Failures(5, NOW - timedelta(seconds=10), devices=2)
+    assert fired(ctx(velocity=VelocityFacts(customer=Failures(4, NOW, 2)))) == set()
+    locked = POLICY.evaluate(ctx(velocity=VelocityFacts(customer=recent)))
     assert locked.outcome == DECLINE and "VELOCITY" in locked.reason_codes
-    cooled = ListFacts(customer_failures=Failures(5, NOW - timedelta(seconds=901)))
-    assert fired(ctx(lists=cooled)) == set()
-    device = ListFacts(device_failures=Failures(10, NOW))
-    assert fired(ctx(lists=device)) == {"VELOCITY"}
+    cooled = VelocityFacts(customer=Failures(5, NOW - timedelta(seconds=901), 2))
+    assert fired(ctx(velocity=cooled)) == set()
+    device = VelocityFacts(device=Failures(10, NOW, 1))
+    assert fired(ctx(velocity=device)) == {"VELOCITY"}
+
+
+def test_one_device_locks_a_customer_out_only_at_that_device() -> None:
+    one_device = Failures(50, NOW, devices=1)
+    assert fired(ctx(velocity=VelocityFacts(customer=one_device))) == set()  # elsewhere
+    here = POLICY.evaluate(ctx(velocity=VelocityFacts(customer_here=Failures(5, NOW, 1))))
+    assert here.outcome == DECLINE
+    assert "at this device" in next(r.detail for r in here.rules if r.fired)
 
 
 def test_liveness_quality_and_margin() -> None:

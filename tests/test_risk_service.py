@@ -236,8 +236,8 @@ def test_duplicate_identity_at_enrolment_and_verification(admin, enrollment, kio
 def test_velocity_lockout_and_cool_down(enrollment, kiosk, people) -> None:
     (carol, faces), (_, other_faces) = people[5], people[6]
     enroll(enrollment, carol, faces[:1])
-    for _ in range(3):  # three failed attempts (the policy allows 3 per window)
-        assert verify(kiosk, carol, other_faces[0], "kiosk-v").outcome == DECLINE
+    for device in ("kiosk-v", "kiosk-v", "kiosk-v3"):  # 3 non-matching faces, 2 devices
+        assert verify(kiosk, carol, other_faces[0], device).outcome == DECLINE
     locked = verify(kiosk, carol, faces[1], "kiosk-v2")  # even the right face, elsewhere
     assert locked.outcome == DECLINE and "VELOCITY" in fired(locked)
     assert "MATCH" in locked.reason_codes

@@ -19,6 +19,8 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.assembly import KEYRING_FILE
+from service.config import AUDIT_KEY_FILE
+from service.gallery.audit import ChainKey
 from service.gallery.crypto import Keyring, generate_keyring
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store, template_table
 from service.gallery.watchlist import Watchlist, rotate_watchlist_keys, watchlist_template_table
@@ -43,7 +45,10 @@ def assert_no_plaintext(data_dir: Path, vectors: list[np.ndarray]) -> None:
 
 
 def open_store(data_dir: Path, keyring: Keyring) -> Store:
-    store = Store(f"sqlite:///{data_dir / 'faceguard.db'}", keyring)
+    """The data dir's store; keyed with its audit key when a service made one there."""
+    chain = data_dir / AUDIT_KEY_FILE
+    key = ChainKey.from_file(chain) if chain.is_file() else None
+    store = Store(f"sqlite:///{data_dir / 'faceguard.db'}", keyring, key)
     store.create_schema()
     return store
 

@@ -459,7 +459,7 @@ def test_audit_verify_names_the_first_tampered_row(served: Running, kiosk, tmp_p
     assert report["ok"] and report["rows_checked"] > 3
     copy = tmp_path / "copy"
     copy.mkdir()
-    for name in ("faceguard.db", "faceguard.db-wal", "template-keys.json"):
+    for name in ("faceguard.db", "faceguard.db-wal", "template-keys.json", "audit-chain.key"):
         if (_data_dir(served) / name).exists():
             (copy / name).write_bytes((_data_dir(served) / name).read_bytes())
     with sqlite3.connect(copy / "faceguard.db") as db:

@@ -10,6 +10,9 @@ interceptor only reads it.
   stays closed until someone decides who may call it.
 - No certificate: UNAUTHENTICATED (CLIENT_CERT_REQUIRED). Wrong role: PERMISSION_DENIED
   (ROLE_NOT_ALLOWED).
+- Identify is also open to `investigator` and `admin`: only they may search below the
+  operating threshold (`searcher`), and the decision's event names them. They hold no device:
+  a `device_id` in their request is refused (DEVICE_MISMATCH).
 - Device binding: a kiosk certificate carries its device id; every `device_id` in a request
   (top level, and in any sub-message it sets, such as a stream's start options and frames)
   must be that id or empty (then filled in from the certificate), otherwise
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 PUBLIC = frozenset({"*"})  # callable without any identity: health checks and reflection
 ROLE_POLICY: Mapping[str, frozenset[str]] = {
     "/faceguard.v1.FaceVerification/*": frozenset({"kiosk"}),
+    "/faceguard.v1.FaceVerification/Identify": frozenset({"kiosk", "investigator", "admin"}),
     "/faceguard.v1.Enrollment/*": frozenset({"enrollment"}),
     "/faceguard.v1.RiskAdmin/*": frozenset({"admin"}),
     "/grpc.health.v1.Health/*": PUBLIC,
@@ -48,6 +52,8 @@ ROLE_POLICY: Mapping[str, frozenset[str]] = {
     "/grpc.reflection.v1.ServerReflection/*": PUBLIC,
 }
 DEVICE_FIELD = "device_id"
+# Roles that may search the gallery below the operating threshold (an audited right).
+SEARCH_ROLES = frozenset({"investigator", "admin"})
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,13 @@ def identity_from_pem(pem: bytes) -> Identity:
     devices = [u[len(DEVICE_URI) :] for u in uris if u.startswith(DEVICE_URI)]
     # Several device ids would make the binding ambiguous: such a certificate binds none.
     return Identity(client, roles, devices[0] if len(devices) == 1 else None)
+
+
+def searcher() -> str | None:
+    """The current caller's name when it may search below the operating threshold, else None
+    (a kiosk). A development server's callers hold every role."""
+    identity = CURRENT.get()
+    return identity.client if identity is not None and identity.roles & SEARCH_ROLES else None
 
 
 def peer_identity(context: grpc.ServicerContext) -> Identity | None:
@@ -136,7 +149,7 @@ def bind_device(identity: Identity, message: Any) -> grpc.Status | None:
     for holder in _device_holders(message):
         claimed = getattr(holder, DEVICE_FIELD)
         if not claimed:
-            setattr(holder, DEVICE_FIELD, identity.device_id)
+            setattr(holder, DEVICE_FIELD, identity.device_id or "")
         elif claimed != identity.device_id:
             return rich_status(
                 grpc.StatusCode.PERMISSION_DENIED, "DEVICE_MISMATCH",
@@ -224,7 +237,7 @@ class AuthInterceptor(CallInterceptor):
                 )
             )
         kiosk_call = "kiosk" in roles and not identity.development
-        if kiosk_call and identity.device_id is None:
+        if kiosk_call and "kiosk" in identity.roles and identity.device_id is None:
             context.abort_with_status(
                 rich_status(
                     grpc.StatusCode.PERMISSION_DENIED,

@@ -6,6 +6,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from faceguard.v1 import risk_pb2, risk_pb2_grpc
+from service.api import auth
 from service.api.errors import mapped
 from service.api.messages import datetime_from, timestamp
 from service.api.servicers import UsesEngine
@@ -13,6 +14,7 @@ from service.errors import InvalidInput
 from service.gallery.lists import ListEntry
 from service.gallery.watchlist import WatchlistEntry
 from service.risk.admin import RiskAdmin
+from service.risk.velocity import Lockout
 
 
 def _list_name(value: int) -> str:
@@ -36,6 +38,13 @@ def _watch(entry: WatchlistEntry) -> risk_pb2.WatchlistEntry:
         entry_id=entry.entry_id, label=entry.label, reason=entry.reason,
         case_ref=entry.case_ref, template_count=entry.template_count,
         added_at=timestamp(entry.added_at), event_id=entry.event_id,
+    )  # fmt: skip
+
+
+def _lockout(lockout: Lockout) -> risk_pb2.Lockout:
+    return risk_pb2.Lockout(
+        scope=lockout.scope, customer_id=lockout.customer_id, device_id=lockout.device_id,
+        failures=lockout.failures, devices=lockout.devices, until=timestamp(lockout.until),
     )  # fmt: skip
 
 
@@ -132,3 +141,18 @@ class RiskAdminServicer(UsesEngine, risk_pb2_grpc.RiskAdminServicer):
     ):
         count, event_id = self.admin.replay(list(request.event_ids), request.operator_id)
         return risk_pb2.ReplayDeadLettersResponse(replayed=count, event_id=event_id)
+
+    @mapped
+    def ListLockouts(self, request: risk_pb2.ListLockoutsRequest, context: grpc.ServicerContext):
+        return risk_pb2.ListLockoutsResponse(
+            lockouts=[_lockout(x) for x in self.admin.lockouts(request.page_size)]
+        )
+
+    @mapped
+    def LiftLockout(self, request: risk_pb2.LiftLockoutRequest, context: grpc.ServicerContext):
+        identity = auth.CURRENT.get()
+        event_id, lifted = self.admin.lift_lockout(
+            request.customer_id, request.device_id, request.reason,
+            identity.client if identity is not None else "unknown",
+        )  # fmt: skip
+        return risk_pb2.LiftLockoutResponse(event_id=event_id, lifted=[_lockout(x) for x in lifted])

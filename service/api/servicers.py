@@ -16,6 +16,7 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
+from service.api import auth
 from service.api.errors import mapped, mapped_stream
 from service.api.messages import consent_from, customer_message, decision_message
 from service.api.streaming import prompt_message, run_stream
@@ -52,8 +53,9 @@ class FaceVerificationServicer(UsesEngine, verification_pb2_grpc.FaceVerificatio
     @mapped
     def Identify(self, request: verification_pb2.IdentifyRequest, context: grpc.ServicerContext):
         candidates, decision = self.engine.identify(
-            request.image.data, request.top_k, request.min_score, request.device_id
-        )
+            request.image.data, request.top_k, request.min_score, request.device_id,
+            searcher=auth.searcher(),
+        )  # fmt: skip
         return verification_pb2.IdentifyResponse(
             candidates=[verification_pb2.Candidate(customer_id=c, score=s) for c, s in candidates],
             decision=decision_message(decision),

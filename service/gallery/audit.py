@@ -2,9 +2,16 @@
 
 Each event row carries `hash = sha256(prev_hash + canonical JSON of its fields)`, where
 `prev_hash` is the hash of the row before it (64 zeros for the first row). Editing, deleting,
-inserting or reordering rows breaks a link that `verify` finds and names. Rewriting the whole
-tail from the edit onwards is only caught against a head hash kept elsewhere, which is why
-`ChainReport` reports the head.
+inserting or reordering rows breaks a link that `verify` finds and names.
+
+A plain hash can be recomputed by anyone who can write the table, so the chain is keyed: from
+an `AUDIT_CHAIN_KEYED` row on (written once, when a store first opens with a `ChainKey`), each
+row's hash is `HMAC-SHA256(audit key, prev_hash + canonical JSON)`, with the key kept outside
+the database (`ChainKey`, a file beside the template keyring). Rows before that marker keep
+their plain hash (existing chains stay verifiable); the first keyed row links to them, so
+rewriting them breaks it too. Deleting the newest rows leaves a shorter intact chain: signed
+checkpoints of the head, shipped out of the database (`service.gallery.checkpoints`), catch
+that, and a tail rewritten back to plain hashes.
 
 Appends are serialised so the chain never forks: the `Store` opens SQLite write transactions
 with `BEGIN IMMEDIATE` (the database write lock), and on PostgreSQL `append` takes a
@@ -18,21 +25,30 @@ events, which never hold images or embeddings (`encode_payload` refuses both).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hashlib
+import hmac
 import json
 import numbers
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Insert, RowMapping, Select, Table, func, insert, select
 
 GENESIS = "0" * 64
+# The execution option by which a store's write connections carry its `ChainKey`.
+CHAIN_KEY_OPTION = "faceguard_chain_key"
+KEYED_MARKER = "AUDIT_CHAIN_KEYED"
+_KEY_BYTES = 32
 MAX_PAYLOAD_CHARS = 16_384
 # Longer runs of numbers look like an embedding, which must never reach the audit trail;
 # the smallest common face embeddings have 128 dimensions.
@@ -58,10 +74,69 @@ class EventType(StrEnum):
     DELETE = "DELETE"
     UPDATE_TEMPLATES = "UPDATE_TEMPLATES"
     KEY_ROTATION = "KEY_ROTATION"
+    AUDIT_CHAIN_KEYED = KEYED_MARKER
 
 
 class InvalidEvent(ValueError):
     """An event that must not be recorded: malformed, oversized, or carrying biometric data."""
+
+
+class ChainKeyError(ValueError):
+    """An audit key that cannot be loaded, or that is not the one the chain was keyed with.
+    Messages never contain key material."""
+
+
+@dataclass(frozen=True, repr=False)
+class ChainKey:
+    """The audit key: HMAC-SHA256 of the chain's rows, and (a key derived from it) of the
+    checkpoints. Its id is derived from the key, so a wrong key file is named, not guessed."""
+
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.secret) != _KEY_BYTES:
+            raise ChainKeyError(f"the audit key is {len(self.secret)} bytes, expected {_KEY_BYTES}")
+
+    def __repr__(self) -> str:
+        return f"ChainKey(key_id={self.key_id!r})"
+
+    @functools.cached_property
+    def key_id(self) -> str:
+        return hashlib.sha256(b"faceguard audit key id\0" + self.secret).hexdigest()[:16]
+
+    def chain_hash(self, prev_hash: str, fields: Mapping[str, Any]) -> str:
+        """The keyed form of `chain_hash`: the same bytes, under HMAC-SHA256."""
+        return hmac.new(self.secret, _chained(prev_hash, fields), hashlib.sha256).hexdigest()
+
+    def sign(self, data: bytes) -> str:
+        """A checkpoint's signature, under a key derived for that purpose alone."""
+        return hmac.new(self._checkpoint_key, data, hashlib.sha256).hexdigest()
+
+    @functools.cached_property
+    def _checkpoint_key(self) -> bytes:
+        return hmac.new(self.secret, b"faceguard audit checkpoint", hashlib.sha256).digest()
+
+    @classmethod
+    def generate(cls) -> ChainKey:
+        return cls(os.urandom(_KEY_BYTES))
+
+    @classmethod
+    def from_file(cls, path: Path) -> ChainKey:
+        """Read `{"key": "<base64 of 32 bytes>"}`."""
+        try:
+            document = json.loads(Path(path).read_text())
+            return cls(base64.b64decode(document["key"], validate=True))
+        except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise ChainKeyError(f"audit key file {path}: {type(exc).__name__}") from None
+
+    def dump(self, path: Path) -> None:
+        """Write a new key file, mode 0600; never replaces an existing one (that would orphan
+        the chain it keys)."""
+        text = json.dumps({"key_id": self.key_id, "key": base64.b64encode(self.secret).decode()})
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 @dataclass(frozen=True)
@@ -123,6 +198,8 @@ class ChainReport:
     first_broken: int | None
     reason: str
     head_hash: str | None = None
+    head_row: int | None = None  # the id of the last intact row
+    keyed_from: int | None = None  # the id of the AUDIT_CHAIN_KEYED row, None: not keyed
 
 
 def encode_payload(payload: Mapping[str, Any]) -> str:
@@ -150,8 +227,16 @@ def encode_payload(payload: Mapping[str, Any]) -> str:
 
 def chain_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
     """sha256 hex of `prev_hash` followed by the canonical JSON of the row's fields."""
+    return hashlib.sha256(_chained(prev_hash, fields)).hexdigest()
+
+
+def _chained(prev_hash: str, fields: Mapping[str, Any]) -> bytes:
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(prev_hash.encode("ascii") + canonical.encode("utf-8")).hexdigest()
+    return prev_hash.encode("ascii") + canonical.encode("utf-8")
+
+
+def _row_hash(key: ChainKey | None, prev_hash: str, fields: Mapping[str, Any]) -> str:
+    return key.chain_hash(prev_hash, fields) if key is not None else chain_hash(prev_hash, fields)
 
 
 def append(
@@ -160,7 +245,9 @@ def append(
     """Append `event` (its payload merged with store-recorded `facts`) to the chain.
 
     Must run inside the write transaction of the change it records; returns the event id.
+    The row is keyed when the connection carries the store's `ChainKey` (`CHAIN_KEY_OPTION`).
     """
+    key = conn.get_execution_options().get(CHAIN_KEY_OPTION)
     payload = encode_payload({**event.payload, **(facts or {})})
     _serialise_appends(conn)
     head_query, insert_row = _append_statements(events)
@@ -176,9 +263,39 @@ def append(
         "payload": payload,
     }
     conn.execute(
-        insert_row, {**row, "prev_hash": prev_hash, "hash": chain_hash(prev_hash, _hashed(row))}
+        insert_row, {**row, "prev_hash": prev_hash, "hash": _row_hash(key, prev_hash, _hashed(row))}
     )
     return event.event_id
+
+
+def key_chain(conn: Connection, events: Table, key: ChainKey) -> bool:
+    """Start the keyed chain (append its AUDIT_CHAIN_KEYED row) unless it has started; refuse
+    a key other than the one it was started with. Returns whether it started now."""
+    query = select(events.c.payload).where(events.c.type == KEYED_MARKER).limit(1)
+    marker = conn.execute(query).scalar()
+    if marker is not None:
+        keyed_with = json.loads(marker).get("key_id")
+        if keyed_with != key.key_id:
+            raise ChainKeyError(
+                f"the audit chain is keyed with key {keyed_with}, not with the configured "
+                f"audit key {key.key_id}"
+            )
+        return False
+    append(conn, events, NewEvent(EventType.AUDIT_CHAIN_KEYED, "OK", payload={
+        "key_id": key.key_id}))  # fmt: skip
+    return True
+
+
+def head(conn: Connection, events: Table) -> tuple[int, str] | None:
+    """The last row's id and hash, or None for an empty chain."""
+    row = conn.execute(select(events.c.id, events.c.hash).order_by(events.c.id.desc()).limit(1))
+    found = row.first()
+    return (int(found[0]), found[1]) if found is not None else None
+
+
+def hash_at(conn: Connection, events: Table, row_id: int) -> str | None:
+    """The hash of row `row_id`, or None when there is no such row."""
+    return conn.execute(select(events.c.hash).where(events.c.id == row_id)).scalar()
 
 
 @functools.cache
@@ -188,24 +305,39 @@ def _append_statements(events: Table) -> tuple[Select[tuple[str]], Insert]:
     return select(events.c.hash).order_by(events.c.id.desc()).limit(1), insert(events)
 
 
-def verify(conn: Connection, events: Table, batch: int = 10_000) -> ChainReport:
-    """Walk the chain in id order, in batches, and name the first row that breaks it."""
-    prev_hash, rows, last_id = GENESIS, 0, None
+def verify(
+    conn: Connection, events: Table, key: ChainKey | None = None, batch: int = 10_000
+) -> ChainReport:
+    """Walk the chain in id order, in batches, and name the first row that breaks it. From the
+    AUDIT_CHAIN_KEYED row on, every hash must be the keyed one (so `key` is needed)."""
+    prev_hash, rows, last_id, keyed_from = GENESIS, 0, None, None
     while True:
         query = select(events).order_by(events.c.id).limit(batch)
         if last_id is not None:
             query = query.where(events.c.id > last_id)
         chunk = conn.execute(query).mappings().all()
         for row in chunk:
-            problem = _row_problem(row, prev_hash)
+            problem = _key_problem(row, key) if row["type"] == KEYED_MARKER else None
+            if problem is None and row["type"] == KEYED_MARKER and keyed_from is None:
+                keyed_from = row["id"]
+            problem = problem or _row_problem(row, prev_hash, key if keyed_from else None)
             if problem:
                 head = prev_hash if rows else None
-                return ChainReport(False, rows, row["id"], problem, head)
-            prev_hash, rows = row["hash"], rows + 1
+                return ChainReport(False, rows, row["id"], problem, head, last_id, keyed_from)
+            prev_hash, rows, last_id = row["hash"], rows + 1, row["id"]
         if len(chunk) < batch:
             break
-        last_id = chunk[-1]["id"]
-    return ChainReport(True, rows, None, "intact", prev_hash if rows else None)
+    return ChainReport(True, rows, None, "intact", prev_hash if rows else None, last_id, keyed_from)
+
+
+def _key_problem(row: RowMapping, key: ChainKey | None) -> str | None:
+    """Whether the chain can be checked past its AUDIT_CHAIN_KEYED row with `key`."""
+    keyed_with = json.loads(row["payload"]).get("key_id")
+    if key is None:
+        return f"row {row['id']}: the chain is keyed (key {keyed_with}); the audit key is needed"
+    if keyed_with != key.key_id:
+        return f"row {row['id']}: the chain is keyed with key {keyed_with}, not {key.key_id}"
+    return None
 
 
 def events_of(conn: Connection, events: Table, customer_id: str) -> list[EventRecord]:
@@ -230,14 +362,19 @@ def _hashed(row: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _row_problem(row: RowMapping, prev_hash: str) -> str | None:
+def _row_problem(row: RowMapping, prev_hash: str, key: ChainKey | None) -> str | None:
     if row["prev_hash"] != prev_hash:
         expected = "the chain start" if prev_hash == GENESIS else "the row before it"
         return (
             f"row {row['id']}: prev_hash does not link to {expected} "
             "(a row was deleted, inserted or reordered)"
         )
-    if chain_hash(prev_hash, _hashed(row)) != row["hash"]:
+    if _row_hash(key, prev_hash, _hashed(row)) != row["hash"]:
+        if key is not None:
+            return (
+                f"row {row['id']}: hash is not the audit key's for its contents "
+                "(the row was edited, or the chain rewritten without the key)"
+            )
         return f"row {row['id']}: hash does not match its contents (the row was edited)"
     return None
 

@@ -1,4 +1,4 @@
-"""Risk lists beside the gallery: blocklisted customers, blacklisted devices, failure counts.
+"""Risk lists beside the gallery: blocklisted customers and blacklisted devices.
 
 The lists live in the store's database (its `METADATA`), and every change appends its audit
 event in the same transaction, like every gallery change. `facts` gathers everything the risk
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     Column,
     ColumnElement,
-    Index,
     PrimaryKeyConstraint,
     ScalarSelect,
     String,
@@ -38,8 +37,6 @@ log = logging.getLogger(__name__)
 
 CUSTOMER_BLOCKLIST, DEVICE_BLACKLIST = "CUSTOMER_BLOCKLIST", "DEVICE_BLACKLIST"
 LISTS = (CUSTOMER_BLOCKLIST, DEVICE_BLACKLIST)
-# Decisions whose DECLINE counts as a failed attempt for velocity.
-ATTEMPT_TYPES = ("VERIFY", "IDENTIFY")
 
 list_entry_table = Table(
     "risk_list_entries",
@@ -52,20 +49,6 @@ list_entry_table = Table(
     Column("added_at", UTCDateTime(), nullable=False),
     Column("event_id", String(36), nullable=False),
     PrimaryKeyConstraint("list", "subject"),
-)
-# Velocity counts look up declined attempts of one customer or device in a time window; these
-# indexes answer them without visiting the approved events.
-events_by_device = Index(
-    "ix_events_device_outcome_time",
-    event_table.c.device_id,
-    event_table.c.outcome,
-    event_table.c.occurred_at,
-)
-events_by_customer_time = Index(
-    "ix_events_customer_outcome_time",
-    event_table.c.customer_id,
-    event_table.c.outcome,
-    event_table.c.occurred_at,
 )
 
 
@@ -81,21 +64,11 @@ class ListEntry:
 
 
 @dataclass(frozen=True)
-class Failures:
-    """Failed attempts within the velocity window: how many, and the latest one's time."""
-
-    count: int = 0
-    latest: datetime | None = None
-
-
-@dataclass(frozen=True)
 class ListFacts:
     """What the lists say about one decision's customer and device."""
 
     blocklisted: ListEntry | None = None
     device_blacklisted: ListEntry | None = None
-    customer_failures: Failures = Failures()
-    device_failures: Failures = Failures()
 
 
 def _check_list(name: str) -> str:
@@ -111,11 +84,9 @@ class RiskLists:
         self.store = store
 
     def create_schema(self) -> None:
-        """Create the list table and the velocity indexes where missing (safe on every start)."""
+        """Create the list table where missing (safe on every start)."""
         with self.store.transaction() as conn:
             list_entry_table.create(conn, checkfirst=True)
-            events_by_device.create(conn, checkfirst=True)
-            events_by_customer_time.create(conn, checkfirst=True)
 
     def add(
         self, list_name: str, subject: str, reason: str, case_ref: str, operator_id: str
@@ -175,37 +146,22 @@ class RiskLists:
         page = [ListEntry(**row._mapping) for row in rows[:page_size]]
         return page, page[-1].subject if len(rows) > page_size else None
 
-    def facts(
-        self,
-        customer_id: str,
-        device_id: str,
-        customer_window: float,
-        device_window: float,
-        with_failures: bool = True,
-    ) -> ListFacts:
-        """List hits and recent failed attempts for a customer and a device (either may be "").
+    def facts(self, customer_id: str, device_id: str) -> ListFacts:
+        """List hits for a customer and a device (either may be "").
 
         One prepared statement of scalar subqueries answers the common case (no hit) in a
         single round trip on every verify; the entries are read only when one is listed.
         """
-        now = datetime.now(UTC)
-        params = {
-            "customer_id": customer_id,
-            "device_id": device_id,
-            "customer_since": now - timedelta(seconds=customer_window),
-            "device_since": now - timedelta(seconds=device_window),
-        }
+        params = {"customer_id": customer_id, "device_id": device_id}
         with self.store.connect() as conn:
-            row = conn.execute(_FACTS if with_failures else _LISTED, params).one()
+            row = conn.execute(_LISTED, params).one()
             hits = {}
             if row[0] or row[1]:
                 hits = {
                     entry.list: ListEntry(**entry._mapping)
                     for entry in conn.execute(_ENTRIES, params)
                 }
-        customer = _counted(row[2], row[3]) if with_failures else Failures()
-        device = _counted(row[4], row[5]) if with_failures else Failures()
-        return ListFacts(hits.get(CUSTOMER_BLOCKLIST), hits.get(DEVICE_BLACKLIST), customer, device)
+        return ListFacts(hits.get(CUSTOMER_BLOCKLIST), hits.get(DEVICE_BLACKLIST))
 
 
 def _key(list_name: str, subject: str) -> ColumnElement[bool]:
@@ -218,34 +174,11 @@ def _listed(list_name: str, subject: str) -> ScalarSelect[Any]:
     return select(func.count()).where(_key(list_name, subject)).scalar_subquery()
 
 
-def _failures(who: str, since: str) -> list[ScalarSelect[Any]]:
-    """Failed attempts of a customer or device since a time: how many, and the latest."""
-    where = (
-        event_table.c[who] == bindparam(who),
-        event_table.c.occurred_at >= bindparam(since, type_=UTCDateTime()),
-        event_table.c.type.in_(ATTEMPT_TYPES),
-        event_table.c.outcome == "DECLINE",
-    )
-    return [
-        select(func.count()).where(*where).scalar_subquery(),
-        select(func.max(event_table.c.occurred_at)).where(*where).scalar_subquery(),
-    ]
-
-
 # Built once: constructing SQLAlchemy expressions per call cost more than running them.
 _LISTED = select(_listed(CUSTOMER_BLOCKLIST, "customer_id"), _listed(DEVICE_BLACKLIST, "device_id"))
-_FACTS = _LISTED.add_columns(
-    *_failures("customer_id", "customer_since"), *_failures("device_id", "device_since")
-)
 _ENTRIES = select(list_entry_table).where(
     _key(CUSTOMER_BLOCKLIST, "customer_id") | _key(DEVICE_BLACKLIST, "device_id")
 )
-
-
-def _counted(count: int | None, latest: datetime | str | None) -> Failures:
-    if isinstance(latest, str):  # SQLite's max() returns the stored text, not the decorated type
-        latest = datetime.fromisoformat(latest).replace(tzinfo=UTC)
-    return Failures(int(count or 0), latest)
 
 
 def _subject(list_name: str, subject: str) -> dict[str, str]:

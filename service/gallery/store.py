@@ -269,10 +269,15 @@ class Store:
     swapped whole by `rotate_keys`.
     """
 
-    def __init__(self, url: str, keyring: Keyring) -> None:
+    def __init__(self, url: str, keyring: Keyring, chain_key: audit.ChainKey | None = None) -> None:
+        """`chain_key`: the audit key that keys the event chain (see `audit`); without one the
+        store appends plain-hashed rows (tests, tools that only read)."""
         self._keyring = keyring
+        self.chain_key = chain_key
         self._engine = _create_engine(url)
-        self._writer = self._engine.execution_options(**{_WRITE: True})
+        self._writer = self._engine.execution_options(
+            **{_WRITE: True, audit.CHAIN_KEY_OPTION: chain_key}
+        )
         self._event_hooks: list[EventHook] = []
         self._reload_keyring: Callable[[], None] | None = None
 
@@ -313,6 +318,10 @@ class Store:
     def create_schema(self) -> None:
         """Create the tables that do not exist yet; safe to call on every start."""
         METADATA.create_all(self._writer)
+        if self.chain_key is not None:
+            with self._writer.begin() as conn:
+                if audit.key_chain(conn, event_table, self.chain_key):
+                    log.info("audit chain keyed from now on (key %s)", self.chain_key.key_id)
         log.info("gallery schema ready on %s", self._engine.url.render_as_string())
 
     # --- changes: one transaction each, event included ---------------------------------
@@ -575,7 +584,7 @@ class Store:
     def verify_chain(self) -> ChainReport:
         """Check the whole audit chain; see `audit.verify`."""
         with self._engine.connect() as conn:
-            return audit.verify(conn, event_table)
+            return audit.verify(conn, event_table, self.chain_key)
 
     def _key_ids_in_use(self) -> set[str]:
         with self._engine.connect() as conn:

@@ -114,10 +114,14 @@ class StreamRun:
                 "INVALID_SESSION_ID",
                 "session_id must be 1-64 characters of letters, digits and . _ : -",
             )
+        # A refused opening (unknown customer, a floor below the threshold) is audited as a
+        # declined attempt of the device, like a refused single-shot call.
         if opening.identify:
-            engine.check_search(opening.top_k, opening.min_score)
-        else:
-            engine.check_verifiable(opening.customer_id)  # enrolled, consent not expired
+            engine.attempt("IDENTIFY", opening.device_id, "", lambda: engine.check_search(
+                opening.top_k, opening.min_score))  # fmt: skip
+        else:  # enrolled, consent not expired
+            engine.attempt("VERIFY", opening.device_id, opening.customer_id,
+                           lambda: engine.check_verifiable(opening.customer_id))  # fmt: skip
         self.engine = engine
         self.opening = opening
         self.clock = clock

@@ -13,13 +13,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service.engine import Engine
+from service.engine import CUSTOMER_ID, Engine
 from service.errors import InvalidInput, NotFound, TooLarge
 from service.gallery.lists import LISTS, ListEntry
 from service.gallery.store import NewTemplate, event_table
 from service.gallery.watchlist import WatchlistEntry
 from service.risk.outbox import OutboxItem
 from service.risk.runtime import RiskRuntime
+from service.risk.velocity import Lockout, NotLocked
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
@@ -159,3 +160,25 @@ class RiskAdmin:
 
     def replay(self, event_ids: list[str], operator_id: str) -> tuple[int, str]:
         return self.risk.outbox.replay(list(event_ids), _text("operator_id", operator_id, 128))
+
+    def lockouts(self, page_size: int) -> list[Lockout]:
+        return self.risk.velocity.lockouts(_page(page_size))
+
+    def lift_lockout(
+        self, customer_id: str, device_id: str, reason: str, operator: str
+    ) -> tuple[str, list[Lockout]]:
+        """Lift a customer's or a device's lockout; `operator` is the caller's certificate
+        identity, recorded with the reason in the LOCKOUT_LIFT event."""
+        if not customer_id and not device_id:
+            raise InvalidInput("SUBJECT_REQUIRED", "customer_id or device_id is required")
+        if customer_id and not CUSTOMER_ID.fullmatch(customer_id):
+            raise InvalidInput("INVALID_CUSTOMER_ID", "customer_id is not a valid customer id")
+        if device_id:
+            _text("device_id", device_id, 128)
+        try:
+            return self.risk.velocity.lift(
+                customer_id, device_id, _text("reason", reason, 256),
+                _text("operator", operator, 128),
+            )  # fmt: skip
+        except NotLocked:
+            raise NotFound("NOT_LOCKED", "no lockout in force for that subject") from None

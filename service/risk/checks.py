@@ -19,6 +19,7 @@ from service.gallery.lists import RiskLists
 from service.gallery.watchlist import Watchlist
 from service.risk.policy import RiskPolicy, stricter
 from service.risk.rules import RiskContext
+from service.risk.velocity import Velocity
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +34,16 @@ class RiskChecks:
         policy: RiskPolicy,
         lists: RiskLists,
         watchlist: Watchlist,
+        velocity: Velocity,
         liveness_threshold: float,
         consult: Consult | None = None,
     ) -> None:
         self.policy = policy
         self.lists = lists
         self.watchlist = watchlist
+        self.velocity = velocity
         self.liveness_threshold = liveness_threshold
         self.consult = consult
-        velocity = policy.setting("velocity")
-        self._windows = (
-            (float(velocity.params["customer_window_s"]), float(velocity.params["device_window_s"]))
-            if velocity
-            else None
-        )
 
     def context(
         self,
@@ -56,11 +53,6 @@ class RiskChecks:
         neighbours: list[tuple[str, float]],
     ) -> RiskContext:
         """The facts for the rules: list lookups, failures, watchlist, other customers."""
-        windows = self._windows
-        facts = self.lists.facts(
-            decision.customer_id, decision.device_id, *(windows or (0.0, 0.0)),
-            with_failures=windows is not None,
-        )  # fmt: skip
         others = [(c, s) for c, s in neighbours if c != decision.customer_id]
         return RiskContext(
             kind=kind,
@@ -74,7 +66,8 @@ class RiskChecks:
             liveness_threshold=self.liveness_threshold,
             session_liveness_passed=decision.liveness.passed if decision.liveness else None,
             quality_score=decision.quality_score,
-            lists=facts,
+            lists=self.lists.facts(decision.customer_id, decision.device_id),
+            velocity=self.velocity.facts(decision.customer_id, decision.device_id),
             watchlist_hit=self._watchlist_hit(vectors),
         )
 

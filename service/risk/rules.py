@@ -13,7 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from service.decision import RuleResult
-from service.gallery.lists import Failures, ListFacts
+from service.gallery.lists import ListFacts
+from service.risk.velocity import Limits, VelocityFacts
 
 ENROLMENT_KINDS = ("ENROLL", "UPDATE_TEMPLATES")
 
@@ -35,6 +36,7 @@ class RiskContext:
     session_liveness_passed: bool | None = None  # None: not a streamed session
     quality_score: float | None = None
     lists: ListFacts = field(default_factory=ListFacts)
+    velocity: VelocityFacts = field(default_factory=VelocityFacts)
     watchlist_hit: tuple[str, float] | None = None  # (entry id, cosine) of the closest entry
 
     @property
@@ -84,18 +86,20 @@ def duplicate_identity(ctx: RiskContext, p: Params) -> Verdict:
     return Verdict(fired, "DUPLICATE_IDENTITY", f"{other[0]} at {other[1]:.3f}" if fired else "")
 
 
-def _locked(failures: Failures, limit: int, now: datetime, cooldown_s: float) -> float:
-    """Seconds of lockout left: `limit` failures in the window, the latest within cool-down."""
-    if failures.count < limit or failures.latest is None:
-        return 0.0
-    return max(0.0, cooldown_s - (now - failures.latest).total_seconds())
-
-
 def velocity(ctx: RiskContext, p: Params) -> Verdict:
-    cooldown = float(p["cooldown_s"])
-    customer = _locked(ctx.lists.customer_failures, int(p["customer_failures"]), ctx.now, cooldown)
-    device = _locked(ctx.lists.device_failures, int(p["device_failures"]), ctx.now, cooldown)
-    parts = [f"customer locked {customer:.0f} s more"] if customer else []
+    """Locked out: the device, the customer at this device, or the customer everywhere (only
+    on non-matching faces from several devices; see `service.risk.velocity`)."""
+    lim, facts, now = Limits.of(p), ctx.velocity, ctx.now
+    device = facts.device.locked_for(lim.device_failures, now, lim.cooldown_s)
+    here = facts.customer_here.locked_for(lim.customer_failures, now, lim.cooldown_s)
+    everywhere = (
+        facts.customer.locked_for(lim.customer_failures, now, lim.cooldown_s)
+        if facts.customer.devices >= lim.customer_devices
+        else 0.0
+    )
+    parts = [f"customer locked {everywhere:.0f} s more"] if everywhere else []
+    if here and not everywhere:
+        parts.append(f"customer locked at this device {here:.0f} s more")
     parts += [f"device locked {device:.0f} s more"] if device else []
     return Verdict(bool(parts), "VELOCITY", "; ".join(parts))
 
@@ -140,6 +144,7 @@ RULES: dict[str, tuple[Rule, tuple[str, ...]]] = {
         (
             "customer_failures",
             "customer_window_s",
+            "customer_devices",
             "device_failures",
             "device_window_s",
             "cooldown_s",

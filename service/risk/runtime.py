@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.config import RiskSettings, SettingsError
+from service.gallery.checkpoints import Checkpointer
 from service.gallery.lists import RiskLists
 from service.gallery.store import Store
 from service.gallery.watchlist import Watchlist
@@ -20,6 +21,7 @@ from service.risk.checks import RiskChecks
 from service.risk.dispatcher import Dispatcher
 from service.risk.outbox import Backoff, Outbox
 from service.risk.policy import PolicyError, load_policy
+from service.risk.velocity import Limits, Velocity
 
 if TYPE_CHECKING:
     from service.risk.callback import FraudEngineClient
@@ -35,10 +37,15 @@ class RiskRuntime:
     lists: RiskLists
     watchlist: Watchlist
     outbox: Outbox
+    velocity: Velocity
     dispatcher: Dispatcher | None = None
     client: FraudEngineClient | None = None
+    # Signed chain-head checkpoints: like the callbacks, what leaves the database.
+    checkpointer: Checkpointer | None = None
 
     def start(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         if self.dispatcher is not None:
             self.dispatcher.start()
             log.info("fraud-engine callbacks: dispatcher started")
@@ -50,6 +57,8 @@ class RiskRuntime:
             self.dispatcher.stop()
         if self.client is not None:
             self.client.close()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
 
 
 def hmac_key_path(settings: RiskSettings, data_dir: Path, dev: bool) -> Path:
@@ -78,10 +87,14 @@ def build_risk(
     except PolicyError as exc:
         raise SettingsError(str(exc)) from exc
     lists, watchlist, outbox = RiskLists(store), Watchlist(store, dim), Outbox(store)
+    rule = policy.setting("velocity")
+    velocity = Velocity(store, Limits.of(rule.params) if rule else None)
     lists.create_schema()
     outbox.create_schema()
+    velocity.create_schema()
     watchlist.open()
     store.on_event(outbox.record)
+    store.on_event(velocity.record)
     client = None
     if settings.callback_target:
         from service.risk.callback import (
@@ -105,7 +118,7 @@ def build_risk(
         from service.risk.callback import Assessor
 
         consult = Assessor(client, settings.assess_timeout_s, settings.assess == "fail_closed")
-    checks = RiskChecks(policy, lists, watchlist, liveness_threshold, consult)
+    checks = RiskChecks(policy, lists, watchlist, velocity, liveness_threshold, consult)
     dispatcher = None
     if client is not None:
         backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s,
@@ -113,4 +126,4 @@ def build_risk(
         dispatcher = Dispatcher(outbox, client.deliver, backoff, settings.workers,
                                 settings.poll_interval_s)  # fmt: skip
     log.info("risk policy %s with %d rules", policy.version, len(policy.rules))
-    return RiskRuntime(checks, lists, watchlist, outbox, dispatcher, client)
+    return RiskRuntime(checks, lists, watchlist, outbox, velocity, dispatcher, client)
