@@ -142,6 +142,12 @@ def _risk(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _calibration(args: argparse.Namespace) -> int:
+    from enrollment.calibration_cli import run
+
+    return run(args)
+
+
 def _fraud_sink(args: argparse.Namespace) -> int:
     from service.risk.sink import run_fraud_sink
 
@@ -224,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     from enrollment.risk_cli import add_risk_commands
 
     add_risk_commands(commands, _risk)
+
+    from enrollment.calibration_cli import add_calibration_commands
+
+    add_calibration_commands(commands, _calibration)
 
     sink = commands.add_parser(
         "fraud-sink", help="reference FraudEngine: verifies, dedupes and stores callbacks"

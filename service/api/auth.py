@@ -43,6 +43,7 @@ ROLE_POLICY: Mapping[str, frozenset[str]] = {
     "/faceguard.v1.FaceVerification/*": frozenset({"kiosk"}),
     "/faceguard.v1.Enrollment/*": frozenset({"enrollment"}),
     "/faceguard.v1.RiskAdmin/*": frozenset({"admin"}),
+    "/faceguard.v1.Calibration/*": frozenset({"admin"}),
     "/grpc.health.v1.Health/*": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/*": PUBLIC,
     "/grpc.reflection.v1.ServerReflection/*": PUBLIC,
