@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -34,8 +33,8 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.server import Running, start
+from service.calibration.bench import fill_gallery
 from service.certs import write_dev_pki
-from service.gallery.store import ConsentRecord, NewEvent, NewTemplate
 from service.risk.callback import identity_event
 from tests.service_helpers import (
     FACEGUARD,
@@ -53,27 +52,12 @@ REJECTED, SUPERSEDED = calibration_pb2.CALIBRATION_REJECTED, calibration_pb2.CAL
 APPROVE, REJECT = calibration_pb2.CALIBRATION_APPROVE, calibration_pb2.CALIBRATION_REJECT
 
 
-def populate(running: Running, customers: int, seed: int = 7) -> None:
+def populate(running: Running, customers: int) -> None:
     """Top the gallery up to `customers` synthetic customers of 3 templates each, written
-    through the service's gallery (store and index) with the live embedder's version."""
-    gallery = running.engine.gallery
-    model = running.engine.vision.model_versions["embedder"]
-    rng = np.random.default_rng(seed)
-    shared = rng.standard_normal(gallery.dim)
-    shared /= np.linalg.norm(shared)
-    for n in range(customers):
-        person = rng.standard_normal(gallery.dim)
-        centre = 0.6 * shared + 0.8 * person / np.linalg.norm(person)
-        vectors = centre + 0.35 * rng.standard_normal((3, gallery.dim)) / np.sqrt(gallery.dim)
-        customer = f"synthetic-{n:05d}"
-        if gallery.has_customer(customer):
-            continue
-        templates = [
-            NewTemplate(vector=(v / np.linalg.norm(v)).astype(np.float32), model=model, quality=80)
-            for v in vectors
-        ]
-        consent = ConsentRecord(purpose="test", given_at=datetime.now(UTC), channel="test")
-        gallery.enroll(customer, templates, consent, NewEvent(type="ENROLL", outcome="APPROVE"))
+    through the service's gallery with the live embedder's version."""
+    fill_gallery(
+        running.engine.gallery, running.engine.vision.model_versions["embedder"], customers
+    )
 
 
 @pytest.fixture(scope="module")
