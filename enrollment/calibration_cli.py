@@ -49,6 +49,7 @@ def add_calibration_commands(commands: argparse._SubParsersAction, handler: Call
     for sub in subs:
         connection_options(sub)
         sub.set_defaults(handler=handler)
+    propose.set_defaults(timeout=600.0)  # a full sample takes tens of seconds (bench calibration)
 
 
 def _call(args: argparse.Namespace, stub) -> dict[str, Any]:

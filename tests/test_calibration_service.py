@@ -263,9 +263,18 @@ def test_decisions_on_unknown_or_decided_proposals_are_refused(calibration) -> N
         calibration_pb2.ProposeCalibrationRequest(sample_customers=5001, operator_id="op-9"),
         grpc.StatusCode.RESOURCE_EXHAUSTED, "CALIBRATION_SAMPLE_TOO_LARGE",
     )  # fmt: skip
+    for token in ("x", "9" * 30, "²"):
+        expect_error(
+            calibration.ListCalibrations, calibration_pb2.ListCalibrationsRequest(page_token=token),
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
+        )  # fmt: skip
     expect_error(
-        calibration.ListCalibrations, calibration_pb2.ListCalibrationsRequest(page_token="x"),
-        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
+        calibration.ListCalibrations, calibration_pb2.ListCalibrationsRequest(page_size=101),
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "PAGE_TOO_LARGE",
+    )  # fmt: skip
+    expect_error(
+        calibration.ProposeCalibration, calibration_pb2.ProposeCalibrationRequest(),
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_OPERATOR_ID",
     )  # fmt: skip
 
 

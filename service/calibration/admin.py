@@ -160,7 +160,7 @@ class CalibrationAdmin:
     def page(self, page_size: int, token: str) -> tuple[list[CalibrationRecord], str]:
         if page_size > MAX_PAGE:
             raise TooLarge("PAGE_TOO_LARGE", f"page_size is at most {MAX_PAGE}")
-        if token and not token.isdigit():
+        if token and not (token.isascii() and token.isdigit() and len(token) <= 18):
             raise InvalidInput("INVALID_PAGE_TOKEN", "page_token is not one this service issued")
         records, cursor = calibrations.page(
             self.store, page_size or DEFAULT_PAGE, int(token) if token else None
