@@ -22,6 +22,7 @@ RPC and decision series.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -112,9 +113,16 @@ def record_models(versions: dict[str, str]) -> None:
         MODEL_INFO.labels(task=task, version=version).set(1)
 
 
-def record_calibration(estimates: dict[str, float]) -> None:
-    """The gallery's estimated false match rate at each live threshold, by target."""
+def record_calibration(estimates: dict[str, float | None]) -> None:
+    """The gallery's estimated false match rate at each live threshold, by target. None (a
+    sample too small to resolve the target) removes that target's series: no figure to
+    alert on is better than a meaningless one."""
     for target, fmr in estimates.items():
+        if fmr is None:
+            for gauge in (CALIBRATION_FMR, CALIBRATION_FMR_RATIO):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(target)
+            continue
         CALIBRATION_FMR.labels(target=target).set(fmr)
         CALIBRATION_FMR_RATIO.labels(target=target).set(fmr / float(target))
 

@@ -300,6 +300,7 @@ def test_the_metric_shows_the_estimated_fmr_at_the_live_thresholds(served: Runni
     # After the last approval the live thresholds are the gallery's own: on target again.
     assert 0 < values['target="1e-3"'] <= 1.0 and 0 < values['target="1e-4"'] <= 1.0
     assert 'faceguard_calibration_estimated_fmr{target="1e-4"}' in text
+    assert 'target="1e-5"' not in values  # the sample cannot resolve it: no figure
 
 
 def cli(served: Running, pki: Path, client: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -146,7 +146,9 @@ class CalibrationAdmin:
             },
         )  # fmt: skip
         record = calibrations.add_proposal(self.store, new, event)
-        metrics.record_calibration({t.target_fmr: t.live_estimated_fmr for t in results})
+        metrics.record_calibration(
+            {t.target_fmr: t.live_estimated_fmr if t.resolvable else None for t in results}
+        )
         log.info(
             "calibration %s proposed by %s: %d people, %d impostor pairs; live FMR/target %s",
             record.version, proposer, sample.people, pairs,
@@ -196,14 +198,7 @@ class CalibrationAdmin:
             decided = calibrations.decide(self.store, record.id, status, operator_id, reason, event)
             if approve:
                 self.engine.use_calibration(record.version, new_thresholds)
-                metrics.record_calibration(
-                    {
-                        t.target_fmr: t.estimated_fmr
-                        if t.estimated_fmr is not None
-                        else t.live_estimated_fmr
-                        for t in record.targets
-                    }
-                )
+                metrics.record_calibration({t.target_fmr: t.estimated_fmr for t in record.targets})
         log.warning(
             "calibration %s %s by %s (%s)", record.version, status.lower(), operator_id, reason
         )
