@@ -15,6 +15,21 @@ from typing import Any
 from enrollment.cli import as_dict, connection_options, emit
 
 
+def _calibration_id(text: str) -> int:
+    """A proposal id as the service issues them: a positive 64-bit integer."""
+    value = int(text)
+    if not 0 < value < 2**64:
+        raise argparse.ArgumentTypeError(f"{text} is not a calibration id")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text} is not a customer count")
+    return value
+
+
 def add_calibration_commands(commands: argparse._SubParsersAction, handler: Callable) -> None:
     """Register `faceguard calibration` on the parser (no grpc import here)."""
     calibration = commands.add_parser(
@@ -25,7 +40,7 @@ def add_calibration_commands(commands: argparse._SubParsersAction, handler: Call
         "propose", help="estimate thresholds per FMR target from a sample of the gallery"
     )
     propose.add_argument(
-        "--sample-customers", type=int, default=0,
+        "--sample-customers", type=_count, default=0,
         help="customers to sample (default and most: calibration.sample_customers)",
     )  # fmt: skip
     propose.add_argument("--operator", required=True, help="staff id proposing it")
@@ -33,7 +48,7 @@ def add_calibration_commands(commands: argparse._SubParsersAction, handler: Call
     listing.add_argument("--page-size", type=int, default=20)
     listing.add_argument("--page-token", default="")
     show = actions.add_parser("show", help="one proposal")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=_calibration_id)
     subs = [propose, listing, show]
     for verdict in ("approve", "reject"):
         decide = actions.add_parser(
@@ -42,7 +57,7 @@ def add_calibration_commands(commands: argparse._SubParsersAction, handler: Call
             if verdict == "approve"
             else "refuse it",
         )
-        decide.add_argument("id", type=int)
+        decide.add_argument("id", type=_calibration_id)
         decide.add_argument("--reason", required=True)
         decide.add_argument("--operator", required=True)
         subs.append(decide)

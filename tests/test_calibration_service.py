@@ -222,7 +222,8 @@ def test_approval_makes_the_gallery_thresholds_decide(
 def test_rejection_changes_nothing_and_a_later_approval_supersedes(
     served: Running, calibration, kiosk_channel, person
 ) -> None:
-    live = calibration.ListCalibrations(calibration_pb2.ListCalibrationsRequest()).live
+    populate(served, 300)
+    live = decide(calibration, propose(calibration).id, APPROVE)
     proposal = propose(calibration, sample=200)
     assert proposal.people == 200  # a smaller sample, as asked
     rejected = decide(calibration, proposal.id, REJECT, "sample too small")
@@ -238,9 +239,9 @@ def test_rejection_changes_nothing_and_a_later_approval_supersedes(
     assert [p.id for p in listed] == sorted((p.id for p in listed), reverse=True)
 
 
-def test_decisions_on_unknown_or_decided_proposals_are_refused(calibration) -> None:
-    listed = calibration.ListCalibrations(calibration_pb2.ListCalibrationsRequest()).calibrations
-    decided = next(p for p in listed if p.status != PROPOSED)
+def test_decisions_on_unknown_or_decided_proposals_are_refused(served, calibration) -> None:
+    populate(served, 20)
+    decided = decide(calibration, propose(calibration, sample=20).id, REJECT)
     cases = [
         (99_999, APPROVE, "x", grpc.StatusCode.NOT_FOUND, "CALIBRATION_NOT_FOUND"),
         (2**64 - 1, REJECT, "x", grpc.StatusCode.NOT_FOUND, "CALIBRATION_NOT_FOUND"),
@@ -288,7 +289,11 @@ def test_only_admins_may_calibrate(kiosk_channel: grpc.Channel, served: Running,
             )  # fmt: skip
 
 
-def test_the_metric_shows_the_estimated_fmr_at_the_live_thresholds(served: Running) -> None:
+def test_the_metric_shows_the_estimated_fmr_at_the_live_thresholds(
+    served: Running, calibration
+) -> None:
+    populate(served, 300)
+    decide(calibration, propose(calibration).id, APPROVE)
     url = f"http://127.0.0.1:{served.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as reply:
         text = reply.read().decode()
@@ -313,6 +318,7 @@ def cli(served: Running, pki: Path, client: str, *args: str) -> subprocess.Compl
 
 
 def test_the_cli_proposes_shows_and_decides(served: Running, pki: Path) -> None:
+    populate(served, 300)
     made = cli(served, pki, "admin", "propose", "--operator", "op-cli", "--sample-customers", "50")
     assert made.returncode == 0, made.stdout + made.stderr
     proposal = json.loads(made.stdout)
@@ -320,14 +326,15 @@ def test_the_cli_proposes_shows_and_decides(served: Running, pki: Path) -> None:
     shown = json.loads(cli(served, pki, "admin", "show", proposal["id"]).stdout)
     assert shown["version"] == proposal["version"]
     listed = json.loads(cli(served, pki, "admin", "list", "--page-size", "1").stdout)
-    assert listed["calibrations"][0]["id"] == proposal["id"] and listed["next_page_token"]
-    assert listed["live"]["version"].startswith("gallery:")
+    assert [p["id"] for p in listed["calibrations"]] == [proposal["id"]]
+    assert listed["live"]["fmr_target"] == "1e-4" and listed["live"]["version"]
     rejected = cli(served, pki, "admin", "reject", proposal["id"], "--reason", "test",
                    "--operator", "op-cli")  # fmt: skip
     assert json.loads(rejected.stdout)["status"] == "CALIBRATION_REJECTED"
     again = cli(served, pki, "admin", "approve", proposal["id"], "--reason", "t", "--operator", "o")
     assert again.returncode == 1
     assert json.loads(again.stdout)["error"]["reason"] == "CALIBRATION_ALREADY_DECIDED"
+    assert cli(served, pki, "admin", "show", "0").returncode == 2  # not an id: usage error
     denied = cli(served, pki, "kiosk-K-001", "list")
     assert denied.returncode == 1
     assert json.loads(denied.stdout)["error"]["reason"] == "ROLE_NOT_ALLOWED"
