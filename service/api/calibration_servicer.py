@@ -52,7 +52,9 @@ class CalibrationServicer(UsesEngine, calibration_pb2_grpc.CalibrationServicer):
     def ProposeCalibration(
         self, request: calibration_pb2.ProposeCalibrationRequest, context: grpc.ServicerContext
     ):
-        return proposal_message(self.admin.propose(request.operator_id, request.sample_customers))
+        return proposal_message(
+            self.admin.propose(request.operator_id, request.sample_customers, _client())
+        )
 
     @mapped
     def ListCalibrations(

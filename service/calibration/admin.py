@@ -88,9 +88,12 @@ class CalibrationAdmin:
             dict(policy.thresholds),
         )  # fmt: skip
 
-    def propose(self, proposer: str, sample_customers: int = 0) -> CalibrationRecord:
+    def propose(
+        self, proposer: str, sample_customers: int = 0, client: str = ""
+    ) -> CalibrationRecord:
         """Sample the gallery and store a proposal; FAILED_PRECONDITION
-        (CALIBRATION_GALLERY_TOO_SMALL) with fewer than two customers to pair."""
+        (CALIBRATION_GALLERY_TOO_SMALL) with fewer than two customers to pair. `client` is
+        the caller's certificate name, for the audit event."""
         proposer = _text("operator_id", proposer, 128)
         limit = self.settings.sample_customers
         if sample_customers > limit:
@@ -101,11 +104,11 @@ class CalibrationAdmin:
         if not _PROPOSING.acquire(blocking=False):
             raise Unavailable("CALIBRATION_BUSY", "a calibration is being proposed; retry later")
         try:
-            return self._propose(proposer, sample_customers or limit)
+            return self._propose(proposer, sample_customers or limit, client)
         finally:
             _PROPOSING.release()
 
-    def _propose(self, proposer: str, customers: int) -> CalibrationRecord:
+    def _propose(self, proposer: str, customers: int, client: str) -> CalibrationRecord:
         policy = self.engine.policy  # the live thresholds the drift is measured for
         embedder = self.embedder
         sample = sample_gallery(
@@ -139,8 +142,9 @@ class CalibrationAdmin:
         event = NewEvent(
             type="CALIBRATION_PROPOSED", outcome=PROPOSED,
             payload={
-                "operator": proposer, "embedder": embedder, "people": sample.people,
-                "impostor_pairs": pairs, "live_version": policy.calibration_version,
+                "operator": proposer, "client": client, "embedder": embedder,
+                "people": sample.people, "impostor_pairs": pairs,
+                "live_version": policy.calibration_version,
                 "proposed": {t.target_fmr: t.threshold for t in results},
                 "live_fmr_ratio": {t.target_fmr: t.live_fmr_ratio for t in results},
             },

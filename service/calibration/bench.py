@@ -78,7 +78,7 @@ def run_bench_calibration(args: argparse.Namespace) -> int:
             filled = time.perf_counter() - start
             admin = CalibrationAdmin(engine, settings.calibration)
             seconds = []
-            for _ in range(args.repeat):
+            for _ in range(max(args.repeat, 1)):
                 start = time.perf_counter()
                 record = admin.propose("bench")
                 seconds.append(time.perf_counter() - start)
