@@ -65,7 +65,9 @@ def test_a_proposal_is_decided_once_and_one_is_applied(store: Store) -> None:  #
     first = calibrations.add_proposal(store, proposal(0.6), NewEvent("CALIBRATION_PROPOSED", "OK"))
     assert first.status == PROPOSED and first.version == f"gallery:{first.id}"
     assert first.targets == proposal().targets
-    applied = calibrations.decide(store, first.id, APPLIED, "op-2", "ok", decision_event())
+    applied = calibrations.decide(
+        store, first.id, APPLIED, "op-2", "ok", decision_event(), {"1e-4": 0.6, "1e-5": 0.6}
+    )
     assert applied.status == APPLIED and applied.decided_at is not None
     with pytest.raises(Unprocessable) as err:
         calibrations.decide(store, first.id, REJECTED, "op-3", "no", decision_event())
@@ -74,10 +76,14 @@ def test_a_proposal_is_decided_once_and_one_is_applied(store: Store) -> None:  #
         calibrations.get(store, 10**30)
 
     second = calibrations.add_proposal(store, proposal(0.7), NewEvent("CALIBRATION_PROPOSED", "OK"))
-    calibrations.decide(store, second.id, APPLIED, "op-2", "newer", decision_event())
+    calibrations.decide(
+        store, second.id, APPLIED, "op-2", "newer", decision_event(), {"1e-4": 0.7, "1e-5": 0.6}
+    )
     assert calibrations.get(store, first.id).status == SUPERSEDED
     live = calibrations.applied(store)
-    assert live is not None and live.id == second.id and live.thresholds() == {"1e-4": 0.7}
+    assert live is not None and live.id == second.id
+    assert live.proposed_thresholds() == {"1e-4": 0.7}
+    assert live.applied_thresholds == {"1e-4": 0.7, "1e-5": 0.6}
     page, cursor = calibrations.page(store, 1, None)
     assert [r.id for r in page] == [second.id] and cursor == second.id
     assert [r.id for r in calibrations.page(store, 1, cursor)[0]] == [first.id]
@@ -93,7 +99,8 @@ def test_two_deciders_at_once_one_wins(store: Store) -> None:  # noqa: F811
     def decide(status: str) -> None:
         start.wait()
         try:
-            calibrations.decide(store, made.id, status, "op", "race", decision_event())
+            thresholds = {"1e-4": 0.6} if status == APPLIED else None
+            calibrations.decide(store, made.id, status, "op", "race", decision_event(), thresholds)
             outcomes.append(status)
         except Unprocessable as exc:
             outcomes.append(exc.reason)

@@ -186,7 +186,8 @@ class CalibrationAdmin:
             old = self.engine.policy
             if approve:
                 self._check_applicable(record, old.fmr_target)
-            new_thresholds = {**old.thresholds, **record.thresholds()}
+            # A target the sample could not resolve keeps the threshold live now.
+            new_thresholds = {**old.thresholds, **record.proposed_thresholds()}
             event = NewEvent(
                 type="CALIBRATION_APPLIED" if approve else "CALIBRATION_REJECTED",
                 outcome=APPLIED if approve else REJECTED,
@@ -199,7 +200,10 @@ class CalibrationAdmin:
                 },
             )  # fmt: skip
             status = APPLIED if approve else REJECTED
-            decided = calibrations.decide(self.store, record.id, status, operator_id, reason, event)
+            decided = calibrations.decide(
+                self.store, record.id, status, operator_id, reason, event,
+                new_thresholds if approve else None,
+            )  # fmt: skip
             if approve:
                 self.engine.use_calibration(record.version, new_thresholds)
                 metrics.record_calibration({t.target_fmr: t.estimated_fmr for t in record.targets})

@@ -52,4 +52,4 @@ def live_calibration(store: Store, manifest: Manifest) -> LiveCalibration:
             record.version, record.embedder, embedder_version(manifest),
         )  # fmt: skip
         return built_in
-    return LiveCalibration(record.version, built_in.thresholds | record.thresholds())
+    return LiveCalibration(record.version, built_in.thresholds | (record.applied_thresholds or {}))

@@ -55,6 +55,7 @@ calibration_table = Table(
     Column("decided_at", UTCDateTime()),
     Column("reason", String(256)),
     Column("event_id", String(36)),
+    Column("applied_thresholds", Text()),  # JSON {target: threshold} made live on approval
     sqlite_autoincrement=True,
 )
 
@@ -96,19 +97,16 @@ class CalibrationRecord(NewProposal):
     decided_at: datetime | None
     reason: str | None
     event_id: str | None
+    applied_thresholds: dict[str, float] | None = None
 
     @property
     def version(self) -> str:
         """What every decision made under this calibration records."""
         return f"{VERSION_PREFIX}{self.id}"
 
-    def thresholds(self) -> dict[str, float]:
-        """The thresholds it makes live: the proposed ones, and for a target the sample could
-        not resolve, the one live when it was proposed (so a restart decides alike)."""
-        return {
-            t.target_fmr: t.threshold if t.threshold is not None else t.live_threshold
-            for t in self.targets
-        }
+    def proposed_thresholds(self) -> dict[str, float]:
+        """The thresholds of the targets its sample resolved."""
+        return {t.target_fmr: t.threshold for t in self.targets if t.threshold is not None}
 
 
 def create_schema(store: Store) -> None:
@@ -125,13 +123,14 @@ def _record(row: Row[Any]) -> CalibrationRecord:
         targets=targets, live_version=row.live_version, id=row.id, created_at=row.created_at,
         status=row.status, decided_by=row.decided_by, decided_at=row.decided_at,
         reason=row.reason, event_id=row.event_id,
+        applied_thresholds=json.loads(row.applied_thresholds) if row.applied_thresholds else None,
     )  # fmt: skip
 
 
 def add_proposal(store: Store, proposal: NewProposal, event: NewEvent) -> CalibrationRecord:
     """Store a proposal (PROPOSED) with its audit event; `event`'s payload gains its id."""
     values = asdict(proposal)
-    values["targets"] = json.dumps(values["targets"])
+    values["targets"] = json.dumps(values["targets"])  # a NewProposal has no applied ones
     with store.transaction() as conn:
         result = conn.execute(
             insert(calibration_table).values(
@@ -181,12 +180,19 @@ def applied(store: Store) -> CalibrationRecord | None:
 
 
 def decide(
-    store: Store, calibration_id: int, status: str, decided_by: str, reason: str, event: NewEvent
+    store: Store,
+    calibration_id: int,
+    status: str,
+    decided_by: str,
+    reason: str,
+    event: NewEvent,
+    thresholds: dict[str, float] | None = None,
 ) -> CalibrationRecord:
-    """Move a PROPOSED row to `status` (APPLIED or REJECTED) with its audit event, in one
-    transaction; NotFound or Unprocessable (CALIBRATION_ALREADY_DECIDED) otherwise."""
-    if status not in (APPLIED, REJECTED):
-        raise ValueError(f"a decision applies or rejects, not {status}")
+    """Move a PROPOSED row to `status` (APPLIED, with the `thresholds` made live, or
+    REJECTED) with its audit event, in one transaction; NotFound or Unprocessable
+    (CALIBRATION_ALREADY_DECIDED) otherwise."""
+    if (status == APPLIED) != (thresholds is not None) or status not in (APPLIED, REJECTED):
+        raise ValueError(f"a decision applies (with thresholds) or rejects, not {status}")
     with store.transaction() as conn:
         current = _get(conn, calibration_id)
         if current.status != PROPOSED:
@@ -194,6 +200,7 @@ def decide(
         decision = {
             "status": status, "decided_by": decided_by, "decided_at": datetime.now(UTC),
             "reason": reason, "event_id": event.event_id,
+            "applied_thresholds": json.dumps(thresholds) if thresholds is not None else None,
         }  # fmt: skip
         if status == APPLIED:
             conn.execute(
