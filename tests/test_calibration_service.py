@@ -33,6 +33,7 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.server import Running, start
+from service.calibration import admin as admin_module
 from service.calibration.bench import fill_gallery
 from service.certs import write_dev_pki
 from service.risk.callback import identity_event
@@ -277,6 +278,15 @@ def test_decisions_on_unknown_or_decided_proposals_are_refused(served, calibrati
         calibration.ProposeCalibration, calibration_pb2.ProposeCalibrationRequest(),
         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_OPERATOR_ID",
     )  # fmt: skip
+
+
+def test_one_proposal_computes_at_a_time(calibration) -> None:
+    with admin_module._PROPOSING:  # as while another proposal computes
+        expect_error(
+            calibration.ProposeCalibration,
+            calibration_pb2.ProposeCalibrationRequest(operator_id="op-9"),
+            grpc.StatusCode.UNAVAILABLE, "CALIBRATION_BUSY",
+        )  # fmt: skip
 
 
 def test_only_admins_may_calibrate(kiosk_channel: grpc.Channel, served: Running, pki) -> None:
