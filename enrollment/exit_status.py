@@ -1,5 +1,5 @@
 """The exit status of every client command (verify, identify, check-liveness, kiosk, enroll,
-risk, health): one scheme, so a script can tell a decision from a failure.
+risk, calibration, health): one scheme, so a script can tell a decision from a failure.
 
 A decision's outcome comes apart from errors: a DECLINE is an answer (1), a request the
 service refused is the caller's to fix (4), and a service that cannot answer is retried (5).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from service.calibration.live import live_calibration
 from service.config import Settings, SettingsError, operating_threshold
 from service.engine import Engine, Policy
 from service.gallery.audit import ChainKey, ChainKeyError
@@ -82,13 +83,17 @@ def open_store(settings: Settings) -> Store:
 def build_engine(settings: Settings) -> Engine:
     """Models loaded, store opened, index consistent with the store: ready to serve."""
     manifest = load_manifest()
+    operating_threshold(manifest, settings.vision.fmr_target)  # the target is calibrated
+    store = open_store(settings)  # first: without a key the service refuses to start at once
+    calibration = live_calibration(store, manifest)  # an approved one overrides the manifest
     policy = Policy(
-        threshold=operating_threshold(manifest, settings.vision.fmr_target),
+        threshold=calibration.thresholds[settings.vision.fmr_target],
         fmr_target=settings.vision.fmr_target,
         liveness_threshold=float(manifest.section("liveness").get("threshold", 0.0)),
         allow_multiple_faces=settings.vision.allow_multiple_faces,
+        calibration_version=calibration.version,
+        thresholds=calibration.thresholds,
     )
-    store = open_store(settings)  # first: without a key the service refuses to start at once
     vision = _vision(settings, policy)
     try:
         members = manifest.section("embedder")["members"]

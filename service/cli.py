@@ -61,6 +61,10 @@ def _bench(args: argparse.Namespace) -> int:
         from service.risk.bench import run_bench_callbacks
 
         return run_bench_callbacks(args)
+    if args.bench_command == "calibration":
+        from service.calibration.bench import run_bench_calibration
+
+        return run_bench_calibration(args)
     if args.bench_command == "service":
         from service.bench_service import run_bench_service
 
@@ -140,6 +144,12 @@ def _retention(args: argparse.Namespace) -> int:
 
 def _risk(args: argparse.Namespace) -> int:
     from enrollment.risk_cli import run
+
+    return run(args)
+
+
+def _calibration(args: argparse.Namespace) -> int:
+    from enrollment.calibration_cli import run
 
     return run(args)
 
@@ -276,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_risk_commands(commands, _risk)
 
+    from enrollment.calibration_cli import add_calibration_commands
+
+    add_calibration_commands(commands, _calibration)
+
     sink = commands.add_parser(
         "fraud-sink", help="reference FraudEngine: verifies, dedupes and stores callbacks"
     )
@@ -411,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--video", type=Path, help="default: the shared live video (real2.webm)")
     _add_common_pipeline_options(stream)
     stream.set_defaults(handler=_bench)
+    calibration = bench.add_parser(
+        "calibration", help="time and memory of a calibration proposal on a synthetic gallery"
+    )
+    calibration.add_argument("--customers", type=int, default=5000, help="all sampled")
+    calibration.add_argument("--templates", type=int, default=3, help="per customer")
+    calibration.add_argument("--repeat", type=int, default=3, help="timed proposals")
+    calibration.add_argument("--json", action="store_true", help="print one JSON line")
+    calibration.set_defaults(handler=_bench)
     callbacks = bench.add_parser(
         "callbacks", help="decisions delivered through a failing sink and kill -9s; risk cost"
     )

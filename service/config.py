@@ -140,6 +140,29 @@ class PrivacySettings(BaseModel):
     )  # fmt: skip
 
 
+class CalibrationSettings(BaseModel):
+    """Threshold calibration on the enrolled gallery (service/calibration/)."""
+
+    every_hours: float = Field(
+        720.0, ge=0, description="the service proposes (never applies) a calibration this "
+        "often; 0: never",
+    )  # fmt: skip
+    sample_customers: int = Field(
+        5000, ge=2, le=100_000,
+        description="customers sampled per proposal, at most; a request may ask for fewer",
+    )  # fmt: skip
+    templates_per_customer: int = Field(
+        3, ge=1, le=20, description="templates of each sampled customer, at most"
+    )
+    max_pairs: int = Field(
+        2_000_000, ge=1000, le=100_000_000,
+        description="cross-customer impostor pairs scored per proposal, at most",
+    )  # fmt: skip
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="level of the thresholds' confidence intervals"
+    )
+
+
 _LIMITS = SessionLimits()
 _LIVENESS = LivenessPolicy()
 
@@ -255,6 +278,7 @@ class Settings(BaseSettings):
     quality: QualityPolicy = QualityPolicy()
     stream: StreamSettings = StreamSettings()
     risk: RiskSettings = RiskSettings()
+    calibration: CalibrationSettings = CalibrationSettings()
 
     @classmethod
     def settings_customise_sources(

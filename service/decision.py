@@ -66,6 +66,7 @@ class Decision:
     policy_version: str = ""
     rules: tuple[RuleResult, ...] = ()
     liveness: LivenessReport | None = None
+    calibration_version: str = ""
 
     def audit_payload(self) -> dict[str, object]:
         """What the audit event keeps: scores and reasons, never images or templates."""
@@ -74,6 +75,7 @@ class Decision:
             "match_score": self.match_score,
             "threshold": self.threshold,
             "fmr_target": self.fmr_target,
+            "calibration_version": self.calibration_version,
             "quality_score": self.quality_score,
             "liveness_score": self.liveness_score,
             "reason_codes": list(self.reason_codes),

@@ -12,9 +12,9 @@ import dataclasses
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
@@ -58,7 +58,12 @@ REFUSALS = (InvalidInput, TooLarge, NotFound, Forbidden, Unprocessable, Internal
 
 @dataclass(frozen=True)
 class Policy:
-    """Request limits and matching policy."""
+    """Request limits and matching policy.
+
+    `threshold` is `thresholds[fmr_target]` of the live calibration, named by
+    `calibration_version`; each decision reads the policy once, so a calibration applied
+    while it runs never mixes one version's threshold with another's name.
+    """
 
     threshold: float
     fmr_target: str
@@ -68,6 +73,8 @@ class Policy:
     max_top_k: int = 100
     max_page_size: int = 500
     allow_multiple_faces: bool = False
+    calibration_version: str = ""
+    thresholds: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,14 @@ class Engine:
         """Release what the engine runs besides this process (the vision workers)."""
         self.vision.close()
 
+    def use_calibration(self, version: str, thresholds: Mapping[str, float]) -> None:
+        """Decide with these thresholds (per FMR target) from the next decision on."""
+        self.policy = replace(
+            self.policy, threshold=float(thresholds[self.policy.fmr_target]),
+            calibration_version=version, thresholds=dict(thresholds),
+        )  # fmt: skip
+        log.info("calibration %s live: threshold %.6f", version, self.policy.threshold)
+
     # ---- faces -------------------------------------------------------------------------
 
     def _single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
@@ -185,10 +200,15 @@ class Engine:
             str(quality.reasons[0]), f"{where}: {details} ({reasons}){hint}", **metadata
         )
 
-    def _decision(self, analysis: FaceAnalysis | None, **fields: object) -> Decision:
+    def _decision(
+        self, analysis: FaceAnalysis | None, policy: Policy | None = None, **fields: object
+    ) -> Decision:
+        """A decision under `policy` (the one the caller compared scores with; default: now)."""
+        policy = policy or self.policy
         return Decision(
             event_id=str(uuid.uuid4()),
-            fmr_target=self.policy.fmr_target,
+            fmr_target=policy.fmr_target,
+            calibration_version=policy.calibration_version,
             quality_score=analysis.quality.score if analysis else None,
             liveness_score=analysis.liveness.score if analysis and analysis.liveness else None,
             model_versions=self.vision.model_versions,
@@ -280,16 +300,15 @@ class Engine:
         Single-shot `verify` and the streamed session share it; a session passes the
         liveness report it built over its frames.
         """
+        policy = self.policy
         score = self.gallery.best_match(customer_id, analysis.embedding.vector)
         live = analysis.liveness.score if analysis.liveness else None
-        outcome, reasons = match_outcome(
-            score, self.policy.threshold, live, self.policy.liveness_threshold
-        )
+        outcome, reasons = match_outcome(score, policy.threshold, live, policy.liveness_threshold)
         if liveness is not None and not liveness.passed:
             outcome, reasons = DECLINE, (*reasons, "LIVENESS_FAILED")
         decision = self._decision(
-            analysis, outcome=outcome, customer_id=customer_id, match_score=score,
-            threshold=self.policy.threshold, reason_codes=reasons, device_id=device_id,
+            analysis, policy, outcome=outcome, customer_id=customer_id, match_score=score,
+            threshold=policy.threshold, reason_codes=reasons, device_id=device_id,
             liveness=liveness,
         )  # fmt: skip
         if self.risk is not None:  # other customers this face matches, for the risk rules
@@ -338,9 +357,10 @@ class Engine:
     ) -> tuple[list[tuple[str, float]], Decision]:
         """Search the gallery for a gated face and record the decision (shared with streams).
         A floor below the threshold is only for a `searcher`, who is named in the event."""
-        floor = min_score or self.policy.threshold
+        policy = self.policy
+        floor = min_score or policy.threshold
         if searcher is None:
-            floor = max(floor, self.policy.threshold)
+            floor = max(floor, policy.threshold)
         candidates = [
             (cid, score)
             for cid, score in self.gallery.search(analysis.embedding.vector, top_k or 5)
@@ -349,15 +369,15 @@ class Engine:
         top = candidates[0] if candidates else None
         live = analysis.liveness.score if analysis.liveness else None
         outcome, reasons = match_outcome(
-            top[1] if top else None, self.policy.threshold, live, self.policy.liveness_threshold
+            top[1] if top else None, policy.threshold, live, policy.liveness_threshold
         )
         if liveness is not None and not liveness.passed:
             outcome, reasons = DECLINE, (*reasons, "LIVENESS_FAILED")
-        matched = top[0] if top and top[1] >= self.policy.threshold else ""
+        matched = top[0] if top and top[1] >= policy.threshold else ""
         decision = self._decision(
-            analysis, outcome=outcome, customer_id=matched, match_score=top[1] if top else None,
-            threshold=self.policy.threshold, reason_codes=reasons, device_id=device_id,
-            liveness=liveness,
+            analysis, policy, outcome=outcome, customer_id=matched,
+            match_score=top[1] if top else None, threshold=policy.threshold,
+            reason_codes=reasons, device_id=device_id, liveness=liveness,
         )  # fmt: skip
         # The rules judge the face against the customer it matched, even when the match is
         # declined (a failed liveness session): with the id cleared first, that customer was
@@ -453,11 +473,12 @@ class Engine:
         worst = min(analyses, key=lambda a: a.quality.score)
         vectors = [a.embedding.vector for a in analyses]
         neighbours = [hit for vector in vectors for hit in self.gallery.search(vector, 3)]
-        duplicate = any(c != customer_id and s >= self.policy.threshold for c, s in neighbours)
+        policy = self.policy
+        duplicate = any(c != customer_id and s >= policy.threshold for c, s in neighbours)
         decision = self._decision(
-            worst, outcome=DECLINE if duplicate else APPROVE, customer_id=customer_id,
+            worst, policy, outcome=DECLINE if duplicate else APPROVE, customer_id=customer_id,
             reason_codes=("DUPLICATE_IDENTITY",) if duplicate else ("ENROLLED",),
-            threshold=self.policy.threshold,
+            threshold=policy.threshold,
         )  # fmt: skip
         decision = self._risk(kind, decision, vectors, neighbours)
         if decision.outcome != DECLINE:

@@ -12,6 +12,8 @@
 | faceguard_outbox_oldest_age_seconds | gauge | age of the oldest pending one, 0 when none |
 | faceguard_model_info | gauge (1) | task, version |
 | faceguard_ready | gauge | 1 once models are loaded and the index is consistent |
+| faceguard_calibration_estimated_fmr | gauge | target: FMR at the live threshold, on the gallery |
+| faceguard_calibration_fmr_ratio | gauge | target: that FMR over the target (1: on target) |
 
 Labels never name a customer, a device or a client: only methods, codes, stages, outcomes
 and reason codes, a bounded set. No grpc here; the API's telemetry interceptor feeds the
@@ -20,6 +22,7 @@ RPC and decision series.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -54,6 +57,14 @@ DECISION_REASONS = Counter(
     ["outcome", "reason"],
 )  # fmt: skip
 MODEL_INFO = Gauge("faceguard_model_info", "Model versions in use (value 1)", ["task", "version"])
+CALIBRATION_FMR = Gauge(
+    "faceguard_calibration_estimated_fmr",
+    "False match rate at the live threshold, estimated on the enrolled gallery", ["target"],
+)  # fmt: skip
+CALIBRATION_FMR_RATIO = Gauge(
+    "faceguard_calibration_fmr_ratio",
+    "Estimated false match rate at the live threshold over its target", ["target"],
+)  # fmt: skip
 PIPELINE_STAGES = ("decode", "detect", "quality", "align", "liveness", "embed")
 
 
@@ -100,6 +111,20 @@ class ServiceCollector(Collector):
 def record_models(versions: dict[str, str]) -> None:
     for task, version in versions.items():
         MODEL_INFO.labels(task=task, version=version).set(1)
+
+
+def record_calibration(estimates: dict[str, float | None]) -> None:
+    """The gallery's estimated false match rate at each live threshold, by target. None (a
+    sample too small to resolve the target) removes that target's series: no figure to
+    alert on is better than a meaningless one."""
+    for target, fmr in estimates.items():
+        if fmr is None:
+            for gauge in (CALIBRATION_FMR, CALIBRATION_FMR_RATIO):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(target)
+            continue
+        CALIBRATION_FMR.labels(target=target).set(fmr)
+        CALIBRATION_FMR_RATIO.labels(target=target).set(fmr / float(target))
 
 
 def record_decision(outcome: str, reasons: list[str]) -> None:

@@ -136,13 +136,17 @@ def purge(
 
 
 class PurgeSchedule:
-    """Runs `purge` every `interval_s` in a daemon thread until `stop`."""
+    """Runs `purge` (or another job, named `name`) every `interval_s` in a daemon thread
+    until `stop`."""
 
-    def __init__(self, run: Callable[[], PurgeReport], interval_s: float) -> None:
+    def __init__(
+        self, run: Callable[[], object], interval_s: float, name: str = "retention"
+    ) -> None:
         self._run = run
         self._interval = interval_s
+        self._name = name
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -152,7 +156,7 @@ class PurgeSchedule:
             try:
                 self._run()
             except Exception:  # the next round tries again; the service keeps serving
-                log.exception("retention purge failed")
+                log.exception("%s job failed", self._name)
 
     def stop(self) -> None:
         self._stop.set()

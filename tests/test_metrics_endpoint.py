@@ -100,7 +100,7 @@ def test_every_documented_series_is_served(served: Running, shared_data: Path) -
 
 
 def test_labels_never_name_customers(served: Running) -> None:
-    allowed = {"method", "code", "reason", "stage", "outcome", "task", "version", "le"}
+    allowed = {"method", "code", "reason", "stage", "outcome", "task", "version", "le", "target"}
     for name, samples in scrape(served).items():
         for sample in samples if name.startswith("faceguard_") else ():
             assert set(sample.labels) <= allowed, sample

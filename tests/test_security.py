@@ -50,6 +50,7 @@ EXPECTED = {
     "faceguard.v1.FaceVerification": frozenset({"kiosk"}),
     "faceguard.v1.Enrollment": frozenset({"enrollment"}),
     "faceguard.v1.RiskAdmin": frozenset({"admin"}),
+    "faceguard.v1.Calibration": frozenset({"admin"}),
     "grpc.health.v1.Health": PUBLIC,
     "grpc.reflection.v1alpha.ServerReflection": PUBLIC,
     "grpc.reflection.v1.ServerReflection": PUBLIC,

@@ -47,6 +47,7 @@ ROLE_POLICY: Mapping[str, frozenset[str]] = {
     "/faceguard.v1.FaceVerification/Identify": frozenset({"kiosk", "investigator", "admin"}),
     "/faceguard.v1.Enrollment/*": frozenset({"enrollment"}),
     "/faceguard.v1.RiskAdmin/*": frozenset({"admin"}),
+    "/faceguard.v1.Calibration/*": frozenset({"admin"}),
     "/grpc.health.v1.Health/*": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/*": PUBLIC,
     "/grpc.reflection.v1.ServerReflection/*": PUBLIC,

@@ -45,6 +45,7 @@ def decision_message(decision: Decision) -> common_pb2.Decision:
         rules=[common_pb2.RuleResult(**asdict(r)) for r in decision.rules],
         liveness=liveness_message(decision.liveness),
         device_id=decision.device_id,
+        calibration_version=decision.calibration_version,
     )
 
 

@@ -1,5 +1,5 @@
-"""What runs beside the servicers: the interceptor chain, metrics endpoint, key file reload
-and the retention schedule, started and stopped with the server."""
+"""What runs beside the servicers: the interceptor chain, metrics endpoint, key file reload,
+the retention schedule and the calibration job, started and stopped with the server."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from service import metrics
 from service.api.auth import AuthInterceptor
 from service.api.limits import LimitInterceptor
 from service.api.telemetry import TelemetryInterceptor
+from service.calibration.admin import scheduled_proposal
 from service.config import Settings
 from service.engine import Engine
 from service.gallery.store import Store
@@ -104,6 +105,15 @@ class Operations:
             )
             schedule.start()
             self._running.append(schedule)
+        calibration = self.settings.calibration
+        if calibration.every_hours > 0:  # proposes only: an admin approves
+            job = PurgeSchedule(
+                lambda: scheduled_proposal(engine, calibration),
+                calibration.every_hours * 3600.0,
+                name="calibration",
+            )
+            job.start()
+            self._running.append(job)
 
     def stop(self) -> None:
         for part in reversed(self._running):

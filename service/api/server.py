@@ -19,6 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from faceguard.v1 import (
+    calibration_pb2,
+    calibration_pb2_grpc,
     enrollment_pb2,
     enrollment_pb2_grpc,
     risk_pb2,
@@ -26,6 +28,7 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
+from service.api.calibration_servicer import CalibrationServicer
 from service.api.operations import Operations, interceptors
 from service.api.risk_servicer import RiskAdminServicer
 from service.api.servicers import EnrollmentServicer, FaceVerificationServicer
@@ -40,6 +43,7 @@ SERVICE_NAMES = (
     verification_pb2.DESCRIPTOR.services_by_name["FaceVerification"].full_name,
     enrollment_pb2.DESCRIPTOR.services_by_name["Enrollment"].full_name,
     risk_pb2.DESCRIPTOR.services_by_name["RiskAdmin"].full_name,
+    calibration_pb2.DESCRIPTOR.services_by_name["Calibration"].full_name,
 )
 
 
@@ -135,6 +139,9 @@ def start(settings: Settings) -> Running:
     )
     enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(holder.get), server)
     risk_pb2_grpc.add_RiskAdminServicer_to_server(RiskAdminServicer(holder.get), server)
+    calibration_pb2_grpc.add_CalibrationServicer_to_server(
+        CalibrationServicer(holder.get, settings.calibration), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
