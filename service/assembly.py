@@ -22,6 +22,7 @@ from service.vision_processes import (
 log = logging.getLogger(__name__)
 
 KEYRING_FILE = "template-keys.json"
+INDEX_FILE = "index.faiss"  # the sealed vector index snapshot
 
 
 def keyring_for(settings: Settings) -> Keyring:
@@ -69,7 +70,7 @@ def build_engine(settings: Settings) -> Engine:
         members = manifest.section("embedder")["members"]
         dim = int(sum(manifest.models[name].extra["dim"] for name in members))
         gallery = Gallery(
-            store, settings.storage.data_dir / "index.faiss", dim, settings.storage.snapshot_every
+            store, settings.storage.data_dir / INDEX_FILE, dim, settings.storage.snapshot_every
         )
         risk = build_risk(
             settings.risk, store, settings.storage.data_dir, dim, policy.liveness_threshold,
