@@ -7,6 +7,7 @@ import logging
 from service.config import Settings, SettingsError, operating_threshold
 from service.engine import Engine, Policy
 from service.gallery.crypto import Keyring, KeyringError, generate_keyring, load_keyring
+from service.gallery.durable import make_private
 from service.gallery.gallery import Gallery
 from service.gallery.store import Store
 from service.modelpack.manifest import load_manifest
@@ -49,7 +50,7 @@ def keyring_for(settings: Settings) -> Keyring:
 
 
 def open_store(settings: Settings) -> Store:
-    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private(settings.storage.data_dir)
     store = Store(settings.storage.url(), keyring_for(settings))
     store.create_schema()
     return store
