@@ -8,8 +8,9 @@ This is the first code that touches client data, so it is written as a boundary:
 - Size is bounded twice before any pixel is decoded: the byte length, then the pixel count read
   from the header (Pillow opens lazily), so a decompression bomb is refused without allocating.
 - A decoder pays for the pixels a header declares, so the bytes must be able to hold them
-  (`service.vision.preflight`: no truncated or lying JPEG, PNG or WebP reaches a decoder), and
-  pixels the pipeline does not need are not decoded: a JPEG whose long side is at least twice
+  (`service.vision.preflight` refuses a JPEG, PNG or WebP that ends before its end marker or
+  holds fewer bytes than its pixels need at the format's best compression), and pixels the
+  pipeline does not need are not decoded: a JPEG whose long side is at least twice
   `reduce_to_side` is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's scaled inverse DCT (Pillow's
   draft mode), keeping its long side at or above `reduce_to_side`. Formats without reduced
   decoding (PNG, WebP, BMP, PNM) are decoded whole, so they have a lower pixel limit.
