@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from faceguard.v1 import enrollment_pb2, enrollment_pb2_grpc
+from faceguard.v1 import enrollment_pb2, enrollment_pb2_grpc, risk_pb2, risk_pb2_grpc
 from service.api.server import Running, start
 from service.certs import write_dev_pki
 from service.config import Settings
@@ -28,11 +28,13 @@ from service.gallery.crypto import (
     SealedWriter,
     generate_keyring,
     open_sealed,
+    open_vector,
     sealed_key_id,
 )
 from service.gallery.gallery import Gallery
 from service.gallery.index import IndexFileError, VectorIndex
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store, template_table
+from service.gallery.watchlist import watchlist_aad, watchlist_template_table
 from service.keys import rotate
 from tests.service_helpers import consent, image, mtls_settings, people_with, tls_channel
 
@@ -236,3 +238,40 @@ def test_delete_removes_the_snapshot_before_it_returns(
     gallery.delete("c-1", NewEvent("DELETE", "OK"))
     assert not (tmp_path / "index.faiss").exists()
     assert len(Gallery(store, tmp_path / "index.faiss", DIM).index) == 2  # rebuilt: c-2 only
+
+
+def test_after_a_watchlist_removal_no_file_holds_its_template(
+    served: Running, pki: Path, shared_data: Path
+) -> None:
+    ((person, images),) = people_with(shared_data, minimum=1, count=1)
+    store = served.engine.gallery.store
+    data_dir = served.engine.gallery.index_path.parent
+    with tls_channel(served.port, pki, "admin") as channel:
+        admin = risk_pb2_grpc.RiskAdminStub(channel)
+        entry = admin.EnrollWatchlistFace(
+            risk_pb2.EnrollWatchlistRequest(
+                label=f"fraudster {person}", images=[image(images[0])], reason="case",
+                case_ref="case-9", operator_id="op-1",
+            ),
+            timeout=60,
+        )  # fmt: skip
+        with store.connect() as conn:
+            rows = conn.execute(
+                select(watchlist_template_table).where(
+                    watchlist_template_table.c.entry_id == entry.entry_id
+                )
+            ).all()
+        assert rows
+        vectors = [
+            open_vector(store.keyring, r.key_id, r.ciphertext, watchlist_aad(r.entry_id, r.id))
+            for r in rows
+        ]
+        assert files_holding(data_dir, vectors) == []
+        admin.RemoveWatchlistEntry(
+            risk_pb2.RemoveWatchlistRequest(
+                entry_id=entry.entry_id, reason="closed", operator_id="op-1"
+            ),
+            timeout=60,
+        )
+    assert files_holding(data_dir, vectors) == []
+    assert files_holding_bytes(data_dir, [r.ciphertext for r in rows]) == []
