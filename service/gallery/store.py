@@ -369,6 +369,8 @@ class Store:
             )
             facts = {"template_ids_added": added, "template_ids_removed": removed}
             self._append(conn, event, facts)
+        if removed:
+            self.scrub_log()
         return added, removed
 
     def delete_customer(self, customer_id: str, event: NewEvent) -> list[int]:
