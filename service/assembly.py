@@ -10,6 +10,7 @@ from service.engine import Engine, Policy
 from service.gallery.audit import ChainKey, ChainKeyError
 from service.gallery.checkpoints import Checkpointer
 from service.gallery.crypto import Keyring, KeyringError, generate_keyring, load_keyring
+from service.gallery.durable import make_private
 from service.gallery.gallery import Gallery
 from service.gallery.store import Store
 from service.modelpack.manifest import load_manifest
@@ -25,6 +26,7 @@ from service.vision_processes import (
 log = logging.getLogger(__name__)
 
 KEYRING_FILE = "template-keys.json"
+INDEX_FILE = "index.faiss"  # the sealed vector index snapshot
 
 
 def keyring_for(settings: Settings) -> Keyring:
@@ -70,7 +72,7 @@ def audit_key_for(settings: Settings, create: bool = True) -> ChainKey | None:
 
 
 def open_store(settings: Settings) -> Store:
-    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private(settings.storage.data_dir)
     store = Store(settings.storage.url(), keyring_for(settings), audit_key_for(settings))
     try:
         store.create_schema()
@@ -99,7 +101,7 @@ def build_engine(settings: Settings) -> Engine:
         members = manifest.section("embedder")["members"]
         dim = int(sum(manifest.models[name].extra["dim"] for name in members))
         gallery = Gallery(
-            store, settings.storage.data_dir / "index.faiss", dim, settings.storage.snapshot_every
+            store, settings.storage.data_dir / INDEX_FILE, dim, settings.storage.snapshot_every
         )
         risk = build_risk(
             settings.risk, store, settings.storage.data_dir, dim, policy.liveness_threshold,

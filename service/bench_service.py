@@ -85,6 +85,7 @@ def _enrol(stub, portraits: list[bytes], workers: int) -> tuple[dict[str, bytes]
     (DUPLICATE_IDENTITY), as the service should; those are left out of the verify runs.
     """
     consent = enrollment_pb2.Consent(purpose="benchmark", channel="bench", operator_id="bench")
+    consent.given_at.GetCurrentTime()
 
     def one(i: int) -> str | None:
         customer_id = f"bench-{i:04d}"

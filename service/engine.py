@@ -48,7 +48,7 @@ T = TypeVar("T")
 # Quality settings about face size: a refusal for them suggests the ID/web photo profile.
 SIZE_SETTINGS = frozenset({"min_face_px", "min_inter_eye_px"})
 
-CUSTOMER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$")
+CUSTOMER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")  # used with fullmatch only
 
 
 # Refusals before a decision that are audited as declined attempts (see `Engine.attempt`);
@@ -87,7 +87,7 @@ class Consent:
 
 
 def check_customer_id(customer_id: str) -> str:
-    if not CUSTOMER_ID.match(customer_id or ""):
+    if not CUSTOMER_ID.fullmatch(customer_id or ""):  # `$` would allow a trailing newline
         raise InvalidInput(
             "INVALID_CUSTOMER_ID",
             "customer_id must be 1-64 characters of letters, digits and . _ : @ -, "
@@ -517,6 +517,6 @@ class Engine:
     def list(self, page_size: int, page_token: str) -> tuple[list[CustomerRecord], str | None]:
         if page_size > self.policy.max_page_size:
             raise TooLarge("PAGE_TOO_LARGE", f"page_size is at most {self.policy.max_page_size}")
-        if page_token and not CUSTOMER_ID.match(page_token):
+        if page_token and not CUSTOMER_ID.fullmatch(page_token):
             raise InvalidInput("INVALID_PAGE_TOKEN", "page_token is not one this service issued")
         return self.gallery.store.list_customers(page_size or 50, page_token or None)

@@ -5,7 +5,7 @@ Rotation, by the command:
 2. wait `--wait` seconds, long enough for a running service to pick the file up (it polls
    the file every `RELOAD_POLL_S` and writes under the new key from then on);
 3. re-encrypt every template not under the new key (`Store.rotate_keys`, in batches, each
-   audited as a KEY_ROTATION event).
+   audited as a KEY_ROTATION event), and re-seal the vector index snapshot under it.
 
 The service, meanwhile, keeps answering: `KeyringReloader` swaps the store's keyring when the
 file changes, and the store calls it at once when a row names a key it does not know yet.
@@ -22,9 +22,10 @@ import threading
 import time
 from pathlib import Path
 
-from service.assembly import KEYRING_FILE, open_store
+from service.assembly import INDEX_FILE, KEYRING_FILE, open_store
 from service.config import Settings, SettingsError
-from service.gallery.crypto import Keyring, KeyringError
+from service.gallery.crypto import Keyring, KeyringError, reseal
+from service.gallery.index import SNAPSHOT_PURPOSE
 from service.gallery.store import Store
 from service.gallery.watchlist import rotate_watchlist_keys
 
@@ -112,7 +113,14 @@ def rotate(settings: Settings, wait_s: float) -> dict[str, object]:
         # Rows a service wrote under the old key before it saw the new file.
         count += store.rotate_keys(keyring)
         count += rotate_watchlist_keys(store)
-    return {"active_key": keyring.active, "reencrypted": count, "key_file": str(path)}
+    try:
+        resealed = reseal(settings.storage.data_dir / INDEX_FILE, keyring, SNAPSHOT_PURPOSE)
+    except FileNotFoundError:  # none yet, or removed by an erasure: the service writes one
+        resealed = False
+    return {
+        "active_key": keyring.active, "reencrypted": count, "key_file": str(path),
+        "snapshot_resealed": resealed,
+    }  # fmt: skip
 
 
 def run_keys_rotate(settings: Settings, wait_s: float) -> int:

@@ -76,9 +76,11 @@ def image(path: Path) -> common_pb2.Image:
 
 
 def consent() -> enrollment_pb2.Consent:
-    return enrollment_pb2.Consent(
+    record = enrollment_pb2.Consent(
         purpose="kiosk verification", channel="branch", operator_id="op-1"
     )
+    record.given_at.GetCurrentTime()
+    return record
 
 
 def free_port() -> int:

@@ -19,7 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from service.vision.decode import DecodeLimits, DecodeReason, ImageDecodeError, decode_image
+from service.vision.decode import (
+    DecodeLimits,
+    DecodeReason,
+    ImageDecodeError,
+    decode_image,
+    reduction,
+)
 
 RNG = np.random.default_rng(7)
 PATTERN = PILImage.fromarray(RNG.integers(0, 256, (24, 32, 3), dtype=np.uint8), "RGB")
@@ -231,6 +237,45 @@ def test_pixels_over_the_limit_are_rejected() -> None:
     data = encode(PATTERN, "JPEG")
     assert reject_reason(data, DecodeLimits(max_pixels=32 * 24 - 1)) == "IMAGE_TOO_LARGE"
     assert decode_image(data, DecodeLimits(max_pixels=32 * 24)).height == 24
+
+
+@pytest.mark.parametrize(
+    ("size", "factor"),
+    [((640, 480), 1), ((2559, 2559), 1), ((2560, 100), 2), ((100, 5120), 4), ((7296, 5472), 4),
+     ((12000, 9000), 8)],
+)  # fmt: skip
+def test_jpeg_reduction_keeps_the_long_side_at_the_working_size(size, factor: int) -> None:
+    assert reduction(size, 1280) == factor
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_size_with_its_orientation() -> None:
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees clockwise on display
+    data = encode(gradient(5200, 2600), "JPEG", quality=90, exif=exif.tobytes())
+    image = decode_image(data)
+    assert (image.width, image.height) == (650, 1300)  # 1/4 scale, then turned upright
+    assert decode_image(data, DecodeLimits(reduce_to_side=5200)).height == 5200
+
+
+def test_formats_without_reduced_decoding_have_a_lower_pixel_limit() -> None:
+    limits = DecodeLimits(max_full_pixels=32 * 24 - 1)
+    for fmt in ("PNG", "WEBP", "BMP", "PPM"):
+        assert reject_reason(encode(PATTERN, fmt), limits) == "IMAGE_TOO_LARGE"
+    assert decode_image(encode(PATTERN, "JPEG"), limits).width == 32
+
+
+def test_a_jpeg_header_that_declares_more_blocks_than_its_scan_can_code_is_corrupt() -> None:
+    data = bytearray(encode(gradient(64, 48), "JPEG", quality=90))
+    at = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, at + 5, 3000, 4000)
+    assert reject_reason(bytes(data)) == "IMAGE_CORRUPT"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_a_file_cut_before_its_end_marker_is_corrupt(fmt: str) -> None:
+    data = encode(gradient(320, 240), fmt, quality=90)
+    for cut in (len(data) // 3, len(data) - 1):
+        assert reject_reason(data[:cut]) == "IMAGE_CORRUPT"
 
 
 @pytest.mark.parametrize("header", [png_header_only, bmp_header_only])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from service.gallery import index as index_module
+from service.gallery.crypto import SealedWriter, generate_keyring
 from service.gallery.index import IndexFileError, IndexOptions, VectorIndex
 from service.gallery.index_bench import main as bench_main
 
@@ -19,6 +19,7 @@ DIM = 192
 SIZE = 3000
 # A small exact limit puts SIZE templates on the "ivfpq" path, as a million would be in service.
 OPTIONS = IndexOptions(exact_limit=1000, threads=2)
+KEYS = generate_keyring()
 
 
 def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -121,8 +122,8 @@ def test_removed_templates_are_no_longer_found(
         best_id, score = index.search(vectors[row], 1)[0]
         assert (best_id, score) == (ids[row], pytest.approx(1.0, abs=1e-5))
     # Both halves of "ivfpq" dropped them: loading checks that they hold the same ids.
-    index.save(tmp_path / "gallery.faiss")
-    loaded = VectorIndex.load(tmp_path / "gallery.faiss", DIM, OPTIONS)
+    index.save(tmp_path / "gallery.faiss", KEYS)
+    loaded = VectorIndex.load(tmp_path / "gallery.faiss", DIM, KEYS, OPTIONS)
     np.testing.assert_array_equal(loaded.ids(), np.sort(ids[50:]))
 
 
@@ -144,8 +145,8 @@ def test_save_and_load_give_identical_results(
 ) -> None:
     probes = face_probes(gallery[1][:40], 0.7, np.random.default_rng(5))
     path = tmp_path / "gallery.faiss"
-    index.save(path)
-    loaded = VectorIndex.load(path, DIM, OPTIONS)
+    index.save(path, KEYS)
+    loaded = VectorIndex.load(path, DIM, KEYS, OPTIONS)
     assert loaded.kind == index.kind
     np.testing.assert_array_equal(loaded.ids(), index.ids())
     assert loaded.search_batch(probes, 10) == index.search_batch(probes, 10)
@@ -157,8 +158,8 @@ def test_loaded_index_accepts_additions_and_removals(
 ) -> None:
     ids, vectors = gallery
     path = tmp_path / "gallery.faiss"
-    index.save(path)
-    loaded = VectorIndex.load(path, DIM, OPTIONS)
+    index.save(path, KEYS)
+    loaded = VectorIndex.load(path, DIM, KEYS, OPTIONS)
     vector = unit_rows(np.random.default_rng(6), 1)
     loaded.add(np.array([77]), vector)
     assert loaded.search(vector[0], 1)[0][0] == 77
@@ -169,12 +170,12 @@ def test_loaded_index_accepts_additions_and_removals(
 
 
 def _write_snapshot(path: Path, parts: tuple[faiss.Index, ...], extra: bytes = b"") -> None:
-    """A snapshot with a valid footer over the given faiss indexes and any extra bytes."""
+    """A validly sealed snapshot of the given faiss indexes and any extra bytes."""
     with path.open("wb") as file:
-        index_module._write_parts(parts, file)
-        file.write(extra)
-    body = path.read_bytes()
-    path.write_bytes(body + index_module._FOOTER_MAGIC + hashlib.sha256(body).digest())
+        sealed = SealedWriter(file, KEYS, index_module.SNAPSHOT_PURPOSE)
+        index_module._write_parts(parts, sealed)
+        sealed.write(extra)
+        sealed.close()
 
 
 def test_old_ivf_flat_snapshot_is_refused_for_a_rebuild(
@@ -188,7 +189,7 @@ def test_old_ivf_flat_snapshot_is_refused_for_a_rebuild(
     path = tmp_path / "gallery.faiss"
     _write_snapshot(path, (old,))
     with pytest.raises(IndexFileError, match="unsupported index type"):
-        VectorIndex.load(path, DIM)
+        VectorIndex.load(path, DIM, KEYS)
 
 
 def test_snapshot_with_halves_that_disagree_is_refused(
@@ -203,7 +204,7 @@ def test_snapshot_with_halves_that_disagree_is_refused(
     path = tmp_path / "gallery.faiss"
     _write_snapshot(path, (candidates, exact))
     with pytest.raises(IndexFileError, match="different ids"):
-        VectorIndex.load(path, DIM)
+        VectorIndex.load(path, DIM, KEYS)
 
 
 def test_snapshot_with_bytes_after_the_index_is_refused(tmp_path: Path) -> None:
@@ -212,7 +213,7 @@ def test_snapshot_with_bytes_after_the_index_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "gallery.faiss"
     _write_snapshot(path, index._index.parts, extra=b"left over")
     with pytest.raises(IndexFileError, match="unexpected bytes"):
-        VectorIndex.load(path, DIM)
+        VectorIndex.load(path, DIM, KEYS)
 
 
 def _truncate(path: Path) -> None:
@@ -239,19 +240,19 @@ def test_damaged_snapshot_raises_index_file_error(damage, tmp_path: Path) -> Non
     index = VectorIndex(DIM)
     index.add(np.arange(10), unit_rows(np.random.default_rng(8), 10))
     path = tmp_path / "gallery.faiss"
-    index.save(path)
+    index.save(path, KEYS)
     damage(path)
     with pytest.raises(IndexFileError):
-        VectorIndex.load(path, DIM)
+        VectorIndex.load(path, DIM, KEYS)
 
 
 def test_missing_or_mismatched_snapshot_raises_index_file_error(tmp_path: Path) -> None:
     with pytest.raises(IndexFileError):
-        VectorIndex.load(tmp_path / "absent.faiss", DIM)
+        VectorIndex.load(tmp_path / "absent.faiss", DIM, KEYS)
     path = tmp_path / "gallery.faiss"
-    VectorIndex(DIM).save(path)
+    VectorIndex(DIM).save(path, KEYS)
     with pytest.raises(IndexFileError, match="128"):
-        VectorIndex.load(path, 128)
+        VectorIndex.load(path, 128, KEYS)
 
 
 def test_failed_save_leaves_the_previous_snapshot(
@@ -261,7 +262,7 @@ def test_failed_save_leaves_the_previous_snapshot(
     index = VectorIndex(DIM, OPTIONS)
     index.add(ids[:100], vectors[:100])
     path = tmp_path / "gallery.faiss"
-    index.save(path)
+    index.save(path, KEYS)
     index.add(ids[100:200], vectors[100:200])
 
     write_index = faiss.write_index
@@ -272,9 +273,9 @@ def test_failed_save_leaves_the_previous_snapshot(
 
     monkeypatch.setattr(faiss, "write_index", half_written)
     with pytest.raises(OSError, match="disk full"):
-        index.save(path)
+        index.save(path, KEYS)
     assert [p.name for p in tmp_path.iterdir()] == ["gallery.faiss"]
-    np.testing.assert_array_equal(VectorIndex.load(path, DIM).ids(), np.sort(ids[:100]))
+    np.testing.assert_array_equal(VectorIndex.load(path, DIM, KEYS).ids(), np.sort(ids[:100]))
 
 
 def test_sync_adds_missing_and_removes_stale_ids(gallery: tuple[np.ndarray, np.ndarray]) -> None:

@@ -29,6 +29,7 @@ from service.gallery.gallery import Gallery
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store
 from service.retention import CONSENT_EXPIRED, EVENT_TYPE, INACTIVE, due_for_purge, purge
 from service.risk.outbox import DELIVERED, Backoff, Outbox
+from tests import service_helpers
 from tests.service_helpers import FACEGUARD, image, people_with, service_settings
 
 DIM = 8
@@ -177,9 +178,7 @@ def test_the_service_purges_on_its_schedule(shared_data: Path, tmp_path: Path) -
             enrollment.Enroll(
                 enrollment_pb2.EnrollRequest(
                     customer_id=person, images=[image(images[0])],
-                    consent=enrollment_pb2.Consent(
-                        purpose="kiosk verification", channel="branch", operator_id="op-1"
-                    ),
+                    consent=service_helpers.consent(),
                 ),
                 timeout=60,
             )  # fmt: skip

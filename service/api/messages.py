@@ -13,6 +13,10 @@ from service.engine import Consent
 from service.errors import InvalidInput
 from service.gallery.store import CustomerRecord
 
+# How far a client's clock may be from the server's: times a client states (a consent given,
+# a frame captured) further in the future, or a frame further in the past, are refused.
+MAX_CLOCK_SKEW_S = 300.0
+
 
 def timestamp(value: datetime | None) -> Timestamp | None:
     if value is None:
@@ -70,13 +74,18 @@ def datetime_from(stamp: Timestamp, name: str) -> datetime:
 
 
 def consent_from(message: enrollment_pb2.Consent, present: bool) -> Consent | None:
+    """The consent record; its time is the customer's act, so it must be given, and not later
+    than now (CONSENT_REQUIRED, INVALID_CONSENT_TIME): the service never makes it up."""
     if not present:
         return None
+    if not message.HasField("given_at"):
+        raise InvalidInput("CONSENT_REQUIRED", "consent.given_at is required")
+    given_at = datetime_from(message.given_at, "consent.given_at")
+    if (given_at - datetime.now(UTC)).total_seconds() > MAX_CLOCK_SKEW_S:
+        raise InvalidInput("INVALID_CONSENT_TIME", "consent.given_at is in the future")
     return Consent(
         purpose=message.purpose,
-        given_at=datetime_from(message.given_at, "consent.given_at")
-        if message.HasField("given_at")
-        else datetime.now(UTC),
+        given_at=given_at,
         channel=message.channel,
         operator_id=message.operator_id,
         expires_at=datetime_from(message.expires_at, "consent.expires_at")

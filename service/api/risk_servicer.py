@@ -18,7 +18,8 @@ from service.risk.velocity import Lockout
 
 
 def _list_name(value: int) -> str:
-    if value == risk_pb2.RISK_LIST_UNSPECIFIED:
+    """The list's name; proto3 keeps an enum number it does not know, so that is refused too."""
+    if value == risk_pb2.RISK_LIST_UNSPECIFIED or value not in risk_pb2.RiskList.values():
         raise InvalidInput(
             "INVALID_LIST", "list is required: CUSTOMER_BLOCKLIST or DEVICE_BLACKLIST"
         )

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from faceguard.v1 import verification_pb2
+from service.api.messages import MAX_CLOCK_SKEW_S, datetime_from
 from service.errors import Expired, InvalidInput, TooLarge
 from service.liveness.policy import INSTRUCTIONS
 from service.liveness.session import Prompt
@@ -107,13 +108,27 @@ def _cancelled(context: grpc.ServicerContext) -> bool:
 
 
 def _frame(message: Any) -> Frame:
-    stamp = message.captured_at
     return Frame(
         data=message.image.data,
-        captured_s=stamp.seconds + stamp.nanos / 1e9 if message.HasField("captured_at") else None,
+        captured_s=_captured_s(message),
         device_id=message.device_id,
         session_id=message.session_id,
     )
+
+
+def _captured_s(message: Any) -> float | None:
+    """The frame's capture time in seconds (None: not sent): a valid timestamp within
+    `MAX_CLOCK_SKEW_S` of the server's clock, or INVALID_TIMESTAMP / CLOCK_SKEW. It orders and
+    times the session's frames, so it is refused rather than trusted (a kiosk keeps NTP time)."""
+    if not message.HasField("captured_at"):
+        return None
+    captured = datetime_from(message.captured_at, "frame captured_at").timestamp()
+    if abs(captured - time.time()) > MAX_CLOCK_SKEW_S:
+        raise InvalidInput(
+            "CLOCK_SKEW",
+            f"frame captured_at is more than {MAX_CLOCK_SKEW_S:.0f} s from the server's clock",
+        )
+    return captured
 
 
 def prompt_message(

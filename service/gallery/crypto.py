@@ -12,6 +12,12 @@ Keyring file format (JSON, so it also fits on one line in `FACEGUARD_TEMPLATE_KE
 
 Key ids are 1-64 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
 Old keys stay in the file until no row uses them.
+
+Files that hold templates (the vector index snapshot) are sealed too, as a stream of AES-GCM
+chunks (`SealedWriter`, `open_sealed`): a header naming the key, then chunks of at most 4 MiB
+whose AAD carries the file's purpose, the chunk's position and whether it is the last, so a
+chunk cannot be moved, dropped or replayed from another file, and a truncated file is refused.
+Chunks keep memory flat for a gallery's snapshot of hundreds of megabytes.
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Mapping
+import struct
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -40,6 +49,9 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _VECTOR_DTYPE = np.dtype("<f4")  # fixed byte order: a blob opens the same on any machine
+SEALED_MAGIC = b"FGSEALED1\n"
+_SEAL_CHUNK = 1 << 22
+_CHUNK_HEADER = struct.Struct(">?I")  # last chunk?, sealed length
 
 
 class KeyringError(ValueError):
@@ -52,6 +64,10 @@ class UnknownKeyError(KeyringError):
 
 class TamperedError(KeyringError):
     """A ciphertext failed authentication: altered, truncated, or moved to another row."""
+
+
+class SealedFileError(KeyringError):
+    """A sealed file is not one (an old plaintext file), or is truncated or altered."""
 
 
 class Keyring:
@@ -215,3 +231,102 @@ def _decode_key(source: str, key_id: str, encoded: object) -> bytes:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise KeyringError(f"{source}: key {key_id!r} is not valid base64") from None
+
+
+class SealedWriter:
+    """A write-only file object that seals what is written to `file` in AES-GCM chunks under
+    the keyring's active key; `close` seals the last chunk and must be called."""
+
+    def __init__(self, file: BinaryIO, keyring: Keyring, purpose: bytes) -> None:
+        self._file, self._keyring, self._purpose = file, keyring, purpose
+        self._key_id = keyring.active.encode("ascii")
+        self._buffer = bytearray()
+        self._position = 0
+        file.write(SEALED_MAGIC + bytes([len(self._key_id)]) + self._key_id)
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        while len(self._buffer) > _SEAL_CHUNK:
+            self._seal(bytes(self._buffer[:_SEAL_CHUNK]), last=False)
+            del self._buffer[:_SEAL_CHUNK]
+        return len(data)
+
+    def close(self) -> None:
+        self._seal(bytes(self._buffer), last=True)
+        self._buffer.clear()
+
+    def _seal(self, plaintext: bytes, last: bool) -> None:
+        aad = _chunk_aad(self._purpose, self._key_id, self._position, last)
+        _, blob = self._keyring.encrypt(plaintext, aad)
+        self._file.write(_CHUNK_HEADER.pack(last, len(blob)) + blob)
+        self._position += 1
+
+
+def sealed_key_id(file: BinaryIO) -> str:
+    """The id of the key a sealed file names; `SealedFileError` for anything else."""
+    if file.read(len(SEALED_MAGIC)) != SEALED_MAGIC:
+        raise SealedFileError("not a sealed file (an unencrypted or foreign file)")
+    size = file.read(1)
+    key_id = file.read(size[0]) if size else b""
+    if not size or len(key_id) != size[0]:
+        raise SealedFileError("sealed file header is truncated")
+    try:
+        text = key_id.decode("ascii")
+        _check_key_id(text)
+    except (UnicodeDecodeError, KeyringError):
+        raise SealedFileError("sealed file names an invalid key id") from None
+    return text
+
+
+def open_sealed(file: BinaryIO, keyring: Keyring, purpose: bytes) -> Iterator[bytes]:
+    """The plaintext chunks of a file `SealedWriter` wrote, each authenticated before it is
+    yielded; raises `SealedFileError` (or `UnknownKeyError`) on any damage or truncation."""
+    key_id = sealed_key_id(file)
+    position = 0
+    while True:
+        header = file.read(_CHUNK_HEADER.size)
+        if len(header) != _CHUNK_HEADER.size:
+            raise SealedFileError("sealed file is truncated (no last chunk)")
+        last, length = _CHUNK_HEADER.unpack(header)
+        if length > _SEAL_CHUNK + NONCE_BYTES + TAG_BYTES:
+            raise SealedFileError("sealed file has an oversized chunk")
+        blob = file.read(length)
+        aad = _chunk_aad(purpose, key_id.encode("ascii"), position, last)
+        try:
+            yield keyring.decrypt(key_id, blob, aad)
+        except TamperedError:
+            raise SealedFileError(f"sealed file chunk {position} fails authentication") from None
+        if last:
+            if file.read(1):
+                raise SealedFileError("sealed file has bytes after its last chunk")
+            return
+        position += 1
+
+
+def reseal(path: Path, keyring: Keyring, purpose: bytes) -> bool:
+    """Re-seal a sealed file under the keyring's active key (atomically, mode 0600); False when
+    it already is. Used by key rotation, so no file stays readable only with a retired key."""
+    with path.open("rb") as file:
+        if sealed_key_id(file) == keyring.active:
+            return False
+        file.seek(0)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                writer = SealedWriter(out, keyring, purpose)
+                for chunk in open_sealed(file, keyring, purpose):
+                    writer.write(chunk)
+                writer.close()
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    fsync_dir(path.parent)
+    return True
+
+
+def _chunk_aad(purpose: bytes, key_id: bytes, position: int, last: bool) -> bytes:
+    return SEALED_MAGIC + purpose + b"\0" + key_id + struct.pack(">Q?", position, last)

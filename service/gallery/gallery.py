@@ -5,7 +5,13 @@ the index. A crash in between leaves the store complete and the index behind; at
 index is loaded from its snapshot and healed against the store's template ids (or rebuilt when
 the snapshot is missing or unreadable), so no customer is ever half-enrolled from the
 service's point of view. Snapshots are written atomically on shutdown and every
-`snapshot_every` changes.
+`snapshot_every` changes, sealed with the store's template keyring.
+
+Erasure reaches the snapshot before the call returns: a change that removes templates
+(Delete, a template replacement, a retention purge) deletes the snapshot file once the vectors
+are out of the index, and a fresh sealed snapshot is written in the background. Snapshots are
+only written under this gallery's lock, so none taken before the removal can land after it;
+a restart before the fresh one is written rebuilds the index from the store.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.gallery.durable import fsync_dir
 from service.gallery.index import IndexFileError, VectorIndex
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store
 
@@ -32,11 +39,12 @@ class Gallery:
         self.snapshot_every = snapshot_every
         self._changes = 0
         self._lock = threading.Lock()  # serialises index writes after their store commits
+        self._resnapshot_pending = threading.Event()
         self.index = self._open_index()
 
     def _open_index(self) -> VectorIndex:
         try:
-            index = VectorIndex.load(self.index_path, self.dim)
+            index = VectorIndex.load(self.index_path, self.dim, self.store.keyring)
         except IndexFileError as exc:
             if self.index_path.exists():
                 log.warning("index snapshot unusable (%s): rebuilding from the store", exc)
@@ -45,7 +53,7 @@ class Gallery:
             index = VectorIndex(self.dim)
             ids, vectors = self._all_templates()
             index.rebuild(ids, vectors)
-            index.save(self.index_path)
+            index.save(self.index_path, self.store.keyring)
             log.info("index rebuilt with %d templates", len(index))
             return index
         added, removed = index.sync(self.store.template_ids(), self.store.vectors_of)
@@ -56,7 +64,7 @@ class Gallery:
             log.info("rebuilding the %s index for %d templates", index.kind, len(index))
             index.rebuild(*self._all_templates())
         if added or removed or rebuild:
-            index.save(self.index_path)
+            index.save(self.index_path, self.store.keyring)
         return index
 
     def _all_templates(self) -> tuple[np.ndarray, np.ndarray]:
@@ -71,8 +79,27 @@ class Gallery:
     def _changed(self, count: int) -> None:
         self._changes += count
         if self._changes >= self.snapshot_every:
-            self.index.save(self.index_path)
+            self.index.save(self.index_path, self.store.keyring)
             self._changes = 0
+
+    def _forget(self, template_ids: list[int]) -> None:
+        """Remove templates from the index and, before the caller answers, from every file:
+        the snapshot that held them is deleted and a fresh one written in the background.
+        Runs under `_lock`."""
+        self.index.remove(np.asarray(template_ids, np.int64))
+        self.index_path.unlink(missing_ok=True)
+        fsync_dir(self.index_path.parent)
+        self._changes = 0
+        if not self._resnapshot_pending.is_set():
+            self._resnapshot_pending.set()
+            threading.Thread(target=self._resnapshot, name="index-snapshot", daemon=True).start()
+
+    def _resnapshot(self) -> None:
+        self._resnapshot_pending.clear()
+        try:
+            self.save()
+        except Exception:  # the next change, shutdown or restart writes one instead
+            log.exception("index snapshot after an erasure failed")
 
     def has_customer(self, customer_id: str) -> bool:
         return self.store.has_customer(customer_id)
@@ -96,7 +123,7 @@ class Gallery:
         with self._lock:
             added, removed = self.store.add_templates(customer_id, templates, replace, event)
             if removed:
-                self.index.remove(np.asarray(removed, np.int64))
+                self._forget(removed)
             self.index.add(np.asarray(added, np.int64), np.stack([t.vector for t in templates]))
             self._changed(len(added) + len(removed))
         return added
@@ -105,7 +132,7 @@ class Gallery:
         with self._lock:
             removed = self.store.delete_customer(customer_id, event)
             if removed:
-                self.index.remove(np.asarray(removed, np.int64))
+                self._forget(removed)
             self._changed(len(removed))
         return removed
 
@@ -129,5 +156,5 @@ class Gallery:
 
     def save(self) -> None:
         with self._lock:
-            self.index.save(self.index_path)
+            self.index.save(self.index_path, self.store.keyring)
             self._changes = 0

@@ -22,7 +22,7 @@ only excludes other writers, since writing a snapshot does not change the index.
 
 from __future__ import annotations
 
-import hashlib
+import io
 import logging
 import math
 import os
@@ -33,21 +33,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import faiss
 import numpy as np
 
+from service.gallery.crypto import Keyring, KeyringError, SealedWriter, open_sealed
 from service.gallery.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
-# A snapshot is the faiss index (two for "ivfpq", one after the other) followed by this magic
-# and the SHA-256 of the index bytes, so a truncated or bit-flipped file is refused instead of
-# loading wrong vectors.
-_FOOTER_MAGIC = b"FGIDX1\x00\x00"
-_FOOTER_SIZE = len(_FOOTER_MAGIC) + hashlib.sha256().digest_size
-_HASH_CHUNK = 1 << 22
+# A snapshot is the faiss index (two for "ivfpq", one after the other), sealed with the template
+# keyring (`service.gallery.crypto.SealedWriter`): it holds every template, so it is encrypted
+# like them, and AES-GCM's tags refuse a truncated or altered file instead of loading wrong
+# vectors. An older unsealed snapshot is refused, so the caller rebuilds it from the store.
+SNAPSHOT_PURPOSE = b"faceguard vector index snapshot"
 # Unit vectors only: a caller that forgot to normalise would get scores that are not cosines,
 # and the operating threshold would silently mean something else.
 _NORM_TOLERANCE = 1e-3
@@ -347,69 +346,59 @@ def _from_parts(parts: list[faiss.Index]) -> _Flat | _Reranked:
     raise IndexFileError(f"unsupported index type ({names})")
 
 
-def _write_parts(parts: tuple[faiss.Index, ...], file: BinaryIO) -> bytes:
-    """Write the faiss indexes one after another to `file`; returns the SHA-256 of the bytes."""
-    digest = hashlib.sha256()
-
-    def sink(chunk: bytes) -> int:
-        digest.update(chunk)
-        return file.write(chunk)
-
-    writer = faiss.PyCallbackIOWriter(sink)
+def _write_parts(parts: tuple[faiss.Index, ...], file: SealedWriter) -> None:
+    """Write the faiss indexes one after another to `file`."""
+    writer = faiss.PyCallbackIOWriter(file.write)
     for part in parts:
         faiss.write_index(part, writer)
-    return digest.digest()
 
 
-def _read_parts(file: BinaryIO, end: int) -> list[faiss.Index]:
-    """Read the faiss indexes `_write_parts` wrote, which must end exactly at byte `end`."""
+class _ChunkReader:
+    """Reads across the plaintext chunks of a sealed file, for faiss's callback reader."""
 
-    def source(size: int) -> bytes:
-        return file.read(min(size, end - file.tell()))
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._current = io.BytesIO()
 
-    reader = faiss.PyCallbackIOReader(source)
+    def read(self, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            piece = self._current.read(size - len(out))
+            if not piece:
+                following = next(self._chunks, None)
+                if following is None:
+                    break
+                self._current = io.BytesIO(following)
+                continue
+            out += piece
+        return bytes(out)
+
+
+def _read_parts(file: _ChunkReader) -> list[faiss.Index]:
+    """Read the faiss indexes `_write_parts` wrote, which must end with the file."""
+    reader = faiss.PyCallbackIOReader(file.read)
     parts = [faiss.read_index(reader)]
     if isinstance(parts[0], faiss.IndexIVFPQFastScan):  # "ivfpq": its exact vectors follow
         parts.append(faiss.read_index(reader))
-    if file.tell() != end:
-        raise IndexFileError(f"{end - file.tell()} unexpected bytes after the index")
+    left = len(file.read(1 << 20))
+    if left:
+        raise IndexFileError(f"{left} unexpected bytes after the index")
     return parts
 
 
-def _file_digest(path: Path, length: int) -> bytes:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        remaining = length
-        while remaining:
-            chunk = file.read(min(_HASH_CHUNK, remaining))
-            if not chunk:
-                raise IndexFileError(f"{path} is truncated")
-            digest.update(chunk)
-            remaining -= len(chunk)
-    return digest.digest()
-
-
-def _read_verified(path: Path) -> _Flat | _Reranked:
-    """Read a snapshot after checking its footer digest; never memory-mapped.
+def _read_verified(path: Path, keyring: Keyring) -> _Flat | _Reranked:
+    """Read and authenticate a sealed snapshot; never memory-mapped.
 
     A memory-mapped IVF index aborts the process when added to (VECTORS.md), and this index
     is written to after loading.
     """
     try:
-        size = path.stat().st_size
-        if size <= _FOOTER_SIZE:
-            raise IndexFileError(f"{path} is too short to be an index snapshot")
         with path.open("rb") as file:
-            file.seek(size - _FOOTER_SIZE)
-            footer = file.read(_FOOTER_SIZE)
-        if not footer.startswith(_FOOTER_MAGIC):
-            raise IndexFileError(f"{path} has no snapshot footer (truncated or not a snapshot)")
-        if _file_digest(path, size - _FOOTER_SIZE) != footer[len(_FOOTER_MAGIC) :]:
-            raise IndexFileError(f"{path} fails its checksum (corrupt)")
-        with path.open("rb") as file:
-            parts = _read_parts(file, size - _FOOTER_SIZE)
+            parts = _read_parts(_ChunkReader(open_sealed(file, keyring, SNAPSHOT_PURPOSE)))
     except OSError as exc:
         raise IndexFileError(f"cannot read {path}: {exc}") from exc
+    except KeyringError as exc:  # unsealed (an old plaintext snapshot), truncated, altered
+        raise IndexFileError(f"{path}: {exc}") from exc
     except RuntimeError as exc:  # faiss reports malformed files as RuntimeError
         raise IndexFileError(f"{path} is not a readable faiss index: {exc}") from exc
     try:
@@ -603,8 +592,9 @@ class VectorIndex:
             for row_ids, row_scores in zip(labels, scores, strict=True)
         ]
 
-    def save(self, path: Path) -> None:
-        """Snapshot atomically: a temp file in the same directory, fsync, then rename.
+    def save(self, path: Path, keyring: Keyring) -> None:
+        """Snapshot atomically, sealed under the keyring's active key: a temp file (mode 0600)
+        in the same directory, fsync, then rename.
 
         A crash leaves either the old snapshot or the new one, never a partial file. Searches
         continue meanwhile; other writers wait.
@@ -616,8 +606,9 @@ class VectorIndex:
             tmp = Path(tmp_name)
             try:
                 with tmp.open("wb") as file:
-                    digest = _write_parts(self._index.parts, file)
-                    file.write(_FOOTER_MAGIC + digest)
+                    sealed = SealedWriter(file, keyring, SNAPSHOT_PURPOSE)
+                    _write_parts(self._index.parts, sealed)
+                    sealed.close()
                     file.flush()
                     os.fsync(file.fileno())
                 os.replace(tmp, path)
@@ -628,10 +619,12 @@ class VectorIndex:
             log.info("index saved: %s, %d templates, %s", self.kind, len(self), path)
 
     @classmethod
-    def load(cls, path: Path, dim: int, options: IndexOptions | None = None) -> VectorIndex:
+    def load(
+        cls, path: Path, dim: int, keyring: Keyring, options: IndexOptions | None = None
+    ) -> VectorIndex:
         """Open a snapshot written by `save`; IndexFileError when it is missing or unusable."""
         path = Path(path)
-        index = _read_verified(path)
+        index = _read_verified(path, keyring)
         if index.parts[0].d != dim:
             raise IndexFileError(f"{path} holds {index.parts[0].d}-d vectors, expected {dim}")
         ids = index.stored_ids()

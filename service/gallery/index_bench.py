@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from service.gallery.crypto import generate_keyring
 from service.gallery.index import IndexOptions, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def snapshot_bytes(index: VectorIndex) -> int:
     """Size of the index as saved: its vectors, ids and structure, without Python overhead."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "index.faiss"
-        index.save(path)
+        index.save(path, generate_keyring())
         return path.stat().st_size
 
 

@@ -378,6 +378,8 @@ class Store:
             )
             facts = {"template_ids_added": added, "template_ids_removed": removed}
             self._append(conn, event, facts)
+        if removed:
+            self.scrub_log()
         return added, removed
 
     def delete_customer(self, customer_id: str, event: NewEvent) -> list[int]:
@@ -392,7 +394,23 @@ class Store:
             conn.execute(delete(consent_table).where(consent_table.c.customer_id == customer_id))
             conn.execute(delete(customer_table).where(customer_table.c.customer_id == customer_id))
             self._append(conn, event, {"template_ids_removed": removed})
+        self.scrub_log()
         return removed
+
+    def scrub_log(self) -> None:
+        """SQLite: checkpoint the WAL into the database and truncate it, so the frames that
+        held an erased customer's rows leave the disk with the call (secure_delete has zeroed
+        them in the database pages). Waits for readers up to the busy timeout; logs when it
+        could not finish (the next checkpoint completes it)."""
+        if self._engine.dialect.name != "sqlite":
+            return
+        raw = self._engine.raw_connection()  # outside a transaction: a checkpoint needs that
+        try:
+            busy = raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            raw.close()
+        if busy:
+            log.warning("WAL checkpoint after an erasure was blocked by a reader")
 
     def record_event(self, event: NewEvent) -> str:
         """Append an event that changes nothing else (a verify or identify decision)."""

@@ -193,9 +193,10 @@ class Watchlist:
                 if not gone:
                     return None
                 audit.append(conn, event_table, event)
-            self.index.remove(np.asarray(ids, np.int64))
+            self.index.remove(np.asarray(ids, np.int64))  # in memory only: no snapshot
             for template_id in ids:
                 self._owners.pop(template_id, None)
+        self.store.scrub_log()  # the removed rows' WAL frames leave the disk too
         return event.event_id
 
     def entries(self, page_size: int, after: str | None) -> tuple[list[WatchlistEntry], str | None]:

@@ -28,7 +28,7 @@ from service.vision_processes import Vision
 
 T = TypeVar("T")
 
-SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # fullmatch only
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class StreamRun:
         opening: Opening,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not SESSION_ID.match(opening.session_id or ""):
+        if not SESSION_ID.fullmatch(opening.session_id or ""):
             raise InvalidInput(
                 "INVALID_SESSION_ID",
                 "session_id must be 1-64 characters of letters, digits and . _ : -",

@@ -7,6 +7,13 @@ This is the first code that touches client data, so it is written as a boundary:
   only, which keeps the rest of Pillow's parsers out of reach of client bytes.
 - Size is bounded twice before any pixel is decoded: the byte length, then the pixel count read
   from the header (Pillow opens lazily), so a decompression bomb is refused without allocating.
+- A decoder pays for the pixels a header declares, so the bytes must be able to hold them
+  (`service.vision.preflight` refuses a JPEG, PNG or WebP that ends before its end marker or
+  holds fewer bytes than its pixels need at the format's best compression), and pixels the
+  pipeline does not need are not decoded: a JPEG whose long side is at least twice
+  `reduce_to_side` is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's scaled inverse DCT (Pillow's
+  draft mode), keeping its long side at or above `reduce_to_side`. Formats without reduced
+  decoding (PNG, WebP, BMP, PNM) are decoded whole, so they have a lower pixel limit.
 - Pillow, not OpenCV, does the decoding: it reads the header without decoding (so the limits
   apply first), raises typed errors on truncated data, and exposes EXIF. `cv2.imdecode` has no
   header-only mode and answers any failure with a bare None (OpenCV 4 even filled the missing
@@ -35,6 +42,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
+from service.vision.preflight import Refusal, check_jpeg, check_png, check_riff
 from service.vision.types import Image
 
 logger = logging.getLogger(__name__)
@@ -60,13 +68,22 @@ class ImageDecodeError(Exception):
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """Upper bounds on one request image, checked before any pixel is decoded.
+    """Upper bounds on one request image, checked before any pixel is decoded, and the size
+    JPEGs are reduced to while decoding.
 
-    40 MP covers any phone or kiosk camera; the decoded RGB array is then at most 120 MB.
+    40 MP covers any phone or kiosk camera. A JPEG that large is decoded at 1/4 scale, its
+    decoded RGB array at most 2560 px on its long side; other formats are decoded at full size
+    and limited to `max_full_pixels` (2 MP, 1600x1250: such a PNG costs a worker about 3 times
+    what a 640x480 kiosk JPEG does, as much as a 40 MP JPEG decoded at 1/4 scale;
+    `python -m service.bench_images`). `reduce_to_side` is twice the detector's
+    working size (`detector.max_side`), so crops for the embedder keep twice the resolution
+    detection had.
     """
 
     max_bytes: int = 15 * 1024 * 1024
     max_pixels: int = 40_000_000
+    max_full_pixels: int = 2_000_000
+    reduce_to_side: int = 1280
 
 
 # Magic bytes -> (Pillow plugin name, format name reported in `Image.format`).
@@ -99,7 +116,10 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image:
         )
     plugin, format_name = _sniff(data)
     pil = _open_header(data, plugin)
-    _check_dimensions(pil.size, limits)
+    _check_dimensions(pil.size, limits, reducible=plugin == "JPEG")
+    _check_structure(data, plugin)
+    if plugin == "JPEG":
+        _reduce(pil, limits.reduce_to_side)
     rgb = _decode_pixels(pil)
     rgb.flags.writeable = False  # `Image` is immutable; stages must copy before drawing on it
     return Image(rgb=rgb, format=format_name)
@@ -115,6 +135,24 @@ def _sniff(data: bytes) -> tuple[str, str]:
     raise ImageDecodeError(DecodeReason.UNSUPPORTED_FORMAT, f"unknown signature {data[:12]!r}")
 
 
+_PREFLIGHT = {"JPEG": check_jpeg, "PNG": check_png, "WEBP": check_riff}
+_PREFLIGHT_REASONS = {
+    "corrupt": DecodeReason.CORRUPT,
+    "unsupported": DecodeReason.UNSUPPORTED_FORMAT,
+}
+
+
+def _check_structure(data: bytes, plugin: str) -> None:
+    """Refuse truncated files and headers that declare more pixels than the bytes can hold."""
+    check = _PREFLIGHT.get(plugin)
+    if check is None:  # BMP and PNM: Pillow reads them as raw rows and stops at the data's end
+        return
+    try:
+        check(data)
+    except Refusal as exc:
+        raise ImageDecodeError(_PREFLIGHT_REASONS[exc.reason], exc.detail) from None
+
+
 def _open_header(data: bytes, plugin: str) -> PILImage.Image:
     """Parse only the header with the one plugin the magic bytes chose (Pillow opens lazily)."""
     try:
@@ -128,16 +166,33 @@ def _open_header(data: bytes, plugin: str) -> PILImage.Image:
         raise _corrupt(plugin, exc) from exc
 
 
-def _check_dimensions(size: tuple[int, int], limits: DecodeLimits) -> None:
-    """Refuse empty or oversized pixel grids using the header's dimensions alone."""
+def _check_dimensions(size: tuple[int, int], limits: DecodeLimits, reducible: bool) -> None:
+    """Refuse empty or oversized pixel grids using the header's dimensions alone; images that
+    are decoded whole (`reducible` False) have the lower `max_full_pixels` limit."""
     width, height = size
     if width <= 0 or height <= 0:
         raise ImageDecodeError(DecodeReason.CORRUPT, f"header declares {width}x{height}")
-    if width * height > limits.max_pixels:
+    limit = limits.max_pixels if reducible else min(limits.max_pixels, limits.max_full_pixels)
+    if width * height > limit:
         raise ImageDecodeError(
-            DecodeReason.TOO_LARGE,
-            f"{width}x{height} = {width * height} pixels > limit {limits.max_pixels}",
+            DecodeReason.TOO_LARGE, f"{width}x{height} = {width * height} pixels > limit {limit}"
         )
+
+
+def reduction(size: tuple[int, int], reduce_to_side: int) -> int:
+    """The largest JPEG scale denominator (1, 2, 4 or 8) that keeps the long side of `size`
+    at or above `reduce_to_side`."""
+    long_side = max(size)
+    return next(f for f in (8, 4, 2, 1) if f == 1 or long_side // f >= reduce_to_side)
+
+
+def _reduce(pil: PILImage.Image, reduce_to_side: int) -> None:
+    """Ask libjpeg for a reduced decode (Pillow's draft mode): pixels never decoded cost
+    nothing, where decoding them and then shrinking would cost the full decode."""
+    factor = reduction(pil.size, reduce_to_side)
+    if factor > 1:
+        width, height = pil.size
+        pil.draft(None, (width // factor, height // factor))
 
 
 def _decode_pixels(pil: PILImage.Image) -> np.ndarray:
