@@ -198,15 +198,16 @@ class Engine:
             exc.metadata["event_id"] = self.refuse(kind, device_id, customer_id, exc.reason)
             raise
 
-    def refuse(self, kind: str, device_id: str, customer_id: str, reason: str) -> str:
+    def refuse(self, kind: str, device_id: str, customer_id: str, reason: str, **extra: str) -> str:
         """Audit a declined attempt through the risk policy (so it counts for velocity);
-        returns its event id. Refused faces and abandoned or timed-out sessions end here."""
+        returns its event id. Refused faces and abandoned or timed-out sessions end here, and
+        calls refused for their caller (`extra`: who, in the audit payload)."""
         decision = self._decision(
             None, outcome=DECLINE, customer_id=customer_id, reason_codes=(reason,),
             device_id=device_id,
         )  # fmt: skip
         decision = self._risk(kind, decision)
-        self.gallery.store.record_event(self._event(kind, decision))
+        self.gallery.store.record_event(self._event(kind, decision, **extra))
         return decision.event_id
 
     # ---- kiosk -------------------------------------------------------------------------

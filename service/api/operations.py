@@ -13,7 +13,7 @@ import grpc
 from sqlalchemy import func, select
 
 from service import metrics
-from service.api.auth import AuthInterceptor
+from service.api.auth import AuthInterceptor, DeviceRefusal
 from service.api.limits import LimitInterceptor
 from service.api.telemetry import TelemetryInterceptor
 from service.config import Settings
@@ -30,7 +30,9 @@ class _Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
-def interceptors(settings: Settings, development: bool) -> list[grpc.ServerInterceptor]:
+def interceptors(
+    settings: Settings, development: bool, refused: DeviceRefusal | None = None
+) -> list[grpc.ServerInterceptor]:
     """Outermost first: telemetry sees every call (refused ones too), then who, then how much."""
     if development:
         log.warning(
@@ -40,8 +42,8 @@ def interceptors(settings: Settings, development: bool) -> list[grpc.ServerInter
         )
     return [
         TelemetryInterceptor(),
-        AuthInterceptor(development),
-        LimitInterceptor(settings.security, settings.server.max_message_bytes),
+        AuthInterceptor(development, refused=refused),
+        LimitInterceptor(settings.security, settings.server.max_message_bytes, settings.server),
     ]
 
 
