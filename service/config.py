@@ -97,6 +97,10 @@ class SecuritySettings(BaseModel):
         4, ge=1, description="calls of any kind in flight per client (certificate); at most "
         "server.reserved_workers",
     )  # fmt: skip
+    kiosk_concurrency: int = Field(
+        1, ge=1, description="unary kiosk calls (verify, identify, liveness) in flight per kiosk "
+        "certificate: each holds a vision worker while it runs",
+    )  # fmt: skip
     client_streams: int = Field(
         2, ge=1, description="streams and health Watch calls open per client (certificate)"
     )

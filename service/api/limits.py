@@ -182,7 +182,8 @@ class LimitInterceptor(CallInterceptor):
 
     Shares of the server's threads: a client (a certificate; a peer host where a public
     method is called without one) holds at most `client_concurrency` calls of any kind and
-    `client_streams` long-lived ones (streams, health Watch) at once; all long-lived calls
+    `client_streams` long-lived ones (streams, health Watch) at once, and a kiosk certificate
+    `kiosk_concurrency` unary face calls (each holds a vision worker); all long-lived calls
     together hold at most `workers - reserved_workers` threads, so unary calls always have
     `reserved_workers`, more than one client may take. Development callers (plaintext) share
     only the last limit.
@@ -197,6 +198,7 @@ class LimitInterceptor(CallInterceptor):
         self.devices = RateLimiter(settings.device_rate, settings.device_burst)
         self.concurrency = ConcurrencyLimiter(settings.client_concurrency)
         self.streams = ConcurrencyLimiter(settings.client_streams)
+        self.kiosk_calls = ConcurrencyLimiter(settings.kiosk_concurrency)
         self.long_lived = ConcurrencyLimiter(max(1, server.workers - server.reserved_workers))
 
     def message_limit(self, descriptor: Descriptor) -> int:
@@ -241,6 +243,8 @@ class LimitInterceptor(CallInterceptor):
             slots.append((self.concurrency, key, "TOO_MANY_CONCURRENT_CALLS", "calls in flight"))
             if long_lived:
                 slots.append((self.streams, key, "TOO_MANY_STREAMS", "streams open"))
+            elif identity is not None and identity.device_id and not exempt:
+                slots.append((self.kiosk_calls, key, "TOO_MANY_CONCURRENT_CALLS", "kiosk calls"))
         if long_lived:
             slots.append((self.long_lived, "", "STREAMS_BUSY", "streams on the server"))
         held: list[tuple[ConcurrencyLimiter, str]] = []
