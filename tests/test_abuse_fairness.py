@@ -177,6 +177,27 @@ def test_health_watch_calls_cannot_exhaust_the_server(served: Running, pki: Path
                 watch.cancel()
 
 
+def test_without_a_client_ca_watch_calls_count_by_peer_host(tmp_path: Path, pki: Path) -> None:
+    running = start(mtls_settings(tmp_path, pki, client_ca=False))
+    try:
+        with tls_channel(running.port, pki, None) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(64)]
+            try:
+                time.sleep(1.5)
+                assert len([w for w in watches if not w.done()]) == 2
+                with tls_channel(running.port, pki, None) as other:
+                    reply = health_pb2_grpc.HealthStub(other).Check(
+                        health_pb2.HealthCheckRequest(), timeout=5
+                    )
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            finally:
+                for watch in watches:
+                    watch.cancel()
+    finally:
+        running.stop(grace=1)
+
+
 def test_streams_and_watch_calls_share_one_budget_per_client(served: Running, pki: Path) -> None:
     streams = Streams()
     with tls_channel(served.port, pki, ATTACKER) as channel:
@@ -251,15 +272,35 @@ def test_a_claim_of_another_device_is_audited(served: Running, pki: Path) -> Non
                 verification_pb2.VerifyRequest(customer_id="c-77", device_id="K-002"), timeout=10
             )
     assert outcome(err.value) == ("PERMISSION_DENIED", "DEVICE_MISMATCH")
-    with served.engine.gallery.store.connect() as conn:
-        rows = conn.execute(select(event_table).order_by(event_table.c.id.desc())).all()
-    refused = [r for r in rows if "DEVICE_MISMATCH" in json.loads(r.payload)["reason_codes"]]
+    refused = device_mismatch_events(served)
     assert len(refused) == 1
     event, payload = refused[0], json.loads(refused[0].payload)
     assert (event.type, event.outcome, event.device_id) == ("VERIFY", "DECLINE", "K-001")
     assert event.customer_id is None  # the claim does not count against the customer named
     assert payload["client"] == ATTACKER and payload["claimed_device"] == "K-002"
     assert len(payload["certificate"]) == 64  # the certificate's SHA-256
+
+
+def device_mismatch_events(running: Running) -> list[Any]:
+    with running.engine.gallery.store.connect() as conn:
+        rows = conn.execute(select(event_table).order_by(event_table.c.id)).all()
+    return [r for r in rows if "DEVICE_MISMATCH" in json.loads(r.payload)["reason_codes"]]
+
+
+def test_a_flood_of_device_claims_writes_no_more_audit_rows_than_the_device_rate(
+    tmp_path: Path, pki: Path
+) -> None:
+    running = start(mtls_settings(tmp_path, pki, device_rate=0.01, device_burst=3))
+    try:
+        with tls_channel(running.port, pki, ATTACKER) as channel:
+            kiosk = verification_pb2_grpc.FaceVerificationStub(channel)
+            for _ in range(10):
+                with pytest.raises(grpc.RpcError) as err:
+                    kiosk.Verify(verification_pb2.VerifyRequest(device_id="K-002"), timeout=10)
+                assert outcome(err.value) == ("PERMISSION_DENIED", "DEVICE_MISMATCH")
+        assert len(device_mismatch_events(running)) == 3  # the device's burst, then logs only
+    finally:
+        running.stop(grace=1)
 
 
 def test_a_second_server_on_a_served_port_refuses_to_start(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 
 from service.api import auth
-from service.api.calls import CallInterceptor, CallWatch, wrap_handler
+from service.api.calls import CallWatch, wrap_handler
 from service.api.errors import rich_status
 from service.config import SecuritySettings, ServerSettings, SettingsError
 
@@ -177,7 +177,7 @@ def check_shares(server: ServerSettings, security: SecuritySettings) -> None:
         )
 
 
-class LimitInterceptor(CallInterceptor):
+class LimitInterceptor(grpc.ServerInterceptor):
     """Runs inside `AuthInterceptor`, which has set the caller's identity for the call.
 
     Shares of the server's threads: a client (a certificate; a peer host where a public
@@ -221,11 +221,9 @@ class LimitInterceptor(CallInterceptor):
             functools.partial(self.admit, long_lived=long_lived),
         )
 
-    def watch(self, method: str, context: grpc.ServicerContext) -> CallWatch:
-        return self.admit(method, context, long_lived=False)
-
     def admit(self, method: str, context: grpc.ServicerContext, long_lived: bool) -> CallWatch:
-        """Rate first (a refused call holds nothing), then the call's concurrency slots."""
+        """Start watching a call (the `CallWatch` of `service.api.calls`): rate first (a
+        refused call holds nothing), then the call's concurrency slots."""
         identity = auth.CURRENT.get()
         exempt = auth.allowed_roles(method) is auth.PUBLIC
         if identity is None:

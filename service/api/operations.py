@@ -13,8 +13,9 @@ import grpc
 from sqlalchemy import func, select
 
 from service import metrics
-from service.api.auth import AuthInterceptor, DeviceRefusal
+from service.api.auth import AuthInterceptor
 from service.api.limits import LimitInterceptor
+from service.api.refusals import device_refusal_auditor
 from service.api.telemetry import TelemetryInterceptor
 from service.config import Settings
 from service.engine import Engine
@@ -31,20 +32,19 @@ class _Stoppable(Protocol):
 
 
 def interceptors(
-    settings: Settings, development: bool, refused: DeviceRefusal | None = None
+    settings: Settings, development: bool, engine: Callable[[], Engine] | None = None
 ) -> list[grpc.ServerInterceptor]:
-    """Outermost first: telemetry sees every call (refused ones too), then who, then how much."""
+    """Outermost first: telemetry sees every call (refused ones too), then who, then how much;
+    with `engine`, refused device claims are audited."""
     if development:
         log.warning(
             "DEVELOPMENT: plaintext on %s, no client identities: every caller has every role "
             "and rate limits are off; production needs server TLS and security.client_ca",
             settings.server.host,
         )
-    return [
-        TelemetryInterceptor(),
-        AuthInterceptor(development, refused=refused),
-        LimitInterceptor(settings.security, settings.server.max_message_bytes, settings.server),
-    ]
+    limits = LimitInterceptor(settings.security, settings.server.max_message_bytes, settings.server)
+    refused = device_refusal_auditor(engine, limits.devices) if engine is not None else None
+    return [TelemetryInterceptor(), AuthInterceptor(development, refused=refused), limits]
 
 
 def outbox_stats(store: Store) -> metrics.OutboxStats:

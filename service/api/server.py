@@ -11,10 +11,8 @@ import ipaddress
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,7 +26,6 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.api.auth import DeviceRefusal, Identity, device_holders
 from service.api.limits import check_shares
 from service.api.operations import Operations, interceptors
 from service.api.risk_servicer import RiskAdminServicer
@@ -117,35 +114,6 @@ class Running:
         self.engine.gallery.save()
 
 
-# The audit event type of a kiosk method's refused call.
-_KINDS = {
-    "Verify": "VERIFY",
-    "VerifyStream": "VERIFY",
-    "Identify": "IDENTIFY",
-    "IdentifyStream": "IDENTIFY",
-    "CheckLiveness": "CHECK_LIVENESS",
-}
-
-
-def device_refusal_auditor(engine: Callable[[], Engine]) -> DeviceRefusal:
-    """Audits a kiosk's claim of another device as a declined attempt of the certificate's own
-    device (so it counts for that device's velocity, never against the customer it names),
-    with the certificate that made it and the device it claimed."""
-
-    def audit(method: str, identity: Identity, message: Any) -> None:
-        claimed = sorted({h.device_id for h in device_holders(message)} - {identity.device_id})
-        try:
-            engine().refuse(
-                _KINDS.get(method.rsplit("/", 1)[-1], "CALL"), identity.device_id or "", "",
-                "DEVICE_MISMATCH", client=identity.client,
-                certificate=identity.fingerprint or "", claimed_device=",".join(claimed),
-            )  # fmt: skip
-        except Unavailable:  # models still loading: the refusal is logged, nothing to audit in
-            log.warning("device claim of %s not audited: engine not ready", identity.client)
-
-    return audit
-
-
 def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
     """Bind the port, refusing one another process already serves (the server sets no
     SO_REUSEPORT, so the kernel refuses the second bind instead of splitting the calls)."""
@@ -174,9 +142,7 @@ def start(settings: Settings) -> Running:
         futures.ThreadPoolExecutor(max_workers=settings.server.workers, thread_name_prefix="rpc"),
         options=options,
         maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
-        interceptors=interceptors(
-            settings, credentials is None, device_refusal_auditor(holder.get)
-        ),
+        interceptors=interceptors(settings, credentials is None, holder.get),
     )
     verification_pb2_grpc.add_FaceVerificationServicer_to_server(
         FaceVerificationServicer(holder.get, settings.stream), server
