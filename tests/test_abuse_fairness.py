@@ -33,7 +33,10 @@ from faceguard.v1 import (
 )
 from service.api.server import Running, start
 from service.certs import ClientSpec, DevCA
+from service.errors import Expired
 from service.gallery.store import event_table
+from service.liveness.policy import LivenessPolicy, SessionLimits
+from service.liveness.session import Observation, Session
 from tests.service_helpers import FACEGUARD, free_port, mtls_settings, server_process, tls_channel
 from tests.test_limits import details
 
@@ -319,3 +322,27 @@ def test_a_second_server_on_a_served_port_refuses_to_start(tmp_path: Path) -> No
             pytest.fail("a second server started on a port already served")
     assert second.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in stderr
+
+
+def test_a_session_ends_once_no_face_came_for_the_no_face_timeout() -> None:
+    limits = SessionLimits(no_face_timeout_s=4.0, idle_timeout_s=5.0, max_duration_s=20.0)
+    policy = LivenessPolicy(passive_threshold=0.5)
+    session = Session(limits, policy, 0.0)
+    for t in (1.0, 2.0, 3.0, 3.9):  # faceless frames, each in time for the idle limit
+        assert session.observe(Observation(t, t)) is None
+    assert session.next_timer_s() == pytest.approx(4.0)
+    with pytest.raises(Expired) as ended:
+        session.observe(Observation(4.0, 4.0))
+    assert ended.value.reason == "NO_FACE_TIMEOUT"
+
+    waiting = Session(limits, policy, 0.0)  # a faceless frame, then none: the timer ends it
+    waiting.observe(Observation(1.0, 1.0))
+    with pytest.raises(Expired) as timed_out:
+        waiting.expire(waiting.next_timer_s())
+    assert timed_out.value.reason == "NO_FACE_TIMEOUT"
+
+    silent = Session(limits, policy, 0.0)  # no frame at all stays an idle session
+    assert silent.next_timer_s() == pytest.approx(5.0)
+    with pytest.raises(Expired) as idle:
+        silent.expire(5.0)
+    assert idle.value.reason == "SESSION_IDLE"
