@@ -33,6 +33,7 @@ from faceguard.v1 import (
 )
 from service.api.server import Running, start
 from service.certs import ClientSpec, DevCA
+from service.config import SettingsError
 from service.errors import Expired
 from service.gallery.store import event_table
 from service.liveness.policy import LivenessPolicy, SessionLimits
@@ -346,3 +347,10 @@ def test_a_session_ends_once_no_face_came_for_the_no_face_timeout() -> None:
     with pytest.raises(Expired) as idle:
         silent.expire(5.0)
     assert idle.value.reason == "SESSION_IDLE"
+
+
+def test_settings_that_let_one_client_hold_the_reserved_threads_are_refused(
+    tmp_path: Path, pki: Path
+) -> None:
+    with pytest.raises(SettingsError, match="reserved_workers"):
+        start(mtls_settings(tmp_path, pki, client_concurrency=9))  # 8 threads kept for unary
