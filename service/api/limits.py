@@ -1,6 +1,6 @@
 """Abuse limits: per-client and per-device rate, per-client concurrency, request size.
 
-- Rate: a token bucket per client (certificate name) and one per device (the device id bound
+- Rate: a token bucket per client (its certificate) and one per device (the device id bound
   to a kiosk certificate; auth.py makes the request's own device_id equal it). An empty
   bucket answers RESOURCE_EXHAUSTED with ErrorInfo `RATE_LIMITED` and a
   `google.rpc.RetryInfo` saying when a token will be there.
