@@ -354,3 +354,20 @@ def test_settings_that_let_one_client_hold_the_reserved_threads_are_refused(
 ) -> None:
     with pytest.raises(SettingsError, match="reserved_workers"):
         start(mtls_settings(tmp_path, pki, client_concurrency=9))  # 8 threads kept for unary
+
+
+def test_bench_abuse_prints_the_victims_latency_in_every_phase() -> None:
+    run = subprocess.run(
+        [str(FACEGUARD), "bench", "abuse", "--json", "--calls", "3", "--streams", "2",
+         "--watches", "4", "--attackers", "2", "--phase-s", "20"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    for phase in ("baseline", "streams_and_watches", "lying_images"):
+        assert report[phase]["verify_calls"] == 3
+        assert 0 < report[phase]["verify_median_ms"] <= report[phase]["verify_p95_ms"]
+        assert report[phase]["failed"] == {}  # the shares keep the victim served
+    refused = report["streams_and_watches"]["attacker_calls"]
+    assert any(outcome.endswith(":TOO_MANY_STREAMS") for outcome in refused), refused
+    assert report["attack"]["lying_jpeg_bytes"] < 200_000
