@@ -65,6 +65,10 @@ def _bench(args: argparse.Namespace) -> int:
         from service.calibration.bench import run_bench_calibration
 
         return run_bench_calibration(args)
+    if args.bench_command == "abuse":
+        from service.bench_abuse import run_bench_abuse
+
+        return run_bench_abuse(args)
     if args.bench_command == "service":
         from service.bench_service import run_bench_service
 
@@ -443,6 +447,17 @@ def build_parser() -> argparse.ArgumentParser:
     callbacks.add_argument("--kills", type=int, default=2, help="kill -9s of the service")
     callbacks.add_argument("--json", action="store_true", help="print one JSON object")
     callbacks.set_defaults(handler=_bench)
+    abuse = bench.add_parser(
+        "abuse", help="another kiosk's verify latency while one kiosk certificate attacks"
+    )
+    abuse.add_argument("--calls", type=int, default=20, help="victim verifies per phase")
+    abuse.add_argument("--phase-s", type=float, default=60.0, help="longest phase (seconds)")
+    abuse.add_argument("--streams", type=int, default=8, help="attacker's faceless streams")
+    abuse.add_argument("--watches", type=int, default=64, help="attacker's Health.Watch calls")
+    abuse.add_argument("--frame-every", type=float, default=3.0, help="seconds between frames")
+    abuse.add_argument("--attackers", type=int, default=8, help="threads sending lying images")
+    abuse.add_argument("--json", action="store_true", help="print one JSON object")
+    abuse.set_defaults(handler=_bench)
 
     docs = commands.add_parser("docs", help="documentation generated from this program")
     docs_commands = docs.add_subparsers(dest="docs_command", required=True).add_parser(

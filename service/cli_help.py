@@ -88,12 +88,13 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 # table); a command without one is described by its help line.
 DESCRIPTIONS: dict[str, str] = {
     "serve": "the gRPC service; loopback only unless TLS (server.tls_cert/tls_key) or "
-    "--insecure; SIGTERM drains in-flight calls",
+    "--insecure; SIGTERM drains in-flight calls; a port another process serves is refused",
     "kiosk": "streams a video file, an image folder or glob, or a webcam index at its frame "
     "rate through VerifyStream (IdentifyStream without --customer-id), shows the prompts, "
     "prints the decision; a recording always declines, as it cannot answer the challenge",
-    "audit verify": "recomputes the audit hash chain of the service's database; names the "
-    "first broken row",
+    "audit verify": "recomputes the audit chain (plain, then keyed with the audit key) and "
+    "checks it against the latest signed checkpoint; names the first broken row, truncation, "
+    "re-chaining or a forged checkpoint; exit 1 on any",
     "certs dev": "development CA, server certificate, and client certificates per role "
     "(see Security)",
     "keys rotate": "adds a template key and re-encrypts every template under it while the "

@@ -56,7 +56,14 @@ class VisionSettings(BaseModel):
 class ServerSettings(BaseModel):
     host: str = Field("127.0.0.1", description="listen address; beyond loopback TLS is required")
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
-    workers: int = Field(8, ge=1, le=256, description="threads serving calls")
+    workers: int = Field(
+        32, ge=2, le=256,
+        description="threads serving calls (each waits on a vision worker or a stream's frames)",
+    )  # fmt: skip
+    reserved_workers: int = Field(
+        8, ge=1, description="threads streams and health Watch calls may not take: kept for "
+        "unary calls (more than one client's security.client_concurrency)",
+    )  # fmt: skip
     max_concurrent_rpcs: int = Field(64, ge=1, description="calls beyond this are refused")
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="per request")
     grace_seconds: float = Field(30.0, ge=0, description="time in-flight calls get at SIGTERM")
@@ -109,7 +116,17 @@ class SecuritySettings(BaseModel):
     client_burst: int = Field(100, ge=1, description="calls a client may make at once")
     device_rate: float = Field(5.0, ge=0, description="calls per second per device; 0: off")
     device_burst: int = Field(20, ge=1, description="calls a device may make at once")
-    client_concurrency: int = Field(16, ge=0, description="calls in flight per client; 0: off")
+    client_concurrency: int = Field(
+        4, ge=1, description="calls of any kind in flight per client (certificate); at most "
+        "server.reserved_workers",
+    )  # fmt: skip
+    kiosk_concurrency: int = Field(
+        1, ge=1, description="unary kiosk calls (verify, identify, liveness) in flight per kiosk "
+        "certificate: each holds a vision worker while it runs",
+    )  # fmt: skip
+    client_streams: int = Field(
+        2, ge=1, description="streams and health Watch calls open per client (certificate)"
+    )
     small_message_bytes: int = Field(
         64 * 1024, ge=1024, description="limit for requests that carry no image"
     )
@@ -178,6 +195,10 @@ class StreamSettings(BaseModel):
     idle_timeout_s: float = Field(
         _LIMITS.idle_timeout_s, gt=0, description="a session with no frame this long is dropped"
     )
+    no_face_timeout_s: float = Field(
+        _LIMITS.no_face_timeout_s, gt=0,
+        description="a session with no face for this long ends (NO_FACE_TIMEOUT)",
+    )  # fmt: skip
     response_window_s: float = Field(
         _LIMITS.response_window_s, gt=0, description="time to answer a challenge"
     )
@@ -209,6 +230,7 @@ class StreamSettings(BaseModel):
         return SessionLimits(
             max_duration_s=self.max_duration_s, max_frames=self.max_frames,
             idle_timeout_s=self.idle_timeout_s, response_window_s=self.response_window_s,
+            no_face_timeout_s=self.no_face_timeout_s,
             baseline_frames=self.baseline_frames, rest_s=self.rest_s, min_frames=self.min_frames,
             require_challenge=self.require_challenge, challenges=self.challenges,
             challenges_per_session=self.challenges_per_session,

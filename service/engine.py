@@ -246,16 +246,17 @@ class Engine:
             exc.metadata["event_id"] = self.refuse(kind, device_id, customer_id, exc.reason)
             raise
 
-    def refuse(self, kind: str, device_id: str, customer_id: str, reason: str) -> str:
+    def refuse(self, kind: str, device_id: str, customer_id: str, reason: str, **extra: str) -> str:
         """Audit a declined attempt through the risk policy (so it counts for velocity);
-        returns its event id. Refused requests and abandoned or timed-out sessions end here.
-        No face was compared, so it never counts against the customer it names."""
+        returns its event id. Refused requests and abandoned or timed-out sessions end here, and
+        calls refused for their caller (`extra`: who, in the audit payload). No face was
+        compared, so it never counts against the customer it names."""
         decision = self._decision(
             None, outcome=DECLINE, reason_codes=(reason,), device_id=device_id,
             customer_id=customer_id if CUSTOMER_ID.fullmatch(customer_id or "") else "",
         )  # fmt: skip
         decision = self._risk(kind, decision)
-        self.gallery.store.record_event(self._event(kind, decision))
+        self.gallery.store.record_event(self._event(kind, decision, **extra))
         return decision.event_id
 
     # ---- kiosk -------------------------------------------------------------------------

@@ -43,6 +43,7 @@ FPS = 15.0
 STREAM = StreamSettings(
     max_duration_s=7.0, max_frames=90, idle_timeout_s=1.0, response_window_s=2.0,
     challenges=("TURN_LEFT", "LOOK_UP"), challenges_per_session=2,
+    no_face_timeout_s=30.0,  # the duration limit is tested with faceless frames
 )  # fmt: skip
 
 

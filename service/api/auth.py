@@ -27,12 +27,13 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from service.api.calls import CallInterceptor, CallWatch
@@ -59,12 +60,19 @@ SEARCH_ROLES = frozenset({"investigator", "admin"})
 
 @dataclass(frozen=True)
 class Identity:
-    """The caller: `client` names it in logs and limits; `device_id` is bound for kiosks."""
+    """The caller: `client` names it in logs; `device_id` is bound for kiosks; `fingerprint`
+    (SHA-256 of the certificate) tells apart two certificates with the same common name."""
 
     client: str
     roles: frozenset[str]
     device_id: str | None = None
     development: bool = False
+    fingerprint: str | None = None
+
+    @property
+    def limit_key(self) -> str:
+        """What limits count by: the certificate itself, or the peer host without one."""
+        return self.fingerprint or self.client
 
 
 CURRENT: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
@@ -96,7 +104,8 @@ def identity_from_pem(pem: bytes) -> Identity:
     roles = frozenset(u[len(ROLE_URI) :] for u in uris if u.startswith(ROLE_URI)) & set(ROLES)
     devices = [u[len(DEVICE_URI) :] for u in uris if u.startswith(DEVICE_URI)]
     # Several device ids would make the binding ambiguous: such a certificate binds none.
-    return Identity(client, roles, devices[0] if len(devices) == 1 else None)
+    device = devices[0] if len(devices) == 1 else None
+    return Identity(client, roles, device, fingerprint=cert.fingerprint(hashes.SHA256()).hex())
 
 
 def searcher() -> str | None:
@@ -122,12 +131,24 @@ def development_identity(context: grpc.ServicerContext) -> Identity:
     return Identity(peer_host(context), frozenset(ROLES), None, development=True)
 
 
+# Told of each refused device claim (method, caller, refused message), to audit it.
+DeviceRefusal = Callable[[str, Identity, Any], None]
+
+
 class _Bound(CallWatch):
     """Holds the caller's identity for the call; checks each message's device id."""
 
-    def __init__(self, identity: Identity | None, device_check: bool) -> None:
+    def __init__(
+        self,
+        identity: Identity | None,
+        device_check: bool,
+        method: str = "",
+        refused: DeviceRefusal | None = None,
+    ) -> None:
         self.identity = identity
         self.device_check = device_check
+        self.method = method
+        self.refused = refused
         self.token = CURRENT.set(identity)
 
     def request(self, message: Any, context: grpc.ServicerContext) -> None:
@@ -138,6 +159,8 @@ class _Bound(CallWatch):
             log.warning(
                 "device id refused: client %s is bound to another device", self.identity.client
             )
+            if self.refused is not None:
+                self.refused(self.method, self.identity, message)
             self.deny(refusal)
 
     def finish(self, context: grpc.ServicerContext, failed: bool) -> None:
@@ -147,7 +170,7 @@ class _Bound(CallWatch):
 def bind_device(identity: Identity, message: Any) -> grpc.Status | None:
     """Fill every empty `device_id` in `message` with the identity's bound device; the
     refusal status if one names another device (the message is then not to be used)."""
-    for holder in _device_holders(message):
+    for holder in device_holders(message):
         claimed = getattr(holder, DEVICE_FIELD)
         if not claimed:
             setattr(holder, DEVICE_FIELD, identity.device_id or "")
@@ -159,7 +182,7 @@ def bind_device(identity: Identity, message: Any) -> grpc.Status | None:
     return None
 
 
-def _device_holders(message: Any) -> Iterator[Any]:
+def device_holders(message: Any) -> Iterator[Any]:
     """Every message in a request that has a `device_id` field, at any depth (a streamed
     call's start options and frames carry their own).
 
@@ -175,11 +198,11 @@ def _device_holders(message: Any) -> Iterator[Any]:
             continue
         if field.is_repeated:
             for item in getattr(message, field.name):
-                yield from _device_holders(item)
+                yield from device_holders(item)
         elif message.HasField(field.name) or (
             field.containing_oneof is None and _reaches_device(kind)
         ):
-            yield from _device_holders(getattr(message, field.name))
+            yield from device_holders(getattr(message, field.name))
 
 
 @functools.cache
@@ -198,13 +221,18 @@ def _reaches_device(descriptor: Any, seen: frozenset[str] = frozenset()) -> bool
 
 
 class AuthInterceptor(CallInterceptor):
-    """Enforces `ROLE_POLICY`; `development` (plaintext) grants every role to every caller."""
+    """Enforces `ROLE_POLICY`; `development` (plaintext) grants every role to every caller;
+    `refused` hears of every refused device claim (the server audits them)."""
 
     def __init__(
-        self, development: bool, policy: Mapping[str, frozenset[str]] = ROLE_POLICY
+        self,
+        development: bool,
+        policy: Mapping[str, frozenset[str]] = ROLE_POLICY,
+        refused: DeviceRefusal | None = None,
     ) -> None:
         self.development = development
         self.policy = policy
+        self.refused = refused
 
     def watch(self, method: str, context: grpc.ServicerContext) -> CallWatch:
         roles = allowed_roles(method, self.policy)
@@ -246,4 +274,4 @@ class AuthInterceptor(CallInterceptor):
                     "a kiosk certificate must name exactly one device",
                 )
             )
-        return _Bound(identity, device_check=kiosk_call)
+        return _Bound(identity, kiosk_call, method, self.refused)

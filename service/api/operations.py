@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from service import metrics
 from service.api.auth import AuthInterceptor
 from service.api.limits import LimitInterceptor
+from service.api.refusals import device_refusal_auditor
 from service.api.telemetry import TelemetryInterceptor
 from service.calibration.admin import scheduled_proposal
 from service.config import Settings
@@ -31,19 +32,20 @@ class _Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
-def interceptors(settings: Settings, development: bool) -> list[grpc.ServerInterceptor]:
-    """Outermost first: telemetry sees every call (refused ones too), then who, then how much."""
+def interceptors(
+    settings: Settings, development: bool, engine: Callable[[], Engine] | None = None
+) -> list[grpc.ServerInterceptor]:
+    """Outermost first: telemetry sees every call (refused ones too), then who, then how much;
+    with `engine`, refused device claims are audited."""
     if development:
         log.warning(
             "DEVELOPMENT: plaintext on %s, no client identities: every caller has every role "
             "and rate limits are off; production needs server TLS and security.client_ca",
             settings.server.host,
         )
-    return [
-        TelemetryInterceptor(),
-        AuthInterceptor(development),
-        LimitInterceptor(settings.security, settings.server.max_message_bytes),
-    ]
+    limits = LimitInterceptor(settings.security, settings.server.max_message_bytes, settings.server)
+    refused = device_refusal_auditor(engine, limits.devices) if engine is not None else None
+    return [TelemetryInterceptor(), AuthInterceptor(development, refused=refused), limits]
 
 
 def outbox_stats(store: Store) -> metrics.OutboxStats:

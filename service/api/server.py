@@ -29,6 +29,7 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.calibration_servicer import CalibrationServicer
+from service.api.limits import check_shares
 from service.api.operations import Operations, interceptors
 from service.api.risk_servicer import RiskAdminServicer
 from service.api.servicers import EnrollmentServicer, FaceVerificationServicer
@@ -117,23 +118,36 @@ class Running:
         self.engine.gallery.save()
 
 
+def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Bind the port, refusing one another process already serves (the server sets no
+    SO_REUSEPORT, so the kernel refuses the second bind instead of splitting the calls)."""
+    try:
+        if credentials:
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise SettingsError(f"cannot listen on {address}: the port is in use ({exc})") from exc
+
+
 def start(settings: Settings) -> Running:
     """Start serving; returns once the port is bound and the service reports SERVING."""
     credentials = _credentials(settings)
+    check_shares(settings.server, settings.security)
     options = [
+        ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", settings.server.max_message_bytes),
         ("grpc.max_send_message_length", settings.server.max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
+    holder = EngineHolder()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.server.workers, thread_name_prefix="rpc"),
         options=options,
         maximum_concurrent_rpcs=settings.server.max_concurrent_rpcs,
-        interceptors=interceptors(settings, development=credentials is None),
+        interceptors=interceptors(settings, credentials is None, holder.get),
     )
-    holder = EngineHolder()
     verification_pb2_grpc.add_FaceVerificationServicer_to_server(
         FaceVerificationServicer(holder.get, settings.stream), server
     )
@@ -150,11 +164,7 @@ def start(settings: Settings) -> Running:
         (*SERVICE_NAMES, reflection.SERVICE_NAME, health.SERVICE_NAME), server
     )
     address = f"{settings.server.host}:{settings.server.port}"
-    port = (
-        server.add_secure_port(address, credentials)
-        if credentials
-        else server.add_insecure_port(address)
-    )
+    port = _bind(server, address, credentials)
     server.start()
     operations = Operations(settings, ready=lambda: holder.ready)
     try:

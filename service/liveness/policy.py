@@ -69,6 +69,8 @@ class SessionLimits:
     max_duration_s: float = 20.0
     max_frames: int = 300
     idle_timeout_s: float = 5.0
+    # A session that has seen no face this long (since its start or the last face) ends.
+    no_face_timeout_s: float = 4.0
     response_window_s: float = 4.0
     # Before each prompt the head rests: landmarks for rest_s seconds, at least
     # baseline_frames frames, pose steady within LivenessPolicy.rest_degrees.

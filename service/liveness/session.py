@@ -98,6 +98,7 @@ class Session:
         self.policy = policy
         self.started_s = started_s
         self.last_s = started_s
+        self.face_s = started_s  # when a face was last seen (the start, before the first)
         self.ask_challenge = limits.require_challenge if ask_challenge is None else ask_challenge
         self._choose = choose
         self.phase = Phase.BASELINE
@@ -160,6 +161,15 @@ class Session:
                 "SESSION_TOO_LONG", f"sessions last at most {self.limits.max_duration_s:g} s"
             )
 
+    def _check_face_seen(self, now_s: float) -> None:
+        """A stream of frames without a face makes no progress: it ends early instead of
+        holding its thread until `max_duration_s`."""
+        if now_s - self.face_s >= self.limits.no_face_timeout_s:
+            raise Expired(
+                "NO_FACE_TIMEOUT",
+                f"no face for {self.limits.no_face_timeout_s:g} s: session ended",
+            )
+
     def observe(self, obs: Observation) -> Prompt | None:
         """Take one frame; returns the prompt to send when this frame completes the baseline."""
         if self.done:
@@ -178,7 +188,9 @@ class Session:
         if obs.face is None or obs.quality is None:
             if self.phase is Phase.CHALLENGE:
                 self._window_without_cues += 1
+            self._check_face_seen(obs.received_s)
             return None
+        self.face_s = obs.received_s
         self._track(obs.face, obs.embedding, obs.received_s)
         self._face_frames += 1
         self._phase_face_frames += 1
@@ -285,6 +297,8 @@ class Session:
         """The server time at which the session must act if no frame arrives before it."""
         limits = self.limits
         timers = [self.last_s + limits.idle_timeout_s, self.started_s + limits.max_duration_s]
+        if self.frames:  # frames that came without a face; none at all is SESSION_IDLE
+            timers.append(self.face_s + limits.no_face_timeout_s)
         if self.phase is Phase.CHALLENGE and self.prompt is not None:
             timers.append(self.prompt.deadline_s)
         return min(timers)
@@ -300,6 +314,8 @@ class Session:
             raise Expired(
                 "SESSION_IDLE", f"no frame for {self.limits.idle_timeout_s:g} s: session dropped"
             )
+        if self.frames:
+            self._check_face_seen(now_s)
         self._check_limits(now_s)
 
     def close(self) -> None:
