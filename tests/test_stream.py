@@ -174,8 +174,11 @@ def test_a_head_that_follows_the_prompt_passes(kiosk, people, subject) -> None:
     name, images = people[0]
     track = subject(LiveHead())
     call = kiosk.VerifyStream(requests([frame_bytes(images[2])] * 70, name, "s-follow"), timeout=30)
-    prompts, result = converse(call, track)
-    assert sorted(prompts) == sorted(STREAM.challenges)  # both, one after the other
+    shown, result = converse(call, track)
+    # Both challenges, one after the other, with a look back at the camera between them.
+    assert len(shown) == 3 and shown[1] == "LOOK_AT_CAMERA"
+    prompts = [shown[0], shown[2]]
+    assert sorted(prompts) == sorted(STREAM.challenges)
     decision = result.decision
     assert decision.outcome == APPROVE, decision
     assert "MATCH" in decision.reason_codes and decision.customer_id == name
