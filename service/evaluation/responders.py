@@ -26,6 +26,7 @@ closure longer than the window is not a blink, one that reopens within it is an 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
 from service.config import StreamSettings
 from service.errors import FaceguardError
@@ -398,3 +400,27 @@ def responder_figures(
     return {"clips": len(clips), "events": len(events)} | evaluate(
         clips, events, settings, passive_threshold
     )
+
+
+def tables(figures: dict[str, Any]) -> list[Table]:
+    """The responders' figures as tables: detection per challenge, then the sessions."""
+    detection = Table(title="responders: detection per challenge (one-challenge sessions)")
+    for column in ("challenge", "events", "detected", "rate", "answer s (median)", "missed"):
+        detection.add_column(column)
+    for kind, row in figures["detection"].items():
+        detection.add_row(
+            kind, str(row["events"]), str(row["detected"]), f"{row['rate']:.0%}",
+            f"{row['answer_s_median']}", "\n".join(row["missed"]),
+        )  # fmt: skip
+    sessions = figures["sessions"]
+    summary = Table(title="responders: two-challenge sessions (default policy)", show_header=False)
+    summary.add_row("sessions", str(sessions["sessions"]))
+    summary.add_row("pass rate", f"{sessions['pass_rate']}")
+    summary.add_row("decided s (median, max)", f"{sessions['decided_s_median']}, "
+                    f"{sessions['decided_s_max']}")  # fmt: skip
+    summary.add_row("endings", json.dumps(sessions["endings"]))
+    summary.add_row("FACE_CHANGED ends", json.dumps(figures["face_changed"]))
+    summary.add_row("first prompt s (median, max)", f"{figures['first_prompt_s_median']}, "
+                    f"{figures['first_prompt_s_max']}")  # fmt: skip
+    summary.add_row("failed", "\n".join(sessions["failed"]))
+    return [detection, summary]

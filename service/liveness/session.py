@@ -10,7 +10,8 @@ baseline nor, on its way back, a move the wrong way. Without a challenge, BASELI
 `min_frames` face frames and is DONE. A prompt goes out only once the head has been at rest
 for `baseline_frames` frames, so that the response is measured from a still pose and a
 recording that keeps moving gets no prompt to answer by chance. Time comes in as arguments
-(the server's monotonic clock for windows and limits, the capture clock for blink timing), so the machine is driven the same way by the gRPC runner and by tests.
+(the server's monotonic clock for windows and limits, the capture clock for blink timing), so
+the machine is driven the same way by the gRPC runner and by tests.
 
 It follows one face: in each frame the face nearest the previous one, and the session ends
 FACE_CHANGED when that face jumps between consecutive frames or stops being the same person.
