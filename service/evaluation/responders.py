@@ -14,10 +14,11 @@ Two figures come out of it:
 - per labelled event, a one-challenge session asking that event's challenge: detected or not,
   seconds from prompt to detection, and how it ended;
 - the default policy's two-challenge session over each ordered pair of one person's events of
-  different challenge types: after the first answer the replay runs on for `RETURN_S` (the
-  person's own return from the move) and then shows the person at rest before the second
-  move, prompted the same way. Passes, time from the session's start to its decision, and
-  every `FACE_CHANGED` end are counted.
+  different challenge types. After the first answer the clip runs on as recorded (a person
+  who is not told otherwise holds the answer or comes back in their own time); when the
+  session asks them to look at the camera, they take `RETURN_S` to come back and then rest,
+  facing the camera, before the second move, prompted the same way. Passes, time from the
+  session's start to its decision, and every `FACE_CHANGED` end are counted.
 
 `EYES_CLOSED` events (eyes held shut) are judged as BLINK challenges and reported apart: a
 closure longer than the window is not a blink, one that reopens within it is an answer.
@@ -143,7 +144,8 @@ class Replay:
         self._go(event.clip, due)
 
     def next(self) -> Observation:
-        """The next frame (the session sets its times); a clip's last frame is held at its end."""
+        """The next frame (the session sets its times); past a clip's end, its last frame with a
+        face is held."""
         frames = self.clips[self.clip]
         if self.held:
             self.held -= 1
@@ -152,9 +154,11 @@ class Replay:
             self._wait_left -= 1
             self.waited += 1
             frame = frames[min(self.index, len(frames)) - 1]
-        else:
-            frame = frames[min(self.index, len(frames) - 1)]
+        elif self.index < len(frames):
+            frame = frames[self.index]
             self.index += 1
+        else:  # past the end: the person stays as last seen
+            frame = next((f for f in reversed(frames) if f.face is not None), frames[-1])
         return self._placed(frame)
 
     def _placed(self, frame: Observation) -> Observation:
@@ -247,7 +251,6 @@ def replay_session(
     def waited() -> float:
         return round(replay.waited / FPS, 2)
 
-    answered = 0
     returning: int | None = None  # frames the person still spends returning from a move
     now = 0.0
     try:
@@ -257,17 +260,16 @@ def replay_session(
                 session.expire(now)
             if session.done:
                 break
-            if len(session.responses) > answered:
-                answered = len(session.responses)
-                returning = round(RETURN_S * FPS)
-            if returning is not None and answered < len(events):
+            if returning is not None:
                 returning -= 1
                 if returning <= 0:
                     returning = None
-                    replay.rest_before(events[answered])
+                    replay.rest_before(events[min(len(prompts), len(events) - 1)])
             seen = replay.next()
             prompt = session.observe(replace(seen, received_s=now, captured_s=now))
-            if prompt is not None and prompt.challenge is not None:
+            if prompt is not None and prompt.challenge is None:  # LOOK_AT_CAMERA
+                returning = round(RETURN_S * FPS)
+            elif prompt is not None:
                 prompts.append(now)
                 returning = None
                 replay.respond(events[min(len(prompts), len(events)) - 1])
