@@ -170,10 +170,12 @@ class Session:
                     "FACE_CHANGED", "the face jumped between frames: another face or a cut"
                 )
         self._previous = (received_s, face)
-        if embedding is None or not self._comparable(cues):
-            self._since_embedding += 1  # a turned face: asked for again on the next frames
+        if embedding is None:
+            self._since_embedding += 1
             return
         self._since_embedding = 0
+        if not self._comparable(cues):
+            return  # too turned to compare: followed by position until it comes back
         if self._reference is None:
             self._reference = embedding
             self._reference_pose = (cues.yaw, cues.pitch) if cues is not None else None
