@@ -192,6 +192,30 @@ def test_another_face_is_still_caught_where_the_pose_allows_the_match() -> None:
     assert error.value.reason == "FACE_CHANGED"
 
 
+def test_a_face_that_comes_back_turned_after_a_gap_answers_nothing_until_it_matches() -> None:
+    """Lost for longer than a frame-to-frame step, the face is not followed across the gap: a
+    stranger who appears already turned (no embedding comparison at that pose) cannot answer."""
+    s = session(Challenge.TURN_RIGHT, Challenge.BLINK)
+    rest = frames(tracks.K_TALKING)
+    stranger = frames([r for r in tracks.C_TURN_RIGHT_FAR if r[0] >= 0.9], seed=3)
+    now, prompt = 0.0, None
+    for _, vector, frame_cues in rest:
+        now += 1.0 / FPS
+        prompt = prompt or s.observe(Observation.of(now, now, analysis(vector), frame_cues))
+    assert prompt is not None and prompt.challenge is Challenge.TURN_RIGHT
+    for _ in range(6):  # 0.4 s without a face
+        now += 1.0 / FPS
+        s.observe(Observation(now, now))
+    while not s.done:
+        now += 1.0 / FPS
+        if now >= s.next_timer_s():
+            s.expire(now)
+            break
+        _, vector, frame_cues = stranger[min(len(stranger) - 1, int(now * FPS) % len(stranger))]
+        s.observe(Observation.of(now, now, analysis(vector), frame_cues))
+    assert s.response is not None and not s.response.passed and s.response.seen == "NONE"
+
+
 # ---- 4. the first prompt when the head is at rest, whatever the face does --------------------
 
 

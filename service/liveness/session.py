@@ -16,7 +16,8 @@ the machine is driven the same way by the gRPC runner and by tests.
 It follows one face: in each frame the face nearest the previous one, and the session ends
 FACE_CHANGED when that face jumps between consecutive frames or stops being the same person.
 The embedding is compared only where the pose is close to the reference's (a turned head's
-embedding drifts far from its frontal one); in between, the face is followed frame to frame.
+embedding drifts far from its frontal one); in between, the face is followed frame to frame,
+and a face that comes back after a gap answers nothing until it has matched again.
 It keeps only what it needs: scores, landmark points and the best-quality face's analysis,
 never the images. Embedding is the costly step of a frame, so the session asks for one only
 where it needs it (`wish`): the first face, a face of better quality than the best
@@ -133,6 +134,9 @@ class Session:
         self._reference: Embedding | None = None
         self._reference_pose: tuple[float, float] | None = None
         self.neutral: Baseline | None = None  # the first rest pose: challenges start from it
+        # The face came back after a gap (no followed face for JUMP_GAP_S) and has not matched
+        # the reference since: its frames answer nothing until it does.
+        self._unconfirmed = False
         self._since_embedding = 0
         self._previous: tuple[float, Face] | None = None
         self._face_frames = 0
@@ -155,7 +159,10 @@ class Session:
         check the face is still the same person)."""
         last = self._previous[1] if self._previous is not None else None
         needed = (
-            self._reference is None or self.best is None or self._since_embedding + 1 >= EMBED_EVERY
+            self._reference is None
+            or self.best is None
+            or self._since_embedding + 1 >= EMBED_EVERY
+            or self._unconfirmed
         )
         return FrameWish(last, None if needed else self.best.quality.score)
 
@@ -169,6 +176,8 @@ class Session:
                 raise Unprocessable(
                     "FACE_CHANGED", "the face jumped between frames: another face or a cut"
                 )
+        elif self._previous is not None:
+            self._unconfirmed = True  # not followed across the gap: match it again
         self._previous = (received_s, face)
         if embedding is None:
             self._since_embedding += 1
@@ -181,6 +190,7 @@ class Session:
             self._reference_pose = (cues.yaw, cues.pitch) if cues is not None else None
         elif float(embedding.vector @ self._reference.vector) < self.policy.track_cosine:
             raise Unprocessable("FACE_CHANGED", "the face changed during the session")
+        self._unconfirmed = False
 
     def _comparable(self, cues: FrameCues | None) -> bool:
         """Whether this frame's embedding may be compared with the reference: its pose is within
@@ -268,7 +278,7 @@ class Session:
     def _challenge_step(self, obs: Observation) -> Prompt | None:
         """A frame in the window; returns the LOOK_AT_CAMERA prompt after a passed answer."""
         assert self.prompt is not None and self.challenge is not None
-        if obs.cues is None:
+        if obs.cues is None or self._unconfirmed:
             self._window_without_cues += 1
             return None
         self._window.append((obs.received_s - self._sent_s, obs.cues))
