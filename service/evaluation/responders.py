@@ -20,8 +20,8 @@ Two figures come out of it:
   facing the camera, before the second move, prompted the same way. Passes, time from the
   session's start to its decision, and every `FACE_CHANGED` end are counted.
 
-`EYES_CLOSED` events (eyes held shut) are judged as BLINK challenges and reported apart: a
-closure longer than the window is not a blink, one that reopens within it is an answer.
+`EYES_CLOSED` events (eyes held shut for a second or more) are asked as BLINK challenges and
+reported apart: there, "detected" counts closures taken for a blink, which should be none.
 """
 
 from __future__ import annotations
