@@ -2,8 +2,9 @@
 
 The pick uses `secrets` so an attacker who has seen earlier sessions cannot predict the next
 prompt and prepare a recording that answers it. The judgement reads only frames that arrived
-after the prompt was sent and before its deadline (server clock), relative to the pose the
-same session showed before the prompt, so a face that was already turned does not count.
+after the prompt was sent and before its deadline (server clock), relative to the session's
+neutral pose (its first rest, facing the camera, where every prompt is sent from), so a face
+that was already turned does not count and a return from the last answer is not a move.
 A head that first moves in another challenge's direction fails: a recording that moves about
 until it happens to go the right way does not get to try every direction.
 """
