@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.config import SettingsError
 from service.errors import Unprocessable
+from service.evaluation.responders import read_labels
 from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Phase, Prompt, Session
 from service.vision import liveness_cues as lc
@@ -261,3 +263,18 @@ def test_eval_liveness_responders_reports_detection_sessions_and_face_changed(
 def test_eval_liveness_needs_a_folder() -> None:
     result = run("eval", "liveness", "--json")
     assert result.returncode != 0 and "--responders" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ("clip,person,event\nx.mp4,A,BLINK\n", "no column onset_s"),
+        ("clip,person,event,onset_s\nx.mp4,A,BLINK,soon\n", "bad clip or onset_s"),
+        ("clip,person,event,onset_s\n../x.mp4,A,BLINK,1.0\n", "bad clip or onset_s"),
+        ("clip,person,event,onset_s\nx.mp4,A,NONE,\n", "no labelled challenge events"),
+    ],
+)
+def test_bad_labels_are_a_message_not_a_traceback(tmp_path: Path, labels, message) -> None:
+    with pytest.raises(SettingsError, match=message):
+        (tmp_path / "labels.csv").write_text(labels)
+        read_labels(tmp_path / "labels.csv")

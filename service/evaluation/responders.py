@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from service.config import StreamSettings
+from service.config import SettingsError, StreamSettings
 from service.errors import FaceguardError
 from service.evaluation.runner import Progress
 from service.evaluation.stream_eval import FPS, analyse
@@ -77,17 +77,29 @@ class Event:
 
 def read_labels(path: Path) -> list[Event]:
     """The labelled events that a challenge can ask for; other rows (NONE, LOOK_DOWN, rows
-    without an onset) are not challenges and are skipped."""
+    without an onset) are not challenges and are skipped. A malformed file is a SettingsError
+    naming the line (the command prints it, not a traceback)."""
     events = []
     with path.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            kind = (row.get("event") or "").strip()
-            onset = (row.get("onset_s") or "").strip()
+        reader = csv.DictReader(handle)
+        missing = {"clip", "person", "event", "onset_s"} - set(reader.fieldnames or ())
+        if missing:
+            raise SettingsError(f"{path}: no column {', '.join(sorted(missing))}")
+        for row in reader:
+            kind = (row["event"] or "").strip()
+            onset = (row["onset_s"] or "").strip()
             if kind not in CHALLENGE_EVENTS or not onset:
                 continue
-            events.append(Event(row["clip"].strip(), row["person"].strip(), kind, float(onset)))
+            try:
+                onset_s = float(onset)
+            except ValueError:
+                onset_s = -1.0
+            clip = (row["clip"] or "").strip()
+            if not 0.0 <= onset_s < 3600.0 or not clip or Path(clip).name != clip:
+                raise SettingsError(f"{path}:{reader.line_num}: bad clip or onset_s: {row}")
+            events.append(Event(clip, (row["person"] or "").strip(), kind, onset_s))
     if not events:
-        raise ValueError(f"{path}: no labelled challenge events")
+        raise SettingsError(f"{path}: no labelled challenge events")
     return events
 
 
