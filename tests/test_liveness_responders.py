@@ -112,13 +112,13 @@ def test_real_blinks_are_found_at_their_own_level_and_pose(rows, labelled) -> No
         assert closed - 0.25 <= mid <= opened + 0.1 and opened - closed <= lc.BLINK_MAX_S
 
 
-def test_one_level_for_the_whole_trace_misses_the_blinks_a_turn_hides() -> None:
-    """Without the pose the turned head's wide-open eyes set the level: not every blink is
-    found, and turning back reads as a closure."""
+def test_without_the_pose_the_blink_made_while_turning_back_is_missed() -> None:
+    """The same trace judged as if the head never moved: the turned head's wide-open eyes
+    (0.42 at -42 degrees against 0.26 facing the camera) set the level beside the blink made
+    while turning back, and it is missed."""
     values, times, poses = openness(tracks.A_TURN_RIGHT_HELD)
-    with_pose = lc.blinks(values, times, poses)
-    assert len(with_pose) == 2
-    assert lc.blinks(values, times, [(0.0, 0.0)] * len(values)) != with_pose
+    assert len(lc.blinks(values, times, poses)) == 2
+    assert len(lc.blinks(values, times)) == 1
 
 
 def test_a_shallow_blink_answers_the_blink_challenge() -> None:
