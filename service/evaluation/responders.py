@@ -3,11 +3,12 @@
 The clips of `DIR` (with a `labels.csv`: clip, person, event, onset_s, end_s, notes) show people
 turning the head, looking up and blinking, but nobody was answering faceguard. Each prompt is
 therefore emulated: the session (`Session`, the service's own state machine, frame by frame at
-15 frames/s) watches the person at rest before a labelled move, and when it sends its prompt
-the replay jumps to `LEAD_S` before the move's labelled onset, as a person who reacts that
-long after the prompt. A session that has not prompted by then sees the move unprompted, as
-a real person who moved too early would be seen. Where the clip has too little rest before a
-move, its first frame is held (a person sitting still before the clip began).
+15 frames/s) watches the person at rest facing the camera (the second before the move where
+the clip has such a rest, else the person's first such rest in any of their clips), and when
+it sends its prompt the replay jumps to `LEAD_S` before the move's labelled onset, as a person
+who reacts that long after the prompt. A person whose prompt is due waits for it, still, up to
+`WAIT_S`; a session that has not prompted by then sees the move unprompted, as a real person
+who moved too early would be seen.
 
 Two figures come out of it:
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,8 +45,6 @@ from service.evaluation.video import read_video
 from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Session
 from service.vision.pipeline import FacePipeline
-
-log = logging.getLogger(__name__)
 
 LEAD_S = 0.3  # the prompt goes out this long before the labelled onset (reaction time)
 REST_BEFORE_S = 1.0  # rest shown before the prompt is due (more than the session's rest rule)
@@ -119,7 +117,7 @@ class Replay:
         self.rests = rests
         self.clip = ""
         self.index = 0
-        self.held = 0  # frames of the clip's first frame still to show before `index`
+        self.held = 0  # frames that still show the frame at `index` before the replay moves on
         self.due: int | None = None  # the frame where the pending prompt was due
         self.waited = 0
         self._wait_left = 0
@@ -134,7 +132,7 @@ class Replay:
     def rest_before(self, event: Event) -> None:
         """Show the person at rest, facing the camera, for REST_BEFORE_S before the prompt for
         `event` is due: the frames before the move where they are such a rest, else the
-        person's first such rest in any of their clips (`neutral_rest`)."""
+        person's first such rest in any of their clips (`neutral_rests`)."""
         need = round(REST_BEFORE_S * FPS)
         due = round((event.onset_s - LEAD_S) * FPS)
         own = self.clips[event.clip][max(0, due - need) : max(0, due)]
@@ -161,7 +159,7 @@ class Replay:
         frames = self.clips[self.clip]
         if self.held:
             self.held -= 1
-            frame = frames[0]
+            frame = frames[self.index]
         elif self.due is not None and self.index >= self.due and self._wait_left > 0:
             self._wait_left -= 1
             self.waited += 1
