@@ -128,6 +128,18 @@ def test_a_shallow_blink_answers_the_blink_challenge() -> None:
     assert s.report().passed
 
 
+def test_a_slow_deliberate_blink_answers_the_blink_challenge() -> None:
+    """Eyes closed for a second on request answer BLINK (a spontaneous blink is shorter)."""
+    values, times, poses = openness(tracks.K_SLOW_BLINK)
+    assert lc.blinks(values, times, poses) == []  # longer than BLINK_MAX_S
+    ((closed, opened),) = lc.blinks(values, times, poses, POLICY.blink_max_s)
+    assert 0.25 <= closed <= 0.35 and 1.2 <= opened <= 1.4
+    recorded = frames(tracks.K_SLOW_BLINK)
+    s = session(Challenge.BLINK, limits=ONE)
+    replay(s, [recorded[:4], recorded], start_on_prompt=True)  # eyes open until the prompt
+    assert s.response is not None and s.response.passed, s.response
+
+
 def test_eyes_held_shut_are_not_a_blink() -> None:
     values, times, poses = openness(tracks.N_EYES_HELD_SHUT)
     assert lc.blinks(values, times, poses) == []

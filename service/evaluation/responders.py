@@ -21,8 +21,9 @@ Two figures come out of it:
   facing the camera, before the second move, prompted the same way. Passes, time from the
   session's start to its decision, and every `FACE_CHANGED` end are counted.
 
-`EYES_CLOSED` events (eyes held shut for a second or more) are asked as BLINK challenges and
-reported apart: there, "detected" counts closures taken for a blink, which should be none.
+`EYES_CLOSED` events (eyes closed for a second or more) are asked as BLINK challenges and
+reported apart: a deliberate closure that opens again within `blink_max_s` answers BLINK,
+eyes held shut longer do not.
 """
 
 from __future__ import annotations

@@ -112,9 +112,10 @@ class LivenessPolicy:
     # The identity check compares embeddings only on frames within this many degrees of the
     # reference frame's pose; between them the face is followed frame to frame.
     match_pose_degrees: float = 25.0
-    # The longest eye closure that answers a BLINK challenge: eyes held shut are not a blink
-    # (and a long closure's slow drift of the mesh's openness would read as reopening).
-    blink_max_s: float = 0.7
+    # The longest eye closure that answers a BLINK challenge: a slow, deliberate blink of up
+    # to a second and a half does (spontaneous blinks count up to BLINK_MAX_S, 0.7 s); eyes
+    # held shut longer do not.
+    blink_max_s: float = 1.5
     motion_residual: float = 0.02
     track_cosine: float = 0.3
     track_jump: float = 0.5

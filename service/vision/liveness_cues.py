@@ -213,8 +213,9 @@ def blinks(
 
     Each frame is judged against its own open level (see BLINK_CLOSED): the frames around it
     at about the same pose (`poses`: (yaw, pitch) per frame; None: one pose), leaving out the
-    frames of the closure being followed, so that eyes held shut for long do not become the
-    open level. A trace that never reopens, or stays shut too long, counts no blink.
+    frames of the closure being followed (and later ones at its pose that are still as shut),
+    so that eyes held shut for long do not become the open level. A trace that never reopens,
+    or stays shut longer than `max_closed_s`, counts no blink.
     """
     values = np.asarray(openness, dtype=np.float64)
     times = np.asarray(timestamps, dtype=np.float64)
@@ -227,6 +228,7 @@ def blinks(
         raise ValueError("poses and openness differ in length")
     found: list[tuple[float, float]] = []
     closed_from: int | None = None  # the first frame of the closure being followed
+    shut = np.zeros(values.size, dtype=bool)  # frames that read as that closure still going on
     seen_open = False
     for i, (value, time) in enumerate(zip(values, times, strict=True)):
         near = (np.abs(times - time) <= BLINK_LEVEL_S) & np.all(
@@ -234,12 +236,20 @@ def blinks(
         )
         if closed_from is not None:
             near[closed_from:i] = False
+            near &= ~shut
         if np.count_nonzero(near) < BLINK_LEVEL_FRAMES:
             continue
         level = float(np.percentile(values[near], 80))
         if closed_from is None:
             if value < BLINK_CLOSED * level and seen_open:
                 closed_from = i
+                # Later frames at the closure's pose still below the reopening mark are the
+                # same closure: never the open level a long closure would be judged against.
+                shut = (
+                    (np.arange(values.size) >= i)
+                    & (values < BLINK_REOPEN * level)
+                    & np.all(np.abs(angles - angles[i]) <= BLINK_POSE_DEGREES, axis=1)
+                )
             seen_open = seen_open or value >= BLINK_REOPEN * level
         elif value >= BLINK_REOPEN * level:
             if time - times[closed_from] <= max_closed_s:
