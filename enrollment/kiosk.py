@@ -2,15 +2,17 @@
 
 With `--customer-id` it runs VerifyStream (1:1), without it IdentifyStream (1:N). Frames go
 out at the source's own rate (a video's frame rate, `--fps` for image sequences, the camera's
-pace for a webcam), JPEG-encoded with their capture time; prompts are shown as they arrive and
-the one final decision is printed (or written as one JSON object with `--json`). It is the
-kiosk demo and the tool for trying the liveness checks by hand: a recorded clip always
-declines when the service asks a random challenge (the default), as it cannot answer it.
+pace for a webcam), JPEG-encoded with their capture time; each prompt is shown as it arrives,
+in plain words with the seconds left to answer it, and the one final decision is printed (or
+written as one JSON object with `--json`). It is the kiosk demo and the tool for trying the
+liveness checks by hand: a recorded clip always declines when the service asks a random
+challenge (the default), as it cannot answer it.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import threading
 import time
 import uuid
@@ -126,14 +128,45 @@ def _requests(
         yield wrap(frame=frame)
 
 
-def _show_prompt(args: argparse.Namespace, prompt: Any) -> None:
-    if args.json:
-        return
-    from rich.console import Console
+def prompt_line(text: str, deadline_s: float, now_s: float) -> str:
+    """What the kiosk shows for a prompt: the instruction and the whole seconds left."""
+    left = max(0, math.ceil(deadline_s - now_s))
+    return f"{text}  ({left} s left)"
 
-    Console(stderr=True).print(
-        f"[bold yellow]>>> {prompt.text}[/] ({prompt.challenge}, {prompt.window_ms / 1000:g} s)"
-    )
+
+class PromptDisplay:
+    """The current prompt with the seconds left to its deadline, redrawn on stderr several
+    times a second until the next prompt or the decision replaces it (nothing with --json)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._live: Any = None
+        self._text = ""
+        self._deadline_s = 0.0
+        self._enabled = enabled
+
+    def __rich__(self) -> Any:
+        from rich.text import Text
+
+        return Text(prompt_line(self._text, self._deadline_s, time.time()), style="bold yellow")
+
+    def show(self, prompt: Any) -> None:
+        """Show a Prompt message (its deadline is on the wall clock)."""
+        if not self._enabled:
+            return
+        self._text = prompt.text or prompt.challenge
+        self._deadline_s = prompt.deadline.seconds + prompt.deadline.nanos / 1e9
+        if self._live is None:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(self, console=Console(stderr=True), refresh_per_second=5)
+            self._live.start()
+        self._live.refresh()
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
 
 def run_kiosk(args: argparse.Namespace) -> int:
@@ -161,12 +194,13 @@ def run_kiosk(args: argparse.Namespace) -> int:
     )
     prompts: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
+    display = PromptDisplay(enabled=not args.json)
     try:
         call = stream(_requests(args, frames, rate, live, session_id, stop), timeout=args.timeout)
         for reply in call:
             if reply.WhichOneof("message") == "prompt":
                 prompts.append(message_json(reply.prompt))
-                _show_prompt(args, reply.prompt)
+                display.show(reply.prompt)
             else:
                 result = message_json(reply.result)
         stop.set()
@@ -178,6 +212,7 @@ def run_kiosk(args: argparse.Namespace) -> int:
             print_error(failure)
         return exit_status.for_error(error.code().name)
     finally:
+        display.close()
         stop.set()
         connection.channel.close()
     decision = result.get("decision", {})

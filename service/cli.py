@@ -375,7 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     identify = evals.add_parser("identify", help="1:N identification on a folder per person")
     identify.add_argument("--root", type=Path, required=True, help="a folder per person")
     liveness = evals.add_parser("liveness", help="presentation attack detection")
-    liveness.add_argument("--root", type=Path, required=True, help="has live/ and spoof/")
+    liveness.add_argument("--root", type=Path, help="has live/ and spoof/")
+    liveness.add_argument(
+        "--responders", type=Path, metavar="DIR",
+        help="clips of people answering challenges and their labels.csv: detection per "
+        "challenge, two-challenge session pass rate, time to answer, FACE_CHANGED ends",
+    )  # fmt: skip
     liveness.add_argument("--threshold", type=float, help="default: the manifest's")
     liveness.add_argument(
         "--stream", action="store_true",

@@ -63,6 +63,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "analyze": ("faceguard analyze photo1.jpg photo2.jpg", "faceguard analyze --json"),
     "eval liveness": (
         "faceguard eval liveness --root ../shared/data/spoof/apfol_liveness --stream --json",
+        "faceguard eval liveness --responders ../shared/data/live_responders",
     ),
     "eval calibrate": (
         "faceguard eval calibrate --pairs ../shared/data/pairs/lfw_view1_train.csv "
@@ -90,8 +91,9 @@ DESCRIPTIONS: dict[str, str] = {
     "serve": "the gRPC service; loopback only unless TLS (server.tls_cert/tls_key) or "
     "--insecure; SIGTERM drains in-flight calls; a port another process serves is refused",
     "kiosk": "streams a video file, an image folder or glob, or a webcam index at its frame "
-    "rate through VerifyStream (IdentifyStream without --customer-id), shows the prompts, "
-    "prints the decision; a recording always declines, as it cannot answer the challenge",
+    "rate through VerifyStream (IdentifyStream without --customer-id), shows each prompt in "
+    "words with the seconds left to answer it, prints the decision; a recording always "
+    "declines, as it cannot answer the challenge",
     "audit verify": "recomputes the audit chain (plain, then keyed with the audit key) and "
     "checks it against the latest signed checkpoint; names the first broken row, truncation, "
     "re-chaining or a forged checkpoint; exit 1 on any",
@@ -122,7 +124,10 @@ DESCRIPTIONS: dict[str, str] = {
     "FAR, and the rates at the operating threshold",
     "eval identify": "1:N on a folder per person: rank-1, rank-5, FNIR at FPIR 0.01",
     "eval liveness": "APCER, BPCER, ACER, AUC on live/ and spoof/; --stream: streamed "
-    "sessions, APCER per generated attack and on the real phone replay, BPCER on the live video",
+    "sessions, APCER per generated attack and on the real phone replay, BPCER on the live "
+    "video; --responders: real people answering emulated prompts (clips and a labels.csv), "
+    "detection per challenge, two-challenge session pass rate, seconds to answer, FACE_CHANGED "
+    "ends (see Streamed liveness)",
     "eval calibrate": "cosine thresholds per target FMR (1e-3, 1e-4, 1e-5), written to the "
     "manifest with --write",
 }

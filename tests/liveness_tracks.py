@@ -97,7 +97,10 @@ class LiveHead:
         self.frame = 0
 
     def respond(self, challenge: str) -> None:
-        moves = {"TURN_LEFT": (30.0, 0.0), "TURN_RIGHT": (-30.0, 0.0), "LOOK_UP": (0.0, 20.0)}
+        moves = {
+            "TURN_LEFT": (30.0, 0.0), "TURN_RIGHT": (-30.0, 0.0), "LOOK_UP": (0.0, 20.0),
+            "LOOK_AT_CAMERA": (0.0, 0.0),
+        }  # fmt: skip
         if challenge == "BLINK":
             self.blink_at = self.frame + 2
         else:

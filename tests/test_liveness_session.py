@@ -47,7 +47,7 @@ def drive(s: Session, subject, frames: int = 120, passive: float = 0.9) -> int:
         seen = Observation.of(now, now, analysis(face, passive=passive), subject.next())
         prompt = s.observe(seen)
         if prompt is not None:
-            subject.respond(str(prompt.challenge))
+            subject.respond(prompt.code)
     return frames
 
 
@@ -90,11 +90,15 @@ def test_the_challenges_are_random_and_each_starts_from_rest() -> None:
         prompt = s.observe(Observation.of(now, now, analysis(face), cues))
         if prompt is not None:
             prompts.append((prompt, cues.yaw))
-            head.respond(str(prompt.challenge))
+            head.respond(prompt.code)
     assert s.report().passed, s.report()
-    assert len(prompts) == 2 and prompts[0][0].challenge != prompts[1][0].challenge
-    # The second prompt waited until the head was back at rest, facing the camera.
-    assert abs(prompts[1][1]) < POLICY.turn_degrees
+    first, back, second = (p for p, _ in prompts)
+    assert first.challenge != second.challenge and second.challenge is not None
+    # Between them the person was asked back to the camera, in words, with a deadline; the
+    # second prompt waited until the head was back at rest, facing the camera.
+    assert back.challenge is None and back.code == "LOOK_AT_CAMERA"
+    assert back.text == "Look at the camera" and back.window_s == LIMITS.response_window_s
+    assert abs(prompts[2][1]) < POLICY.neutral_degrees
 
 
 def test_a_head_that_never_rests_gets_no_prompt() -> None:

@@ -175,8 +175,11 @@ def test_a_head_that_follows_the_prompt_passes(kiosk, people, subject) -> None:
     name, images = people[0]
     track = subject(LiveHead())
     call = kiosk.VerifyStream(requests([frame_bytes(images[2])] * 70, name, "s-follow"), timeout=30)
-    prompts, result = converse(call, track)
-    assert sorted(prompts) == sorted(STREAM.challenges)  # both, one after the other
+    shown, result = converse(call, track)
+    # Both challenges, one after the other, with a look back at the camera between them.
+    assert len(shown) == 3 and shown[1] == "LOOK_AT_CAMERA"
+    prompts = [shown[0], shown[2]]
+    assert sorted(prompts) == sorted(STREAM.challenges)
     decision = result.decision
     assert decision.outcome == APPROVE, decision
     assert "MATCH" in decision.reason_codes and decision.customer_id == name
@@ -406,3 +409,28 @@ def test_the_kiosk_command_streams_a_folder_and_prints_the_decision(
     liveness = decision["liveness"]  # JSON leaves out false and empty fields
     assert not liveness.get("passed") and liveness["response"] == "NONE"
     assert {c["name"] for c in liveness["checks"]} == {"passive", "motion", "blink", "challenge"}
+
+
+def test_the_kiosk_command_shows_each_prompt_in_words_with_the_time_left(
+    served, people, subject, tmp_path, capsys
+) -> None:
+    """Without --json the kiosk shows the prompt as a person reads it, with the seconds left."""
+    import re
+
+    from enrollment.kiosk import prompt_line
+    from service.cli import main
+
+    name, images = people[0]
+    subject(LiveHead())
+    for i in range(20):  # 1.3 s at 15 frames/s: the prompt comes after 0.6 s of rest
+        (tmp_path / f"{i:03d}.jpg").write_bytes(best_quality(images).read_bytes())
+    main([
+        "kiosk", "--server", f"127.0.0.1:{served.port}", "--customer-id", name,
+        "--fps", "15", str(tmp_path),
+    ])  # fmt: skip
+    shown = capsys.readouterr().err
+    assert re.search(
+        r"(Turn your head a little to the left|Look up a little)  \(\d s left\)", shown
+    )
+    assert prompt_line("Look at the camera", 10.2, 7.0) == "Look at the camera  (4 s left)"
+    assert prompt_line("Blink your eyes", 10.0, 12.0) == "Blink your eyes  (0 s left)"

@@ -22,7 +22,6 @@ import grpc
 from faceguard.v1 import verification_pb2
 from service.api.messages import MAX_CLOCK_SKEW_S, datetime_from
 from service.errors import Expired, InvalidInput, TooLarge
-from service.liveness.policy import INSTRUCTIONS
 from service.liveness.session import Prompt
 from service.liveness.stream import ActiveSessions, Frame, Opening, Outcome, StreamRun
 
@@ -136,9 +135,9 @@ def prompt_message(
 ) -> verification_pb2.Prompt:
     """A Prompt whose deadline is on the wall clock (the session's is on the monotonic one)."""
     message = verification_pb2.Prompt(
-        challenge=str(prompt.challenge),
+        challenge=prompt.code,
         window_ms=round(prompt.window_s * 1000),
-        text=INSTRUCTIONS[prompt.challenge],
+        text=prompt.text,
     )
     message.deadline.FromNanoseconds(round((time.time() + prompt.deadline_s - clock()) * 1e9))
     return message

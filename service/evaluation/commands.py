@@ -127,15 +127,23 @@ def run_identify(args: argparse.Namespace) -> int:
 
 
 def run_liveness(args: argparse.Namespace) -> int:
+    if args.root is None and args.responders is None:
+        raise SettingsError("eval liveness needs --root, --responders or both")
     pipeline = _pipeline(args, liveness=True)
-    scores, attacks, undetected = runner.liveness_scores(pipeline, args.root)
     table = load_manifest().section("liveness")
-    threshold = args.threshold if args.threshold is not None else float(table["threshold"])
-    report = metrics.pad_report(scores, attacks, threshold)
-    figures = report.to_dict() | {
-        "model": pipeline.liveness_model.model.name,
-        "no_face_detected": undetected,
-    }
+    figures: dict[str, Any] = {"model": pipeline.liveness_model.model.name}
+    if args.root is not None:
+        scores, attacks, undetected = runner.liveness_scores(pipeline, args.root)
+        threshold = args.threshold if args.threshold is not None else float(table["threshold"])
+        report = metrics.pad_report(scores, attacks, threshold)
+        figures |= report.to_dict() | {"no_face_detected": undetected}
+    if args.responders is not None:
+        from service.evaluation.responders import responder_figures
+
+        figures["responders"] = responder_figures(
+            pipeline, load_settings(args.config).stream, float(table["threshold"]),
+            args.responders,
+        )  # fmt: skip
     if args.stream:
         from service.evaluation.stream_eval import stream_figures
 
@@ -143,7 +151,15 @@ def run_liveness(args: argparse.Namespace) -> int:
             pipeline, load_settings(args.config).stream, float(table["threshold"]),
             args.shared, args.stills, args.seconds,
         )  # fmt: skip
-    _emit(args, f"liveness: {args.root.name}", figures)
+    title = f"liveness: {(args.root or args.responders).name}"
+    if args.json or "responders" not in figures:
+        _emit(args, title, figures)
+        return 0
+    from service.evaluation.responders import tables
+
+    _emit(args, title, {k: v for k, v in figures.items() if k != "responders"})
+    for printed in tables(figures["responders"]):
+        Console().print(printed)
     return 0
 
 

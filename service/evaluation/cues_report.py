@@ -91,7 +91,9 @@ def summarise(cues: list[FrameCues | None], fps: float = KIOSK_FPS) -> dict[str,
         "roll_p5_p95": spread([c.roll for _, c in seen]),
         "eye_openness_median": round(statistics.median(openness), 3),
         "eye_openness_min": round(min(openness), 3),
-        "blinks": blink_count(openness, [i / fps for i, _ in seen]),
+        "blinks": blink_count(
+            openness, [i / fps for i, _ in seen], [(c.yaw, c.pitch) for _, c in seen]
+        ),
         "planarity_windows": len(residuals),
         "planarity_min_median_max": (
             [round(f(residuals), 4) for f in (min, statistics.median, max)] if residuals else []

@@ -15,8 +15,8 @@ are grouped by the first challenge) and once without a challenge; videos from se
 offsets. What the data cannot show: a recorded live video cannot answer a random
 challenge, so BPCER with a challenge is not measurable here: the live video's challenge
 sessions are reported as `unresponsive_live_pass_rate` (how often doing nothing in particular
-passes, i.e. the chance a replayed recording has), and the challenge logic's acceptance of
-people who do respond is only tested on synthetic tracks (tests/test_liveness_session.py).
+passes, i.e. the chance a replayed recording has); people who do respond are measured by
+`faceguard eval liveness --responders` (service/evaluation/responders.py).
 """
 
 from __future__ import annotations
@@ -211,8 +211,8 @@ def evaluate(
         k: round(float(np.median(v)), 4) for k, v in residuals.items()
     }
     figures["unmeasured"] = (
-        "BPCER with a challenge: the live video cannot answer a random prompt; the pass of a "
-        "responding person is tested on synthetic landmark tracks only"
+        "BPCER with a challenge: the live video cannot answer a random prompt; people who "
+        "respond are measured by --responders"
     )
     return figures
 

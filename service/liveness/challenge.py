@@ -2,8 +2,9 @@
 
 The pick uses `secrets` so an attacker who has seen earlier sessions cannot predict the next
 prompt and prepare a recording that answers it. The judgement reads only frames that arrived
-after the prompt was sent and before its deadline (server clock), relative to the pose the
-same session showed before the prompt, so a face that was already turned does not count.
+after the prompt was sent and before its deadline (server clock), relative to the session's
+neutral pose (its first rest, facing the camera, where every prompt is sent from), so a face
+that was already turned does not count and a return from the last answer is not a move.
 A head that first moves in another challenge's direction fails: a recording that moves about
 until it happens to go the right way does not get to try every direction.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.liveness.policy import Challenge, LivenessPolicy
-from service.vision.liveness_cues import FrameCues, blink_count, planarity_residual
+from service.vision.liveness_cues import FrameCues, blinks, planarity_residual
 
 
 def pick(choices: Sequence[Challenge]) -> Challenge:
@@ -71,21 +72,33 @@ def judge(
     window: Sequence[tuple[float, FrameCues]],
     policy: LivenessPolicy,
     final: bool = False,
+    before: Sequence[tuple[float, FrameCues]] = (),
 ) -> Response | None:
     """The response to `challenge` in the frames so far; None while undecided (`final`: the
     window has closed, so undecided is a failure).
 
-    `window` holds (seconds after the prompt, cues) of the frames received in the window.
+    `window` holds (seconds after the prompt, cues) of the frames received in the window;
+    `base` is the session's neutral pose, so every challenge is judged from the same pose.
+    A blink is judged against the person's own open-eye level at the same pose (`blinks`),
+    which the rest frames `before` the prompt (same clock, negative times) help establish; its
+    closure must come after the prompt and may last up to `policy.blink_max_s`.
     A head challenge passes on a frame that has the asked pose and whose landmarks are not a
     planar transform of the resting ones (`reference`, the last baseline frame's points):
     tilting a photo changes the estimated pose too, but a homography explains its landmarks.
     """
     if challenge is Challenge.BLINK:
+        frames = [*before, *window]
         if len(window) >= 2:
-            times = [t for t, _ in window]
-            blinks = blink_count([c.eye_openness for _, c in window], times)
-            if blinks:
-                return Response(True, "BLINK", f"{blinks} blink(s) in the window", times[-1])
+            found = [
+                (closed, opened) for closed, opened in blinks(
+                    [c.eye_openness for _, c in frames], [t for t, _ in frames],
+                    [(c.yaw, c.pitch) for _, c in frames], policy.blink_max_s,
+                ) if closed >= 0.0
+            ]  # fmt: skip
+            if found:
+                closed, opened = found[0]
+                detail = f"eyes closed at {closed:.2f} s, open again at {opened:.2f} s"
+                return Response(True, "BLINK", detail, opened)
         return _unanswered(window) if final else None
     planar: tuple[float, str, float] | None = None  # the flattest answering frame seen
     for t, cues in window:

@@ -50,12 +50,14 @@ def motion_check(tracks: Sequence[np.ndarray], policy: LivenessPolicy) -> Livene
 
 
 def blink_check(
-    openness: Sequence[float], times: Sequence[float], policy: LivenessPolicy
-) -> LivenessCheck:
+    openness: Sequence[float], times: Sequence[float], policy: LivenessPolicy,
+    poses: Sequence[tuple[float, float]] | None = None,
+) -> LivenessCheck:  # fmt: skip
+    """Spontaneous blinks over the session, each judged at its own pose (`poses`)."""
     weight = policy.weights["blink"]
     if len(openness) < 2:
         return LivenessCheck("blink", False, None, weight, "fewer than 2 frames with landmarks")
-    blinks = blink_count(openness, times)
+    blinks = blink_count(openness, times, poses)
     return LivenessCheck(
         "blink", blinks > 0, 1.0 if blinks else 0.0, weight,
         f"{blinks} blink(s) in {len(openness)} frames",

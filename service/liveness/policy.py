@@ -1,13 +1,14 @@
 """What a streamed session allows and what it counts as live: limits, thresholds, weights.
 
 The numbers and where they come from (`faceguard eval liveness --stream` prints the
-measurements behind them):
+measurements behind them on attacks, `--responders` on real people answering challenges):
 
-- `turn_degrees` / `look_up_degrees`: the pose change from the session's resting pose that
-  answers a head challenge. Measured on the live video (real2.webm, face mesh pose): a head
-  that moves on purpose spans yaw -26 to +41 and pitch -26 to +16 degrees, while a still head
-  jitters by 1-2 degrees, so 15 (turn) and 10 (look up, the smaller movement) are deliberate
-  moves, not noise.
+- `turn_degrees` / `look_up_degrees`: the pose change from the session's neutral pose (its
+  first rest, facing the camera) that answers a head challenge. Measured on the live video
+  (real2.webm, face mesh pose): a head that moves on purpose spans yaw -26 to +41 and pitch
+  -26 to +16 degrees, while a still head jitters by 1-2 degrees, so 15 (turn) and 10 (look
+  up, the smaller movement) are deliberate moves, not noise. On the responders' clips real
+  answers reach 40-60 degrees of yaw and 39-45 of pitch.
 - `motion_residual`: part A's planarity residual (RMS of the best homography fit, as a
   fraction of face width) above which the landmark motion is that of a 3D head, not a flat
   picture moved or tilted. Measured per session: generated printed photos 0.0105 (median),
@@ -17,6 +18,17 @@ measurements behind them):
   someone else (FACE_CHANGED). The live video's frames stay at or above 0.50 to its first frame
   through +-40 degrees of yaw (0.57 for the replay video); 0.3 leaves room for that, and the
   match itself uses the operating threshold.
+- `match_pose_degrees`: the embedding is not pose-invariant: on the responders' clips the
+  similarity to the session's first, frontal face fell to 0.32 at 45 degrees of pitch and 0.39
+  at 54 degrees of yaw (issue 17 measured 0.17-0.23 at about 52 degrees of yaw), against
+  `track_cosine` 0.3. Frames posed more than 25 degrees from the reference's pose are followed
+  by position only (`track_jump`), and the identity is checked again when the face comes back
+  (the LOOK_AT_CAMERA step between challenges brings it back); a face that comes back after a
+  gap answers nothing until it has matched again.
+- `neutral_degrees`: a person told to look at the camera rests within a few degrees of where
+  they started; 10 is less than the smallest answer (10 up, 15 sideways), so a person still
+  turned from the last answer is not prompted (failure mode: a held answer became the next
+  baseline and the return to the camera read as a move the wrong way).
 - `track_jump`: the face centre moving more than this many face widths between consecutive
   frames is a cut, not a movement (the videos' largest step is 0.10 face widths).
 - `passive_threshold`: the passive model's operating threshold from the manifest; its weight
@@ -54,11 +66,16 @@ class Challenge(StrEnum):
 
 CHECKS = ("passive", "motion", "blink", "challenge")
 
+# What the kiosk shows, in words a person takes in at a glance. Between two challenges the
+# person is asked back to the camera (LOOK_AT_CAMERA): each challenge starts from, and is judged
+# against, the same neutral pose.
+LOOK_AT_CAMERA = "LOOK_AT_CAMERA"
 INSTRUCTIONS = {
-    Challenge.TURN_LEFT: "Turn your head to your left",
-    Challenge.TURN_RIGHT: "Turn your head to your right",
-    Challenge.LOOK_UP: "Look up",
-    Challenge.BLINK: "Blink",
+    Challenge.TURN_LEFT: "Turn your head a little to the left",
+    Challenge.TURN_RIGHT: "Turn your head a little to the right",
+    Challenge.LOOK_UP: "Look up a little",
+    Challenge.BLINK: "Blink your eyes",
+    LOOK_AT_CAMERA: "Look at the camera",
 }
 
 
@@ -91,6 +108,16 @@ class LivenessPolicy:
     turn_degrees: float = 15.0
     look_up_degrees: float = 10.0
     rest_degrees: float = 4.0
+    # The neutral pose: a first rest within this many degrees of yaw of facing the camera;
+    # later prompts wait for a rest within this many degrees of it on each axis.
+    neutral_degrees: float = 10.0
+    # The identity check compares embeddings only on frames within this many degrees of the
+    # reference frame's pose; between them the face is followed frame to frame.
+    match_pose_degrees: float = 25.0
+    # The longest eye closure that answers a BLINK challenge: a slow, deliberate blink of up
+    # to a second and a half does (spontaneous blinks count up to BLINK_MAX_S, 0.7 s); eyes
+    # held shut longer do not.
+    blink_max_s: float = 1.5
     motion_residual: float = 0.02
     track_cosine: float = 0.3
     track_jump: float = 0.5

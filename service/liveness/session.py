@@ -2,15 +2,22 @@
 
 BASELINE (frames of a face at rest) -> CHALLENGE (prompt sent, response window open) ->
 BASELINE again for the next challenge, `challenges_per_session` times -> DONE; a challenge that
-fails ends the session. Without a challenge, BASELINE collects `min_frames` face frames and is
-DONE. A prompt goes out only once the head has been at rest for `baseline_frames` frames, so
-that the response is measured from a still pose and a recording that keeps moving gets no
-prompt to answer by chance. Time comes in as
-arguments (the server's monotonic clock for windows and limits, the capture clock for blink
-timing), so the machine is driven the same way by the gRPC runner and by tests.
+fails ends the session. The first rest, facing the camera, is the session's neutral pose:
+every challenge is judged against it, and after an answer the person is asked to look at the
+camera again (a LOOK_AT_CAMERA prompt with its own deadline) before the next challenge, which
+waits for a rest near the neutral pose, so an answer held too long is neither the next
+baseline nor, on its way back, a move the wrong way. Without a challenge, BASELINE collects
+`min_frames` face frames and is DONE. A prompt goes out only once the head has been at rest
+for `baseline_frames` frames, so that the response is measured from a still pose and a
+recording that keeps moving gets no prompt to answer by chance. Time comes in as arguments
+(the server's monotonic clock for windows and limits, the capture clock for blink timing), so
+the machine is driven the same way by the gRPC runner and by tests.
 
 It follows one face: in each frame the face nearest the previous one, and the session ends
 FACE_CHANGED when that face jumps between consecutive frames or stops being the same person.
+The embedding is compared only where the pose is close to the reference's (a turned head's
+embedding drifts far from its frontal one); in between, the face is followed frame to frame,
+and a face that comes back after a gap answers nothing until it has matched again.
 It keeps only what it needs: scores, landmark points and the best-quality face's analysis,
 never the images. Embedding is the costly step of a frame, so the session asks for one only
 where it needs it (`wish`): the first face, a face of better quality than the best
@@ -31,7 +38,13 @@ from service.decision import LivenessCheck, LivenessReport
 from service.errors import Expired, TooLarge, Unprocessable
 from service.liveness import checks
 from service.liveness.challenge import Baseline, Response, judge, pick
-from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
+from service.liveness.policy import (
+    INSTRUCTIONS,
+    LOOK_AT_CAMERA,
+    Challenge,
+    LivenessPolicy,
+    SessionLimits,
+)
 from service.vision.liveness_cues import FrameCues
 from service.vision.subject import FrameWish
 from service.vision.types import Embedding, Face, FaceAnalysis, Liveness, Quality
@@ -78,9 +91,19 @@ class Observation:
 
 @dataclass(frozen=True)
 class Prompt:
-    challenge: Challenge
+    """What the kiosk is to show: a challenge, or (challenge None) look at the camera."""
+
+    challenge: Challenge | None
     deadline_s: float  # server clock
     window_s: float
+
+    @property
+    def code(self) -> str:
+        return LOOK_AT_CAMERA if self.challenge is None else str(self.challenge)
+
+    @property
+    def text(self) -> str:
+        return INSTRUCTIONS[self.challenge or LOOK_AT_CAMERA]
 
 
 class Session:
@@ -110,6 +133,11 @@ class Session:
         self.asked: list[Challenge] = []
         self.responses: list[Response] = []
         self._reference: Embedding | None = None
+        self._reference_pose: tuple[float, float] | None = None
+        self.neutral: Baseline | None = None  # the first rest pose: challenges start from it
+        # The face came back after a gap (no followed face for JUMP_GAP_S) and has not matched
+        # the reference since: its frames answer nothing until it does.
+        self._unconfirmed = False
         self._since_embedding = 0
         self._previous: tuple[float, Face] | None = None
         self._face_frames = 0
@@ -132,26 +160,47 @@ class Session:
         check the face is still the same person)."""
         last = self._previous[1] if self._previous is not None else None
         needed = (
-            self._reference is None or self.best is None or self._since_embedding + 1 >= EMBED_EVERY
+            self._reference is None
+            or self.best is None
+            or self._since_embedding + 1 >= EMBED_EVERY
+            or self._unconfirmed
         )
         return FrameWish(last, None if needed else self.best.quality.score)
 
-    def _track(self, face: Face, embedding: Embedding | None, received_s: float) -> None:
+    def _track(
+        self, face: Face, embedding: Embedding | None, received_s: float,
+        cues: FrameCues | None = None,
+    ) -> None:  # fmt: skip
         if self._previous is not None and received_s - self._previous[0] <= JUMP_GAP_S:
             moved = np.linalg.norm(face.centre - self._previous[1].centre)
             if moved > self.policy.track_jump * max(self._previous[1].width, 1.0):
                 raise Unprocessable(
                     "FACE_CHANGED", "the face jumped between frames: another face or a cut"
                 )
+        elif self._previous is not None:
+            self._unconfirmed = True  # not followed across the gap: match it again
         self._previous = (received_s, face)
         if embedding is None:
             self._since_embedding += 1
             return
         self._since_embedding = 0
+        if not self._comparable(cues):
+            return  # too turned to compare: followed by position until it comes back
         if self._reference is None:
             self._reference = embedding
+            self._reference_pose = (cues.yaw, cues.pitch) if cues is not None else None
         elif float(embedding.vector @ self._reference.vector) < self.policy.track_cosine:
             raise Unprocessable("FACE_CHANGED", "the face changed during the session")
+        self._unconfirmed = False
+
+    def _comparable(self, cues: FrameCues | None) -> bool:
+        """Whether this frame's embedding may be compared with the reference: its pose is within
+        `match_pose_degrees` of the reference frame's (any pose where either is unknown)."""
+        if cues is None or self._reference_pose is None:
+            return True
+        limit = self.policy.match_pose_degrees
+        yaw, pitch = self._reference_pose
+        return abs(cues.yaw - yaw) <= limit and abs(cues.pitch - pitch) <= limit
 
     # ---- frames and time ------------------------------------------------------------------
 
@@ -185,13 +234,16 @@ class Session:
         if self.phase is Phase.CHALLENGE and prompt and obs.received_s > prompt.deadline_s:
             self._close_window()
             return None
+        if prompt is not None and obs.received_s > prompt.deadline_s:  # LOOK_AT_CAMERA
+            self._not_back(obs.received_s)
+            return None
         if obs.face is None or obs.quality is None:
             if self.phase is Phase.CHALLENGE:
                 self._window_without_cues += 1
             self._check_face_seen(obs.received_s)
             return None
         self.face_s = obs.received_s
-        self._track(obs.face, obs.embedding, obs.received_s)
+        self._track(obs.face, obs.embedding, obs.received_s, obs.cues)
         self._face_frames += 1
         self._phase_face_frames += 1
         if obs.embedding is not None and (
@@ -204,8 +256,7 @@ class Session:
             self._cues.append((obs.captured_s, obs.cues))
         if self.phase is Phase.BASELINE:
             return self._baseline_step(obs)
-        self._challenge_step(obs)
-        return None
+        return self._challenge_step(obs)
 
     def _baseline_step(self, obs: Observation) -> Prompt | None:
         if obs.cues is not None:
@@ -226,6 +277,8 @@ class Session:
             return None
         if not self._at_rest(obs.received_s):
             return None
+        if self.neutral is None:
+            self.neutral = Baseline.of([c for _, c in self._baseline])
         remaining = [c for c in self.limits.challenges if c not in self.asked]
         self.challenge = self._choose(remaining or self.limits.challenges)
         self.asked.append(self.challenge)
@@ -234,16 +287,22 @@ class Session:
         self.phase = Phase.CHALLENGE
         return self.prompt
 
-    def _challenge_step(self, obs: Observation) -> None:
+    def _challenge_step(self, obs: Observation) -> Prompt | None:
+        """A frame in the window; returns the LOOK_AT_CAMERA prompt after a passed answer."""
         assert self.prompt is not None and self.challenge is not None
-        if obs.cues is None:
+        if obs.cues is None or self._unconfirmed:
             self._window_without_cues += 1
-            return
-        sent_s = self.prompt.deadline_s - self.prompt.window_s
-        self._window.append((obs.received_s - sent_s, obs.cues))
+            return None
+        self._window.append((obs.received_s - self._sent_s, obs.cues))
         response = self._judge(final=False)
-        if response is not None:
-            self._answered(response)
+        if response is None:
+            return None
+        return self._answered(response, obs.received_s)
+
+    @property
+    def _sent_s(self) -> float:
+        assert self.prompt is not None
+        return self.prompt.deadline_s - self.prompt.window_s
 
     def _at_rest(self, now_s: float) -> bool:
         """Landmarks for the last `rest_s` seconds (at least `baseline_frames` frames), with a
@@ -255,27 +314,49 @@ class Session:
         yaws = [c.yaw for _, c in self._baseline]
         pitches = [c.pitch for _, c in self._baseline]
         spread = max(max(yaws) - min(yaws), max(pitches) - min(pitches))
-        return spread <= self.policy.rest_degrees
+        if spread > self.policy.rest_degrees:
+            return False
+        return self._near_neutral(float(np.median(yaws)), float(np.median(pitches)))
 
-    def _answered(self, response: Response) -> None:
-        """A challenge's verdict: on to the next one after a pass, else the session ends."""
+    def _near_neutral(self, yaw: float, pitch: float) -> bool:
+        """Facing the camera (first rest), or back within `neutral_degrees` of the neutral pose."""
+        limit = self.policy.neutral_degrees
+        if self.neutral is None:
+            return abs(yaw) <= limit
+        return abs(yaw - self.neutral.yaw) <= limit and abs(pitch - self.neutral.pitch) <= limit
+
+    def _answered(self, response: Response, now_s: float) -> Prompt | None:
+        """A challenge's verdict: after a pass, back to the camera for the next one (the
+        LOOK_AT_CAMERA prompt, with a deadline); else, or after the last, the session ends."""
         if not response.passed or len(self.asked) >= self.limits.challenges_per_session:
             self._finish(response)
-            return
+            return None
         self.responses.append(response)
         self.response = response
         self.phase = Phase.BASELINE
-        self.prompt = None
+        window = self.limits.response_window_s
+        self.prompt = Prompt(None, now_s + window, window)
         self._baseline.clear()
         self._window = []
         self._window_without_cues = 0
         self._phase_face_frames = 0
+        return self.prompt
 
     def _judge(self, final: bool) -> Response | None:
-        assert self.challenge is not None
-        rest = [c for _, c in self._baseline]
+        assert self.challenge is not None and self.neutral is not None
+        sent = self._sent_s
+        rest = [(t - sent, c) for t, c in self._baseline]
         return judge(
-            self.challenge, Baseline.of(rest), rest[-1].points, self._window, self.policy, final
+            self.challenge, self.neutral, rest[-1][1].points, self._window, self.policy, final,
+            rest,
+        )  # fmt: skip
+
+    def _not_back(self, now_s: float) -> None:
+        """The LOOK_AT_CAMERA deadline passed without a rest near the neutral pose."""
+        assert self.prompt is not None
+        waited = now_s - (self.prompt.deadline_s - self.prompt.window_s)
+        self._finish(
+            Response(False, LOOK_AT_CAMERA, f"not back at the camera after {waited:.1f} s")
         )
 
     def _close_window(self) -> None:
@@ -299,7 +380,7 @@ class Session:
         timers = [self.last_s + limits.idle_timeout_s, self.started_s + limits.max_duration_s]
         if self.frames:  # frames that came without a face; none at all is SESSION_IDLE
             timers.append(self.face_s + limits.no_face_timeout_s)
-        if self.phase is Phase.CHALLENGE and self.prompt is not None:
+        if self.prompt is not None:
             timers.append(self.prompt.deadline_s)
         return min(timers)
 
@@ -309,6 +390,9 @@ class Session:
             return
         if self.phase is Phase.CHALLENGE and self.prompt and now_s >= self.prompt.deadline_s:
             self._close_window()
+            return
+        if self.prompt is not None and now_s >= self.prompt.deadline_s:  # LOOK_AT_CAMERA
+            self._not_back(now_s)
             return
         if now_s - self.last_s >= self.limits.idle_timeout_s:
             raise Expired(
@@ -338,7 +422,10 @@ class Session:
             checks.passive_check(self._passive, policy),
             checks.motion_check([c.points for _, c in self._cues], policy),
             checks.blink_check(
-                [c.eye_openness for _, c in self._cues], [t for t, _ in self._cues], policy
+                [c.eye_openness for _, c in self._cues],
+                [t for t, _ in self._cues],
+                policy,
+                [(c.yaw, c.pitch) for _, c in self._cues],
             ),
         ]
         if self.ask_challenge:

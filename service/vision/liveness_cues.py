@@ -88,11 +88,20 @@ TRACK_POINTS = (
     205,
     425,  # cheeks, jaw
 )
-# A blink: openness below this fraction of the open-eye level, then back above REOPEN of it.
-BLINK_CLOSED = 0.65
-BLINK_REOPEN = 0.8
+# A blink: openness below BLINK_CLOSED of the eyes' open level, back above BLINK_REOPEN of it
+# within BLINK_MAX_S seconds. The open level is local and pose-matched: the 80th percentile of
+# the frames within BLINK_LEVEL_S seconds whose yaw and pitch are within BLINK_POSE_DEGREES,
+# because the mesh's eye aspect ratio is not pose-invariant (it rises 1.2-2.1x past 30 degrees
+# of yaw, as the eye's width foreshortens, and falls looking up) and does not fall far at a
+# full closure (to 0.47-0.71 of the open level on the responders' clips, median about 0.6).
+# Open eyes stay above 0.8 of that level on those clips except in the middle of a fast turn.
+BLINK_CLOSED = 0.75
+BLINK_REOPEN = 0.85
 # Eye closures longer than this are not blinks (eyes shut on purpose, or a lost track).
 BLINK_MAX_S = 0.7
+BLINK_LEVEL_S = 1.0
+BLINK_POSE_DEGREES = 10.0
+BLINK_LEVEL_FRAMES = 3  # fewer pose-matched frames than this: the frame is not judged
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,26 +203,64 @@ def planarity_residual(tracks: Sequence[np.ndarray]) -> float:
     return float(np.sqrt(np.mean(np.square(residuals))))
 
 
-def blink_count(openness: Sequence[float], timestamps: Sequence[float]) -> int:
-    """Blinks in an eye-openness trace: drops below BLINK_CLOSED of the open level that come
-    back above BLINK_REOPEN of it within BLINK_MAX_S seconds.
+def blinks(
+    openness: Sequence[float], timestamps: Sequence[float],
+    poses: Sequence[tuple[float, float]] | None = None, max_closed_s: float = BLINK_MAX_S,
+) -> list[tuple[float, float]]:  # fmt: skip
+    """(closed at, reopened at) of each blink in an eye-openness trace: a frame below
+    BLINK_CLOSED of the open level after an open one, then a frame back above BLINK_REOPEN of
+    it within `max_closed_s`.
 
-    The open level is the trace's 80th percentile, so it adapts to the person's eye shape and to
-    the mesh's bias; a trace that never reopens, or stays shut too long, counts no blink.
+    Each frame is judged against its own open level (see BLINK_CLOSED): the frames around it
+    at about the same pose (`poses`: (yaw, pitch) per frame; None: one pose), leaving out the
+    frames of the closure being followed (and later ones at its pose that are still as shut),
+    so that eyes held shut for long do not become the open level. A trace that never reopens,
+    or stays shut longer than `max_closed_s`, counts no blink.
     """
     values = np.asarray(openness, dtype=np.float64)
     times = np.asarray(timestamps, dtype=np.float64)
     if values.shape != times.shape:
         raise ValueError("openness and timestamps differ in length")
     if values.size < 3:
-        return 0
-    level = float(np.percentile(values, 80))
-    closed_at: float | None = None
-    blinks = 0
-    for value, time in zip(values, times, strict=True):
-        if closed_at is None and value < BLINK_CLOSED * level:
-            closed_at = time
-        elif closed_at is not None and value > BLINK_REOPEN * level:
-            blinks += int(time - closed_at <= BLINK_MAX_S)
-            closed_at = None
-    return blinks
+        return []
+    angles = np.zeros((values.size, 2)) if poses is None else np.asarray(poses, np.float64)
+    if angles.shape != (values.size, 2):
+        raise ValueError("poses and openness differ in length")
+    found: list[tuple[float, float]] = []
+    closed_from: int | None = None  # the first frame of the closure being followed
+    shut = np.zeros(values.size, dtype=bool)  # frames that read as that closure still going on
+    seen_open = False
+    for i, (value, time) in enumerate(zip(values, times, strict=True)):
+        near = (np.abs(times - time) <= BLINK_LEVEL_S) & np.all(
+            np.abs(angles - angles[i]) <= BLINK_POSE_DEGREES, axis=1
+        )
+        if closed_from is not None:
+            near[closed_from:i] = False
+            near &= ~shut
+        if np.count_nonzero(near) < BLINK_LEVEL_FRAMES:
+            continue
+        level = float(np.percentile(values[near], 80))
+        if closed_from is None:
+            if value < BLINK_CLOSED * level and seen_open:
+                closed_from = i
+                # Later frames at the closure's pose still below the reopening mark are the
+                # same closure: never the open level a long closure would be judged against.
+                shut = (
+                    (np.arange(values.size) >= i)
+                    & (values < BLINK_REOPEN * level)
+                    & np.all(np.abs(angles - angles[i]) <= BLINK_POSE_DEGREES, axis=1)
+                )
+            seen_open = seen_open or value >= BLINK_REOPEN * level
+        elif value >= BLINK_REOPEN * level:
+            if time - times[closed_from] <= max_closed_s:
+                found.append((float(times[closed_from]), float(time)))
+            closed_from = None
+    return found
+
+
+def blink_count(
+    openness: Sequence[float], timestamps: Sequence[float],
+    poses: Sequence[tuple[float, float]] | None = None,
+) -> int:  # fmt: skip
+    """How many blinks (see `blinks`) the trace holds."""
+    return len(blinks(openness, timestamps, poses))
