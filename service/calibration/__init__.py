@@ -1,0 +1,1 @@
+"""Threshold calibration on an enrolled gallery: impostor scores, thresholds, their uncertainty."""
