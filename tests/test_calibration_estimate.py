@@ -131,6 +131,8 @@ def test_unresolvable_targets_are_refused_with_the_reason():
     few_people = _normal_sample(people=MIN_PEOPLE - 1, pairs=1_000_000, seed=2)
     (refused,) = propose_thresholds(few_people, [1e-3])
     assert not refused.resolvable and f"at least {MIN_PEOPLE}" in refused.reason
+    (studied,) = propose_thresholds(few_people, [1e-3], min_people=MIN_PEOPLE - 1)
+    assert studied.resolvable and studied.threshold is not None
 
 
 def test_estimated_fmr_counts_ties_as_accepted():

@@ -208,15 +208,15 @@ def _threshold_at(scores: np.ndarray, cumulative: np.ndarray, target: float) -> 
     return float(np.nextafter(scores[j], np.inf))
 
 
-def _refusal(sample: ImpostorSample, target: float) -> str:
+def _refusal(sample: ImpostorSample, target: float, min_people: int, min_exceedances: int) -> str:
     expected = target * sample.pairs
-    if sample.people < MIN_PEOPLE:
-        return f"{sample.people} people: at least {MIN_PEOPLE} are needed to estimate any FMR"
-    if expected < MIN_EXCEEDANCES:
-        needed = math.ceil(MIN_EXCEEDANCES / target)
+    if sample.people < min_people:
+        return f"{sample.people} people: at least {min_people} are needed to estimate any FMR"
+    if expected < min_exceedances:
+        needed = math.ceil(min_exceedances / target)
         return (
             f"{sample.pairs} impostor pairs expect {expected:.1f} false matches at FMR {target:g}: "
-            f"at least {MIN_EXCEEDANCES} are needed ({needed} pairs)"
+            f"at least {min_exceedances} are needed ({needed} pairs)"
         )
     return ""
 
@@ -245,14 +245,18 @@ def propose_thresholds(
     confidence: float = 0.95,
     resamples: int = RESAMPLES,
     seed: int = 0,
+    min_people: int = MIN_PEOPLE,
+    min_exceedances: int = MIN_EXCEEDANCES,
 ) -> list[ThresholdProposal]:
     """The threshold per target FMR, with its bootstrap-over-people confidence interval.
 
     A target is refused (``resolvable`` False, with the reason) when the sample comes from fewer
-    than `MIN_PEOPLE` people or expects fewer than `MIN_EXCEEDANCES` impostor pairs above the
-    threshold (``target * pairs``). The interval is the percentile interval of the thresholds
-    of ``resamples`` galleries whose people are drawn with replacement (``seed`` makes it
-    reproducible); a resample that draws a single person has no impostor pair and is skipped.
+    than ``min_people`` people or expects fewer than ``min_exceedances`` impostor pairs above the
+    threshold (``target * pairs``); lowering them is for studies of small galleries, whose
+    thresholds then rest on too few people or pairs to be trusted. The interval is the
+    percentile interval of the thresholds of ``resamples`` galleries whose people are drawn
+    with replacement (``seed`` makes it reproducible); a resample that draws a single person
+    has no impostor pair and is skipped.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
@@ -261,7 +265,7 @@ def propose_thresholds(
     for target in targets:
         if not 0.0 < target < 1.0:
             raise ValueError(f"target FMR must be in (0, 1), got {target}")
-    reasons = [_refusal(sample, float(t)) for t in targets]
+    reasons = [_refusal(sample, float(t), min_people, min_exceedances) for t in targets]
     resolvable = [float(t) for t, why in zip(targets, reasons, strict=True) if not why]
     point = np.cumsum(np.ones(sample.pairs))
     intervals: dict[float, tuple[float, float]] = {}
