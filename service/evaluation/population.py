@@ -1,0 +1,327 @@
+"""False match rate by population, before and after calibration on the population's own gallery.
+
+A threshold calibrated on one population promises an FMR that another population may not get:
+the impostor score distribution of faces from one ancestry, one photo style, one age group
+sits higher or lower. Following NIST's demographic reports (FRVT part 3), each population's
+FMR at the operating thresholds is divided by the target and the worst ratio is the headline.
+
+Comparisons are scored as the service scores them: the probe embedding of one image (as a
+verify or identify request makes it) against the template of another (as enrolment makes it).
+Impostors are every cross-person probe-template pair of a population, genuines every pair of
+two different images of one person.
+
+Calibration on the population's own gallery: its people are split in two halves at random;
+the estimator (service/calibration/estimate.py) proposes thresholds from the template pairs of
+one half (the enrolled gallery), and FMR and TAR are measured on the other half, whose people it
+never saw. Optionally every score is normalised first by adaptive score normalisation against
+a cohort of the gallery half (`as_norm`), to see how much that narrows the gap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from service.calibration.estimate import (
+    MIN_PEOPLE,
+    impostor_sample,
+    propose_thresholds,
+    sample_impostor_scores,
+)
+from service.evaluation import metrics
+
+log = logging.getLogger(__name__)
+
+TARGETS = {"1e-3": 1e-3, "1e-4": 1e-4, "1e-5": 1e-5}
+# Template pairs of the gallery half handed to the estimator.
+MAX_CALIBRATION_PAIRS = 5_000_000
+
+# The unit template and probe of an image's main face; None: no face.
+Embed = Callable[[Path], tuple[np.ndarray, np.ndarray] | None]
+
+
+@dataclass(frozen=True, eq=False)
+class Population:
+    """One population's embedded images: row ``i`` of both arrays is image ``i`` of
+    ``owners[i]``; images without a face are counted in ``failed_images`` only."""
+
+    name: str
+    owners: np.ndarray
+    templates: np.ndarray
+    probes: np.ndarray
+    failed_images: int
+
+    @property
+    def people(self) -> int:
+        return int(np.unique(self.owners).size)
+
+
+def parse_population(text: str) -> tuple[str, Path]:
+    """``NAME=DIR`` of a `--faces` option: a population name and its folder-per-person tree."""
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise ValueError(f"expected NAME=DIR, got {text!r}")
+    path = Path(folder)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a folder")
+    return name, path
+
+
+def select_people(
+    tree: Mapping[str, list[str]], max_people: int | None, per_person: int | None, seed: int
+) -> dict[str, list[str]]:
+    """A seeded sample of at most ``max_people`` people, each with their first ``per_person``
+    images; with a cap on people, only people with two images or more (they have genuine
+    pairs) are sampled. No cap: everyone."""
+    names = sorted(tree)
+    if max_people is not None:
+        multi = [n for n in names if len(tree[n]) >= 2]
+        if len(multi) > max_people:
+            chosen = np.random.default_rng(seed).choice(len(multi), max_people, replace=False)
+            multi = [multi[i] for i in sorted(chosen)]
+        names = multi
+    return {n: tree[n][:per_person] if per_person else tree[n] for n in names}
+
+
+def embed_population(
+    name: str, root: Path, tree: Mapping[str, list[str]], embed: Embed
+) -> Population:
+    """Template and probe of every image of the tree (each image embedded once)."""
+    owners, templates, probes, failed = [], [], [], 0
+    for person, images in tree.items():
+        for image in images:
+            found = embed(root / image)
+            if found is None:
+                failed += 1
+                continue
+            owners.append(person)
+            templates.append(found[0])
+            probes.append(found[1])
+    if len(set(owners)) < 2:
+        raise ValueError(f"population {name}: faces of fewer than two people were found")
+    return Population(name, np.array(owners), np.stack(templates), np.stack(probes), failed)
+
+
+def _top_k_moments(vectors: np.ndarray, cohort: np.ndarray, k: int, exclude: np.ndarray | None):
+    """Mean and standard deviation of each vector's ``k`` highest cohort scores; ``exclude``
+    (rows x cohort, True: not a cohort member for that row) leaves out the row's own person."""
+    scores = vectors @ cohort.T
+    if exclude is not None:
+        scores = np.where(exclude, -np.inf, scores)
+    top = -np.sort(-scores, axis=1)[:, :k]
+    return top.mean(axis=1), np.maximum(top.std(axis=1), 1e-6)
+
+
+def as_norm(
+    scores: np.ndarray,
+    probe_moments: tuple[np.ndarray, np.ndarray],
+    template_moments: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """Adaptive score normalisation of a probes x templates score matrix: the mean of the score
+    z-normalised by the probe's and by the template's top-k cohort score moments."""
+    (mp, sp), (mt, st) = probe_moments, template_moments
+    return 0.5 * ((scores - mp[:, None]) / sp[:, None] + (scores - mt[None, :]) / st[None, :])
+
+
+@dataclass(frozen=True)
+class Comparisons:
+    """Impostor and genuine probe-template scores of a set of people."""
+
+    impostors: np.ndarray
+    genuine: np.ndarray
+
+
+def compare(population: Population, rows: np.ndarray, cohort_k: int = 0) -> Comparisons:
+    """Every probe of ``rows`` against every template of ``rows`` of another image; with
+    ``cohort_k``, AS-norm scores against a cohort of the population's other rows."""
+    owners = population.owners[rows]
+    scores = population.probes[rows] @ population.templates[rows].T
+    if cohort_k:
+        cohort = population.templates[~rows]
+        k = min(cohort_k, len(cohort))
+        scores = as_norm(
+            scores,
+            _top_k_moments(population.probes[rows], cohort, k, None),
+            _top_k_moments(population.templates[rows], cohort, k, None),
+        )
+    same = owners[:, None] == owners[None, :]
+    np.fill_diagonal(same, False)
+    different = owners[:, None] != owners[None, :]
+    return Comparisons(impostors=scores[different], genuine=scores[same])
+
+
+def rates(comparisons: Comparisons, thresholds: Mapping[str, float | None]) -> dict[str, Any]:
+    """Per target: threshold, FMR, FMR / target (None when too few impostors to observe one
+    false match at the target), TAR."""
+    out: dict[str, Any] = {}
+    for key, threshold in thresholds.items():
+        target = TARGETS[key]
+        if threshold is None:
+            out[key] = {"threshold": None, "fmr": None, "fmr_ratio": None, "tar": None}
+            continue
+        fmr = float((comparisons.impostors >= threshold).mean())
+        resolvable = metrics.fmr_is_resolvable(comparisons.impostors.size, target)
+        out[key] = {
+            "threshold": round(float(threshold), 6),
+            "fmr": fmr,
+            "fmr_ratio": round(fmr / target, 2) if resolvable else None,
+            "tar": round(float((comparisons.genuine >= threshold).mean()), 4)
+            if comparisons.genuine.size
+            else None,
+        }
+    return out
+
+
+def split_people(owners: np.ndarray, seed: int) -> np.ndarray:
+    """Rows of a random half of the people (the gallery half); the rest are held out."""
+    people = np.unique(owners)
+    np.random.default_rng(seed).shuffle(people)
+    return np.isin(owners, people[: len(people) // 2])
+
+
+def _gallery_sample(population: Population, gallery: np.ndarray, cohort_k: int, seed: int):
+    """The gallery half's impostor template pairs, AS-normalised against the gallery's other
+    people when ``cohort_k`` is set (the cohort of a template never holds its own person)."""
+    templates, owners = population.templates[gallery], population.owners[gallery]
+    if not cohort_k:
+        return sample_impostor_scores(
+            templates, list(owners), max_pairs=MAX_CALIBRATION_PAIRS, seed=seed
+        )
+    own = owners[:, None] == owners[None, :]
+    k = min(cohort_k, int((~own).sum(axis=1).min()))
+    moments = _top_k_moments(templates, templates, k, own)
+    normalised = as_norm(templates @ templates.T, moments, moments)
+    rows, cols = np.triu_indices(len(owners), k=1)
+    keep = owners[rows] != owners[cols]
+    rows, cols = rows[keep], cols[keep]
+    return impostor_sample(normalised[rows, cols], owners[rows], owners[cols])
+
+
+def calibrate_on_own_gallery(
+    population: Population,
+    shipped: Mapping[str, float | None],
+    *,
+    seed: int,
+    cohort_k: int = 0,
+    min_people: int = MIN_PEOPLE,
+) -> dict[str, Any]:
+    """Thresholds proposed on a random half of the people, FMR and TAR on the other half at
+    the shipped thresholds (``before``) and at the proposed ones (``after``)."""
+    gallery = split_people(population.owners, seed)
+    sample = _gallery_sample(population, gallery, cohort_k, seed)
+    proposals = propose_thresholds(sample, list(TARGETS.values()), seed=seed, min_people=min_people)
+    held_out = compare(population, ~gallery, cohort_k)
+    proposed = dict(zip(TARGETS, (p.threshold for p in proposals), strict=True))
+    return {
+        "gallery_people": int(np.unique(population.owners[gallery]).size),
+        "held_out_people": int(np.unique(population.owners[~gallery]).size),
+        "gallery_pairs": sample.pairs,
+        "held_out_impostors": int(held_out.impostors.size),
+        "proposals": {
+            key: {
+                "threshold": p.threshold,
+                "ci": [p.ci_low, p.ci_high] if p.resolvable else None,
+                "resolvable": p.resolvable,
+                "reason": p.reason,
+            }
+            for key, p in zip(TARGETS, proposals, strict=True)
+        },
+        "before": rates(held_out, shipped) if not cohort_k else None,
+        "after": rates(held_out, proposed),
+    }
+
+
+def _worst(reports: Mapping[str, Mapping[str, Any]], pick: Callable[[Mapping], Mapping | None]):
+    """Per target: the population with the highest FMR / target and that ratio."""
+    worst: dict[str, Any] = {}
+    for key in TARGETS:
+        found = [
+            (figures[key]["fmr_ratio"], name)
+            for name, report in reports.items()
+            if (figures := pick(report)) and figures[key]["fmr_ratio"] is not None
+        ]
+        ratio, name = max(found) if found else (None, None)
+        worst[key] = {"population": name, "fmr_ratio": ratio}
+    return worst
+
+
+def population_report(
+    populations: Sequence[Population],
+    shipped: Mapping[str, float | None],
+    *,
+    seed: int,
+    cohort_k: int = 0,
+    min_people: int = MIN_PEOPLE,
+) -> dict[str, Any]:
+    """The per-population figures and the worst ratios, as one JSON-ready dict."""
+    reports: dict[str, dict[str, Any]] = {}
+    for population in populations:
+        everyone = compare(population, np.ones(len(population.owners), dtype=bool))
+        reports[population.name] = {
+            "people": population.people,
+            "images": len(population.owners) + population.failed_images,
+            "failed_images": population.failed_images,
+            "impostor_comparisons": int(everyone.impostors.size),
+            "genuine_comparisons": int(everyone.genuine.size),
+            "impostor_mean": round(float(everyone.impostors.mean()), 4),
+            "at_operating": rates(everyone, shipped),
+            "own_gallery": calibrate_on_own_gallery(
+                population, shipped, seed=seed, cohort_k=cohort_k, min_people=min_people
+            ),
+        }
+    return {
+        "populations": reports,
+        "worst_at_operating": _worst(reports, lambda r: r["at_operating"]),
+        "worst_before": _worst(reports, lambda r: r["own_gallery"]["before"]),
+        "worst_after": _worst(reports, lambda r: r["own_gallery"]["after"]),
+    }
+
+
+def _ratio_cell(figures: Mapping[str, Any] | None, key: str) -> str:
+    if not figures or figures[key]["threshold"] is None:
+        return "-"
+    ratio, tar = figures[key]["fmr_ratio"], figures[key]["tar"]
+    shown = "n/r" if ratio is None else f"{ratio:g}x"
+    return f"{shown} (TAR {tar:.3f})" if tar is not None else shown
+
+
+def report_tables(report: Mapping[str, Any]) -> list[Table]:
+    """The report as tables: FMR / target (TAR) per population at the operating thresholds,
+    and on the held-out half before and after calibration on the gallery half. ``n/r``: too
+    few impostors to observe one false match at that target; ``-``: no threshold (the
+    estimator refused the target on the gallery half, or the embedder has none shipped)."""
+    operating = Table(title="FMR / target (TAR) at the operating thresholds, all pairs")
+    split = Table(title="held-out half: shipped thresholds -> calibrated on the gallery half")
+    for column in ("population", "people", "impostor pairs", "impostor mean"):
+        operating.add_column(column)
+    for column in ("population", "gallery / held-out people"):
+        split.add_column(column)
+    for key in TARGETS:
+        operating.add_column(f"at {key}")
+        split.add_column(f"before {key}")
+        split.add_column(f"after {key}")
+    for name, figures in report["populations"].items():
+        own = figures["own_gallery"]
+        operating.add_row(
+            name, str(figures["people"]), str(figures["impostor_comparisons"]),
+            f"{figures['impostor_mean']:.3f}",
+            *(_ratio_cell(figures["at_operating"], key) for key in TARGETS),
+        )  # fmt: skip
+        cells = []
+        for key in TARGETS:
+            cells += [_ratio_cell(own["before"], key), _ratio_cell(own["after"], key)]
+        split.add_row(name, f"{own['gallery_people']} / {own['held_out_people']}", *cells)
+    worst = [
+        f"worst {label} {key}: {w[key]['population']} {w[key]['fmr_ratio']}x"
+        for label, field in (("at operating", "worst_at_operating"), ("after", "worst_after"))
+        for key, w in [(k, report[field]) for k in TARGETS]
+        if w[key]["population"]
+    ]
+    split.caption = "; ".join(worst)
+    return [operating, split]
