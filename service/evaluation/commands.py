@@ -273,6 +273,9 @@ def run_population(args: argparse.Namespace) -> int:
     weights = [float(w) for w in args.weights.split(",")] if args.weights else table["weights"]
     if len(weights) != len(members):
         raise SettingsError(f"{len(members)} members but {len(weights)} weights")
+    embedders = sorted(n for n, m in manifest.models.items() if m.task == "embedder")
+    if unknown := sorted(set(members) - set(embedders)):
+        raise SettingsError(f"unknown embedder(s) {', '.join(unknown)}; the pack has {embedders}")
     shipped_embedder = members == list(table["members"]) and weights == list(table["weights"])
     variant = table | {"members": members, "weights": weights}
     manifest = replace(manifest, sections=manifest.sections | {"embedder": variant})
@@ -300,7 +303,10 @@ def run_population(args: argparse.Namespace) -> int:
         tree = population.select_people(
             runner.identity_tree(root), args.people, args.images_per_person, args.seed
         )
-        populations.append(population.embed_population(name, root, tree, embed))
+        try:
+            populations.append(population.embed_population(name, root, tree, embed))
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
     shipped = {
         key: float(table["thresholds"][key]) if shipped_embedder else None
         for key in population.TARGETS

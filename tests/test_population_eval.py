@@ -1,0 +1,139 @@
+"""FMR by population: the report on synthetic populations, and `faceguard eval population`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.evaluation.population import (
+    TARGETS,
+    Population,
+    parse_population,
+    population_report,
+    select_people,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+FACEGUARD = Path(sys.executable).with_name("faceguard")
+
+
+def _population(name: str, people: int, per_person: int, shared: float, seed: int) -> Population:
+    """Unit embeddings: a shared population direction (weight ``shared`` raises every impostor
+    score, as the East Asian sets do for the shipped embedder), a person direction and noise."""
+    rng = np.random.default_rng(seed)
+    dim = 64
+    common = rng.normal(size=dim)
+    common /= np.linalg.norm(common)
+    rows = []
+    for _ in range(people):
+        person = rng.normal(size=dim)
+        person /= np.linalg.norm(person)
+        for _ in range(per_person):
+            v = shared * common + person + 1.0 * rng.normal(size=dim) / np.sqrt(dim)
+            rows.append(v / np.linalg.norm(v))
+    vectors = np.array(rows)
+    owners = np.repeat([f"{name}{i}" for i in range(people)], per_person)
+    return Population(name, owners, vectors, vectors, failed_images=0)
+
+
+@pytest.fixture(scope="module")
+def report():
+    wide = _population("wide", people=150, per_person=4, shared=0.0, seed=1)
+    narrow = _population("narrow", people=150, per_person=4, shared=0.8, seed=2)
+    # Shipped thresholds calibrated on the "wide" population's impostors.
+    scores = wide.probes @ wide.templates.T
+    impostors = np.sort(scores[wide.owners[:, None] != wide.owners[None, :]])[::-1]
+    shipped = {k: float(impostors[int(t * impostors.size)]) + 1e-9 for k, t in TARGETS.items()}
+    return population_report([wide, narrow], shipped, seed=0)
+
+
+def test_the_population_the_thresholds_were_not_made_for_is_far_above_target(report):
+    wide = report["populations"]["wide"]["at_operating"]
+    narrow = report["populations"]["narrow"]["at_operating"]
+    assert wide["1e-3"]["fmr_ratio"] <= 1.0
+    assert narrow["1e-3"]["fmr_ratio"] > 10
+    assert report["worst_at_operating"]["1e-3"] == {
+        "population": "narrow",
+        "fmr_ratio": narrow["1e-3"]["fmr_ratio"],
+    }
+
+
+def test_calibration_on_the_gallery_half_brings_the_held_out_half_near_target(report):
+    for name in ("wide", "narrow"):
+        own = report["populations"][name]["own_gallery"]
+        assert own["gallery_people"] == own["held_out_people"] == 75
+        assert own["proposals"]["1e-3"]["resolvable"]
+        low, high = own["proposals"]["1e-3"]["ci"]
+        assert low <= own["proposals"]["1e-3"]["threshold"] <= high
+        assert own["after"]["1e-3"]["fmr_ratio"] < 2.0
+        assert own["after"]["1e-3"]["tar"] is not None
+    narrow = report["populations"]["narrow"]["own_gallery"]
+    assert narrow["before"]["1e-3"]["fmr_ratio"] > 10
+    # 75 gallery people x 4 templates: 44,400 pairs expect 4.4 false matches at 1e-4.
+    assert not narrow["proposals"]["1e-4"]["resolvable"]
+    assert "at least 10" in narrow["proposals"]["1e-4"]["reason"]
+    assert narrow["after"]["1e-4"]["threshold"] is None
+    assert report["worst_after"]["1e-3"]["fmr_ratio"] < 2.0
+
+
+def test_as_norm_reports_calibrated_figures_without_shipped_ones():
+    narrow = _population("narrow", people=80, per_person=4, shared=0.8, seed=3)
+    report = population_report([narrow], {k: 0.5 for k in TARGETS}, seed=0, cohort_k=20)
+    own = report["populations"]["narrow"]["own_gallery"]
+    assert own["before"] is None
+    assert own["after"]["1e-3"]["fmr_ratio"] < 3.0
+
+
+def test_population_arguments_are_checked(tmp_path: Path):
+    assert parse_population(f"kiosk={tmp_path}") == ("kiosk", tmp_path)
+    for bad in ("kiosk", f"={tmp_path}", "kiosk=", f"kiosk={tmp_path / 'missing'}"):
+        with pytest.raises(ValueError):
+            parse_population(bad)
+    tree = {f"p{i}": [f"p{i}/{j}.jpg" for j in range(1 + i % 3)] for i in range(30)}
+    sample = select_people(tree, max_people=5, per_person=2, seed=4)
+    assert len(sample) == 5 and all(2 >= len(v) >= 2 for v in sample.values())
+    assert sample == select_people(tree, max_people=5, per_person=2, seed=4)
+    assert select_people(tree, None, None, seed=0) == tree
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(FACEGUARD), "eval", "population", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=900,
+    )  # fmt: skip
+
+
+def test_cli_reports_kpop_far_above_target_at_the_shipped_thresholds(shared_data: Path):
+    faces = shared_data / "faces"
+    result = _run(
+        "--faces", f"kpop={faces / 'kpop'}", "--faces", f"bbt={faces / 'faceapi_bbt'}",
+        "--images-per-person", "6", "--min-people", "3", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    kpop = report["populations"]["kpop"]
+    assert kpop["people"] == 12 and kpop["images"] == 72
+    assert kpop["at_operating"]["1e-3"]["fmr_ratio"] > 10
+    assert report["worst_at_operating"]["1e-3"]["population"] == "kpop"
+    assert kpop["own_gallery"]["gallery_people"] == 6
+    # 36 gallery templates: 540 pairs cannot resolve 1e-3.
+    assert not kpop["own_gallery"]["proposals"]["1e-3"]["resolvable"]
+    bbt = report["populations"]["bbt"]
+    assert bbt["at_operating"]["1e-4"]["fmr_ratio"] is None  # too few impostors
+    assert report["embedder"]["members"] == ["mobilefacenet"]
+
+
+def test_cli_refuses_bad_populations_and_embedders(shared_data: Path, tmp_path: Path):
+    result = _run("--faces", "no-equals-sign")
+    assert result.returncode == 2 and "NAME=DIR" in result.stderr
+    (tmp_path / "alone").mkdir()
+    result = _run("--faces", f"empty={tmp_path}")
+    assert result.returncode == 1 and "fewer than two people" in result.stderr
+    faces = shared_data / "faces" / "faceapi_bbt"
+    result = _run("--faces", f"bbt={faces}", "--members", "no_such_model")
+    assert result.returncode == 1 and "unknown embedder" in result.stderr
