@@ -81,12 +81,22 @@ def test_calibration_on_the_gallery_half_brings_the_held_out_half_near_target(re
     assert report["worst_after"]["1e-3"]["fmr_ratio"] < 2.0
 
 
-def test_as_norm_reports_calibrated_figures_without_shipped_ones():
-    narrow = _population("narrow", people=80, per_person=4, shared=0.8, seed=3)
-    report = population_report([narrow], {k: 0.5 for k in TARGETS}, seed=0, cohort_k=20)
-    own = report["populations"]["narrow"]["own_gallery"]
-    assert own["before"] is None
-    assert own["after"]["1e-3"]["fmr_ratio"] < 3.0
+def test_one_threshold_fits_the_reference_exactly_and_not_the_other_population(report):
+    gap = report["gap"]
+    assert gap["reference"] == "wide" and gap["cohort_k"] == 0
+    assert gap["populations"]["wide"]["1e-3"]["fmr_ratio"] <= 1.0
+    assert gap["populations"]["narrow"]["1e-3"]["fmr_ratio"] > 10
+    assert report["gap_as_norm"] is None
+
+
+def test_as_norm_against_the_own_gallery_narrows_the_gap():
+    wide = _population("wide", people=100, per_person=4, shared=0.0, seed=5)
+    narrow = _population("narrow", people=100, per_person=4, shared=0.8, seed=6)
+    report = population_report([wide, narrow], {k: 0.5 for k in TARGETS}, seed=0, cohort_k=20)
+    raw, normalised = report["gap"]["populations"], report["gap_as_norm"]["populations"]
+    assert report["gap_as_norm"]["cohort_k"] == 20
+    assert raw["narrow"]["1e-3"]["fmr_ratio"] > 10
+    assert normalised["narrow"]["1e-3"]["fmr_ratio"] < 3
 
 
 def test_population_arguments_are_checked(tmp_path: Path):
@@ -126,6 +136,7 @@ def test_cli_reports_kpop_far_above_target_at_the_shipped_thresholds(shared_data
     bbt = report["populations"]["bbt"]
     assert bbt["at_operating"]["1e-4"]["fmr_ratio"] is None  # too few impostors
     assert report["embedder"]["members"] == ["mobilefacenet"]
+    assert report["gap"]["reference"] == "kpop" and report["gap_as_norm"] is None
 
 
 def test_cli_refuses_bad_populations_and_embedders(shared_data: Path, tmp_path: Path):

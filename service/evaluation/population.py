@@ -13,8 +13,13 @@ two different images of one person.
 Calibration on the population's own gallery: its people are split in two halves at random;
 the estimator (service/calibration/estimate.py) proposes thresholds from the template pairs of
 one half (the enrolled gallery), and FMR and TAR are measured on the other half, whose people it
-never saw. Optionally every score is normalised first by adaptive score normalisation against
-a cohort of the gallery half (`as_norm`), to see how much that narrows the gap.
+never saw.
+
+The gap between populations at equal TAR (`reference_gap`): one threshold per target, set so
+that the first population's held-out half meets the target exactly, applied to every
+population's held-out half. Optionally with every score normalised by adaptive score
+normalisation (`as_norm`) against a cohort of the population's own gallery half, to see how much
+that narrows the gap.
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ from rich.table import Table
 
 from service.calibration.estimate import (
     MIN_PEOPLE,
-    impostor_sample,
     propose_thresholds,
     sample_impostor_scores,
 )
@@ -108,12 +112,9 @@ def embed_population(
     return Population(name, np.array(owners), np.stack(templates), np.stack(probes), failed)
 
 
-def _top_k_moments(vectors: np.ndarray, cohort: np.ndarray, k: int, exclude: np.ndarray | None):
-    """Mean and standard deviation of each vector's ``k`` highest cohort scores; ``exclude``
-    (rows x cohort, True: not a cohort member for that row) leaves out the row's own person."""
+def _top_k_moments(vectors: np.ndarray, cohort: np.ndarray, k: int):
+    """Mean and standard deviation of each vector's ``k`` highest cohort scores."""
     scores = vectors @ cohort.T
-    if exclude is not None:
-        scores = np.where(exclude, -np.inf, scores)
     top = -np.sort(-scores, axis=1)[:, :k]
     return top.mean(axis=1), np.maximum(top.std(axis=1), 1e-6)
 
@@ -147,8 +148,8 @@ def compare(population: Population, rows: np.ndarray, cohort_k: int = 0) -> Comp
         k = min(cohort_k, len(cohort))
         scores = as_norm(
             scores,
-            _top_k_moments(population.probes[rows], cohort, k, None),
-            _top_k_moments(population.templates[rows], cohort, k, None),
+            _top_k_moments(population.probes[rows], cohort, k),
+            _top_k_moments(population.templates[rows], cohort, k),
         )
     same = owners[:, None] == owners[None, :]
     np.fill_diagonal(same, False)
@@ -185,38 +186,24 @@ def split_people(owners: np.ndarray, seed: int) -> np.ndarray:
     return np.isin(owners, people[: len(people) // 2])
 
 
-def _gallery_sample(population: Population, gallery: np.ndarray, cohort_k: int, seed: int):
-    """The gallery half's impostor template pairs, AS-normalised against the gallery's other
-    people when ``cohort_k`` is set (the cohort of a template never holds its own person)."""
-    templates, owners = population.templates[gallery], population.owners[gallery]
-    if not cohort_k:
-        return sample_impostor_scores(
-            templates, list(owners), max_pairs=MAX_CALIBRATION_PAIRS, seed=seed
-        )
-    own = owners[:, None] == owners[None, :]
-    k = min(cohort_k, int((~own).sum(axis=1).min()))
-    moments = _top_k_moments(templates, templates, k, own)
-    normalised = as_norm(templates @ templates.T, moments, moments)
-    rows, cols = np.triu_indices(len(owners), k=1)
-    keep = owners[rows] != owners[cols]
-    rows, cols = rows[keep], cols[keep]
-    return impostor_sample(normalised[rows, cols], owners[rows], owners[cols])
-
-
 def calibrate_on_own_gallery(
     population: Population,
     shipped: Mapping[str, float | None],
     *,
     seed: int,
-    cohort_k: int = 0,
     min_people: int = MIN_PEOPLE,
 ) -> dict[str, Any]:
     """Thresholds proposed on a random half of the people, FMR and TAR on the other half at
     the shipped thresholds (``before``) and at the proposed ones (``after``)."""
     gallery = split_people(population.owners, seed)
-    sample = _gallery_sample(population, gallery, cohort_k, seed)
+    sample = sample_impostor_scores(
+        population.templates[gallery],
+        list(population.owners[gallery]),
+        max_pairs=MAX_CALIBRATION_PAIRS,
+        seed=seed,
+    )
     proposals = propose_thresholds(sample, list(TARGETS.values()), seed=seed, min_people=min_people)
-    held_out = compare(population, ~gallery, cohort_k)
+    held_out = compare(population, ~gallery)
     proposed = dict(zip(TARGETS, (p.threshold for p in proposals), strict=True))
     return {
         "gallery_people": int(np.unique(population.owners[gallery]).size),
@@ -232,8 +219,30 @@ def calibrate_on_own_gallery(
             }
             for key, p in zip(TARGETS, proposals, strict=True)
         },
-        "before": rates(held_out, shipped) if not cohort_k else None,
+        "before": rates(held_out, shipped),
         "after": rates(held_out, proposed),
+    }
+
+
+def reference_gap(populations: Sequence[Population], *, seed: int, cohort_k: int) -> dict[str, Any]:
+    """FMR / target and TAR of every population's held-out half at the thresholds that give
+    exactly the target on the first (reference) population's held-out half: how far one
+    threshold is from fitting every population, at the reference's TAR. With ``cohort_k`` the
+    scores are AS-normalised, each population's cohort being its own gallery half."""
+    held_out = {p.name: compare(p, ~split_people(p.owners, seed), cohort_k) for p in populations}
+    reference = held_out[populations[0].name]
+    scores = np.concatenate([reference.impostors, reference.genuine])
+    labels = np.concatenate([np.zeros(reference.impostors.size), np.ones(reference.genuine.size)])
+    thresholds = {
+        key: metrics.threshold_at_fmr(scores, labels, target)
+        if reference.genuine.size and metrics.fmr_is_resolvable(reference.impostors.size, target)
+        else None
+        for key, target in TARGETS.items()
+    }
+    return {
+        "reference": populations[0].name,
+        "cohort_k": cohort_k,
+        "populations": {name: rates(c, thresholds) for name, c in held_out.items()},
     }
 
 
@@ -272,11 +281,15 @@ def population_report(
             "impostor_mean": round(float(everyone.impostors.mean()), 4),
             "at_operating": rates(everyone, shipped),
             "own_gallery": calibrate_on_own_gallery(
-                population, shipped, seed=seed, cohort_k=cohort_k, min_people=min_people
+                population, shipped, seed=seed, min_people=min_people
             ),
         }
     return {
         "populations": reports,
+        "gap": reference_gap(populations, seed=seed, cohort_k=0),
+        "gap_as_norm": reference_gap(populations, seed=seed, cohort_k=cohort_k)
+        if cohort_k
+        else None,
         "worst_at_operating": _worst(reports, lambda r: r["at_operating"]),
         "worst_before": _worst(reports, lambda r: r["own_gallery"]["before"]),
         "worst_after": _worst(reports, lambda r: r["own_gallery"]["after"]),
@@ -324,4 +337,19 @@ def report_tables(report: Mapping[str, Any]) -> list[Table]:
         if w[key]["population"]
     ]
     split.caption = "; ".join(worst)
-    return [operating, split]
+    return [operating, split] + [
+        _gap_table(report[key]) for key in ("gap", "gap_as_norm") if report[key]
+    ]
+
+
+def _gap_table(gap: Mapping[str, Any]) -> Table:
+    scores = f"AS-norm (top-{gap['cohort_k']} cohort)" if gap["cohort_k"] else "raw"
+    table = Table(
+        title=f"held-out halves at the thresholds that fit {gap['reference']} exactly ({scores})"
+    )
+    table.add_column("population")
+    for key in TARGETS:
+        table.add_column(f"at {key}")
+    for name, figures in gap["populations"].items():
+        table.add_row(name, *(_ratio_cell(figures, key) for key in TARGETS))
+    return table
