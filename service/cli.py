@@ -348,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     by_population.add_argument("--people", type=int, help="sample at most this many people")
     by_population.add_argument("--images-per-person", type=int, help="first N images of each")
     by_population.add_argument("--seed", type=int, default=0, help="people sample and split")
+    by_population.add_argument(
+        "--splits", type=int, default=1, help="calibrate on this many random halves (seeds)"
+    )
     by_population.add_argument("--members", help="embedder members, comma-separated")
     by_population.add_argument("--weights", help="--members: their fusion weights")
     by_population.add_argument(

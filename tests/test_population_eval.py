@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from service.evaluation.population import (
     Population,
     parse_population,
     population_report,
+    report_tables,
     select_people,
 )
 
@@ -81,6 +83,16 @@ def test_calibration_on_the_gallery_half_brings_the_held_out_half_near_target(re
     assert report["worst_after"]["1e-3"]["fmr_ratio"] < 2.0
 
 
+def test_calibration_over_several_splits_is_summarised():
+    narrow = _population("narrow", people=100, per_person=4, shared=0.8, seed=7)
+    report = population_report([narrow], {k: 0.5 for k in TARGETS}, seed=0, splits=3)
+    summary = report["populations"]["narrow"]["own_gallery_splits"]
+    assert summary["1e-3"]["splits"] == summary["1e-3"]["resolved"] == 3
+    assert summary["1e-3"]["median_fmr_ratio"] <= summary["1e-3"]["max_fmr_ratio"] < 3
+    assert summary["1e-5"]["resolved"] == 0 and summary["1e-5"]["median_fmr_ratio"] is None
+    assert report_tables(report)[2].row_count == 1
+
+
 def test_one_threshold_fits_the_reference_exactly_and_not_the_other_population(report):
     gap = report["gap"]
     assert gap["reference"] == "wide" and gap["cohort_k"] == 0
@@ -115,6 +127,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(FACEGUARD), "eval", "population", *args],
         capture_output=True, text=True, cwd=REPO, timeout=900,
+        env={**os.environ, "COLUMNS": "250"},
     )  # fmt: skip
 
 
@@ -137,6 +150,10 @@ def test_cli_reports_kpop_far_above_target_at_the_shipped_thresholds(shared_data
     assert bbt["at_operating"]["1e-4"]["fmr_ratio"] is None  # too few impostors
     assert report["embedder"]["members"] == ["mobilefacenet"]
     assert report["gap"]["reference"] == "kpop" and report["gap_as_norm"] is None
+    assert kpop["own_gallery_splits"] is None
+    table = _run("--faces", f"bbt={faces / 'faceapi_bbt'}", "--splits", "2")
+    assert table.returncode == 0, table.stderr
+    assert "over splits" in table.stdout and "at the operating thresholds" in table.stdout
 
 
 def test_cli_refuses_bad_populations_and_embedders(shared_data: Path, tmp_path: Path):

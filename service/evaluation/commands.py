@@ -273,6 +273,8 @@ def run_population(args: argparse.Namespace) -> int:
     weights = [float(w) for w in args.weights.split(",")] if args.weights else table["weights"]
     if len(weights) != len(members):
         raise SettingsError(f"{len(members)} members but {len(weights)} weights")
+    if args.splits < 1 or args.cohort < 0:
+        raise SettingsError("--splits must be at least 1 and --cohort at least 0")
     embedders = sorted(n for n, m in manifest.models.items() if m.task == "embedder")
     if unknown := sorted(set(members) - set(embedders)):
         raise SettingsError(f"unknown embedder(s) {', '.join(unknown)}; the pack has {embedders}")
@@ -313,8 +315,9 @@ def run_population(args: argparse.Namespace) -> int:
     }
     min_people = args.min_people if args.min_people is not None else population.MIN_PEOPLE
     figures = population.population_report(
-        populations, shipped, seed=args.seed, cohort_k=args.cohort, min_people=min_people
-    )
+        populations, shipped, seed=args.seed, cohort_k=args.cohort, min_people=min_people,
+        splits=args.splits,
+    )  # fmt: skip
     report = {"embedder": {"members": members, "weights": weights}, "cohort_k": args.cohort}
     report |= figures
     if args.json:
