@@ -109,6 +109,9 @@ def test_as_norm_against_the_own_gallery_narrows_the_gap():
     assert report["gap_as_norm"]["cohort_k"] == 20
     assert raw["narrow"]["1e-3"]["fmr_ratio"] > 10
     assert normalised["narrow"]["1e-3"]["fmr_ratio"] < 3
+    own_raw = report["gap"]["tar_at_own_fit"]["narrow"]["1e-3"]
+    own_normalised = report["gap_as_norm"]["tar_at_own_fit"]["narrow"]["1e-3"]
+    assert 0.0 < own_raw <= 1.0 and 0.0 < own_normalised <= 1.0
 
 
 def test_population_arguments_are_checked(tmp_path: Path):
