@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from service.evaluation.population import (
+    MAX_IMAGES,
     TARGETS,
     Population,
+    embed_population,
     parse_population,
     population_report,
     report_tables,
@@ -124,6 +126,9 @@ def test_population_arguments_are_checked(tmp_path: Path):
     assert len(sample) == 5 and all(2 >= len(v) >= 2 for v in sample.values())
     assert sample == select_people(tree, max_people=5, per_person=2, seed=4)
     assert select_people(tree, None, None, seed=0) == tree
+    huge = {f"p{i}": [f"p{i}/{j}.jpg" for j in range(MAX_IMAGES // 10 + 1)] for i in range(10)}
+    with pytest.raises(ValueError, match="--people"):
+        embed_population("huge", tmp_path, huge, lambda path: pytest.fail("embedded"))
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -24,7 +24,6 @@ that narrows the gap.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +39,12 @@ from service.calibration.estimate import (
 )
 from service.evaluation import metrics
 
-log = logging.getLogger(__name__)
-
 TARGETS = {"1e-3": 1e-3, "1e-4": 1e-4, "1e-5": 1e-5}
 # Template pairs of the gallery half handed to the estimator.
 MAX_CALIBRATION_PAIRS = 5_000_000
+# Images of one population: every probe is scored against every template (an n x n matrix of
+# float32, 1.6 GB at this size); sample larger trees with --people / --images-per-person.
+MAX_IMAGES = 20_000
 
 # The unit template and probe of an image's main face; None: no face.
 Embed = Callable[[Path], tuple[np.ndarray, np.ndarray] | None]
@@ -97,6 +97,11 @@ def embed_population(
     name: str, root: Path, tree: Mapping[str, list[str]], embed: Embed
 ) -> Population:
     """Template and probe of every image of the tree (each image embedded once)."""
+    count = sum(len(images) for images in tree.values())
+    if count > MAX_IMAGES:
+        raise ValueError(
+            f"population {name}: {count} images, at most {MAX_IMAGES}: sample it with --people"
+        )
     owners, templates, probes, failed = [], [], [], 0
     for person, images in tree.items():
         for image in images:
@@ -112,7 +117,9 @@ def embed_population(
     return Population(name, np.array(owners), np.stack(templates), np.stack(probes), failed)
 
 
-def _top_k_moments(vectors: np.ndarray, cohort: np.ndarray, k: int):
+def _top_k_moments(
+    vectors: np.ndarray, cohort: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of each vector's ``k`` highest cohort scores."""
     scores = vectors @ cohort.T
     top = -np.sort(-scores, axis=1)[:, :k]
