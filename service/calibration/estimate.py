@@ -256,7 +256,9 @@ def propose_thresholds(
     thresholds then rest on too few people or pairs to be trusted. The interval is the
     percentile interval of the thresholds of ``resamples`` galleries whose people are drawn
     with replacement (``seed`` makes it reproducible); a resample that draws a single person
-    has no impostor pair and is skipped.
+    has no impostor pair and is skipped. It is approximate: in simulated 60-person galleries
+    with person effects, the 95% interval of the 1e-3 threshold covered the true one in about
+    82% of galleries (a percentile bootstrap of a tail quantile is somewhat too narrow).
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
