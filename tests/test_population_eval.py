@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -169,7 +170,25 @@ def test_cli_refuses_bad_populations_and_embedders(shared_data: Path, tmp_path: 
     assert result.returncode == 2 and "NAME=DIR" in result.stderr
     (tmp_path / "alone").mkdir()
     result = _run("--faces", f"empty={tmp_path}")
-    assert result.returncode == 1 and "fewer than two people" in result.stderr
+    assert result.returncode == 1 and "0 people were found" in result.stderr
     faces = shared_data / "faces" / "faceapi_bbt"
     result = _run("--faces", f"bbt={faces}", "--members", "no_such_model")
     assert result.returncode == 1 and "unknown embedder" in result.stderr
+
+
+def test_cli_counts_an_unreadable_image_as_failed(shared_data: Path, tmp_path: Path):
+    source = shared_data / "faces" / "faceapi_bbt"
+    for person in ("amy", "penny", "raj", "sheldon"):
+        (tmp_path / person).mkdir()
+        for image in sorted((source / person).iterdir())[:2]:
+            (tmp_path / person / image.name).symlink_to(image)
+    (tmp_path / "amy" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = _run("--faces", f"four={tmp_path}", "--json")
+    assert result.returncode == 0, result.stderr
+    four = json.loads(result.stdout)["populations"]["four"]
+    assert four["images"] == 9 and four["failed_images"] == 1
+    assert four["impostor_comparisons"] == 8 * 8 - 8 - 8  # 8 faces, 4 people of 2
+    assert four["own_gallery"]["gallery_people"] == 2
+    shutil.rmtree(tmp_path / "sheldon")
+    result = _run("--faces", f"three={tmp_path}")
+    assert result.returncode == 1 and "at least 4 are needed" in result.stderr

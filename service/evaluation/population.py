@@ -42,6 +42,8 @@ from service.evaluation import metrics
 TARGETS = {"1e-3": 1e-3, "1e-4": 1e-4, "1e-5": 1e-5}
 # Template pairs of the gallery half handed to the estimator.
 MAX_CALIBRATION_PAIRS = 5_000_000
+# People with a face found, fewest per population: each half of the split needs two.
+MIN_SPLIT_PEOPLE = 4
 # Images of one population: every probe is scored against every template (an n x n matrix of
 # float32, 1.6 GB at this size); sample larger trees with --people / --images-per-person.
 MAX_IMAGES = 20_000
@@ -112,8 +114,11 @@ def embed_population(
             owners.append(person)
             templates.append(found[0])
             probes.append(found[1])
-    if len(set(owners)) < 2:
-        raise ValueError(f"population {name}: faces of fewer than two people were found")
+    if len(set(owners)) < MIN_SPLIT_PEOPLE:
+        raise ValueError(
+            f"population {name}: faces of {len(set(owners))} people were found, at least "
+            f"{MIN_SPLIT_PEOPLE} are needed (two in each half of the split)"
+        )
     return Population(name, np.array(owners), np.stack(templates), np.stack(probes), failed)
 
 
