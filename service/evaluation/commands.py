@@ -273,8 +273,13 @@ def run_population(args: argparse.Namespace) -> int:
     weights = [float(w) for w in args.weights.split(",")] if args.weights else table["weights"]
     if len(weights) != len(members):
         raise SettingsError(f"{len(members)} members but {len(weights)} weights")
-    if args.splits < 1 or args.cohort < 0:
-        raise SettingsError("--splits must be at least 1 and --cohort at least 0")
+    caps = [cap for cap in (args.people, args.images_per_person) if cap is not None]
+    counts = (args.splits, *caps, args.cohort + 1)
+    if min(counts) < 1 or (args.min_people is not None and args.min_people < 2):
+        raise SettingsError(
+            "--splits, --people and --images-per-person must be at least 1, --cohort at least 0,"
+            " --min-people at least 2"
+        )
     embedders = sorted(n for n, m in manifest.models.items() if m.task == "embedder")
     if unknown := sorted(set(members) - set(embedders)):
         raise SettingsError(f"unknown embedder(s) {', '.join(unknown)}; the pack has {embedders}")
