@@ -351,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     by_population.add_argument(
         "--splits", type=int, default=1, help="calibrate on this many random halves (seeds)"
     )
+    by_population.add_argument(
+        "--held-out-people", type=int, help="people left out of the gallery (default: half)"
+    )
     by_population.add_argument("--members", help="embedder members, comma-separated")
     by_population.add_argument("--weights", help="--members: their fusion weights")
     by_population.add_argument(

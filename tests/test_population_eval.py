@@ -96,6 +96,17 @@ def test_calibration_over_several_splits_is_summarised():
     assert report_tables(report)[2].row_count == 1
 
 
+def test_a_small_population_can_keep_most_people_in_the_gallery():
+    small = _population("small", people=12, per_person=40, shared=0.8, seed=8)
+    report = population_report([small], {k: 0.5 for k in TARGETS}, seed=0, held_out=2, splits=2)
+    own = report["populations"]["small"]["own_gallery"]
+    assert (own["gallery_people"], own["held_out_people"]) == (10, 2)
+    assert own["proposals"]["1e-3"]["resolvable"]  # 10 people, 78,000 pairs
+    assert own["after"]["1e-3"]["tar"] is not None
+    with pytest.raises(ValueError, match="at least 2 on each side"):
+        population_report([small], {k: 0.5 for k in TARGETS}, seed=0, held_out=11)
+
+
 def test_one_threshold_fits_the_reference_exactly_and_not_the_other_population(report):
     gap = report["gap"]
     assert gap["reference"] == "wide" and gap["cohort_k"] == 0

@@ -319,10 +319,13 @@ def run_population(args: argparse.Namespace) -> int:
         for key in population.TARGETS
     }
     min_people = args.min_people if args.min_people is not None else population.MIN_PEOPLE
-    figures = population.population_report(
-        populations, shipped, seed=args.seed, cohort_k=args.cohort, min_people=min_people,
-        splits=args.splits,
-    )  # fmt: skip
+    try:
+        figures = population.population_report(
+            populations, shipped, seed=args.seed, cohort_k=args.cohort, min_people=min_people,
+            splits=args.splits, held_out=args.held_out_people,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
     report = {"embedder": {"members": members, "weights": weights}, "cohort_k": args.cohort}
     report |= figures
     if args.json:

@@ -191,11 +191,17 @@ def rates(comparisons: Comparisons, thresholds: Mapping[str, float | None]) -> d
     return out
 
 
-def split_people(owners: np.ndarray, seed: int) -> np.ndarray:
-    """Rows of a random half of the people (the gallery half); the rest are held out."""
+def split_people(owners: np.ndarray, seed: int, held_out: int | None = None) -> np.ndarray:
+    """Rows of the gallery: a random half of the people, or all but ``held_out`` of them (at
+    least two people stay on each side); the rest are held out."""
     people = np.unique(owners)
+    if held_out is not None and not 2 <= held_out <= people.size - 2:
+        raise ValueError(
+            f"{held_out} people held out of {people.size}: at least 2 on each side of the split"
+        )
     np.random.default_rng(seed).shuffle(people)
-    return np.isin(owners, people[: len(people) // 2])
+    keep = people.size // 2 if held_out is None else people.size - held_out
+    return np.isin(owners, people[:keep])
 
 
 def calibrate_on_own_gallery(
@@ -204,10 +210,11 @@ def calibrate_on_own_gallery(
     *,
     seed: int,
     min_people: int = MIN_PEOPLE,
+    held_out: int | None = None,
 ) -> dict[str, Any]:
-    """Thresholds proposed on a random half of the people, FMR and TAR on the other half at
-    the shipped thresholds (``before``) and at the proposed ones (``after``)."""
-    gallery = split_people(population.owners, seed)
+    """Thresholds proposed on a random half of the people (or all but ``held_out``), FMR and
+    TAR on the others at the shipped thresholds (``before``) and the proposed ones (``after``)."""
+    gallery = split_people(population.owners, seed, held_out)
     sample = sample_impostor_scores(
         population.templates[gallery],
         list(population.owners[gallery]),
@@ -311,18 +318,23 @@ def population_report(
     cohort_k: int = 0,
     min_people: int = MIN_PEOPLE,
     splits: int = 1,
+    held_out: int | None = None,
 ) -> dict[str, Any]:
     """The per-population figures and the worst ratios, as one JSON-ready dict.
 
     ``own_gallery`` is the split of ``seed``; with ``splits`` > 1, ``own_gallery_splits``
     summarises the calibrated figures over the splits of seeds ``seed`` .. ``seed + splits - 1``
-    (one split of a small population is a noisy figure).
+    (one split of a small population is a noisy figure). ``held_out``: people left out of the
+    gallery in those splits (default half), so that a small population keeps enough people to
+    calibrate on.
     """
     reports: dict[str, dict[str, Any]] = {}
     for population in populations:
         everyone = compare(population, np.ones(len(population.owners), dtype=bool))
         repeats = [
-            calibrate_on_own_gallery(population, shipped, seed=s, min_people=min_people)
+            calibrate_on_own_gallery(
+                population, shipped, seed=s, min_people=min_people, held_out=held_out
+            )
             for s in range(seed, seed + splits)
         ]
         reports[population.name] = {
