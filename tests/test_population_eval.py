@@ -92,6 +92,7 @@ def test_calibration_over_several_splits_is_summarised():
     summary = report["populations"]["narrow"]["own_gallery_splits"]
     assert summary["1e-3"]["splits"] == summary["1e-3"]["resolved"] == 3
     assert summary["1e-3"]["median_fmr_ratio"] <= summary["1e-3"]["max_fmr_ratio"] < 3
+    assert summary["1e-3"]["mean_fmr_ratio"] <= summary["1e-3"]["max_fmr_ratio"]
     assert summary["1e-5"]["resolved"] == 0 and summary["1e-5"]["median_fmr_ratio"] is None
     assert report_tables(report)[2].row_count == 1
 
