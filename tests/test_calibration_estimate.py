@@ -152,6 +152,24 @@ def test_unresolvable_targets_are_refused_with_the_reason():
     assert studied.resolvable and studied.threshold is not None
 
 
+def test_a_tail_made_of_one_look_alike_couple_is_refused():
+    """Ten people, one couple of look-alikes: the 1e-3 tail is that couple alone, and a gallery
+    without them would put the threshold far lower: the people do not pin it down."""
+    rng = np.random.default_rng(9)
+    a = rng.integers(0, 10, 200_000)
+    b = (a + rng.integers(1, 10, 200_000)) % 10
+    couple = ((a == 0) & (b == 1)) | ((a == 1) & (b == 0))
+    sample = impostor_sample(rng.normal(size=a.size) + 3.0 * couple, a, b)
+    (refused,) = propose_thresholds(sample, [1e-3])
+    assert not refused.resolvable and refused.threshold is None
+    assert "uncertain" in refused.reason and "at most 5x" in refused.reason
+    (studied,) = propose_thresholds(sample, [1e-3], max_interval_ratio=np.inf)
+    assert studied.resolvable and studied.ci_low < studied.threshold
+    assert estimated_fmr(sample, studied.ci_low) > 5 * 1e-3
+    spread = _normal_sample(people=10, pairs=200_000, seed=9)  # no couple: resolvable
+    assert propose_thresholds(spread, [1e-3])[0].resolvable
+
+
 def test_estimated_fmr_counts_ties_as_accepted():
     sample = impostor_sample(np.array([0.5, 0.5, 0.1, 0.2]), [0, 1, 2, 3], [1, 2, 3, 0])
     assert estimated_fmr(sample, 0.5) == 0.5
