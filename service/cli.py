@@ -362,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     by_population.add_argument(
         "--min-people", type=int, help="estimator: fewest gallery people to calibrate (10)"
     )
+    by_population.add_argument(
+        "--max-interval-ratio", type=float,
+        help="estimator: refuse when the threshold interval's low end accepts more (5x target)",
+    )  # fmt: skip
     for sub in (verify, identify, liveness, calibrate, by_population):
         _add_common_pipeline_options(sub)
         sub.set_defaults(handler=_eval)

@@ -186,7 +186,12 @@ def test_cli_refuses_bad_populations_and_embedders(shared_data: Path, tmp_path: 
     faces = shared_data / "faces" / "faceapi_bbt"
     result = _run("--faces", f"bbt={faces}", "--members", "no_such_model")
     assert result.returncode == 1 and "unknown embedder" in result.stderr
-    for option, value in (("--splits", "0"), ("--images-per-person", "0"), ("--cohort", "-5")):
+    for option, value in (
+        ("--splits", "0"),
+        ("--images-per-person", "0"),
+        ("--cohort", "-5"),
+        ("--max-interval-ratio", "0.5"),
+    ):
         result = _run("--faces", f"bbt={faces}", option, value)
         assert result.returncode == 1 and "at least" in result.stderr, option
 

@@ -275,10 +275,12 @@ def run_population(args: argparse.Namespace) -> int:
         raise SettingsError(f"{len(members)} members but {len(weights)} weights")
     caps = [cap for cap in (args.people, args.images_per_person) if cap is not None]
     counts = (args.splits, *caps, args.cohort + 1)
-    if min(counts) < 1 or (args.min_people is not None and args.min_people < 2):
+    ratio = args.max_interval_ratio
+    people_rule = args.min_people is not None and args.min_people < 2
+    if min(counts) < 1 or people_rule or (ratio is not None and not ratio >= 1):
         raise SettingsError(
             "--splits, --people and --images-per-person must be at least 1, --cohort at least 0,"
-            " --min-people at least 2"
+            " --min-people at least 2, --max-interval-ratio at least 1"
         )
     embedders = sorted(n for n, m in manifest.models.items() if m.task == "embedder")
     if unknown := sorted(set(members) - set(embedders)):
@@ -323,6 +325,7 @@ def run_population(args: argparse.Namespace) -> int:
         figures = population.population_report(
             populations, shipped, seed=args.seed, cohort_k=args.cohort, min_people=min_people,
             splits=args.splits, held_out=args.held_out_people,
+            max_interval_ratio=ratio or population.MAX_INTERVAL_FMR_RATIO,
         )  # fmt: skip
     except ValueError as exc:
         raise SettingsError(str(exc)) from exc

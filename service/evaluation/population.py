@@ -33,6 +33,7 @@ import numpy as np
 from rich.table import Table
 
 from service.calibration.estimate import (
+    MAX_INTERVAL_FMR_RATIO,
     MIN_PEOPLE,
     propose_thresholds,
     sample_impostor_scores,
@@ -211,6 +212,7 @@ def calibrate_on_own_gallery(
     seed: int,
     min_people: int = MIN_PEOPLE,
     held_out: int | None = None,
+    max_interval_ratio: float = MAX_INTERVAL_FMR_RATIO,
 ) -> dict[str, Any]:
     """Thresholds proposed on a random half of the people (or all but ``held_out``), FMR and
     TAR on the others at the shipped thresholds (``before``) and the proposed ones (``after``)."""
@@ -221,7 +223,13 @@ def calibrate_on_own_gallery(
         max_pairs=MAX_CALIBRATION_PAIRS,
         seed=seed,
     )
-    proposals = propose_thresholds(sample, list(TARGETS.values()), seed=seed, min_people=min_people)
+    proposals = propose_thresholds(
+        sample,
+        list(TARGETS.values()),
+        seed=seed,
+        min_people=min_people,
+        max_interval_ratio=max_interval_ratio,
+    )
     held_out = compare(population, ~gallery)
     proposed = dict(zip(TARGETS, (p.threshold for p in proposals), strict=True))
     return {
@@ -321,6 +329,7 @@ def population_report(
     min_people: int = MIN_PEOPLE,
     splits: int = 1,
     held_out: int | None = None,
+    max_interval_ratio: float = MAX_INTERVAL_FMR_RATIO,
 ) -> dict[str, Any]:
     """The per-population figures and the worst ratios, as one JSON-ready dict.
 
@@ -335,7 +344,12 @@ def population_report(
         everyone = compare(population, np.ones(len(population.owners), dtype=bool))
         repeats = [
             calibrate_on_own_gallery(
-                population, shipped, seed=s, min_people=min_people, held_out=held_out
+                population,
+                shipped,
+                seed=s,
+                min_people=min_people,
+                held_out=held_out,
+                max_interval_ratio=max_interval_ratio,
             )
             for s in range(seed, seed + splits)
         ]
