@@ -185,6 +185,16 @@ def _audit(args: argparse.Namespace) -> int:
     return (run_audit_checkpoint if args.audit_command == "checkpoint" else run_audit_verify)(args)
 
 
+def _population(text: str) -> tuple[str, Path]:
+    """argparse type of `eval population --faces NAME=DIR`."""
+    from service.evaluation.population import parse_population
+
+    try:
+        return parse_population(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _add_common_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML settings file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -404,7 +414,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder-per-person tree whose cross-person pairs are impostors (repeatable)",
     )  # fmt: skip
     calibrate.add_argument("--write", action="store_true", help="update models/manifest.toml")
-    for sub in (verify, identify, liveness, calibrate):
+    by_population = evals.add_parser(
+        "population", help="FMR / target and TAR per population, before and after calibration"
+    )
+    by_population.add_argument(
+        "--faces", type=_population, action="append", required=True, metavar="NAME=DIR",
+        help="a population: folder-per-person tree (repeatable)",
+    )  # fmt: skip
+    by_population.add_argument("--people", type=int, help="sample at most this many people")
+    by_population.add_argument("--images-per-person", type=int, help="first N images of each")
+    by_population.add_argument("--seed", type=int, default=0, help="people sample and split")
+    by_population.add_argument(
+        "--splits", type=int, default=1, help="calibrate on this many random halves (seeds)"
+    )
+    by_population.add_argument(
+        "--held-out-people", type=int, help="people left out of the gallery (default: half)"
+    )
+    by_population.add_argument("--members", help="embedder members, comma-separated")
+    by_population.add_argument("--weights", help="--members: their fusion weights")
+    by_population.add_argument(
+        "--cohort", type=int, default=0, help="AS-norm scores with this top-k cohort (0: off)"
+    )
+    by_population.add_argument(
+        "--min-people", type=int, help="estimator: fewest gallery people to calibrate (10)"
+    )
+    by_population.add_argument(
+        "--max-interval-ratio", type=float,
+        help="estimator: refuse when the threshold interval's low end accepts more (5x target)",
+    )  # fmt: skip
+    for sub in (verify, identify, liveness, calibrate, by_population):
         _add_common_pipeline_options(sub)
         sub.set_defaults(handler=_eval)
 

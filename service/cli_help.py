@@ -69,6 +69,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "faceguard eval calibrate --pairs ../shared/data/pairs/lfw_view1_train.csv "
         "--root ../shared/data --faces ../shared/data/faces/lfw --write",
     ),
+    "eval population": (
+        "faceguard eval population --faces lfw=../shared/data/faces/lfw "
+        "--faces kpop=../shared/data/faces/kpop --people 600 --splits 10",
+    ),
     "fraud-sink": (
         "faceguard fraud-sink --port 50061 --db sink.db --hmac-key-file data/callback-hmac.key",
     ),
@@ -130,6 +134,11 @@ DESCRIPTIONS: dict[str, str] = {
     "ends (see Streamed liveness)",
     "eval calibrate": "cosine thresholds per target FMR (1e-3, 1e-4, 1e-5), written to the "
     "manifest with --write",
+    "eval population": "FMR / target and TAR per population (a folder-per-person tree each) at "
+    "the operating thresholds, and on held-out people before and after thresholds calibrated "
+    "on the other half's templates (--held-out-people: on all but N people's); the worst ratio "
+    "per target; the gap at equal TAR (--cohort: also with AS-norm scores); --members: another "
+    "embedder of the pack (see False match rate by population)",
 }
 
 # Metavariables that say what a value is, by option destination.
@@ -145,6 +154,11 @@ METAVARS = {
     "inactive_days": "D", "write": "README.md", "since": "ISO_TIME", "until": "ISO_TIME",
     "threshold": "T", "seconds": "S", "stills": "N", "fps": "FPS", "video": "FILE",
     "shared": "DIR", "sizes": "N", "seed": "N", "event_id": "ID", "label": "LABEL",
+    "people": "N", "images_per_person": "N", "splits": "N", "held_out_people": "N",
+    "members": "A,B", "weights": "X,Y", "cohort": "K", "min_people": "N",
+    "max_interval_ratio": "R", "sample_customers": "N", "customers": "N", "templates": "N",
+    "phase_s": "S", "streams": "N", "watches": "N", "frame_every": "S", "attackers": "N",
+    "responders": "DIR",
 }  # fmt: skip
 
 CLIENT_EPILOG = (

@@ -107,6 +107,23 @@ def test_interval_covers_the_truth_in_most_seeds():
     assert covered >= 16
 
 
+def test_interval_covers_the_truth_in_most_seeds_when_people_differ():
+    """Person effects (a look-alike scores high against everyone): offsets N(0, 0.5^2) per
+    person make the population's impostor scores N(0, 1.5) for any two distinct people."""
+    target = 1e-3
+    truth = np.sqrt(1.5) * NormalDist().inv_cdf(1.0 - target)
+    covered = 0
+    for seed in range(20):
+        rng = np.random.default_rng(500 + seed)
+        offset = rng.normal(scale=0.5, size=60)
+        a = rng.integers(0, 60, 60_000)
+        b = (a + rng.integers(1, 60, 60_000)) % 60
+        sample = impostor_sample(rng.normal(size=60_000) + offset[a] + offset[b], a, b)
+        (proposal,) = propose_thresholds(sample, [target], resamples=100, seed=seed)
+        covered += proposal.ci_low <= truth <= proposal.ci_high
+    assert covered >= 14  # about 82% of 40 seeds in a longer run: see propose_thresholds
+
+
 def test_people_interval_is_wider_than_pairs_pretend_when_people_differ():
     """A population with a person effect: the bootstrap over people must see it."""
     rng = np.random.default_rng(5)
@@ -133,6 +150,24 @@ def test_unresolvable_targets_are_refused_with_the_reason():
     assert not refused.resolvable and f"at least {MIN_PEOPLE}" in refused.reason
     (studied,) = propose_thresholds(few_people, [1e-3], min_people=MIN_PEOPLE - 1)
     assert studied.resolvable and studied.threshold is not None
+
+
+def test_a_tail_made_of_one_look_alike_couple_is_refused():
+    """Ten people, one couple of look-alikes: the 1e-3 tail is that couple alone, and a gallery
+    without them would put the threshold far lower: the people do not pin it down."""
+    rng = np.random.default_rng(9)
+    a = rng.integers(0, 10, 200_000)
+    b = (a + rng.integers(1, 10, 200_000)) % 10
+    couple = ((a == 0) & (b == 1)) | ((a == 1) & (b == 0))
+    sample = impostor_sample(rng.normal(size=a.size) + 3.0 * couple, a, b)
+    (refused,) = propose_thresholds(sample, [1e-3])
+    assert not refused.resolvable and refused.threshold is None
+    assert "uncertain" in refused.reason and "at most 5x" in refused.reason
+    (studied,) = propose_thresholds(sample, [1e-3], max_interval_ratio=np.inf)
+    assert studied.resolvable and studied.ci_low < studied.threshold
+    assert estimated_fmr(sample, studied.ci_low) > 5 * 1e-3
+    spread = _normal_sample(people=10, pairs=200_000, seed=9)  # no couple: resolvable
+    assert propose_thresholds(spread, [1e-3])[0].resolvable
 
 
 def test_estimated_fmr_counts_ties_as_accepted():

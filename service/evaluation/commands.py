@@ -20,6 +20,7 @@ from service.config import SettingsError, load_settings, operating_threshold
 from service.evaluation import metrics, runner
 from service.evaluation.plots import plot_roc_det
 from service.modelpack.manifest import MANIFEST_PATH, load_manifest
+from service.vision.decode import ImageDecodeError
 from service.vision.embed import fuse, merge_views
 from service.vision.pipeline import FacePipeline, primary_face
 
@@ -327,3 +328,80 @@ def _write_calibration(figures: dict[str, Any]) -> None:
     tmp = MANIFEST_PATH.with_suffix(".toml.partial")
     tmp.write_text(tomlkit.dumps(document), encoding="utf-8")
     tmp.replace(MANIFEST_PATH)
+
+
+def run_population(args: argparse.Namespace) -> int:
+    """FMR / target and TAR per population, before and after calibration on its own gallery."""
+    from service.evaluation import population
+
+    settings = load_settings(args.config)
+    manifest = load_manifest()
+    table = manifest.section("embedder")
+    members = args.members.split(",") if args.members else list(table["members"])
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else table["weights"]
+    if len(weights) != len(members):
+        raise SettingsError(f"{len(members)} members but {len(weights)} weights")
+    caps = [cap for cap in (args.people, args.images_per_person) if cap is not None]
+    counts = (args.splits, *caps, args.cohort + 1)
+    ratio = args.max_interval_ratio
+    people_rule = args.min_people is not None and args.min_people < 2
+    if min(counts) < 1 or people_rule or (ratio is not None and not ratio >= 1):
+        raise SettingsError(
+            "--splits, --people and --images-per-person must be at least 1, --cohort at least 0,"
+            " --min-people at least 2, --max-interval-ratio at least 1"
+        )
+    embedders = sorted(n for n, m in manifest.models.items() if m.task == "embedder")
+    if unknown := sorted(set(members) - set(embedders)):
+        raise SettingsError(f"unknown embedder(s) {', '.join(unknown)}; the pack has {embedders}")
+    shipped_embedder = members == list(table["members"]) and weights == list(table["weights"])
+    variant = table | {"members": members, "weights": weights}
+    manifest = replace(manifest, sections=manifest.sections | {"embedder": variant})
+    config = replace(settings.pipeline_config(), liveness=False, facemesh=False)
+    pipeline = FacePipeline(config, manifest=manifest)
+
+    embedded: dict[Path, tuple[np.ndarray, np.ndarray] | None] = {}
+
+    def embed(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        """The fused template and probe of an image, each image embedded once per run."""
+        key = path.resolve()
+        if key not in embedded:
+            try:
+                found = member_vectors(pipeline, path)
+            except (OSError, ImageDecodeError) as exc:
+                log.warning("%s: %s", path, exc)
+                found = None
+            embedded[key] = found and tuple(
+                fuse([v[None] for v in parts], tuple(weights))[0] for parts in found
+            )
+        return embedded[key]
+
+    populations = []
+    for name, root in args.faces:
+        tree = population.select_people(
+            runner.identity_tree(root), args.people, args.images_per_person, args.seed
+        )
+        try:
+            populations.append(population.embed_population(name, root, tree, embed))
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
+    shipped = {
+        key: float(table["thresholds"][key]) if shipped_embedder else None
+        for key in population.TARGETS
+    }
+    min_people = args.min_people if args.min_people is not None else population.MIN_PEOPLE
+    try:
+        figures = population.population_report(
+            populations, shipped, seed=args.seed, cohort_k=args.cohort, min_people=min_people,
+            splits=args.splits, held_out=args.held_out_people,
+            max_interval_ratio=ratio or population.MAX_INTERVAL_FMR_RATIO,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
+    report = {"embedder": {"members": members, "weights": weights}, "cohort_k": args.cohort}
+    report |= figures
+    if args.json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        for rendered in population.report_tables(report):
+            Console().print(rendered)
+    return 0
