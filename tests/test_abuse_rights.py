@@ -53,7 +53,7 @@ from tests.test_service import enroll
 
 APPROVE, REVIEW, DECLINE = common_pb2.APPROVE, common_pb2.REVIEW, common_pb2.DECLINE
 # One kiosk per scenario, so one scenario's failures never lock another's device.
-KIOSKS = [f"K-10{i}" for i in range(8)]
+KIOSKS = [f"K-10{i}" for i in range(9)]
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +195,20 @@ def test_refused_verifies_are_audited_and_lock_the_device(
     locked = verify(stub, name, faces[1].read_bytes())  # the right face, from this device
     assert locked.outcome == DECLINE and "device locked" in str(locked.rules)
     assert served_ok(verify(kiosk(served, pki, KIOSKS[2]), name, faces[1].read_bytes()))
+
+
+def test_a_locked_out_kiosk_identifies_no_one(served: Running, pki: Path, people) -> None:
+    """A device lockout must stop a probing kiosk learning who a face is: its Identify is
+    declined for velocity and names no candidate, though the face matches a customer."""
+    (name, faces), stub = people[0], kiosk(served, pki, KIOSKS[8])
+    for i in range(10):  # ten probed ids: the device is locked
+        error = refused(stub.Verify, verification_pb2.VerifyRequest(customer_id=f"probe-{i}"))
+        assert reason_of(error) == "CUSTOMER_NOT_FOUND"
+    reply = identify(stub, faces[1], min_score=0)
+    assert reply.decision.outcome == DECLINE and "VELOCITY" in fired(reply.decision)
+    assert not reply.candidates and reply.decision.customer_id == ""
+    found = identify(kiosk(served, pki, KIOSKS[2]), faces[1], min_score=0)
+    assert [c.customer_id for c in found.candidates][:1] == [name]
 
 
 # ---- locking a customer out ----------------------------------------------------------------
