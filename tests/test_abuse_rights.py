@@ -376,6 +376,20 @@ def test_rechaining_everything_back_to_plain_hashes_is_detected(chain: Path) -> 
     assert "re-chained" in report["reason"], report
 
 
+def test_rechaining_to_plain_and_deleting_the_audit_key_is_detected(chain: Path) -> None:
+    """An attacker who re-chains the keyed rows as plain ones and deletes the audit key file
+    beside the database: verify must not skip the checkpoints for want of the key."""
+    settings = service_settings(chain)
+    with Store(settings.storage.url(), keyring_for(settings)) as s:
+        with s.transaction() as conn:
+            conn.execute(delete(event_table).where(event_table.c.id >= 4))
+        decide(s, 7, start=3)
+    (chain / "audit-chain.key").unlink()
+    code, report = audit_cli("verify", "--json", "--data-dir", str(chain))
+    assert code == 1 and "audit key" in report["reason"], report
+    assert not (chain / "audit-chain.key").exists()  # verify only reads
+
+
 def test_a_forged_checkpoint_is_detected(chain: Path, tmp_path: Path) -> None:
     shipped = tmp_path / "shipped.jsonl"
     lines = (chain / "audit-checkpoints" / "checkpoints.jsonl").read_text().splitlines()
