@@ -209,6 +209,15 @@ def test_a_locked_out_kiosk_identifies_no_one(served: Running, pki: Path, people
     assert not reply.candidates and reply.decision.customer_id == ""
     found = identify(kiosk(served, pki, KIOSKS[2]), faces[1], min_score=0)
     assert [c.customer_id for c in found.candidates][:1] == [name]
+    # Nor through Verify: claiming someone else with this face names the one it matches only
+    # in the audit event, not in the kiosk's reply.
+    claimed = verify(stub, people[1][0], faces[1].read_bytes())
+    assert "DUPLICATE_IDENTITY" in fired(claimed) and name not in str(claimed)
+    (event,) = [
+        e for e in served.engine.gallery.store.events_of(people[1][0])
+        if e.event_id == claimed.event_id
+    ]  # fmt: skip
+    assert any(name in r["detail"] for r in event.payload["rules"])
 
 
 # ---- locking a customer out ----------------------------------------------------------------
