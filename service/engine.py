@@ -107,6 +107,16 @@ def check_count(items: list[bytes], limit: int, what: str) -> None:
         raise TooLarge(f"TOO_MANY_{what.upper()}", f"at most {limit} {what} per request")
 
 
+def require_text(name: str, value: str, limit: int) -> str:
+    """An operator's free text (a reason, a case, an id): 1-`limit` printable characters, so
+    nothing unbounded or control characters reach the audit chain (INVALID_<NAME>)."""
+    if not value or len(value) > limit or not value.isprintable():
+        raise InvalidInput(
+            f"INVALID_{name.upper()}", f"{name} must be 1-{limit} printable characters"
+        )
+    return value
+
+
 def check_consent(consent: Consent | None) -> Consent:
     if consent is None or not consent.purpose or not consent.channel or not consent.operator_id:
         raise InvalidInput(

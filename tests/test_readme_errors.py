@@ -2,7 +2,7 @@
 
 Reasons are read from the code, not kept in a second list: the first argument of each
 `FaceguardError` subclass, `rich_status` or `exhausted` call under service/, and the reasons
-`check_count` and the admin modules' `_text` build from a name.
+`check_count` and `require_text` build from a name.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def raised_reasons() -> set[tuple[str, str]]:
                 found.add((_constant(node.args[1]), node.args[0].attr))  # type: ignore[attr-defined]
             elif name == "exhausted" and first:
                 found.add((first, "RESOURCE_EXHAUSTED"))
-            elif name == "_text" and first:
+            elif name == "require_text" and first:
                 found.add((f"INVALID_{first.upper()}", "INVALID_ARGUMENT"))
             elif name == "check_count" and len(node.args) > 2 and _constant(node.args[2]):
                 what = _constant(node.args[2]).upper()  # type: ignore[union-attr]
