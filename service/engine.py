@@ -326,7 +326,22 @@ class Engine:
             neighbours = self.gallery.search(analysis.embedding.vector, 3)
             decision = self._risk("VERIFY", decision, [analysis.embedding.vector], neighbours)
         self.gallery.store.record_event(self._event("VERIFY", decision))
-        return decision
+        return self._told_to_device(decision)
+
+    def _told_to_device(self, decision: Decision) -> Decision:
+        """What a kiosk is told of a recorded decision: a locked-out device learns only the
+        VELOCITY decline (no score, no match, no other rule), so it cannot go on testing faces
+        against customers while locked; the audit event keeps the whole decision."""
+        rules = tuple(r for r in decision.rules if r.reason_code == "VELOCITY" and r.fired)
+        if (
+            not rules
+            or self.risk is None
+            or not self.risk.velocity.device_locked(decision.device_id)
+        ):
+            return decision
+        return dataclasses.replace(
+            decision, customer_id="", match_score=None, reason_codes=("VELOCITY",), rules=rules
+        )
 
     def identify(
         self, image: bytes, top_k: int, min_score: float, device_id: str,
@@ -401,11 +416,13 @@ class Engine:
         self.gallery.store.record_event(
             self._event("IDENTIFY", decision, candidates=len(candidates), **asked)
         )
-        if searcher is None and outcome != DECLINE and decision.outcome == DECLINE:
-            # Declined by the risk policy (a locked-out or blacklisted device, a watchlist
-            # face): the event names the match, but a kiosk learns no one, or a lockout would
-            # not stop it probing faces.
-            return [], dataclasses.replace(decision, customer_id="")
+        if searcher is None:
+            told = self._told_to_device(decision)
+            if told is not decision or (outcome != DECLINE and decision.outcome == DECLINE):
+                # Declined by the risk policy (a locked-out or blacklisted device, a watchlist
+                # face): the event names the match, but a kiosk learns no one, or a lockout
+                # would not stop it probing faces.
+                return [], dataclasses.replace(told, customer_id="")
         return candidates, decision
 
     def check_liveness(self, frames: list[bytes], device_id: str) -> Decision:

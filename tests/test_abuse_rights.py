@@ -205,14 +205,17 @@ def test_a_locked_out_kiosk_identifies_no_one(served: Running, pki: Path, people
         error = refused(stub.Verify, verification_pb2.VerifyRequest(customer_id=f"probe-{i}"))
         assert reason_of(error) == "CUSTOMER_NOT_FOUND"
     reply = identify(stub, faces[1], min_score=0)
-    assert reply.decision.outcome == DECLINE and "VELOCITY" in fired(reply.decision)
+    assert reply.decision.outcome == DECLINE and fired(reply.decision) == {"VELOCITY"}
     assert not reply.candidates and reply.decision.customer_id == ""
+    assert not reply.decision.HasField("match_score")
     found = identify(kiosk(served, pki, KIOSKS[2]), faces[1], min_score=0)
     assert [c.customer_id for c in found.candidates][:1] == [name]
-    # Nor through Verify: claiming someone else with this face names the one it matches only
-    # in the audit event, not in the kiosk's reply.
+    # Nor through Verify: a locked device is told the lockout alone (no score, no other rule
+    # such as the DUPLICATE_IDENTITY of claiming someone else); the audit event keeps it all.
     claimed = verify(stub, people[1][0], faces[1].read_bytes())
-    assert "DUPLICATE_IDENTITY" in fired(claimed) and name not in str(claimed)
+    assert claimed.outcome == DECLINE and list(claimed.reason_codes) == ["VELOCITY"]
+    assert fired(claimed) == {"VELOCITY"} and not claimed.HasField("match_score")
+    assert name not in str(claimed)
     (event,) = [
         e for e in served.engine.gallery.store.events_of(people[1][0])
         if e.event_id == claimed.event_id
