@@ -42,7 +42,15 @@ def verify_report(store: Store, checkpoint_file: Path) -> dict[str, object]:
     report = store.verify_chain()
     ok, reason = report.ok, report.reason
     latest, forged = None, []
-    if store.chain_key is not None:
+    if store.chain_key is None and ok and _has_lines(checkpoint_file):
+        # Checkpoints exist, so the chain was keyed: a missing key must not skip them (deleting
+        # the key file and re-chaining plain would then pass).
+        ok = False
+        reason = (
+            f"{checkpoint_file} holds checkpoints but the audit key is missing: give it with "
+            "storage.audit_key_file to check the chain against them"
+        )
+    elif store.chain_key is not None:
         found = checkpoints.read(checkpoint_file, store.chain_key)
         latest, forged = found.latest, found.forged
         if forged and ok:  # a broken chain's own reason comes first
@@ -64,6 +72,13 @@ def verify_report(store: Store, checkpoint_file: Path) -> dict[str, object]:
         "checkpoint_file": str(checkpoint_file),
         "forged_checkpoint_lines": forged,
     }
+
+
+def _has_lines(path: Path) -> bool:
+    try:
+        return bool(path.read_text().strip())
+    except FileNotFoundError:
+        return False
 
 
 def run_audit_verify(args: argparse.Namespace) -> int:

@@ -45,7 +45,13 @@ from PIL import Image as PILImage
 from rich.console import Console
 
 from faceguard.v1 import common_pb2, enrollment_pb2_grpc, verification_pb2, verification_pb2_grpc
-from service.bench_service import FACEGUARD, _enrol, _free_port, _portraits, _wait_ready
+from service.bench_service import (
+    FACEGUARD,
+    enrol_portraits,
+    free_port,
+    sample_portraits,
+    wait_ready,
+)
 from service.certs import write_dev_pki
 
 log = logging.getLogger(__name__)
@@ -280,15 +286,15 @@ def _server(pki: Path, data: Path, port: int) -> Iterator[subprocess.Popen[bytes
 
 
 def measure_abuse(args: argparse.Namespace) -> dict[str, Any]:
-    portraits = _portraits()
+    portraits = sample_portraits()
     with tempfile.TemporaryDirectory() as tmp:
-        pki, data, port = Path(tmp) / "pki", Path(tmp) / "data", _free_port()
+        pki, data, port = Path(tmp) / "pki", Path(tmp) / "data", free_port()
         write_dev_pki(pki, ("localhost", HOST))
         with _server(pki, data, port):
             with _channel(pki, port, ENROLMENT) as channel:
                 enrolment = enrollment_pb2_grpc.EnrollmentStub(channel)
-                _wait_ready(enrolment)
-                enrolled, _ = _enrol(enrolment, portraits, workers=2)
+                wait_ready(enrolment)
+                enrolled, _ = enrol_portraits(enrolment, portraits, workers=2)
             # The attacker names a customer the victim never verifies.
             target, *victims = sorted(enrolled)
             victim_gallery = {c: enrolled[c] for c in victims}

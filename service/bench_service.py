@@ -46,7 +46,7 @@ from service.vision_processes import default_process_count
 FACEGUARD = Path(sys.executable).with_name("faceguard")
 
 
-def _portraits() -> list[bytes]:
+def sample_portraits() -> list[bytes]:
     """Single-face 480x640 portraits of the distinct people in the sample photos."""
     pipeline = FacePipeline(load_settings().service_pipeline_config())
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,13 +60,13 @@ def _one_clean_face(pipeline: FacePipeline, portrait: bytes) -> bool:
     return len(analyses) == 1 and not analyses[0].quality.reasons
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _wait_ready(stub: enrollment_pb2_grpc.EnrollmentStub, timeout: float = 180.0) -> None:
+def wait_ready(stub: enrollment_pb2_grpc.EnrollmentStub, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -78,7 +78,7 @@ def _wait_ready(stub: enrollment_pb2_grpc.EnrollmentStub, timeout: float = 180.0
             time.sleep(0.3)
 
 
-def _enrol(stub, portraits: list[bytes], workers: int) -> tuple[dict[str, bytes], float]:
+def enrol_portraits(stub, portraits: list[bytes], workers: int) -> tuple[dict[str, bytes], float]:
     """Enrol each portrait as its own customer; returns the enrolled ones and images/s.
 
     A person who appears in two sample photos is refused the second time
@@ -155,8 +155,8 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def measure_service(threads: int, calls: int) -> dict[str, Any]:
-    portraits = _portraits()
-    port = _free_port()
+    portraits = sample_portraits()
+    port = free_port()
     env = {**os.environ, "FACEGUARD_VISION__THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as data:
         command = [str(FACEGUARD), "serve", "--data-dir", data, "--port", str(port), "--dev-key"]
@@ -165,8 +165,8 @@ def measure_service(threads: int, calls: int) -> dict[str, Any]:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 enrolment = enrollment_pb2_grpc.EnrollmentStub(channel)
                 kiosk = verification_pb2_grpc.FaceVerificationStub(channel)
-                _wait_ready(enrolment)
-                enrolled, import_rate = _enrol(enrolment, portraits, workers=4)
+                wait_ready(enrolment)
+                enrolled, import_rate = enrol_portraits(enrolment, portraits, workers=4)
                 _verify_latency(kiosk, enrolled, 3)  # warm-up
                 cpu_before = _cpu_seconds(server.pid)
                 latency = _verify_latency(kiosk, enrolled, calls)

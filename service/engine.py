@@ -107,6 +107,16 @@ def check_count(items: list[bytes], limit: int, what: str) -> None:
         raise TooLarge(f"TOO_MANY_{what.upper()}", f"at most {limit} {what} per request")
 
 
+def require_text(name: str, value: str, limit: int) -> str:
+    """An operator's free text (a reason, a case, an id): 1-`limit` printable characters, so
+    nothing unbounded or control characters reach the audit chain (INVALID_<NAME>)."""
+    if not value or len(value) > limit or not value.isprintable():
+        raise InvalidInput(
+            f"INVALID_{name.upper()}", f"{name} must be 1-{limit} printable characters"
+        )
+    return value
+
+
 def check_consent(consent: Consent | None) -> Consent:
     if consent is None or not consent.purpose or not consent.channel or not consent.operator_id:
         raise InvalidInput(
@@ -316,7 +326,22 @@ class Engine:
             neighbours = self.gallery.search(analysis.embedding.vector, 3)
             decision = self._risk("VERIFY", decision, [analysis.embedding.vector], neighbours)
         self.gallery.store.record_event(self._event("VERIFY", decision))
-        return decision
+        return self._told_to_device(decision)
+
+    def _told_to_device(self, decision: Decision) -> Decision:
+        """What a kiosk is told of a recorded decision: a locked-out device learns only the
+        VELOCITY decline (no score, no match, no other rule), so it cannot go on testing faces
+        against customers while locked; the audit event keeps the whole decision."""
+        rules = tuple(r for r in decision.rules if r.reason_code == "VELOCITY" and r.fired)
+        if (
+            not rules
+            or self.risk is None
+            or not self.risk.velocity.device_locked(decision.device_id)
+        ):
+            return decision
+        return dataclasses.replace(
+            decision, customer_id="", match_score=None, reason_codes=("VELOCITY",), rules=rules
+        )
 
     def identify(
         self, image: bytes, top_k: int, min_score: float, device_id: str,
@@ -391,6 +416,13 @@ class Engine:
         self.gallery.store.record_event(
             self._event("IDENTIFY", decision, candidates=len(candidates), **asked)
         )
+        if searcher is None:
+            told = self._told_to_device(decision)
+            if told is not decision or (outcome != DECLINE and decision.outcome == DECLINE):
+                # Declined by the risk policy (a locked-out or blacklisted device, a watchlist
+                # face): the event names the match, but a kiosk learns no one, or a lockout
+                # would not stop it probing faces.
+                return [], dataclasses.replace(told, customer_id="")
         return candidates, decision
 
     def check_liveness(self, frames: list[bytes], device_id: str) -> Decision:

@@ -11,6 +11,7 @@ import postgres
 import pytest
 
 from faceguard.v1 import enrollment_pb2_grpc, verification_pb2_grpc
+from service.certs import write_dev_pki
 
 # Development data lives beside the repository, never inside it (see ../shared/data/README.md).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -40,6 +41,15 @@ def postgres_url() -> Iterator[str]:
         pytest.skip("no PostgreSQL server binaries (Debian package postgresql) on this machine")
     with postgres.temporary_server(bin_dir) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A development PKI (CA, a localhost server and the development clients) for a module's
+    mutual TLS server; a module that needs other clients defines its own `pki`."""
+    out = tmp_path_factory.mktemp("pki")
+    write_dev_pki(out, ("localhost", "127.0.0.1"))
+    return out
 
 
 # gRPC clients of the module's `served` server (a fixture each test module defines: the

@@ -28,6 +28,8 @@ from faceguard.v1 import (
     common_pb2,
     enrollment_pb2,
     enrollment_pb2_grpc,
+    risk_pb2,
+    risk_pb2_grpc,
     verification_pb2,
     verification_pb2_grpc,
 )
@@ -285,10 +287,29 @@ def test_a_claim_of_another_device_is_audited(served: Running, pki: Path) -> Non
     assert len(payload["certificate"]) == 64  # the certificate's SHA-256
 
 
-def device_mismatch_events(running: Running) -> list[Any]:
+def test_a_kiosk_calling_an_admin_method_is_audited(served: Running, pki: Path) -> None:
+    """A kiosk certificate probing RiskAdmin or Calibration leaves an audit row naming it."""
+    with tls_channel(served.port, pki, ATTACKER) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            risk_pb2_grpc.RiskAdminStub(channel).LiftLockout(
+                risk_pb2.LiftLockoutRequest(customer_id="c-78", reason="let me in"), timeout=10
+            )
+    assert outcome(err.value) == ("PERMISSION_DENIED", "ROLE_NOT_ALLOWED")
+    (event,) = refusal_events(served, "ROLE_NOT_ALLOWED")
+    payload = json.loads(event.payload)
+    assert (event.type, event.outcome, event.device_id) == ("CALL", "DECLINE", "K-001")
+    assert payload["client"] == ATTACKER and len(payload["certificate"]) == 64
+    assert payload["method"] == "/faceguard.v1.RiskAdmin/LiftLockout"
+
+
+def refusal_events(running: Running, reason: str) -> list[Any]:
     with running.engine.gallery.store.connect() as conn:
         rows = conn.execute(select(event_table).order_by(event_table.c.id)).all()
-    return [r for r in rows if "DEVICE_MISMATCH" in json.loads(r.payload).get("reason_codes", [])]
+    return [r for r in rows if reason in json.loads(r.payload).get("reason_codes", [])]
+
+
+def device_mismatch_events(running: Running) -> list[Any]:
+    return refusal_events(running, "DEVICE_MISMATCH")
 
 
 def test_a_flood_of_device_claims_writes_no_more_audit_rows_than_the_device_rate(

@@ -28,16 +28,8 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.server import Running, start
-from service.certs import write_dev_pki
 from tests.service_helpers import consent, image, mtls_settings, people_with, tls_channel
 from tests.test_security import reason_of
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pki")
-    write_dev_pki(out, ("localhost", "127.0.0.1"))
-    return out
 
 
 @pytest.fixture(scope="module")

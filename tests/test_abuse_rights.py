@@ -53,7 +53,7 @@ from tests.test_service import enroll
 
 APPROVE, REVIEW, DECLINE = common_pb2.APPROVE, common_pb2.REVIEW, common_pb2.DECLINE
 # One kiosk per scenario, so one scenario's failures never lock another's device.
-KIOSKS = [f"K-10{i}" for i in range(8)]
+KIOSKS = [f"K-10{i}" for i in range(9)]
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +195,32 @@ def test_refused_verifies_are_audited_and_lock_the_device(
     locked = verify(stub, name, faces[1].read_bytes())  # the right face, from this device
     assert locked.outcome == DECLINE and "device locked" in str(locked.rules)
     assert served_ok(verify(kiosk(served, pki, KIOSKS[2]), name, faces[1].read_bytes()))
+
+
+def test_a_locked_out_kiosk_identifies_no_one(served: Running, pki: Path, people) -> None:
+    """A device lockout must stop a probing kiosk learning who a face is: its Identify is
+    declined for velocity and names no candidate, though the face matches a customer."""
+    (name, faces), stub = people[0], kiosk(served, pki, KIOSKS[8])
+    for i in range(10):  # ten probed ids: the device is locked
+        error = refused(stub.Verify, verification_pb2.VerifyRequest(customer_id=f"probe-{i}"))
+        assert reason_of(error) == "CUSTOMER_NOT_FOUND"
+    reply = identify(stub, faces[1], min_score=0)
+    assert reply.decision.outcome == DECLINE and fired(reply.decision) == {"VELOCITY"}
+    assert not reply.candidates and reply.decision.customer_id == ""
+    assert not reply.decision.HasField("match_score")
+    found = identify(kiosk(served, pki, KIOSKS[2]), faces[1], min_score=0)
+    assert [c.customer_id for c in found.candidates][:1] == [name]
+    # Nor through Verify: a locked device is told the lockout alone (no score, no other rule
+    # such as the DUPLICATE_IDENTITY of claiming someone else); the audit event keeps it all.
+    claimed = verify(stub, people[1][0], faces[1].read_bytes())
+    assert claimed.outcome == DECLINE and list(claimed.reason_codes) == ["VELOCITY"]
+    assert fired(claimed) == {"VELOCITY"} and not claimed.HasField("match_score")
+    assert name not in str(claimed)
+    (event,) = [
+        e for e in served.engine.gallery.store.events_of(people[1][0])
+        if e.event_id == claimed.event_id
+    ]  # fmt: skip
+    assert any(name in r["detail"] for r in event.payload["rules"])
 
 
 # ---- locking a customer out ----------------------------------------------------------------
@@ -360,6 +386,20 @@ def test_rechaining_everything_back_to_plain_hashes_is_detected(chain: Path) -> 
     code, report = audit_cli("verify", "--json", "--data-dir", str(chain))
     assert code == 1 and report["rows_checked"] == 10 and report["keyed_from_row"] is None
     assert "re-chained" in report["reason"], report
+
+
+def test_rechaining_to_plain_and_deleting_the_audit_key_is_detected(chain: Path) -> None:
+    """An attacker who re-chains the keyed rows as plain ones and deletes the audit key file
+    beside the database: verify must not skip the checkpoints for want of the key."""
+    settings = service_settings(chain)
+    with Store(settings.storage.url(), keyring_for(settings)) as s:
+        with s.transaction() as conn:
+            conn.execute(delete(event_table).where(event_table.c.id >= 4))
+        decide(s, 7, start=3)
+    (chain / "audit-chain.key").unlink()
+    code, report = audit_cli("verify", "--json", "--data-dir", str(chain))
+    assert code == 1 and "audit key" in report["reason"], report
+    assert not (chain / "audit-chain.key").exists()  # verify only reads
 
 
 def test_a_forged_checkpoint_is_detected(chain: Path, tmp_path: Path) -> None:

@@ -36,7 +36,6 @@ from faceguard.v1 import (
 from service.api.server import Running, start
 from service.calibration import admin as admin_module
 from service.calibration.bench import fill_gallery
-from service.certs import write_dev_pki
 from service.risk.callback import identity_event
 from tests.service_helpers import (
     FACEGUARD,
@@ -60,13 +59,6 @@ def populate(running: Running, customers: int) -> None:
     fill_gallery(
         running.engine.gallery, running.engine.vision.model_versions["embedder"], customers
     )
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pki")
-    write_dev_pki(out, ("localhost", "127.0.0.1"))
-    return out
 
 
 @pytest.fixture(scope="module")

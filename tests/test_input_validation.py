@@ -26,18 +26,10 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.server import Running, start
-from service.certs import write_dev_pki
 from tests.service_helpers import consent, mtls_settings, tls_channel
 from tests.test_security import reason_of
 
 NOT_AN_IMAGE = common_pb2.Image(data=b"not an image: validation must refuse the call first")
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pki")
-    write_dev_pki(out, ("localhost", "127.0.0.1"))
-    return out
 
 
 @pytest.fixture(scope="module")

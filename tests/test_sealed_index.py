@@ -19,7 +19,6 @@ from sqlalchemy import select
 
 from faceguard.v1 import enrollment_pb2, enrollment_pb2_grpc, risk_pb2, risk_pb2_grpc
 from service.api.server import Running, start
-from service.certs import write_dev_pki
 from service.config import Settings
 from service.gallery import crypto
 from service.gallery.crypto import (
@@ -164,13 +163,6 @@ def test_key_rotation_reseals_the_snapshot(tmp_path: Path) -> None:
         assert sealed_key_id(file) == result["active_key"] == "k2"
     new_keys = crypto.Keyring.from_file(tmp_path / "template-keys.json")
     assert len(VectorIndex.load(tmp_path / "index.faiss", DIM, new_keys)) == 2
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pki")
-    write_dev_pki(out, ("localhost", "127.0.0.1"))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from faceguard.v1 import (
 )
 from service.api.auth import Identity, bind_device, identity_from_pem
 from service.api.server import Running, start
-from service.certs import ClientSpec, DevCA, write_dev_pki
+from service.certs import ClientSpec, DevCA
 from tests.service_helpers import (
     FACEGUARD,
     consent,
@@ -61,13 +61,6 @@ EXPECTED_METHODS = {
     "faceguard.v1.FaceVerification/Identify": frozenset({"kiosk", "investigator", "admin"}),
 }
 AUTH_REASONS = {"ROLE_NOT_ALLOWED", "CLIENT_CERT_REQUIRED", "METHOD_NOT_ALLOWED", "DEVICE_MISMATCH"}
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pki")
-    write_dev_pki(out, ("localhost", "127.0.0.1"))
-    return out
 
 
 @pytest.fixture(scope="module")

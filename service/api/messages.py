@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from faceguard.v1 import common_pb2, enrollment_pb2
-from service.decision import Decision, LivenessReport
+from service.decision import Decision, LivenessReport, RuleResult
 from service.engine import Consent
 from service.errors import InvalidInput
 from service.gallery.store import CustomerRecord
@@ -16,6 +16,12 @@ from service.gallery.store import CustomerRecord
 # How far a client's clock may be from the server's: times a client states (a consent given,
 # a frame captured) further in the future, or a frame further in the past, are refused.
 MAX_CLOCK_SKEW_S = 300.0
+# Rules whose detail names someone other than the caller's subject (another customer's id, a
+# watchlist entry, a fraud case reference): the audit event and the fraud engine keep it, the
+# reply to a kiosk or desk does not (a kiosk would learn who a face is by claiming anyone).
+AUDIT_ONLY_DETAILS = frozenset(
+    {"DUPLICATE_IDENTITY", "WATCHLIST_HIT", "BLOCKLISTED", "DEVICE_BLACKLISTED"}
+)
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -46,11 +52,18 @@ def decision_message(decision: Decision) -> common_pb2.Decision:
         decided_at=timestamp(decision.decided_at),
         risk_score=decision.risk_score,
         policy_version=decision.policy_version,
-        rules=[common_pb2.RuleResult(**asdict(r)) for r in decision.rules],
+        rules=[_rule_message(r) for r in decision.rules],
         liveness=liveness_message(decision.liveness),
         device_id=decision.device_id,
         calibration_version=decision.calibration_version,
     )
+
+
+def _rule_message(rule: RuleResult) -> common_pb2.RuleResult:
+    fields = asdict(rule)
+    if rule.reason_code in AUDIT_ONLY_DETAILS:
+        fields["detail"] = ""
+    return common_pb2.RuleResult(**fields)
 
 
 def liveness_message(report: LivenessReport | None) -> common_pb2.LivenessReport | None:

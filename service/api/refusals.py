@@ -1,9 +1,11 @@
-"""Audit of calls refused for who sent them: a kiosk certificate claiming another device.
+"""Audit of calls refused for who sent them: a kiosk certificate claiming another device, or
+any certificate calling a method its role does not allow (a kiosk probing RiskAdmin).
 
-`AuthInterceptor` refuses the claim (PERMISSION_DENIED `DEVICE_MISMATCH`) before the limits
-run, so each audit row here takes a token from the device's own rate bucket: a kiosk that
-floods claims gets them refused all the same, but cannot write audit rows faster than it may
-make calls (the ones beyond are logged, not audited).
+`AuthInterceptor` refuses them (PERMISSION_DENIED `DEVICE_MISMATCH` / `ROLE_NOT_ALLOWED`)
+before the limits run, so each audit row here takes a token from the device's own rate bucket
+(a certificate without a device: its own): a caller that floods such calls gets them refused
+all the same, but cannot write audit rows faster than it may make calls (the ones beyond are
+logged, not audited).
 """
 
 from __future__ import annotations
@@ -30,23 +32,28 @@ KINDS = {
 
 
 def device_refusal_auditor(engine: Callable[[], Engine], budget: RateLimiter) -> DeviceRefusal:
-    """Audits a kiosk's claim of another device as a declined attempt of the certificate's own
-    device (so it counts for that device's velocity, never against the customer it names),
-    with the certificate that made it and the device it claimed."""
+    """Audits a refused call as a declined attempt of the certificate's own device (a claim of
+    another device on a kiosk method counts for that device's velocity, never against the
+    customer it names), with the certificate that made it, and the device it claimed or the
+    method it was refused."""
 
-    def audit(method: str, identity: Identity, message: Any) -> None:
+    def audit(method: str, identity: Identity, message: Any, reason: str) -> None:
         device = identity.device_id or ""
-        if budget.wait_for(device):
-            log.warning("device claim of %s not audited: over the device's rate", identity.client)
+        if budget.wait_for(device or identity.limit_key):
+            log.warning("%s of %s not audited: over the rate", reason, identity.client)
             return
-        claimed = sorted({h.device_id for h in device_holders(message)} - {device})
+        if message is None:
+            what = {"method": method}
+        else:
+            claimed = sorted({h.device_id for h in device_holders(message)} - {device})
+            what = {"claimed_device": ",".join(claimed)}
         try:
             engine().refuse(
-                KINDS.get(method.rsplit("/", 1)[-1], "CALL"), device, "", "DEVICE_MISMATCH",
-                client=identity.client, certificate=identity.fingerprint or "",
-                claimed_device=",".join(claimed),
+                KINDS.get(method.rsplit("/", 1)[-1], "CALL") if message is not None else "CALL",
+                device, "", reason, client=identity.client,
+                certificate=identity.fingerprint or "", **what,
             )  # fmt: skip
         except Unavailable:  # models still loading: nothing to audit in yet
-            log.warning("device claim of %s not audited: engine not ready", identity.client)
+            log.warning("%s of %s not audited: engine not ready", reason, identity.client)
 
     return audit

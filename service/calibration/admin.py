@@ -35,7 +35,7 @@ from service.calibration.store import (
     TargetCalibration,
 )
 from service.config import CalibrationSettings
-from service.engine import Engine
+from service.engine import Engine, require_text
 from service.errors import FaceguardError, InvalidInput, TooLarge, Unavailable, Unprocessable
 from service.gallery.audit import NewEvent
 
@@ -59,14 +59,6 @@ class Live:
     fmr_target: str
     threshold: float
     thresholds: dict[str, float]
-
-
-def _text(name: str, value: str, limit: int) -> str:
-    if not value or len(value) > limit or not value.isprintable():
-        raise InvalidInput(
-            f"INVALID_{name.upper()}", f"{name} must be 1-{limit} printable characters"
-        )
-    return value
 
 
 class CalibrationAdmin:
@@ -94,7 +86,7 @@ class CalibrationAdmin:
         """Sample the gallery and store a proposal; FAILED_PRECONDITION
         (CALIBRATION_GALLERY_TOO_SMALL) with fewer than two customers to pair. `client` is
         the caller's certificate name, for the audit event."""
-        proposer = _text("operator_id", proposer, 128)
+        proposer = require_text("operator_id", proposer, 128)
         limit = self.settings.sample_customers
         if sample_customers > limit:
             raise TooLarge(
@@ -177,8 +169,8 @@ class CalibrationAdmin:
         self, calibration_id: int, approve: bool, reason: str, operator_id: str, client: str
     ) -> CalibrationRecord:
         """Apply or reject a PROPOSED calibration; audited with the old and new thresholds."""
-        reason = _text("reason", reason, 256)
-        operator_id = _text("operator_id", operator_id, 128)
+        reason = require_text("reason", reason, 256)
+        operator_id = require_text("operator_id", operator_id, 128)
         with _DECIDING:
             record = calibrations.get(self.store, calibration_id)
             if record.status != PROPOSED:

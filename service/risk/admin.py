@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service.engine import CUSTOMER_ID, Engine
+from service.engine import CUSTOMER_ID, Engine, require_text
 from service.errors import InvalidInput, NotFound, TooLarge
 from service.gallery.lists import LISTS, ListEntry
 from service.gallery.store import NewTemplate, event_table
@@ -44,14 +44,6 @@ def _page(size: int) -> int:
     return size or DEFAULT_PAGE
 
 
-def _text(name: str, value: str, limit: int) -> str:
-    if not value or len(value) > limit or not value.isprintable():
-        raise InvalidInput(
-            f"INVALID_{name.upper()}", f"{name} must be 1-{limit} printable characters"
-        )
-    return value
-
-
 class RiskAdmin:
     def __init__(self, engine: Engine) -> None:
         if engine.risk is None:
@@ -69,14 +61,15 @@ class RiskAdmin:
         self, list_name: str, subject: str, reason: str, case_ref: str, operator_id: str
     ) -> ListEntry:
         return self.risk.lists.add(
-            self._list(list_name), _text("subject", subject, 128), _text("reason", reason, 256),
-            _text("case_ref", case_ref, 128), _text("operator_id", operator_id, 128),
+            self._list(list_name), require_text("subject", subject, 128),
+            require_text("reason", reason, 256), require_text("case_ref", case_ref, 128),
+            require_text("operator_id", operator_id, 128),
         )  # fmt: skip
 
     def remove_entry(self, list_name: str, subject: str, reason: str, operator_id: str) -> str:
         event_id = self.risk.lists.remove(
-            self._list(list_name), _text("subject", subject, 128), reason or "removed",
-            _text("operator_id", operator_id, 128),
+            self._list(list_name), require_text("subject", subject, 128), reason or "removed",
+            require_text("operator_id", operator_id, 128),
         )  # fmt: skip
         if event_id is None:
             raise NotFound("NOT_LISTED", f"{subject} is not on the {list_name}")
@@ -93,21 +86,21 @@ class RiskAdmin:
             raise InvalidInput("NO_IMAGES", "at least one image is required")
         if len(images) > self.engine.policy.max_images:
             raise TooLarge("TOO_MANY_IMAGES", f"at most {self.engine.policy.max_images} images")
-        label = _text("label", label, 128)
+        label = require_text("label", label, 128)
         analyses = self.engine.gated_faces(images)
         templates = [
             NewTemplate(vector=a.embedding.vector, model=a.embedding.model, quality=a.quality.score)
             for a in analyses
         ]
         return self.risk.watchlist.add(
-            label, templates, _text("reason", reason, 256), _text("case_ref", case_ref, 128),
-            _text("operator_id", operator_id, 128),
+            label, templates, require_text("reason", reason, 256),
+            require_text("case_ref", case_ref, 128), require_text("operator_id", operator_id, 128),
         )  # fmt: skip
 
     def remove_watchlist(self, entry_id: str, reason: str, operator_id: str) -> str:
         event_id = self.risk.watchlist.remove(
-            _text("entry_id", entry_id, 36), reason or "removed",
-            _text("operator_id", operator_id, 128),
+            require_text("entry_id", entry_id, 36), reason or "removed",
+            require_text("operator_id", operator_id, 128),
         )  # fmt: skip
         if event_id is None:
             raise NotFound("WATCHLIST_ENTRY_NOT_FOUND", f"no watchlist entry {entry_id}")
@@ -159,7 +152,8 @@ class RiskAdmin:
         return self.risk.outbox.dead_letters(_page(page_size))
 
     def replay(self, event_ids: list[str], operator_id: str) -> tuple[int, str]:
-        return self.risk.outbox.replay(list(event_ids), _text("operator_id", operator_id, 128))
+        operator_id = require_text("operator_id", operator_id, 128)
+        return self.risk.outbox.replay(list(event_ids), operator_id)
 
     def lockouts(self, page_size: int) -> list[Lockout]:
         return self.risk.velocity.lockouts(_page(page_size))
@@ -174,11 +168,11 @@ class RiskAdmin:
         if customer_id and not CUSTOMER_ID.fullmatch(customer_id):
             raise InvalidInput("INVALID_CUSTOMER_ID", "customer_id is not a valid customer id")
         if device_id:
-            _text("device_id", device_id, 128)
+            require_text("device_id", device_id, 128)
         try:
             return self.risk.velocity.lift(
-                customer_id, device_id, _text("reason", reason, 256),
-                _text("operator", operator, 128),
+                customer_id, device_id, require_text("reason", reason, 256),
+                require_text("operator", operator, 128),
             )  # fmt: skip
         except NotLocked:
             raise NotFound("NOT_LOCKED", "no lockout in force for that subject") from None

@@ -34,7 +34,7 @@ import grpc
 from rich.console import Console
 
 from faceguard.v1 import common_pb2, verification_pb2, verification_pb2_grpc
-from service.bench_service import _enrol, _free_port, _portraits, _wait_ready
+from service.bench_service import enrol_portraits, free_port, sample_portraits, wait_ready
 from service.decision import APPROVE, Decision
 from service.risk.callback import load_signing_key, write_signing_key
 from service.risk.sink import Behaviour, sink_stats, start_sink, stored_event_ids
@@ -154,7 +154,7 @@ def _risk_cost(data: Path, enrolled: dict[str, bytes], calls: int) -> dict[str, 
 
 
 def measure_callbacks(decisions: int, fail_rate: float, kills: int) -> dict[str, Any]:
-    portraits = _portraits()
+    portraits = sample_portraits()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         key = folder / "hmac.key"
@@ -170,7 +170,7 @@ def measure_callbacks(decisions: int, fail_rate: float, kills: int) -> dict[str,
             "FACEGUARD_RISK__POLL_INTERVAL_S": "0.05",
             "FACEGUARD_VISION__THREADS": "1",
         }
-        service = _Service(folder / "data", _free_port(), env)
+        service = _Service(folder / "data", free_port(), env)
         service.start()
         started = time.perf_counter()
         try:
@@ -178,8 +178,8 @@ def measure_callbacks(decisions: int, fail_rate: float, kills: int) -> dict[str,
 
             with grpc.insecure_channel(service.address) as channel:
                 enrolment = enrollment_pb2_grpc.EnrollmentStub(channel)
-                _wait_ready(enrolment)
-                enrolled, _ = _enrol(enrolment, portraits, workers=2)
+                wait_ready(enrolment)
+                enrolled, _ = enrol_portraits(enrolment, portraits, workers=2)
             acknowledged = _decide(service, enrolled, decisions, kills)
             decided_s = time.perf_counter() - started
             recorded = _recorded(folder / "data" / "faceguard.db")

@@ -239,6 +239,14 @@ class Velocity:
             row = conn.execute(_FACTS, params).one()
         return VelocityFacts(_counted(row[0:3]), _counted(row[3:6]), _counted(row[6:9]))
 
+    def device_locked(self, device_id: str) -> bool:
+        """Whether the device is locked out now."""
+        if self.limits is None or not device_id:
+            return False
+        failures = self.facts("", device_id).device
+        lim = self.limits
+        return bool(failures.locked_for(lim.device_failures, datetime.now(UTC), lim.cooldown_s))
+
     def lockouts(self, limit: int) -> list[Lockout]:
         """The lockouts in force now, latest ending first, at most `limit`."""
         if self.limits is None:
