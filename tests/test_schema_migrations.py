@@ -8,6 +8,7 @@ the command to run; `faceguard db upgrade` / `db current` work through the real 
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import sys
 import threading
@@ -205,33 +206,66 @@ def test_database_made_before_migrations_is_adopted(url: str, made_by: str) -> N
     assert set(_schema(url)) == set(METADATA.tables)
 
 
+def _replica(url: str, start: Any, results: Any) -> None:
+    """One replica process opening the store: what it reports is "ok" or its error."""
+    store = Store(url, generate_keyring())
+    try:
+        start.wait(60)
+        store.create_schema()
+        results.put("ok")
+    except Exception as exc:
+        results.put(repr(exc))
+    finally:
+        store.close()
+
+
 def test_replicas_migrating_an_empty_postgresql_at_once_all_start(postgres_url: str) -> None:
-    """The race that killed a replica with UniqueViolation on pg_type: four stores opened
-    at the same instant on an empty database all come up, on one schema."""
-    postgres.reset_database(postgres_url)
+    """The race that killed a replica with UniqueViolation on pg_type_typname_nsp_index: four
+    processes released at one instant open the store on an empty database and all come up, on
+    one schema; three rounds (without the lock most rounds lose a replica)."""
+    spawn = multiprocessing.get_context("spawn")
     replicas = 4
-    start = threading.Barrier(replicas)
-    errors: list[BaseException] = []
+    for _ in range(3):
+        postgres.reset_database(postgres_url)
+        start, results = spawn.Barrier(replicas), spawn.Queue()
+        processes = [
+            spawn.Process(target=_replica, args=(postgres_url, start, results))
+            for _ in range(replicas)
+        ]
+        for process in processes:
+            process.start()
+        reports = [results.get(timeout=120) for _ in processes]
+        for process in processes:
+            process.join(timeout=30)
+        assert reports == ["ok"] * replicas
+        assert _revision(postgres_url) == migrate.head()
+        assert set(_schema(postgres_url)) == set(METADATA.tables)
+    postgres.reset_database(postgres_url)
 
-    def replica() -> None:
-        store = Store(postgres_url, generate_keyring())
-        try:
-            start.wait()
-            store.create_schema()
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            store.close()
 
-    threads = [threading.Thread(target=replica) for _ in range(replicas)]
+def test_stores_of_one_process_migrate_at_once(tmp_path: Path) -> None:
+    """Threads opening stores on different databases at once (Alembic keeps its state in
+    module-level proxies, which no database lock protects): all of them migrate."""
+    databases = 4
+    start = threading.Barrier(databases)
+    errors: list[Exception] = []
+
+    def replica(url: str) -> None:
+        with Store(url, generate_keyring()) as store:
+            start.wait(60)
+            try:
+                store.create_schema()
+            except Exception as exc:
+                errors.append(exc)
+
+    urls = [f"sqlite:///{tmp_path / f'gallery-{n}.db'}" for n in range(databases)]
+    threads = [threading.Thread(target=replica, args=(url,)) for url in urls]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
     assert errors == []
-    assert _revision(postgres_url) == migrate.head()
-    assert set(_schema(postgres_url)) == set(METADATA.tables)
-    postgres.reset_database(postgres_url)
+    assert [_revision(url) for url in urls] == [migrate.head()] * databases
 
 
 def test_db_upgrade_commands_race_on_postgresql(postgres_url: str, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ served or changed.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -45,6 +46,9 @@ BASELINE_TABLES = frozenset(
     }
 )
 UPGRADE_COMMAND = "faceguard db upgrade"
+# Alembic's `context` and `op` are module-level proxies: one migration at a time per process,
+# whatever database it is on (the database lock serialises processes).
+_IN_PROCESS = threading.Lock()
 # pg_advisory_xact_lock key shared by every faceguard process on one database ("fgschema").
 _LOCK_KEY = 0x6667736368656D61
 
@@ -112,13 +116,14 @@ def adopt_legacy(conn: Connection) -> None:
 def upgrade(conn: Connection) -> tuple[str | None, str]:
     """Run the missing revisions inside `conn`'s transaction (committed by the caller), under
     the migration lock; returns the revisions before and after. Refuses a newer schema."""
-    _lock(conn)
-    before = current(conn)
-    _refuse_newer(before)
-    if before is None:
-        adopt_legacy(conn)
-    command.upgrade(_config(conn), "head")
-    after = current(conn)
+    with _IN_PROCESS:
+        _lock(conn)
+        before = current(conn)
+        _refuse_newer(before)
+        if before is None:
+            adopt_legacy(conn)
+        command.upgrade(_config(conn), "head")
+        after = current(conn)
     assert after is not None
     if before != after:
         log.info("database schema upgraded from %s to %s", before or "nothing", after)
