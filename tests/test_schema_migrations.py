@@ -185,6 +185,53 @@ def test_release_schema_upgrades_with_its_rows(url: str) -> None:
     assert not OLD_EVENT_INDEXES & {name for name, *_ in tables["events"]["indexes"]}
 
 
+RELEASE = "2e79320"  # the last release: velocity_attempts and calibrations came after it
+REPO = Path(__file__).resolve().parents[1]
+_RELEASE_CREATE_ALL = """
+import sys
+from sqlalchemy import create_engine
+import service.gallery.lists, service.gallery.watchlist, service.risk.outbox
+from service.gallery.store import METADATA
+assert service.gallery.lists.__file__.startswith(sys.argv[2])
+METADATA.create_all(create_engine(sys.argv[1]))
+"""
+
+
+def test_database_made_by_the_release_code_upgrades(url: str, tmp_path: Path) -> None:
+    """The release's own code (git archive of 2e79320) makes the database with create_all;
+    it equals the baseline revision, and upgrades to head with its rows kept."""
+    if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", RELEASE]).returncode != 0:
+        pytest.skip(f"commit {RELEASE} is not in this checkout's history")
+    release = tmp_path / "release"
+    release.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", RELEASE, "service"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(release)], input=archive.stdout, check=True)
+    made = subprocess.run(
+        [sys.executable, "-c", _RELEASE_CREATE_ALL, url, str(release)],
+        cwd=release, env={"PYTHONPATH": str(release), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    by_release = _schema(url)
+    _add_customer(url, "release-customer")
+    baseline_url = url
+    if url.startswith("sqlite"):
+        baseline_url = f"sqlite:///{tmp_path / 'baseline.db'}"
+        _migrated(baseline_url, migrate.BASELINE)
+        assert _schema(baseline_url) == by_release
+        assert _sqlite_ddl(baseline_url) == _sqlite_ddl(url)
+    with _open(url) as store:
+        assert _customers(store) == ["release-customer"]
+    assert _revision(url) == migrate.head()
+    assert set(_schema(url)) == set(METADATA.tables)
+    if not url.startswith("sqlite"):  # the baseline against the release on PostgreSQL too
+        postgres.reset_database(url)
+        _migrated(url, migrate.BASELINE)
+        assert _schema(url) == by_release
+
+
 @pytest.mark.parametrize("made_by", ["release", "today", "store_only"])
 def test_database_made_before_migrations_is_adopted(url: str, made_by: str) -> None:
     """No version row: the release's tables (2e79320), today's create_all, or only the store's
