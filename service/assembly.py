@@ -75,10 +75,13 @@ def open_store(settings: Settings) -> Store:
     make_private(settings.storage.data_dir)
     store = Store(settings.storage.url(), keyring_for(settings), audit_key_for(settings))
     try:
-        store.create_schema()
+        store.create_schema(migrate=settings.storage.auto_migrate)
     except ChainKeyError as exc:
         store.close()
         raise SettingsError(str(exc)) from exc
+    except SettingsError:  # a schema this code does not serve
+        store.close()
+        raise
     return store
 
 

@@ -146,6 +146,12 @@ def _retention(args: argparse.Namespace) -> int:
         return run_retention(store, days, args.dry_run, settings.privacy.outbox_keep_days)
 
 
+def _db(args: argparse.Namespace) -> int:
+    from service.schema.commands import run_db
+
+    return run_db(_settings_for_store(args), args.db_command)
+
+
 def _risk(args: argparse.Namespace) -> int:
     from enrollment.risk_cli import run
 
@@ -355,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     purge.add_argument("--inactive-days", type=float, help="default: privacy.inactive_days")
     purge.add_argument("--dry-run", action="store_true", help="count who is due, erase nothing")
+    db = commands.add_parser("db", help="the database schema (migrations)").add_subparsers(
+        dest="db_command", required=True
+    )
+    db_upgrade = db.add_parser(
+        "upgrade", help="migrate the schema to this version's, under a lock (safe beside replicas)"
+    )
+    db_current = db.add_parser(
+        "current", help="print the database's and this version's schema; exit 1 if they differ"
+    )
     fuzz = commands.add_parser(
         "fuzz", help="fuzz the image decoder and request validation; exit 1 on any crash"
     )
@@ -362,7 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--workers", type=int, default=2, help="worker processes")
     fuzz.set_defaults(handler=_fuzz)
 
-    for sub, handler in ((rotate, _keys), (purge, _retention)):
+    for sub, handler in (
+        (rotate, _keys),
+        (purge, _retention),
+        (db_upgrade, _db),
+        (db_current, _db),
+    ):
         sub.add_argument("--config", type=Path, help="TOML settings file")
         sub.add_argument(
             "--data-dir", type=Path, help="the service's data directory (default: storage.data_dir)"

@@ -94,6 +94,11 @@ class StorageSettings(BaseModel):
     audit_checkpoint_every_s: float = Field(
         60.0, ge=0, description="seconds between checkpoints while serving (0: only at start/stop)"
     )
+    auto_migrate: bool = Field(
+        True,
+        description="upgrade the database schema at start, under a lock; false: refuse to "
+        "serve a schema older than this version (`faceguard db upgrade` is a deploy step)",
+    )
 
     def audit_key_path(self) -> Path:
         folder = self.key_file.parent if self.key_file is not None else self.data_dir

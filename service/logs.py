@@ -68,7 +68,11 @@ def json_handler(stream: TextIO = sys.stderr) -> logging.Handler:
 # parameters (customer ids beside template qualities) once its logger allows INFO. faiss's
 # loader says at INFO, with a traceback, that it could not load its AVX512 builds, which
 # this CPU may lack: the generic build it then loads is the one intended.
-LIBRARY_LEVELS = {"sqlalchemy": logging.WARNING, "faiss.loader": logging.WARNING}
+LIBRARY_LEVELS = {
+    "sqlalchemy": logging.WARNING,
+    "faiss.loader": logging.WARNING,
+    "alembic": logging.WARNING,
+}
 
 
 def quiet_libraries() -> None:

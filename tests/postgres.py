@@ -59,3 +59,17 @@ def temporary_server(bin_dir: Path) -> Iterator[str]:
                 _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
                                  "stop"]), capture_output=True, check=False,
             )  # fmt: skip
+
+
+def reset_database(url: str) -> None:
+    """Empty the throwaway database: every table, the schema's version row included (dropping
+    only the tables a module knows would leave a version row that claims they exist)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    finally:
+        engine.dispose()

@@ -11,14 +11,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+import postgres
 import pytest
-from sqlalchemy import create_engine
 
 from faceguard.v1 import fraud_engine_pb2
 from service.gallery.audit import InvalidEvent, NewEvent
 from service.gallery.crypto import generate_keyring
 from service.gallery.lists import CUSTOMER_BLOCKLIST, DEVICE_BLACKLIST, ListFacts, RiskLists
-from service.gallery.store import METADATA, Store
+from service.gallery.store import Store
 from service.retention import purge
 from service.risk.callback import FraudEngineClient, SigningKey, channel_for
 from service.risk.dispatcher import Dispatcher
@@ -36,9 +36,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         url = f"sqlite:///{tmp_path / 'g.db'}"
     else:
         url = request.getfixturevalue("postgres_url")
-        engine = create_engine(url)
-        METADATA.drop_all(engine)
-        engine.dispose()
+        postgres.reset_database(url)
     with Store(url, generate_keyring()) as store:
         store.create_schema()
         yield store

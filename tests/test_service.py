@@ -15,11 +15,11 @@ from pathlib import Path
 import cv2
 import grpc
 import numpy as np
+import postgres
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from sqlalchemy import create_engine
 
 from faceguard.v1 import (
     common_pb2,
@@ -31,7 +31,7 @@ from faceguard.v1 import (
 from service.api.server import Running, start
 from service.gallery.crypto import load_keyring
 from service.gallery.index import VectorIndex
-from service.gallery.store import METADATA, Store
+from service.gallery.store import Store
 from tests.service_helpers import (
     FACEGUARD,
     SMALL_FACE_ENV,
@@ -495,9 +495,7 @@ def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path, people) -> None:
 def test_serves_from_postgresql(tmp_path: Path, people, postgres_url: str) -> None:
     """The same service on PostgreSQL: enrol and verify, then restart without the index
     snapshot, so the index is rebuilt from the database alone."""
-    engine = create_engine(postgres_url)
-    METADATA.drop_all(engine)
-    engine.dispose()
+    postgres.reset_database(postgres_url)
     settings = service_settings(tmp_path)
     settings.storage.database_url = postgres_url
     (frank, images) = people[4]

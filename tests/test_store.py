@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import postgres
 import pytest
 from sqlalchemy import create_engine, delete, func, select, update
 
@@ -24,7 +25,6 @@ from service.gallery import store as store_module
 from service.gallery.audit import InvalidEvent, NewEvent
 from service.gallery.crypto import Keyring, KeyringError, TamperedError, generate_keyring
 from service.gallery.store import (
-    METADATA,
     ConsentRecord,
     CustomerExists,
     CustomerNotFound,
@@ -49,12 +49,9 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'gallery.db'}"
         return
     postgres_url = request.getfixturevalue("postgres_url")
-    engine = create_engine(postgres_url)
-    METADATA.drop_all(engine)
+    postgres.reset_database(postgres_url)
     yield postgres_url
-    METADATA.drop_all(engine)
-    engine.dispose()
-    engine.dispose()
+    postgres.reset_database(postgres_url)
 
 
 @pytest.fixture

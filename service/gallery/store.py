@@ -315,9 +315,17 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def create_schema(self) -> None:
-        """Create the tables that do not exist yet; safe to call on every start."""
-        METADATA.create_all(self._writer)
+    def create_schema(self, migrate: bool = True) -> None:
+        """Bring the schema to this code's revision (`service.schema.migrate`: under a lock,
+        safe on every start and from replicas at once), or with `migrate=False` only check
+        that it is there (a shared database migrated by `faceguard db upgrade`)."""
+        from service.schema import migrate as schema
+
+        with self._writer.begin() as conn:
+            if migrate:
+                schema.upgrade(conn)
+            else:
+                schema.require_head(conn)
         if self.chain_key is not None:
             with self._writer.begin() as conn:
                 if audit.key_chain(conn, event_table, self.chain_key):
@@ -636,6 +644,12 @@ class Store:
 def template_aad(customer_id: str, template_id: int) -> bytes:
     """The AAD that ties a ciphertext to its customer and row (ids hold no NUL characters)."""
     return b"faceguard/template/v1\0%s\0%d" % (customer_id.encode("utf-8"), template_id)
+
+
+def schema_engine(url: str) -> Engine:
+    """An engine whose transactions take the write lock (SQLite BEGIN IMMEDIATE), for schema
+    migrations run without the store's keys (`faceguard db upgrade`)."""
+    return _create_engine(url).execution_options(**{_WRITE: True})
 
 
 def _create_engine(url: str) -> Engine:

@@ -1,0 +1,1 @@
+"""The gallery database's schema, owned by versioned Alembic migrations (see `migrate`)."""
