@@ -61,7 +61,6 @@ def test_the_sample_is_bounded_and_of_one_embedder(store: Store) -> None:  # noq
 
 
 def test_a_proposal_is_decided_once_and_one_is_applied(store: Store) -> None:  # noqa: F811
-    calibrations.create_schema(store)
     first = calibrations.add_proposal(store, proposal(0.6), NewEvent("CALIBRATION_PROPOSED", "OK"))
     assert first.status == PROPOSED and first.version == f"gallery:{first.id}"
     assert first.targets == proposal().targets
@@ -91,7 +90,6 @@ def test_a_proposal_is_decided_once_and_one_is_applied(store: Store) -> None:  #
 
 
 def test_two_deciders_at_once_one_wins(store: Store) -> None:  # noqa: F811
-    calibrations.create_schema(store)
     made = calibrations.add_proposal(store, proposal(), NewEvent("CALIBRATION_PROPOSED", "OK"))
     outcomes: list[str] = []
     start = threading.Barrier(2)

@@ -45,7 +45,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 @pytest.fixture
 def outbox(store: Store) -> Outbox:
     box = Outbox(store)
-    box.create_schema()
     store.on_event(box.record)
     return box
 
@@ -221,7 +220,6 @@ def test_a_hanging_sink_times_out_and_is_retried(
 
 def test_list_facts(store: Store) -> None:
     lists = RiskLists(store)
-    lists.create_schema()
     assert lists.facts("alice", "k1") == ListFacts()
     entry = lists.add(CUSTOMER_BLOCKLIST, "alice", "mule", "CASE-1", "op")
     lists.add(DEVICE_BLACKLIST, "k9", "stolen", "CASE-2", "op")

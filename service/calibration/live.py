@@ -41,7 +41,6 @@ def manifest_calibration(manifest: Manifest) -> LiveCalibration:
 
 def live_calibration(store: Store, manifest: Manifest) -> LiveCalibration:
     """The applied gallery calibration of the current embedder, else the manifest's."""
-    calibrations.create_schema(store)
     built_in = manifest_calibration(manifest)
     record = calibrations.applied(store)
     if record is None:

@@ -109,12 +109,6 @@ class CalibrationRecord(NewProposal):
         return {t.target_fmr: t.threshold for t in self.targets if t.threshold is not None}
 
 
-def create_schema(store: Store) -> None:
-    """Create the table where missing (safe on every start)."""
-    with store.transaction() as conn:
-        calibration_table.create(conn, checkfirst=True)
-
-
 def _record(row: Row[Any]) -> CalibrationRecord:
     targets = tuple(TargetCalibration(**t) for t in json.loads(row.targets))
     return CalibrationRecord(

@@ -83,11 +83,6 @@ class RiskLists:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def create_schema(self) -> None:
-        """Create the list table where missing (safe on every start)."""
-        with self.store.transaction() as conn:
-            list_entry_table.create(conn, checkfirst=True)
-
     def add(
         self, list_name: str, subject: str, reason: str, case_ref: str, operator_id: str
     ) -> ListEntry:

@@ -112,10 +112,6 @@ class Outbox:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def create_schema(self) -> None:
-        with self.store.transaction() as conn:
-            outbox_table.create(conn, checkfirst=True)
-
     def record(self, conn: Connection, event: NewEvent) -> None:
         """Store event hook: the outbox row, in the transaction that appends the event."""
         now = datetime.now(UTC)

@@ -200,12 +200,6 @@ class Velocity:
         longest = max(limits.device_window_s, limits.customer_window_s) if limits else 0.0
         self._keep = max(KEEP, timedelta(seconds=longest))
 
-    def create_schema(self) -> None:
-        with self.store.transaction() as conn:
-            attempt_table.create(conn, checkfirst=True)
-            attempts_by_device.create(conn, checkfirst=True)
-            attempts_by_customer.create(conn, checkfirst=True)
-
     def record(self, conn: Connection, event: NewEvent) -> None:
         """Store event hook: count a declined attempt, in the event's own transaction."""
         if event.type not in ATTEMPT_TYPES or event.outcome != "DECLINE":
