@@ -31,7 +31,7 @@ import re
 import stat
 import struct
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -303,6 +303,28 @@ def open_sealed(file: BinaryIO, keyring: Keyring, purpose: bytes) -> Iterator[by
         position += 1
 
 
+def write_sealed(
+    path: Path, keyring: Keyring, purpose: bytes, write: Callable[[SealedWriter], None]
+) -> None:
+    """Write a sealed file atomically under the keyring's active key: `write` fills a temp
+    file (mode 0600) in the same directory, which is fsynced and renamed over `path`, so a
+    crash leaves the old file or the new one, never a partial one."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            writer = SealedWriter(out, keyring, purpose)
+            write(writer)
+            writer.close()
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def reseal(path: Path, keyring: Keyring, purpose: bytes) -> bool:
     """Re-seal a sealed file under the keyring's active key (atomically, mode 0600); False when
     it already is. Used by key rotation, so no file stays readable only with a retired key."""
@@ -310,21 +332,12 @@ def reseal(path: Path, keyring: Keyring, purpose: bytes) -> bool:
         if sealed_key_id(file) == keyring.active:
             return False
         file.seek(0)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                writer = SealedWriter(out, keyring, purpose)
-                for chunk in open_sealed(file, keyring, purpose):
-                    writer.write(chunk)
-                writer.close()
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    fsync_dir(path.parent)
+
+        def copy(writer: SealedWriter) -> None:
+            for chunk in open_sealed(file, keyring, purpose):
+                writer.write(chunk)
+
+        write_sealed(path, keyring, purpose, copy)
     return True
 
 

@@ -26,7 +26,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,8 +36,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from service.gallery.crypto import Keyring, KeyringError, SealedWriter, open_sealed
-from service.gallery.durable import fsync_dir
+from service.gallery.crypto import Keyring, KeyringError, SealedWriter, open_sealed, write_sealed
 
 log = logging.getLogger(__name__)
 
@@ -593,29 +591,13 @@ class VectorIndex:
         ]
 
     def save(self, path: Path, keyring: Keyring) -> None:
-        """Snapshot atomically, sealed under the keyring's active key: a temp file (mode 0600)
-        in the same directory, fsync, then rename.
-
-        A crash leaves either the old snapshot or the new one, never a partial file. Searches
-        continue meanwhile; other writers wait.
-        """
+        """Snapshot atomically, sealed under the keyring's active key (`write_sealed`: a crash
+        leaves either the old snapshot or the new one, never a partial file). Searches continue
+        meanwhile; other writers wait."""
         path = Path(path)
         with self._mutate:
-            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            tmp = Path(tmp_name)
-            try:
-                with tmp.open("wb") as file:
-                    sealed = SealedWriter(file, keyring, SNAPSHOT_PURPOSE)
-                    _write_parts(self._index.parts, sealed)
-                    sealed.close()
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            fsync_dir(path.parent)
+            parts = self._index.parts
+            write_sealed(path, keyring, SNAPSHOT_PURPOSE, lambda out: _write_parts(parts, out))
             log.info("index saved: %s, %d templates, %s", self.kind, len(self), path)
 
     @classmethod
