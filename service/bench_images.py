@@ -1,4 +1,4 @@
-"""What one image costs a vision worker, by the kind of image: `python -m service.bench_images`.
+"""What one image costs a vision worker, by the kind of image: `faceguard bench images`.
 
 An attacker pays for bytes and calls; a worker pays for decoded pixels. This prints the CPU
 time a worker spends on one Verify frame (`best_probe`: decode, detect, and for a face the
@@ -119,11 +119,8 @@ def run(repeat: int) -> list[dict[str, object]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.bench_images", description=__doc__)
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+def run_bench_images(args: argparse.Namespace) -> int:
+    """`faceguard bench images`: the table, or one JSON list with --json."""
     rows = run(args.repeat)
     if args.json:
         sys.stdout.write(json.dumps(rows) + "\n")
@@ -135,7 +132,3 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['request_cpu_ms']:>8.1f} ms x{row['request_x_kiosk_request']}\n"
         )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -65,6 +65,10 @@ def _bench(args: argparse.Namespace) -> int:
         from service.calibration.bench import run_bench_calibration
 
         return run_bench_calibration(args)
+    if args.bench_command == "images":
+        from service.bench_images import run_bench_images
+
+        return run_bench_images(args)
     if args.bench_command == "abuse":
         from service.bench_abuse import run_bench_abuse
 
@@ -510,6 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
     callbacks.add_argument("--kills", type=int, default=2, help="kill -9s of the service")
     callbacks.add_argument("--json", action="store_true", help="print one JSON object")
     callbacks.set_defaults(handler=_bench)
+    images = bench.add_parser(
+        "images", help="a vision worker's CPU per Verify frame by kind of image, and per request"
+    )
+    images.add_argument("--repeat", type=int, default=5, help="timed runs per image")
+    images.add_argument("--json", action="store_true", help="print one JSON list")
+    images.set_defaults(handler=_bench)
     abuse = bench.add_parser(
         "abuse", help="another kiosk's verify latency while one kiosk certificate attacks"
     )

@@ -4,13 +4,15 @@ One kiosk certificate is enough to send them. A header declaring more pixels tha
 hold is refused before any decode (`IMAGE_CORRUPT`), as is a truncated file; formats decoded
 whole (PNG, WebP, BMP, PNM) are limited to `decode.max_full_pixels` (`IMAGE_TOO_LARGE`); and a
 large JPEG is still served, decoded at reduced size. What each image costs a worker is measured
-by `python -m service.bench_images`, not here.
+by `faceguard bench images`, not here.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import struct
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +30,14 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.server import Running, start
-from tests.service_helpers import consent, image, mtls_settings, people_with, tls_channel
+from tests.service_helpers import (
+    FACEGUARD,
+    consent,
+    image,
+    mtls_settings,
+    people_with,
+    tls_channel,
+)
 from tests.test_security import reason_of
 
 
@@ -141,3 +150,17 @@ def test_a_large_jpeg_is_verified_at_reduced_size(
     )
     assert reply.decision.outcome != common_pb2.Outcome.DECLINE
     assert "NO_MATCH" not in reply.decision.reason_codes
+
+
+def test_bench_images_prints_each_kind_against_the_kiosk_frame() -> None:
+    """`faceguard bench images`: the lying header costs next to nothing, no admitted image
+    more than a small multiple of a kiosk frame (generous bounds: a shared machine is noisy)."""
+    done = subprocess.run(
+        [str(FACEGUARD), "bench", "images", "--repeat", "1", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = {row["image"]: row for row in json.loads(done.stdout)}
+    assert rows["kiosk 640x480 JPEG"]["x_kiosk"] == 1.0
+    assert rows["JPEG kiosk frame declaring 6000x6000"]["x_kiosk"] < 0.5
+    assert max(row["x_kiosk"] for row in rows.values()) < 20

@@ -75,7 +75,7 @@ class DecodeLimits:
     decoded RGB array at most 2560 px on its long side; other formats are decoded at full size
     and limited to `max_full_pixels` (2 MP, 1600x1250: such a PNG costs a worker about 3 times
     what a 640x480 kiosk JPEG does, as much as a 40 MP JPEG decoded at 1/4 scale;
-    `python -m service.bench_images`). `reduce_to_side` is twice the detector's
+    `faceguard bench images`). `reduce_to_side` is twice the detector's
     working size (`detector.max_side`), so crops for the embedder keep twice the resolution
     detection had.
     """
