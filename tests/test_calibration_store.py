@@ -4,6 +4,7 @@ embedder filter, and a proposal's status moving once, even under two deciders at
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from service.calibration.store import (
 )
 from service.errors import NotFound, Unprocessable
 from service.gallery.audit import NewEvent
-from service.gallery.store import Store
+from service.gallery.store import ConsentRecord, Store
 from tests.test_store import (  # noqa: F401 (keyring, store, url: on SQLite, then PostgreSQL)
     MODEL,
     consent,
@@ -43,15 +44,25 @@ def decision_event(kind: str = "CALIBRATION_APPLIED") -> NewEvent:
     return NewEvent(kind, "OK", payload={"operator": "op-2"})
 
 
+def current_consent() -> ConsentRecord:
+    """Consent given a year ago that runs for ten years."""
+    given = datetime.now(UTC) - timedelta(days=365)
+    return ConsentRecord("identity-verification", given, "branch-kiosk", "op-17",
+                         given + timedelta(days=3650))  # fmt: skip
+
+
 def test_the_sample_is_bounded_and_of_one_embedder(store: Store) -> None:  # noqa: F811
     for n in range(6):
-        store.enroll(f"c{n}", new_templates(*range(10 * n, 10 * n + 5)), consent(), event())
-    store.enroll("old", new_templates(90, 91, model="older-embedder@1"), consent(), event())
+        templates = new_templates(*range(10 * n, 10 * n + 5))
+        store.enroll(f"c{n}", templates, current_consent(), event())
+    old = new_templates(90, 91, model="older-embedder@1")
+    store.enroll("old", old, current_consent(), event())
     mixed = [*new_templates(95, model="older-embedder@1"), *new_templates(96)]
-    store.enroll("mixed", mixed, consent(), event())
+    store.enroll("mixed", mixed, current_consent(), event())
+    store.enroll("lapsed", new_templates(97, 98), consent(), event())  # expired in 2026-03
 
     sample = sample_gallery(store, MODEL, customers=100, per_customer=3)
-    assert sample.people == 7 and "old" not in sample.owners
+    assert sample.people == 7 and "old" not in sample.owners and "lapsed" not in sample.owners
     assert sample.owners.count("mixed") == 1 and len(sample.owners) == 6 * 3 + 1
     for owner, vector in zip(sample.owners, sample.vectors, strict=True):
         stored = {t.id: t.vector for t in store.templates_of(owner) if t.model == MODEL}

@@ -5,17 +5,20 @@ at most `customers` customers at random, and at most `per_customer` templates of
 oldest: enrolment photos), of one embedder version only (scores of two versions are not
 comparable), and decrypts just those. Memory and time are bounded by the two settings, not by
 the gallery's size: the random pick is one indexed scan of template owners in the database.
+Customers whose newest consent has expired are left out: their templates await the purge and
+their consent no longer covers any use of them.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
-from service.gallery.store import Store, template_table
+from service.gallery.store import Store, consent_table, template_table
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +39,18 @@ class GallerySample:
 
 def sample_gallery(store: Store, model: str, customers: int, per_customer: int) -> GallerySample:
     """Up to `customers` random customers with templates of `model`, and up to `per_customer`
-    of their templates each (decrypted)."""
+    of their templates each (decrypted); none of a customer whose consent has expired."""
+    newest_expiry = (
+        select(consent_table.c.expires_at)
+        .where(consent_table.c.customer_id == template_table.c.customer_id)
+        .order_by(consent_table.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     pick = (
         select(template_table.c.customer_id)
         .where(template_table.c.model == model)
+        .where(or_(newest_expiry.is_(None), newest_expiry > datetime.now(UTC)))
         .group_by(template_table.c.customer_id)
         .order_by(func.random())
         .limit(customers)
