@@ -179,6 +179,14 @@ def test_approval_makes_the_gallery_thresholds_decide(
     assert targets["1e-3"].live_fmr_ratio > 2
     assert targets["1e-3"].threshold > targets["1e-3"].live_threshold
 
+    # Maker-checker: its proposer cannot approve it.
+    expect_error(
+        calibration.DecideCalibration,
+        calibration_pb2.DecideCalibrationRequest(
+            id=proposal.id, verdict=APPROVE, reason="mine", operator_id="op-9"
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION, "CALIBRATION_SAME_OPERATOR",
+    )  # fmt: skip
     since = Timestamp()
     since.FromDatetime(datetime.now(UTC))
     applied = decide(calibration, proposal.id, APPROVE, "drift on our customers")

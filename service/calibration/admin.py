@@ -178,6 +178,12 @@ class CalibrationAdmin:
             old = self.engine.policy
             if approve:
                 self._check_applicable(record, old.fmr_target)
+                if operator_id == record.proposer:  # maker-checker: a second person approves
+                    raise Unprocessable(
+                        "CALIBRATION_SAME_OPERATOR",
+                        f"calibration {record.id} was proposed by {operator_id}: another "
+                        "operator must approve it (its proposer may reject it)",
+                    )
             # A target the sample could not resolve keeps the threshold live now.
             new_thresholds = {**old.thresholds, **record.proposed_thresholds()}
             event = NewEvent(
