@@ -372,6 +372,7 @@ def test_db_commands_on_the_embedded_database(tmp_path: Path) -> None:
     before = db("current")
     assert before.returncode == 1
     assert "database: none" in before.stdout and "faceguard db upgrade" in before.stderr
+    assert not (tmp_path / "faceguard.db").exists()  # reading made no empty database
     assert db("upgrade").returncode == 0
     after = db("current")
     assert after.returncode == 0, after.stderr

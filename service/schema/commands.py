@@ -21,6 +21,12 @@ def run_db(settings: Settings, action: str) -> int:
     """Upgrade the schema to this code's revision, or print the database's and the code's."""
     storage = settings.storage
     if storage.database_url is None:
+        database = storage.data_dir / "faceguard.db"
+        if action != "upgrade" and not database.is_file():
+            # Only upgrade makes the embedded database; reading a missing one would create it.
+            print(f"database: none (no file at {database})\ncode: {migrate.head()}")
+            log.error("no faceguard database at %s: `faceguard db upgrade` creates it", database)
+            return 1
         make_private(storage.data_dir)  # the embedded SQLite file lives there
     engine = schema_engine(storage.url())
     try:
