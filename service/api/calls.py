@@ -65,7 +65,14 @@ class CallInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        return wrap_handler(handler, handler_call_details.method, self.watch)
+        return wrap_handler(handler, handler_call_details.method, self.watcher(handler))
+
+    def watcher(
+        self, handler: grpc.RpcMethodHandler
+    ) -> Callable[[str, grpc.ServicerContext], CallWatch]:
+        """What starts watching a call of `handler` (default: `watch`); a subclass whose
+        watching depends on the handler's kind, streaming or not, overrides this."""
+        return self.watch
 
 
 def wrap_handler(

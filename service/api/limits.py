@@ -36,7 +36,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 
 from service.api import auth
-from service.api.calls import CallWatch, wrap_handler
+from service.api.calls import CallInterceptor, CallWatch
 from service.api.errors import rich_status
 from service.config import SecuritySettings, ServerSettings, SettingsError
 
@@ -177,7 +177,7 @@ def check_shares(server: ServerSettings, security: SecuritySettings) -> None:
         )
 
 
-class LimitInterceptor(grpc.ServerInterceptor):
+class LimitInterceptor(CallInterceptor):
     """Runs inside `AuthInterceptor`, which has set the caller's identity for the call.
 
     Shares of the server's threads: a client (a certificate; a peer host where a public
@@ -206,20 +206,11 @@ class LimitInterceptor(grpc.ServerInterceptor):
             return self.max_message_bytes
         return self.settings.small_message_bytes
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+    def watcher(
+        self, handler: grpc.RpcMethodHandler
+    ) -> Callable[[str, grpc.ServicerContext], CallWatch]:
         long_lived = handler.request_streaming or handler.response_streaming
-        return wrap_handler(
-            handler,
-            handler_call_details.method,
-            functools.partial(self.admit, long_lived=long_lived),
-        )
+        return functools.partial(self.admit, long_lived=long_lived)
 
     def admit(self, method: str, context: grpc.ServicerContext, long_lived: bool) -> CallWatch:
         """Start watching a call (the `CallWatch` of `service.api.calls`): rate first (a
