@@ -226,20 +226,25 @@ def blinks(
     angles = np.zeros((values.size, 2)) if poses is None else np.asarray(poses, np.float64)
     if angles.shape != (values.size, 2):
         raise ValueError("poses and openness differ in length")
+    if np.any(np.diff(times) < 0):
+        raise ValueError("timestamps must not decrease")
+    # Each frame's neighbours in time, as index ranges of the sorted trace: the level is taken
+    # over a bounded slice, not the whole trace (a challenge judges its window on every frame).
+    starts = np.searchsorted(times, times - BLINK_LEVEL_S, side="left")
+    ends = np.searchsorted(times, times + BLINK_LEVEL_S, side="right")
     found: list[tuple[float, float]] = []
     closed_from: int | None = None  # the first frame of the closure being followed
     shut = np.zeros(values.size, dtype=bool)  # frames that read as that closure still going on
     seen_open = False
     for i, (value, time) in enumerate(zip(values, times, strict=True)):
-        near = (np.abs(times - time) <= BLINK_LEVEL_S) & np.all(
-            np.abs(angles - angles[i]) <= BLINK_POSE_DEGREES, axis=1
-        )
+        lo, hi = starts[i], ends[i]
+        near = np.all(np.abs(angles[lo:hi] - angles[i]) <= BLINK_POSE_DEGREES, axis=1)
         if closed_from is not None:
-            near[closed_from:i] = False
-            near &= ~shut
+            near[max(closed_from, lo) - lo : max(i, lo) - lo] = False
+            near &= ~shut[lo:hi]
         if np.count_nonzero(near) < BLINK_LEVEL_FRAMES:
             continue
-        level = float(np.percentile(values[near], 80))
+        level = float(np.percentile(values[lo:hi][near], 80))
         if closed_from is None:
             if value < BLINK_CLOSED * level and seen_open:
                 closed_from = i
