@@ -416,13 +416,11 @@ class Engine:
         self.gallery.store.record_event(
             self._event("IDENTIFY", decision, candidates=len(candidates), **asked)
         )
-        if searcher is None:
-            told = self._told_to_device(decision)
-            if told is not decision or (outcome != DECLINE and decision.outcome == DECLINE):
-                # Declined by the risk policy (a locked-out or blacklisted device, a watchlist
-                # face): the event names the match, but a kiosk learns no one, or a lockout
-                # would not stop it probing faces.
-                return [], dataclasses.replace(told, customer_id="")
+        if searcher is None and decision.outcome == DECLINE:
+            # Declined (failed liveness, a locked-out or blacklisted device, a watchlist face):
+            # the event names the match, but a kiosk learns no one, or a spoof or a lockout
+            # would not stop it probing faces.
+            return [], dataclasses.replace(self._told_to_device(decision), customer_id="")
         return candidates, decision
 
     def check_liveness(self, frames: list[bytes], device_id: str) -> Decision:
