@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import inspect, make_url
 
-from service.assembly import audit_key_for, keyring_for, open_store
+from service.assembly import audit_key_for, keyring_for
 from service.config import Settings, load_settings
 from service.gallery import checkpoints
 from service.gallery.store import Store, event_table
@@ -81,23 +81,31 @@ def _has_lines(path: Path) -> bool:
         return False
 
 
-def run_audit_verify(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+def _existing_store(settings: Settings) -> tuple[Store | None, str]:
+    """The service's store as it is, or why there is none: both commands only read what is
+    there (opening a missing database would make an empty one, and ./data, and ask for a key)."""
     storage = settings.storage
     url = make_url(storage.url())
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
-        # Opening it would make an empty database (and ./data) and then ask for a key.
-        return _fail(
-            args,
+        return None, (
             f"no faceguard database at {url.database}: give the service's data directory with "
-            "--data-dir (or storage.data_dir / storage.database_url in --config)",
+            "--data-dir (or storage.data_dir / storage.database_url in --config)"
         )
     store = Store(storage.url(), keyring_for(settings), audit_key_for(settings, False))
+    with store.connect() as conn:
+        if not inspect(conn).has_table(event_table.name):
+            store.close()
+            return None, f"no {event_table.name} table: not a faceguard database"
+    return store, ""
+
+
+def run_audit_verify(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    store, missing = _existing_store(settings)
+    if store is None:
+        return _fail(args, missing)
     try:
-        with store.connect() as conn:
-            if not inspect(conn).has_table(event_table.name):
-                return _fail(args, f"no {event_table.name} table: not a faceguard database")
-        file = args.checkpoints or storage.checkpoint_dir() / checkpoints.FILE_NAME
+        file = args.checkpoints or settings.storage.checkpoint_dir() / checkpoints.FILE_NAME
         result = verify_report(store, file)
     finally:
         store.close()
@@ -107,7 +115,7 @@ def run_audit_verify(args: argparse.Namespace) -> int:
 
 def _fail(args: argparse.Namespace, reason: str) -> int:
     log.error("%s", reason)
-    if args.json:
+    if getattr(args, "json", False):  # (`audit checkpoint` has no --json: it prints JSON)
         _print(args, {"ok": False, "reason": reason})
     return 1
 
@@ -131,8 +139,15 @@ def _print(args: argparse.Namespace, figures: dict[str, object]) -> None:
 
 def run_audit_checkpoint(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    with open_store(settings) as store:
+    store, missing = _existing_store(settings)
+    if store is None:
+        return _fail(args, missing)
+    try:
+        if store.chain_key is None:
+            return _fail(args, f"no audit key at {settings.storage.audit_key_path()}")
         written = checkpoints.write(store, settings.storage.checkpoint_dir())
+    finally:
+        store.close()
     file = settings.storage.checkpoint_dir() / checkpoints.FILE_NAME
     sys.stdout.write(
         json.dumps({"checkpoint": asdict(written) if written else None, "file": str(file)}) + "\n"

@@ -358,6 +358,21 @@ def test_deleting_the_newest_rows_is_detected(chain: Path) -> None:
     assert code == 1 and "truncated" in report["reason"], report
 
 
+def test_a_checkpoint_of_a_data_dir_without_a_database_creates_nothing(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(FACEGUARD), "audit", "checkpoint", "--data-dir", str(tmp_path / "typo")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and "no faceguard database" in done.stderr
+    assert not (tmp_path / "typo").exists()
+
+
+def test_an_edited_keyed_marker_is_reported_not_a_crash(chain: Path) -> None:
+    sql(chain, "UPDATE events SET payload = 'not json' WHERE type = 'AUDIT_CHAIN_KEYED'")
+    code, report = audit_cli("verify", "--json", "--data-dir", str(chain))
+    assert code == 1 and not report["ok"] and report["first_broken_row"] == 4, report
+
+
 def test_editing_a_row_and_rechaining_is_detected(chain: Path) -> None:
     """The attacker edits row 6 and recomputes every later hash; without the audit key the
     keyed rows cannot be recomputed, so they rewrite the tail as a plain chain."""

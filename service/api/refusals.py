@@ -55,5 +55,7 @@ def device_refusal_auditor(engine: Callable[[], Engine], budget: RateLimiter) ->
             )  # fmt: skip
         except Unavailable:  # models still loading: nothing to audit in yet
             log.warning("%s of %s not audited: engine not ready", reason, identity.client)
+        except Exception:  # the refusal itself must still be answered as PERMISSION_DENIED
+            log.exception("%s of %s not audited", reason, identity.client)
 
     return audit

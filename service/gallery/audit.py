@@ -274,7 +274,7 @@ def key_chain(conn: Connection, events: Table, key: ChainKey) -> bool:
     query = select(events.c.payload).where(events.c.type == KEYED_MARKER).limit(1)
     marker = conn.execute(query).scalar()
     if marker is not None:
-        keyed_with = json.loads(marker).get("key_id")
+        keyed_with = _marker_key_id(marker)
         if keyed_with != key.key_id:
             raise ChainKeyError(
                 f"the audit chain is keyed with key {keyed_with}, not with the configured "
@@ -330,9 +330,18 @@ def verify(
     return ChainReport(True, rows, None, "intact", prev_hash if rows else None, last_id, keyed_from)
 
 
+def _marker_key_id(payload: str) -> object:
+    """The key id an AUDIT_CHAIN_KEYED row names; None for an edited payload that names none
+    (it is then a key mismatch at that row, not a crash of the check)."""
+    try:
+        return json.loads(payload).get("key_id")
+    except (ValueError, AttributeError):
+        return None
+
+
 def _key_problem(row: RowMapping, key: ChainKey | None) -> str | None:
     """Whether the chain can be checked past its AUDIT_CHAIN_KEYED row with `key`."""
-    keyed_with = json.loads(row["payload"]).get("key_id")
+    keyed_with = _marker_key_id(row["payload"])
     if key is None:
         return f"row {row['id']}: the chain is keyed (key {keyed_with}); the audit key is needed"
     if keyed_with != key.key_id:

@@ -169,6 +169,8 @@ class Checkpointer:
                 self._last = (written.row, written.hash)
         except OSError as exc:  # a full disk must not stop the service; it is logged loudly
             log.error("audit checkpoint not written to %s: %s", self.directory, exc)
+        except Exception:  # a database error: the next round tries again, the thread lives on
+            log.exception("audit checkpoint not written to %s", self.directory)
 
     def start(self) -> None:
         self.checkpoint()
