@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,11 @@ import numpy as np
 from service.gallery.durable import fsync_dir
 from service.gallery.index import IndexFileError, VectorIndex
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store
+
+# Erasures within this long of each other share one fresh snapshot: a purge of many customers
+# writes a few snapshots, not one per customer (the files never hold an erased template
+# meanwhile: each erasure deletes the snapshot before it answers).
+RESNAPSHOT_DELAY_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,7 @@ class Gallery:
             threading.Thread(target=self._resnapshot, name="index-snapshot", daemon=True).start()
 
     def _resnapshot(self) -> None:
+        time.sleep(RESNAPSHOT_DELAY_S)
         self._resnapshot_pending.clear()
         try:
             self.save()
