@@ -159,11 +159,14 @@ class Session:
         embedding only where needed (the first face, a better one than the best, or time to
         check the face is still the same person)."""
         last = self._previous[1] if self._previous is not None else None
+        # A face to match again after a gap: an embedding is only of use where its pose can
+        # be compared with the reference (else `_track` drops it), judged by the last cues.
+        rematch = self._unconfirmed and self._comparable(self._cues[-1][1] if self._cues else None)
         needed = (
             self._reference is None
             or self.best is None
             or self._since_embedding + 1 >= EMBED_EVERY
-            or self._unconfirmed
+            or rematch
         )
         return FrameWish(last, None if needed else self.best.quality.score)
 
