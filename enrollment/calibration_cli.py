@@ -13,7 +13,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from enrollment.cli import as_dict, connection_options, emit
+from enrollment.cli import connection_options, emit
+from enrollment.render import message_json
 
 
 def _calibration_id(text: str) -> int:
@@ -76,14 +77,14 @@ def _call(args: argparse.Namespace, stub) -> dict[str, Any]:
         request = calibration_pb2.ProposeCalibrationRequest(
             sample_customers=args.sample_customers, operator_id=args.operator
         )
-        return as_dict(stub.ProposeCalibration(request, timeout=timeout))
+        return message_json(stub.ProposeCalibration(request, timeout=timeout))
     if command == "list":
         request = calibration_pb2.ListCalibrationsRequest(
             page_size=args.page_size, page_token=args.page_token
         )
-        return as_dict(stub.ListCalibrations(request, timeout=timeout))
+        return message_json(stub.ListCalibrations(request, timeout=timeout))
     if command == "show":
-        return as_dict(
+        return message_json(
             stub.GetCalibration(calibration_pb2.GetCalibrationRequest(id=args.id), timeout=timeout)
         )
     verdict = (
@@ -93,7 +94,7 @@ def _call(args: argparse.Namespace, stub) -> dict[str, Any]:
     request = calibration_pb2.DecideCalibrationRequest(
         id=args.id, verdict=verdict, reason=args.reason, operator_id=args.operator
     )
-    return as_dict(stub.DecideCalibration(request, timeout=timeout))
+    return message_json(stub.DecideCalibration(request, timeout=timeout))
 
 
 def run(args: argparse.Namespace) -> int:

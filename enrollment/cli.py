@@ -174,11 +174,6 @@ def _read_images(paths: list[Path]):
     return [common_pb2.Image(data=path.read_bytes()) for path in paths]
 
 
-def as_dict(message) -> dict[str, Any]:
-    """A reply as JSON (`.proto` field names, default values kept)."""
-    return message_json(message)
-
-
 def _call(args: argparse.Namespace, stubs) -> Any:
     """The command's call: its reply message."""
     from faceguard.v1 import enrollment_pb2, verification_pb2
@@ -269,12 +264,7 @@ def run(args: argparse.Namespace) -> int:
 
             return run_import(args, connection, _consent(args))
         reply = _call(args, connection)
-        payload = as_dict(reply)
-        if getattr(args, "command", None) == "health":
-            from grpc_health.v1 import health_pb2
-
-            payload = {"status": health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}
-        return show(args, payload)
+        return show(args, message_json(reply))
 
     try:
         return reporting_errors(lambda payload: emit(args, payload), command)

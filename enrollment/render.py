@@ -15,6 +15,7 @@ tables; an empty page says so ("no customers").
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import re
@@ -44,6 +45,7 @@ _SUMMARY_PHRASES = 3
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
+@functools.cache
 def _json_defaults_flag() -> str:
     """The json_format keyword that keeps default values (renamed in protobuf 5.26)."""
     from google.protobuf import json_format

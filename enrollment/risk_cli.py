@@ -13,8 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from enrollment.cli import as_dict, connection_options, emit
-from enrollment.render import print_fields, print_json, print_records
+from enrollment.cli import connection_options, emit
+from enrollment.render import message_json, print_fields, print_json, print_records
 
 LISTS = {"blocklist": "CUSTOMER_BLOCKLIST", "devices": "DEVICE_BLACKLIST"}
 
@@ -121,16 +121,16 @@ def _call(args: argparse.Namespace, stub) -> dict[str, Any]:
                 list=kind, subject=args.subject, reason=args.reason, case_ref=args.case,
                 operator_id=args.operator,
             )  # fmt: skip
-            return as_dict(stub.AddListEntry(request, timeout=timeout))
+            return message_json(stub.AddListEntry(request, timeout=timeout))
         if action == "remove":
             request = risk_pb2.RemoveListEntryRequest(
                 list=kind, subject=args.subject, reason=args.reason, operator_id=args.operator
             )
-            return as_dict(stub.RemoveListEntry(request, timeout=timeout))
+            return message_json(stub.RemoveListEntry(request, timeout=timeout))
         request = risk_pb2.ListEntriesRequest(
             list=kind, page_size=args.page_size, page_token=args.page_token
         )
-        return as_dict(stub.ListEntries(request, timeout=timeout))
+        return message_json(stub.ListEntries(request, timeout=timeout))
     if group == "watchlist":
         if action == "add":
             request = risk_pb2.EnrollWatchlistRequest(
@@ -138,36 +138,36 @@ def _call(args: argparse.Namespace, stub) -> dict[str, Any]:
                 operator_id=args.operator,
                 images=[common_pb2.Image(data=p.read_bytes()) for p in args.images],
             )  # fmt: skip
-            return as_dict(stub.EnrollWatchlistFace(request, timeout=timeout))
+            return message_json(stub.EnrollWatchlistFace(request, timeout=timeout))
         if action == "remove":
             request = risk_pb2.RemoveWatchlistRequest(
                 entry_id=args.entry_id, reason=args.reason, operator_id=args.operator
             )
-            return as_dict(stub.RemoveWatchlistEntry(request, timeout=timeout))
+            return message_json(stub.RemoveWatchlistEntry(request, timeout=timeout))
         request = risk_pb2.ListWatchlistRequest(
             page_size=args.page_size, page_token=args.page_token
         )
-        return as_dict(stub.ListWatchlist(request, timeout=timeout))
+        return message_json(stub.ListWatchlist(request, timeout=timeout))
     if group == "events":
         request = risk_pb2.QueryEventsRequest(
             customer_id=args.customer_id, device_id=args.device_id,
             since=_timestamp(args.since), until=_timestamp(args.until),
             page_size=args.page_size, page_token=args.page_token,
         )  # fmt: skip
-        return as_dict(stub.QueryEvents(request, timeout=timeout))
+        return message_json(stub.QueryEvents(request, timeout=timeout))
     if group == "lockouts":
         request = risk_pb2.ListLockoutsRequest(page_size=args.page_size)
-        return as_dict(stub.ListLockouts(request, timeout=timeout))
+        return message_json(stub.ListLockouts(request, timeout=timeout))
     if group == "unlock":
         request = risk_pb2.LiftLockoutRequest(
             customer_id=args.customer_id, device_id=args.device_id, reason=args.reason
         )
-        return as_dict(stub.LiftLockout(request, timeout=timeout))
+        return message_json(stub.LiftLockout(request, timeout=timeout))
     if action == "list":
         request = risk_pb2.ListDeadLettersRequest(page_size=args.page_size)
-        return as_dict(stub.ListDeadLetters(request, timeout=timeout))
+        return message_json(stub.ListDeadLetters(request, timeout=timeout))
     request = risk_pb2.ReplayDeadLettersRequest(event_ids=args.event_id, operator_id=args.operator)
-    return as_dict(stub.ReplayDeadLetters(request, timeout=timeout))
+    return message_json(stub.ReplayDeadLetters(request, timeout=timeout))
 
 
 # The records each listing shows as a table: (reply field, columns, what an empty page says).

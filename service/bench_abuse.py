@@ -38,12 +38,11 @@ from typing import Any
 import cv2
 import grpc
 import numpy as np
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 from PIL import Image as PILImage
 from rich.console import Console
 
+from enrollment.client import error_reason, open_channel
 from faceguard.v1 import common_pb2, enrollment_pb2_grpc, verification_pb2, verification_pb2_grpc
 from service.bench_service import (
     FACEGUARD,
@@ -79,16 +78,6 @@ def faceless_jpeg() -> bytes:
     return encoded.tobytes()
 
 
-def reason_of(error: grpc.RpcError) -> str:
-    """The ErrorInfo reason of a failed call, else its status code's name."""
-    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
-    for detail in status.details if status else ():
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
-    return error.code().name if isinstance(error, grpc.Call) else "ERROR"
-
-
 class Tally:
     """Outcomes of calls by reason, from several threads."""
 
@@ -106,12 +95,10 @@ class Tally:
 
 
 def _channel(pki: Path, port: int, client: str) -> grpc.Channel:
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=(pki / "ca.pem").read_bytes(),
-        private_key=(pki / f"{client}.key").read_bytes(),
-        certificate_chain=(pki / f"{client}.pem").read_bytes(),
+    """A mutual-TLS channel to the server under test as `client` (a dev PKI name)."""
+    return open_channel(
+        f"{HOST}:{port}", pki / "ca.pem", pki / f"{client}.pem", pki / f"{client}.key"
     )
-    return grpc.secure_channel(f"{HOST}:{port}", credentials)
 
 
 def _victim(
@@ -138,13 +125,13 @@ def _victim(
             try:
                 kiosk.Verify(request, timeout=CALL_TIMEOUT_S)
             except grpc.RpcError as error:
-                failures.add(reason_of(error))
+                failures.add(error_reason(error))
             samples.append((time.perf_counter() - start) * 1000.0)
             try:
                 health.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S)
                 health_ok += 1
             except grpc.RpcError as error:
-                failures.add(f"health:{reason_of(error)}")
+                failures.add(f"health:{error_reason(error)}")
             time.sleep(VICTIM_PACE_S)
     ordered = sorted(samples)
     return {
@@ -185,7 +172,7 @@ def _stream_attack(
                             pass
                         tally.add("stream:OK")
                     except grpc.RpcError as error:
-                        tally.add(f"stream:{reason_of(error)}")
+                        tally.add(f"stream:{error_reason(error)}")
                         stop.wait(0.5)
 
             def hold_watch() -> None:
@@ -198,7 +185,7 @@ def _stream_attack(
                             pass
                     except grpc.RpcError as error:
                         if error.code() != grpc.StatusCode.CANCELLED:
-                            tally.add(f"watch:{reason_of(error)}")
+                            tally.add(f"watch:{error_reason(error)}")
                             stop.wait(0.5)
 
             threads = [threading.Thread(target=hold_stream) for _ in range(streams)]
@@ -234,7 +221,7 @@ def _image_attack(
                         kiosk.Verify(request, timeout=ATTACK_TIMEOUT_S)
                         tally.add("verify:OK")
                     except grpc.RpcError as error:
-                        reason = reason_of(error)
+                        reason = error_reason(error)
                         tally.add(f"verify:{reason}")
                         if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                             stop.wait(0.2)
