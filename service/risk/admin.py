@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service.engine import CUSTOMER_ID, Engine, require_text
+from service.engine import Engine, check_customer_id, require_text
 from service.errors import InvalidInput, NotFound, TooLarge
 from service.gallery.lists import LISTS, ListEntry
 from service.gallery.store import NewTemplate, event_table
@@ -165,8 +165,8 @@ class RiskAdmin:
         identity, recorded with the reason in the LOCKOUT_LIFT event."""
         if not customer_id and not device_id:
             raise InvalidInput("SUBJECT_REQUIRED", "customer_id or device_id is required")
-        if customer_id and not CUSTOMER_ID.fullmatch(customer_id):
-            raise InvalidInput("INVALID_CUSTOMER_ID", "customer_id is not a valid customer id")
+        if customer_id:
+            check_customer_id(customer_id)
         if device_id:
             require_text("device_id", device_id, 128)
         try:

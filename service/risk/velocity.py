@@ -205,6 +205,8 @@ class Velocity:
         if event.type not in ATTEMPT_TYPES or event.outcome != "DECLINE":
             return
         customer = event.customer_id if counts_against_customer(event) else None
+        if event.device_id is None and customer is None:
+            return  # counts against no one (an investigator's refused search): no row
         now = datetime.now(UTC)
         conn.execute(
             insert(attempt_table).values(
