@@ -230,14 +230,8 @@ class StreamSettings(BaseModel):
     def limits(self) -> SessionLimits:
         if self.challenges_per_session > len(set(self.challenges)):
             raise SettingsError("stream.challenges_per_session exceeds the distinct challenges")
-        # Each challenge has its response window, and every one after the first a "look at the
-        # camera" window before it; each window follows a rest.
-        windows = 2 * self.challenges_per_session - 1
-        if windows * (self.response_window_s + self.rest_s) > self.max_duration_s:
-            raise SettingsError(
-                "stream.max_duration_s must leave room for every response window and the "
-                "look-at-the-camera window between two challenges"
-            )
+        if self.challenges_per_session * (self.response_window_s + 1.0) > self.max_duration_s:
+            raise SettingsError("stream.max_duration_s must leave room for every response window")
         return SessionLimits(
             max_duration_s=self.max_duration_s, max_frames=self.max_frames,
             idle_timeout_s=self.idle_timeout_s, response_window_s=self.response_window_s,
