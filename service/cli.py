@@ -41,43 +41,43 @@ def _models_build(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from service.analyze import run_analyze
+    from tools.analyze import run_analyze
 
     return run_analyze(args)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from service.evaluation import commands
+    from tools.evaluation import commands
 
     return getattr(commands, f"run_{args.eval_command}")(args)
 
 
 def _bench(args: argparse.Namespace) -> int:
     if args.bench_command == "stream":
-        from service.bench_stream import run_bench_stream
+        from tools.bench.stream import run_bench_stream
 
         return run_bench_stream(args)
     if args.bench_command == "callbacks":
-        from service.risk.bench import run_bench_callbacks
+        from tools.bench.callbacks import run_bench_callbacks
 
         return run_bench_callbacks(args)
     if args.bench_command == "calibration":
-        from service.calibration.bench import run_bench_calibration
+        from tools.bench.calibration import run_bench_calibration
 
         return run_bench_calibration(args)
     if args.bench_command == "images":
-        from service.bench_images import run_bench_images
+        from tools.bench.images import run_bench_images
 
         return run_bench_images(args)
     if args.bench_command == "abuse":
-        from service.bench_abuse import run_bench_abuse
+        from tools.bench.abuse import run_bench_abuse
 
         return run_bench_abuse(args)
     if args.bench_command == "service":
-        from service.bench_service import run_bench_service
+        from tools.bench.service import run_bench_service
 
         return run_bench_service(args)
-    from service.bench import run_bench_pipeline
+    from tools.bench.pipeline import run_bench_pipeline
 
     return run_bench_pipeline(args)
 
@@ -169,7 +169,7 @@ def _calibration(args: argparse.Namespace) -> int:
 
 
 def _fraud_sink(args: argparse.Namespace) -> int:
-    from service.risk.sink import run_fraud_sink
+    from tools.fraud_sink import run_fraud_sink
 
     return run_fraud_sink(args)
 
@@ -181,7 +181,7 @@ def _kiosk(args: argparse.Namespace) -> int:
 
 
 def _fuzz(args: argparse.Namespace) -> int:
-    from service.api.fuzz import fuzz
+    from tools.fuzz import fuzz
 
     report = fuzz(args.count, args.workers)
     summary = {"inputs": report.inputs, "crashes": len(report.crashes)}
@@ -197,7 +197,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _population(text: str) -> tuple[str, Path]:
     """argparse type of `eval population --faces NAME=DIR`."""
-    from service.evaluation.population import parse_population
+    from tools.evaluation.population import parse_population
 
     try:
         return parse_population(text)

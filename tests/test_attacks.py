@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.evaluation.attacks import printed_photo, replayed_video, screen_replay
+from tools.evaluation.attacks import printed_photo, replayed_video, screen_replay
 
 FPS = 15.0
 GREY = np.full((480, 640, 3), 150, np.uint8)

@@ -15,7 +15,7 @@ from service.calibration.estimate import (
     propose_thresholds,
     sample_impostor_scores,
 )
-from service.evaluation import metrics
+from tools.evaluation import scores as metrics
 
 
 def _gallery(people: int, per_person: int, dim: int = 16, seed: int = 0):

@@ -35,7 +35,7 @@ from faceguard.v1 import (
 )
 from service.api.server import Running, start
 from service.calibration import admin as admin_module
-from service.calibration.bench import fill_gallery
+from tools.bench.calibration import fill_gallery
 from service.risk.callback import identity_event
 from tests.service_helpers import (
     FACEGUARD,

@@ -20,7 +20,7 @@ from service.risk.callback import (
     channel_for,
     identity_event,
 )
-from service.risk.sink import Behaviour, RunningSink, start_sink
+from tools.fraud_sink import Behaviour, RunningSink, start_sink
 from tests.service_helpers import free_port
 
 KEY = SigningKey("k1", bytes(32))
@@ -87,7 +87,7 @@ def test_the_wire_event_carries_the_decision() -> None:
 def test_fraud_sink_command_verifies_stores_and_obeys_signals(tmp_path: Path) -> None:
     from service.risk.callback import load_signing_key, write_signing_key
     from service.risk.outbox import OutboxItem
-    from service.risk.sink import sink_stats
+    from tools.fraud_sink import sink_stats
     from tests.service_helpers import FACEGUARD
 
     key_file, port = tmp_path / "hmac.key", free_port()

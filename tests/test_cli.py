@@ -181,7 +181,7 @@ def test_eval_verify_refuses_a_wrong_root_and_a_one_class_pairs_file(
 
 
 def test_eval_tables_round_their_numbers() -> None:
-    from service.evaluation.commands import rounded
+    from tools.evaluation.commands import rounded
 
     figures = {"accuracy": 0.9949999999, "tar_at_far": {"0.01": 0.99199999}, "n": 3}
     assert rounded(figures) == {"accuracy": 0.995, "tar_at_far": {"0.01": 0.992}, "n": 3}
@@ -191,7 +191,7 @@ def test_the_roc_and_det_plot_marks_the_operating_point() -> None:
     import numpy as np
     from matplotlib.figure import Figure
 
-    from service.evaluation import plots
+    from tools.evaluation import plots
 
     rng = np.random.default_rng(0)
     scores = np.concatenate([rng.normal(0.7, 0.1, 300), rng.normal(0.1, 0.1, 3000)])

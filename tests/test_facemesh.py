@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.analyze import sample_images
+from tools.analyze import sample_images
 from service.modelpack.manifest import load_manifest
 from service.vision.facemesh import crop_transform
 from service.vision.liveness_cues import LEFT_EYE, RIGHT_EYE, FrameCues

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from faceguard.v1 import enrollment_pb2
-from service.api.fuzz import (
+from tools.fuzz import (
     decode_input,
     fuzz,
     fuzz_chunk,
@@ -81,7 +81,7 @@ def test_an_out_of_range_consent_time_is_invalid_input_not_a_crash() -> None:
 
 
 def test_a_chunk_reports_an_escaping_exception_as_a_crash(monkeypatch) -> None:
-    from service.api import fuzz as module
+    from tools import fuzz as module
 
     def explode(data: bytes) -> None:
         raise KeyError("boom")

@@ -13,7 +13,7 @@ import pytest
 from service.gallery import index as index_module
 from service.gallery.crypto import SealedWriter, generate_keyring
 from service.gallery.index import IndexFileError, IndexOptions, VectorIndex
-from service.gallery.index_bench import main as bench_main
+from tools.bench.index import main as bench_main
 
 DIM = 192
 SIZE = 3000

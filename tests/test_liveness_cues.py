@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from service.evaluation.attacks import printed_photo, screen_replay
-from service.evaluation.video import read_video
+from tools.evaluation.attacks import printed_photo, screen_replay
+from tools.evaluation.video import read_video
 from service.vision import liveness_cues as lc
 from service.vision.pipeline import FacePipeline, PipelineConfig, primary_face
 from service.vision.types import Image

@@ -23,7 +23,7 @@ from service.retention import purge
 from service.risk.callback import FraudEngineClient, SigningKey, channel_for
 from service.risk.dispatcher import Dispatcher
 from service.risk.outbox import DEAD, DELIVERED, PENDING, Backoff, Outbox
-from service.risk.sink import Behaviour, sink_stats, start_sink, stored_event_ids
+from tools.fraud_sink import Behaviour, sink_stats, start_sink, stored_event_ids
 from tests.service_helpers import free_port
 
 KEY = SigningKey("k1", bytes(range(32)))

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.analyze import sample_images
+from tools.analyze import sample_images
 from service.config import operating_threshold
 from service.modelpack.manifest import load_manifest
 from service.vision.decode import DecodeReason, ImageDecodeError

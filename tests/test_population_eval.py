@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.evaluation.population import (
+from tools.evaluation.population import (
     MAX_IMAGES,
     TARGETS,
     Population,

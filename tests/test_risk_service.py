@@ -25,7 +25,7 @@ from faceguard.v1 import (
 from service.api.server import Running, start
 from service.risk.callback import load_signing_key, write_signing_key
 from service.risk.policy import DEFAULT_POLICY
-from service.risk.sink import Behaviour, RunningSink, sink_stats, start_sink, stored_event_ids
+from tools.fraud_sink import Behaviour, RunningSink, sink_stats, start_sink, stored_event_ids
 from tests.service_helpers import (
     FACEGUARD,
     SMALL_FACE_ENV,

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from service.analyze import sample_images
-from service.bench import framed_face
+from tools.analyze import sample_images
+from tools.bench.pipeline import framed_face
 from service.config import load_settings
 from service.vision.pipeline import FacePipeline
 from service.vision.subject import ImageRejected

@@ -38,7 +38,7 @@ from service.calibration.estimate import (
     propose_thresholds,
     sample_impostor_scores,
 )
-from service.evaluation import metrics
+from tools.evaluation import scores as metrics
 
 TARGETS = {"1e-3": 1e-3, "1e-4": 1e-4, "1e-5": 1e-5}
 # Template pairs of the gallery half handed to the estimator.

@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 from PIL import Image as PILImage
 
-from service.analyze import sample_images
-from service.bench import framed_face
+from tools.analyze import sample_images
+from tools.bench.pipeline import framed_face
 from service.config import Settings
 from service.engine import Policy
 from service.vision.decode import ImageDecodeError

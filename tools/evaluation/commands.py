@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from service.config import SettingsError, load_settings, operating_threshold
-from service.evaluation import metrics, runner
-from service.evaluation.plots import plot_roc_det
+from tools.evaluation import runner
+from tools.evaluation import scores as metrics
+from tools.evaluation.plots import plot_roc_det
 from service.modelpack.manifest import MANIFEST_PATH, load_manifest
 from service.vision.decode import ImageDecodeError
 from service.vision.embed import fuse, merge_views
@@ -139,14 +140,14 @@ def run_liveness(args: argparse.Namespace) -> int:
         report = metrics.pad_report(scores, attacks, threshold)
         figures |= report.to_dict() | {"no_face_detected": undetected}
     if args.responders is not None:
-        from service.evaluation.responders import responder_figures
+        from tools.evaluation.responders import responder_figures
 
         figures["responders"] = responder_figures(
             pipeline, load_settings(args.config).stream, float(table["threshold"]),
             args.responders,
         )  # fmt: skip
     if args.stream:
-        from service.evaluation.stream_eval import stream_figures
+        from tools.evaluation.stream_eval import stream_figures
 
         figures["stream"] = stream_figures(
             pipeline, load_settings(args.config).stream, float(table["threshold"]),
@@ -156,7 +157,7 @@ def run_liveness(args: argparse.Namespace) -> int:
     if args.json or "responders" not in figures:
         _emit(args, title, figures)
         return 0
-    from service.evaluation.responders import tables
+    from tools.evaluation.responders import tables
 
     _emit(args, title, {k: v for k, v in figures.items() if k != "responders"})
     for printed in tables(figures["responders"]):
@@ -332,7 +333,7 @@ def _write_calibration(figures: dict[str, Any]) -> None:
 
 def run_population(args: argparse.Namespace) -> int:
     """FMR / target and TAR per population, before and after calibration on its own gallery."""
-    from service.evaluation import population
+    from tools.evaluation import population
 
     settings = load_settings(args.config)
     manifest = load_manifest()

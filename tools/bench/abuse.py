@@ -44,7 +44,7 @@ from rich.console import Console
 
 from enrollment.client import error_reason, open_channel
 from faceguard.v1 import common_pb2, enrollment_pb2_grpc, verification_pb2, verification_pb2_grpc
-from service.bench_service import (
+from tools.bench.service import (
     FACEGUARD,
     enrol_portraits,
     free_port,

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service.config import load_settings
-from service.evaluation.video import read_video
+from tools.evaluation.video import read_video
 from service.liveness.policy import LivenessPolicy, SessionLimits
 from service.liveness.session import Session
 from service.liveness.stream import analyse_frame

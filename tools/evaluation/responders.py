@@ -40,9 +40,9 @@ from rich.table import Table
 
 from service.config import SettingsError, StreamSettings
 from service.errors import FaceguardError
-from service.evaluation.runner import Progress
-from service.evaluation.stream_eval import FPS, analyse
-from service.evaluation.video import read_video
+from tools.evaluation.runner import Progress
+from tools.evaluation.stream_eval import FPS, analyse
+from tools.evaluation.video import read_video
 from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Session
 from service.vision.pipeline import FacePipeline

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
-from service.evaluation.metrics import auc, eer, roc
+from tools.evaluation.scores import auc, eer, roc
 
 _CURVE = "#1f4e79"
 _EER = "#c0392b"

@@ -33,9 +33,9 @@ import numpy as np
 
 from service.config import StreamSettings
 from service.errors import FaceguardError
-from service.evaluation import attacks
-from service.evaluation.runner import Progress
-from service.evaluation.video import read_video
+from tools.evaluation import attacks
+from tools.evaluation.runner import Progress
+from tools.evaluation.video import read_video
 from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Session
 from service.vision.liveness_cues import planarity_residual

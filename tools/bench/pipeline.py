@@ -30,7 +30,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from service.analyze import sample_images
+from tools.analyze import sample_images
 from service.config import load_settings
 from service.vision.pipeline import FacePipeline, PipelineConfig
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.evaluation.attacks import printed_photo, replayed_video, screen_replay
-from service.evaluation.video import read_video
+from tools.evaluation.attacks import printed_photo, replayed_video, screen_replay
+from tools.evaluation.video import read_video
 from service.vision.liveness_cues import FrameCues, blink_count, planarity_residual
 from service.vision.pipeline import FacePipeline, PipelineConfig, primary_face
 from service.vision.types import Image

@@ -36,10 +36,10 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.analyze import sample_images
-from service.bench import framed_face
+from tools.analyze import sample_images
+from tools.bench.pipeline import framed_face
 from service.config import load_settings
-from service.gallery.index_bench import run_index_bench
+from tools.bench.index import run_index_bench
 from service.vision.pipeline import FacePipeline
 from service.vision_processes import default_process_count
 

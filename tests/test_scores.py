@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.evaluation.metrics import (
+from tools.evaluation.scores import (
     auc,
     best_accuracy,
     eer,
@@ -25,7 +25,7 @@ from service.evaluation.metrics import (
     threshold_at_fmr,
     verification_report,
 )
-from service.evaluation.plots import plot_roc_det
+from tools.evaluation.plots import plot_roc_det
 
 # Genuine {0.9, 0.5}, impostor {0.5, 0.1}: one genuine/impostor tie at 0.5.
 TIED_SCORES = [0.9, 0.5, 0.5, 0.1]
