@@ -21,9 +21,7 @@ import argparse
 import io
 import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +29,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +41,18 @@ from rich.console import Console
 
 from enrollment.client import error_reason, open_channel
 from faceguard.v1 import common_pb2, enrollment_pb2_grpc, verification_pb2, verification_pb2_grpc
-from tools.bench.service import (
-    FACEGUARD,
+from service.certs import write_dev_pki
+from tools.bench.served import (
+    HOST,
+    ServedProcess,
     enrol_portraits,
     free_port,
     sample_portraits,
     wait_ready,
 )
-from service.certs import write_dev_pki
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"  # the bench only ever talks to a server it started on loopback
 VICTIM, ATTACKER, ENROLMENT = "kiosk-K-002", "kiosk-K-001", "enrollment-desk"
 VICTIM_PACE_S = 0.3  # the victim kiosk's gap between calls: inside the device rate limit
 CALL_TIMEOUT_S = 10.0  # a victim call still waiting after this counts as DEADLINE_EXCEEDED
@@ -253,23 +250,15 @@ def _under_attack(
     return measured | {"attacker_calls": result[0].as_dict() if result else {}}
 
 
-@contextmanager
-def _server(pki: Path, data: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def _server(pki: Path, data: Path, port: int) -> ServedProcess:
+    """The service with mutual TLS: server certificate and client CA from `pki`."""
     env = {
-        **os.environ,
         "FACEGUARD_SERVER__TLS_CERT": str(pki / "server.pem"),
         "FACEGUARD_SERVER__TLS_KEY": str(pki / "server.key"),
         "FACEGUARD_SECURITY__CLIENT_CA": str(pki / "ca.pem"),
         "FACEGUARD_OBSERVABILITY__LOG_FORMAT": "text",
     }
-    command = [str(FACEGUARD), "serve", "--data-dir", str(data), "--host", HOST]
-    command += ["--port", str(port), "--dev-key"]
-    server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-    try:
-        yield server
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    return ServedProcess(data, port, env)
 
 
 def measure_abuse(args: argparse.Namespace) -> dict[str, Any]:

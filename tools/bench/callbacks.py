@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,45 +30,24 @@ from typing import Any
 import grpc
 from rich.console import Console
 
-from faceguard.v1 import common_pb2, verification_pb2, verification_pb2_grpc
-from tools.bench.service import enrol_portraits, free_port, sample_portraits, wait_ready
+from faceguard.v1 import common_pb2, enrollment_pb2_grpc, verification_pb2, verification_pb2_grpc
 from service.decision import APPROVE, Decision
 from service.risk.callback import load_signing_key, write_signing_key
+from tools.bench.served import (
+    ServedProcess,
+    enrol_portraits,
+    free_port,
+    sample_portraits,
+    wait_ready,
+)
 from tools.fraud_sink import Behaviour, sink_stats, start_sink, stored_event_ids
 
 log = logging.getLogger(__name__)
 
-FACEGUARD = Path(sys.executable).with_name("faceguard")
 CLIENTS = 4
 
 
-class _Service:
-    """`faceguard serve` as a process that can be killed -9 and started again."""
-
-    def __init__(self, data: Path, port: int, env: dict[str, str]) -> None:
-        self.command = [str(FACEGUARD), "serve", "--data-dir", str(data), "--port", str(port),
-                        "--dev-key"]  # fmt: skip
-        self.env = {**os.environ, **env}
-        self.address = f"127.0.0.1:{port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=120)
-
-
-def _decide(service: _Service, enrolled: dict[str, bytes], total: int, kills: int) -> set[str]:
+def _decide(service: ServedProcess, enrolled: dict[str, bytes], total: int, kills: int) -> set[str]:
     """`total` acknowledged verifies from several clients, killing the service `kills` times
     at evenly spaced points; calls that fail while it is down are retried."""
     customers = sorted(enrolled)
@@ -170,12 +146,10 @@ def measure_callbacks(decisions: int, fail_rate: float, kills: int) -> dict[str,
             "FACEGUARD_RISK__POLL_INTERVAL_S": "0.05",
             "FACEGUARD_VISION__THREADS": "1",
         }
-        service = _Service(folder / "data", free_port(), env)
+        service = ServedProcess(folder / "data", free_port(), env)
         service.start()
         started = time.perf_counter()
         try:
-            from faceguard.v1 import enrollment_pb2_grpc
-
             with grpc.insecure_channel(service.address) as channel:
                 enrolment = enrollment_pb2_grpc.EnrollmentStub(channel)
                 wait_ready(enrolment)

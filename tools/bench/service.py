@@ -1,14 +1,14 @@
 """`faceguard bench service`: the service measured through its gRPC interface.
 
 Starts `faceguard serve` as a separate process on a free port and a fresh data directory
-(so client and server do not share an interpreter), enrols single-face portraits made from
-the sample photos, then measures:
+(`tools.bench.served`: client and server do not share an interpreter), enrols single-face
+portraits made from the sample photos, then measures:
 - import: images per second through Enroll, `--workers` concurrent calls;
 - verify: median latency with one client, and verifies per second with 8 concurrent clients,
   each with the CPU time of the server and its vision worker processes (CPU ms per verify
   alone; cores busy under the 8 clients);
 - identify: the vector index alone, with synthetic face-like templates in galleries of the
-  requested sizes (see `service.gallery.index_bench`).
+  requested sizes (see `tools.bench.index`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,78 +29,20 @@ from rich.console import Console
 
 from faceguard.v1 import (
     common_pb2,
-    enrollment_pb2,
     enrollment_pb2_grpc,
     verification_pb2,
     verification_pb2_grpc,
 )
-from tools.analyze import sample_images
-from tools.bench.pipeline import framed_face
 from service.config import load_settings
-from tools.bench.index import run_index_bench
-from service.vision.pipeline import FacePipeline
 from service.vision_processes import default_process_count
-
-FACEGUARD = Path(sys.executable).with_name("faceguard")
-
-
-def sample_portraits() -> list[bytes]:
-    """Single-face 480x640 portraits of the distinct people in the sample photos."""
-    pipeline = FacePipeline(load_settings().service_pipeline_config())
-    with tempfile.TemporaryDirectory() as tmp:
-        photos = [p.read_bytes() for p in sample_images(Path(tmp))]
-    portraits = [f for photo in photos for f in framed_face(pipeline, photo, (480, 640))]
-    return [p for p in portraits if _one_clean_face(pipeline, p)]
-
-
-def _one_clean_face(pipeline: FacePipeline, portrait: bytes) -> bool:
-    analyses = pipeline.analyse(portrait)
-    return len(analyses) == 1 and not analyses[0].quality.reasons
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(stub: enrollment_pb2_grpc.EnrollmentStub, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            stub.List(enrollment_pb2.ListRequest(page_size=1), timeout=5)
-            return
-        except grpc.RpcError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-
-
-def enrol_portraits(stub, portraits: list[bytes], workers: int) -> tuple[dict[str, bytes], float]:
-    """Enrol each portrait as its own customer; returns the enrolled ones and images/s.
-
-    A person who appears in two sample photos is refused the second time
-    (DUPLICATE_IDENTITY), as the service should; those are left out of the verify runs.
-    """
-    consent = enrollment_pb2.Consent(purpose="benchmark", channel="bench", operator_id="bench")
-    consent.given_at.GetCurrentTime()
-
-    def one(i: int) -> str | None:
-        customer_id = f"bench-{i:04d}"
-        request = enrollment_pb2.EnrollRequest(
-            customer_id=customer_id, images=[common_pb2.Image(data=portraits[i])], consent=consent
-        )
-        try:
-            stub.Enroll(request, timeout=60)
-        except grpc.RpcError:
-            return None
-        return customer_id
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        enrolled = list(pool.map(one, range(len(portraits))))
-    rate = len(portraits) / (time.perf_counter() - start)
-    return {cid: portraits[i] for i, cid in enumerate(enrolled) if cid}, rate
+from tools.bench.index import run_index_bench
+from tools.bench.served import (
+    ServedProcess,
+    enrol_portraits,
+    free_port,
+    sample_portraits,
+    wait_ready,
+)
 
 
 def _verify_request(enrolled: dict[str, bytes], i: int) -> verification_pb2.VerifyRequest:
@@ -156,13 +96,10 @@ def _cpu_seconds(pid: int) -> float:
 
 def measure_service(threads: int, calls: int) -> dict[str, Any]:
     portraits = sample_portraits()
-    port = free_port()
-    env = {**os.environ, "FACEGUARD_VISION__THREADS": str(threads)}
+    env = {"FACEGUARD_VISION__THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as data:
-        command = [str(FACEGUARD), "serve", "--data-dir", data, "--port", str(port), "--dev-key"]
-        server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with ServedProcess(Path(data), free_port(), env) as server:
+            with grpc.insecure_channel(server.address) as channel:
                 enrolment = enrollment_pb2_grpc.EnrollmentStub(channel)
                 kiosk = verification_pb2_grpc.FaceVerificationStub(channel)
                 wait_ready(enrolment)
@@ -188,9 +125,6 @@ def measure_service(threads: int, calls: int) -> dict[str, Any]:
                     "verify_per_s_8_clients": rate,
                     "server_cores_busy_8_clients": round(busy, 2),
                 }
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
 
 
 def run_bench_service(args: argparse.Namespace) -> int:
