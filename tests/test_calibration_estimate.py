@@ -15,7 +15,7 @@ from service.calibration.estimate import (
     propose_thresholds,
     sample_impostor_scores,
 )
-from tools.evaluation import scores as metrics
+from tools.evaluation.scores import threshold_at_fmr
 
 
 def _gallery(people: int, per_person: int, dim: int = 16, seed: int = 0):
@@ -90,7 +90,7 @@ def test_threshold_matches_the_known_quantile_and_the_project_metric():
         )
         scores = np.concatenate([sample.scores, [10.0]])
         labels = np.concatenate([np.zeros(sample.pairs), [1]])
-        project = metrics.threshold_at_fmr(scores, labels, proposal.target_fmr)
+        project = threshold_at_fmr(scores, labels, proposal.target_fmr)
         assert proposal.threshold <= project  # the lowest of the thresholds with that FMR
         assert estimated_fmr(sample, proposal.threshold) == estimated_fmr(sample, project)
         assert (proposal.impostor_pairs, proposal.people) == (400_000, 200)

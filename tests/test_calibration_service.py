@@ -35,7 +35,6 @@ from faceguard.v1 import (
 )
 from service.api.server import Running, start
 from service.calibration import admin as admin_module
-from tools.bench.calibration import fill_gallery
 from service.risk.callback import identity_event
 from tests.service_helpers import (
     FACEGUARD,
@@ -46,6 +45,7 @@ from tests.service_helpers import (
     tls_channel,
 )
 from tests.test_service import enroll, expect_error
+from tools.bench.calibration import fill_gallery
 
 MANIFEST_1E4 = 0.529742
 PROPOSED, APPLIED = calibration_pb2.CALIBRATION_PROPOSED, calibration_pb2.CALIBRATION_APPLIED

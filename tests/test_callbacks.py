@@ -20,8 +20,8 @@ from service.risk.callback import (
     channel_for,
     identity_event,
 )
-from tools.fraud_sink import Behaviour, RunningSink, start_sink
 from tests.service_helpers import free_port
+from tools.fraud_sink import Behaviour, RunningSink, start_sink
 
 KEY = SigningKey("k1", bytes(32))
 DECISION = Decision(
@@ -87,8 +87,8 @@ def test_the_wire_event_carries_the_decision() -> None:
 def test_fraud_sink_command_verifies_stores_and_obeys_signals(tmp_path: Path) -> None:
     from service.risk.callback import load_signing_key, write_signing_key
     from service.risk.outbox import OutboxItem
-    from tools.fraud_sink import sink_stats
     from tests.service_helpers import FACEGUARD
+    from tools.fraud_sink import sink_stats
 
     key_file, port = tmp_path / "hmac.key", free_port()
     write_signing_key(key_file)

@@ -12,12 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.analyze import sample_images
 from service.modelpack.manifest import load_manifest
 from service.vision.facemesh import crop_transform
 from service.vision.liveness_cues import LEFT_EYE, RIGHT_EYE, FrameCues
 from service.vision.pipeline import FacePipeline, PipelineConfig
 from service.vision.types import Face, Image
+from tools.analyze import sample_images
 
 NOSE_TIP = 1
 

@@ -10,6 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from faceguard.v1 import enrollment_pb2
+from service.api.messages import consent_from
+from service.errors import InvalidInput
 from tools.fuzz import (
     decode_input,
     fuzz,
@@ -21,8 +23,6 @@ from tools.fuzz import (
     run_request,
     seed_images,
 )
-from service.api.messages import consent_from
-from service.errors import InvalidInput
 
 # Decoders warn about the broken files they are fed, and Pillow about huge headers that the
 # decoder's own pixel limit then refuses; a warning is not a failure here.

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.evaluation.attacks import printed_photo, screen_replay
-from tools.evaluation.video import read_video
 from service.vision import liveness_cues as lc
 from service.vision.pipeline import FacePipeline, PipelineConfig, primary_face
 from service.vision.types import Image
+from tools.evaluation.attacks import printed_photo, screen_replay
+from tools.evaluation.video import read_video
 
 FPS = 15.0
 

@@ -18,13 +18,13 @@ import pytest
 
 from service.config import SettingsError
 from service.errors import Unprocessable
-from tools.evaluation.responders import read_labels
 from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Phase, Prompt, Session
 from service.vision import liveness_cues as lc
 from tests import responder_tracks as tracks
 from tests.liveness_tracks import analysis, cues, head_points, unit
 from tests.test_cli import run
+from tools.evaluation.responders import read_labels
 
 FPS = 15.0
 POLICY = LivenessPolicy(passive_threshold=0.2)

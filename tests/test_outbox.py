@@ -23,8 +23,8 @@ from service.retention import purge
 from service.risk.callback import FraudEngineClient, SigningKey, channel_for
 from service.risk.dispatcher import Dispatcher
 from service.risk.outbox import DEAD, DELIVERED, PENDING, Backoff, Outbox
-from tools.fraud_sink import Behaviour, sink_stats, start_sink, stored_event_ids
 from tests.service_helpers import free_port
+from tools.fraud_sink import Behaviour, sink_stats, start_sink, stored_event_ids
 
 KEY = SigningKey("k1", bytes(range(32)))
 FAST = Backoff(initial_s=0.01, max_s=0.05, dead_after=50)

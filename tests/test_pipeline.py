@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.analyze import sample_images
 from service.config import operating_threshold
 from service.modelpack.manifest import load_manifest
 from service.vision.decode import DecodeReason, ImageDecodeError
 from service.vision.detect import DetectorConfig, crop_batch, halvings, nms
 from service.vision.pipeline import FacePipeline, PipelineConfig, primary_face
 from service.vision.types import Image
+from tools.analyze import sample_images
 
 
 @pytest.fixture(scope="module")

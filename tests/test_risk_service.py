@@ -25,7 +25,6 @@ from faceguard.v1 import (
 from service.api.server import Running, start
 from service.risk.callback import load_signing_key, write_signing_key
 from service.risk.policy import DEFAULT_POLICY
-from tools.fraud_sink import Behaviour, RunningSink, sink_stats, start_sink, stored_event_ids
 from tests.service_helpers import (
     FACEGUARD,
     SMALL_FACE_ENV,
@@ -36,6 +35,7 @@ from tests.service_helpers import (
     wait_serving,
 )
 from tests.test_service import enroll, expect_error
+from tools.fraud_sink import Behaviour, RunningSink, sink_stats, start_sink, stored_event_ids
 
 APPROVE, REVIEW, DECLINE = common_pb2.APPROVE, common_pb2.REVIEW, common_pb2.DECLINE
 COOLDOWN_S = 3

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tools.evaluation.plots import plot_roc_det
 from tools.evaluation.scores import (
     auc,
     best_accuracy,
@@ -25,7 +26,6 @@ from tools.evaluation.scores import (
     threshold_at_fmr,
     verification_report,
 )
-from tools.evaluation.plots import plot_roc_det
 
 # Genuine {0.9, 0.5}, impostor {0.5, 0.1}: one genuine/impostor tie at 0.5.
 TIED_SCORES = [0.9, 0.5, 0.5, 0.1]

@@ -15,8 +15,6 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.analyze import sample_images
-from tools.bench.pipeline import framed_face
 from service.config import load_settings
 from service.vision.pipeline import FacePipeline
 from service.vision.subject import ImageRejected
@@ -27,6 +25,8 @@ from service.vision_processes import (
     VisionWorkerError,
     default_process_count,
 )
+from tools.analyze import sample_images
+from tools.bench.pipeline import framed_face
 
 CONFIG = load_settings(vision={"threads": 2}).service_pipeline_config()
 

@@ -13,7 +13,7 @@ independent observations and give intervals far too narrow. The intervals here c
 bootstrap over people instead (the "pigeonhole" or two-way bootstrap for dyadic data): draw the
 people with replacement and weight each pair by how often both its people were drawn.
 
-The accept rule is the project's (service/evaluation/metrics.py): a comparison is accepted when
+The accept rule is the project's (tools/evaluation/scores.py): a comparison is accepted when
 ``score >= threshold``, and a target's threshold is the smallest one at which at most
 ``target`` of the impostors are accepted.
 """

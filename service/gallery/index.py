@@ -64,7 +64,7 @@ class IndexOptions:
     """How `rebuild` chooses and sizes the index, and how many threads bulk work may use.
 
     Measured on this 2-core AVX2 machine with synthetic face-like data, d=192 (random
-    identities, probes at genuine cosine 0.7; `python -m service.gallery.index_bench`). The
+    identities, probes at genuine cosine 0.7; `python -m tools.bench.index`). The
     codes only choose candidates: re-scoring 400 instead of 100 found no more matches, so a
     miss is the probe's true list left unscanned, and recall@1 follows the share of lists
     scanned, which 4-bit fast-scan codes make cheap. At 1M, 4*sqrt(N) lists (4,000) with 30%

@@ -8,7 +8,7 @@ as many copies of the image as `engine.max_frames` and `server.max_message_bytes
 CPU time (not wall time) so that other load on a shared machine counts less; medians of
 `--repeat` runs, with one model run at a time (`vision.threads = 1`) as under load.
 
-The kiosk frame is a sample photo's face framed as a kiosk camera sees it (`service.bench`);
+The kiosk frame is a sample photo's face framed as a kiosk camera sees it (`tools.bench.pipeline`);
 the large images are the same frame scaled up, so they hold a face for the pipeline to work on.
 """
 
@@ -29,13 +29,13 @@ import cv2
 import numpy as np
 from PIL import Image as PILImage
 
-from tools.analyze import sample_images
-from tools.bench.pipeline import framed_face
 from service.config import Settings
 from service.engine import Policy
 from service.vision.decode import ImageDecodeError
 from service.vision.pipeline import FacePipeline
 from service.vision.subject import ImageRejected, best_probe
+from tools.analyze import sample_images
+from tools.bench.pipeline import framed_face
 
 
 def _encode(rgb: np.ndarray, kind: str, **options: object) -> bytes:

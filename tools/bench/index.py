@@ -1,4 +1,4 @@
-"""`python -m service.gallery.index_bench`: the gallery index's cost and recall per gallery size.
+"""`python -m tools.bench.index`: the gallery index's cost and recall per gallery size.
 
 For each size it builds the index the service would (`VectorIndex.rebuild` with default
 options, or a lower `--exact-limit` to measure the approximate kind on smaller galleries) and

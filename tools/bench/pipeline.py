@@ -30,9 +30,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from tools.analyze import sample_images
 from service.config import load_settings
 from service.vision.pipeline import FacePipeline, PipelineConfig
+from tools.analyze import sample_images
 
 STAGES = ("decode", "detect", "quality", "align", "liveness", "embed", "mesh_cues")
 STREAM_STAGES = ("decode", "detect", "quality", "liveness", "mesh_cues")

@@ -28,15 +28,15 @@ from rich.console import Console
 from rich.table import Table
 
 from service.config import load_settings
-from tools.evaluation.video import read_video
 from service.liveness.policy import LivenessPolicy, SessionLimits
 from service.liveness.session import Session
 from service.liveness.stream import analyse_frame
 from service.vision.pipeline import FacePipeline
 from service.vision_processes import InProcessVision
+from tools.evaluation.video import read_video
 
 BUDGET_MS = 1000.0 / 15.0
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 DEFAULT_VIDEO = SHARED_DATA / "spoof" / "apfol_videos" / "real2.webm"
 
 

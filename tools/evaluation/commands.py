@@ -17,13 +17,19 @@ from rich.console import Console
 from rich.table import Table
 
 from service.config import SettingsError, load_settings, operating_threshold
-from tools.evaluation import runner
-from tools.evaluation import scores as metrics
-from tools.evaluation.plots import plot_roc_det
 from service.modelpack.manifest import MANIFEST_PATH, load_manifest
 from service.vision.decode import ImageDecodeError
 from service.vision.embed import fuse, merge_views
 from service.vision.pipeline import FacePipeline, primary_face
+from tools.evaluation import runner
+from tools.evaluation.plots import plot_roc_det
+from tools.evaluation.scores import (
+    fmr_is_resolvable,
+    identification_report,
+    pad_report,
+    threshold_at_fmr,
+    verification_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +104,7 @@ def run_verify(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     threshold = operating_threshold(load_manifest(), settings.vision.fmr_target)
     failed = sum(1 for a in analyses.values() if a is None)
-    report = metrics.verification_report(scores, labels, failed, threshold)
+    report = verification_report(scores, labels, failed, threshold)
     if args.plot:
         plot_roc_det(
             scores, labels, args.plot, f"{args.pairs.name}: {pipeline.embedder.spec.version}",
@@ -122,7 +128,7 @@ def run_identify(args: argparse.Namespace) -> int:
     pipeline = _pipeline(args)
     analyses = runner.analyse_all(pipeline, args.root, chain.from_iterable(people.values()))
     data = runner.identification_scores(people, analyses)
-    report = metrics.identification_report(data.similarities, data.probe_ids, data.gallery_ids)
+    report = identification_report(data.similarities, data.probe_ids, data.gallery_ids)
     figures = report.to_dict() | {"failed_images": data.failed_images}
     _emit(args, f"identification: {args.root.name}", figures)
     return 0
@@ -137,7 +143,7 @@ def run_liveness(args: argparse.Namespace) -> int:
     if args.root is not None:
         scores, attacks, undetected = runner.liveness_scores(pipeline, args.root)
         threshold = args.threshold if args.threshold is not None else float(table["threshold"])
-        report = metrics.pad_report(scores, attacks, threshold)
+        report = pad_report(scores, attacks, threshold)
         figures |= report.to_dict() | {"no_face_detected": undetected}
     if args.responders is not None:
         from tools.evaluation.responders import responder_figures
@@ -263,17 +269,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     genuine = member_scores[labels] @ w2
     scores = np.concatenate([genuine, impostors])
     truth = np.concatenate([np.ones(len(genuine)), np.zeros(len(impostors))])
-    unresolvable = [
-        t for t in FMR_TARGETS if not metrics.fmr_is_resolvable(len(impostors), float(t))
-    ]
+    unresolvable = [t for t in FMR_TARGETS if not fmr_is_resolvable(len(impostors), float(t))]
     if unresolvable:
         raise SettingsError(
             f"{len(impostors)} impostor pairs cannot measure FMR {', '.join(unresolvable)}: "
             "add --faces trees"
         )
-    thresholds = {
-        target: metrics.threshold_at_fmr(scores, truth, float(target)) for target in FMR_TARGETS
-    }
+    thresholds = {target: threshold_at_fmr(scores, truth, float(target)) for target in FMR_TARGETS}
     figures = {
         "images": len(paths),
         "failed_images": sum(1 for v in vectors.values() if v is None),

@@ -1,10 +1,10 @@
 """How the mesh liveness cues separate live video from attacks (a report command).
 
-Run: `python -m service.evaluation.cues_report [--data DIR]`.
+Run: `python -m tools.evaluation.cues_report [--data DIR]`.
 
 Runs the face pipeline's mesh cues over the development videos (`spoof/apfol_videos`: a live
 person, `real2.webm`, and the same person replayed on a phone, `fake2.webm`) and over attacks
-rendered from the live video by `service.evaluation.attacks` (printed photos and screen replays
+rendered from the live video by `tools.evaluation.attacks` (printed photos and screen replays
 of single frames, a screen replay of the whole video). Frames are taken at 15 fps, the kiosk's
 rate. For each source it prints the pose range (5th to 95th percentile), the eye openness, the
 blinks counted, and the planarity residual over sliding 2-second windows; then the median cost
@@ -24,11 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tools.evaluation.attacks import printed_photo, replayed_video, screen_replay
-from tools.evaluation.video import read_video
 from service.vision.liveness_cues import FrameCues, blink_count, planarity_residual
 from service.vision.pipeline import FacePipeline, PipelineConfig, primary_face
 from service.vision.types import Image
+from tools.evaluation.attacks import printed_photo, replayed_video, screen_replay
+from tools.evaluation.video import read_video
 
 KIOSK_FPS = 15.0
 WINDOW_S = 2.0

@@ -38,7 +38,7 @@ from service.calibration.estimate import (
     propose_thresholds,
     sample_impostor_scores,
 )
-from tools.evaluation import scores as metrics
+from tools.evaluation.scores import fmr_is_resolvable, threshold_at_fmr
 
 TARGETS = {"1e-3": 1e-3, "1e-4": 1e-4, "1e-5": 1e-5}
 # Template pairs of the gallery half handed to the estimator.
@@ -180,7 +180,7 @@ def rates(comparisons: Comparisons, thresholds: Mapping[str, float | None]) -> d
             out[key] = {"threshold": None, "fmr": None, "fmr_ratio": None, "tar": None}
             continue
         fmr = float((comparisons.impostors >= threshold).mean())
-        resolvable = metrics.fmr_is_resolvable(comparisons.impostors.size, target)
+        resolvable = fmr_is_resolvable(comparisons.impostors.size, target)
         out[key] = {
             "threshold": round(float(threshold), 6),
             "fmr": fmr,
@@ -279,9 +279,8 @@ def _exact_fit(comparisons: Comparisons) -> dict[str, float | None]:
         [np.zeros(comparisons.impostors.size), np.ones(comparisons.genuine.size)]
     )
     return {
-        key: metrics.threshold_at_fmr(scores, labels, target)
-        if comparisons.genuine.size
-        and metrics.fmr_is_resolvable(comparisons.impostors.size, target)
+        key: threshold_at_fmr(scores, labels, target)
+        if comparisons.genuine.size and fmr_is_resolvable(comparisons.impostors.size, target)
         else None
         for key, target in TARGETS.items()
     }

@@ -40,12 +40,12 @@ from rich.table import Table
 
 from service.config import SettingsError, StreamSettings
 from service.errors import FaceguardError
-from tools.evaluation.runner import Progress
-from tools.evaluation.stream_eval import FPS, analyse
-from tools.evaluation.video import read_video
 from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Session
 from service.vision.pipeline import FacePipeline
+from tools.evaluation.runner import Progress
+from tools.evaluation.stream_eval import FPS, analyse
+from tools.evaluation.video import read_video
 
 LEAD_S = 0.3  # the prompt goes out this long before the labelled onset (reaction time)
 REST_BEFORE_S = 1.0  # rest shown before the prompt is due (more than the session's rest rule)

@@ -16,7 +16,7 @@ offsets. What the data cannot show: a recorded live video cannot answer a random
 challenge, so BPCER with a challenge is not measurable here: the live video's challenge
 sessions are reported as `unresponsive_live_pass_rate` (how often doing nothing in particular
 passes, i.e. the chance a replayed recording has); people who do respond are measured by
-`faceguard eval liveness --responders` (service/evaluation/responders.py).
+`faceguard eval liveness --responders` (tools/evaluation/responders.py).
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ import numpy as np
 
 from service.config import StreamSettings
 from service.errors import FaceguardError
-from tools.evaluation import attacks
-from tools.evaluation.runner import Progress
-from tools.evaluation.video import read_video
 from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Session
 from service.vision.liveness_cues import planarity_residual
 from service.vision.pipeline import FacePipeline, primary_face
 from service.vision.types import Image
+from tools.evaluation import attacks
+from tools.evaluation.runner import Progress
+from tools.evaluation.video import read_video
 
 log = logging.getLogger(__name__)
 
