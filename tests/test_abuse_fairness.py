@@ -34,7 +34,7 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.server import Running, start
-from service.certs import ClientSpec, DevCA
+from service.cli.certs import ClientSpec, DevCA
 from service.config import SettingsError
 from service.errors import Expired
 from service.gallery.store import event_table

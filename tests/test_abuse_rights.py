@@ -36,7 +36,7 @@ from faceguard.v1 import (
 )
 from service.api.server import Running, start
 from service.assembly import keyring_for, open_store
-from service.certs import DEV_CLIENTS, ClientSpec, write_dev_pki
+from service.cli.certs import DEV_CLIENTS, ClientSpec, write_dev_pki
 from service.config import SettingsError
 from service.gallery.audit import ChainKey, NewEvent
 from service.gallery.store import Store, event_table

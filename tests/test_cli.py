@@ -122,8 +122,8 @@ def test_bad_usage_exits_with_usage_error(bad: str) -> None:
 def test_every_command_help_reads_like_a_man_page() -> None:
     """Each command's --help: a description, defaults, an example; the client commands also
     say where the server address comes from and what the exit statuses mean."""
-    from service.cli import build_parser
-    from service.cli_help import is_leaf, walk
+    from service.cli.help import is_leaf, walk
+    from service.cli.main import build_parser
 
     parser = build_parser()
     leaves = [(path, sub) for path, sub, _ in walk(parser) if is_leaf(sub)]
@@ -150,8 +150,8 @@ def test_version_and_the_server_environment_variable() -> None:
 def test_the_readme_commands_table_is_the_parsers() -> None:
     """The README's table is generated: after adding a command or option, run
     `faceguard docs commands --write README.md`."""
-    from service.cli import build_parser
-    from service.cli_help import commands_markdown, readme_with_table
+    from service.cli.help import commands_markdown, readme_with_table
+    from service.cli.main import build_parser
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     table = commands_markdown(build_parser())

@@ -19,7 +19,7 @@ import cv2
 import pytest
 
 from service.api.server import Running, start
-from service.cli import main
+from service.cli.main import main
 from service.vision.quality import QualityPolicy
 from tests.service_helpers import FACEGUARD, service_settings
 

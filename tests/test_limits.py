@@ -19,7 +19,7 @@ from faceguard.v1 import (
 )
 from service.api.limits import ConcurrencyLimiter, RateLimiter, carries_bulk
 from service.api.server import Running, start
-from service.certs import DEV_CLIENTS, ClientSpec, write_dev_pki
+from service.cli.certs import DEV_CLIENTS, ClientSpec, write_dev_pki
 from tests.service_helpers import mtls_settings, service_settings, tls_channel
 
 

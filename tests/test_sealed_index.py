@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from faceguard.v1 import enrollment_pb2, enrollment_pb2_grpc, risk_pb2, risk_pb2_grpc
 from service.api.server import Running, start
+from service.cli.keys import rotate
 from service.config import Settings
 from service.gallery import crypto
 from service.gallery.crypto import (
@@ -34,7 +35,6 @@ from service.gallery.gallery import Gallery
 from service.gallery.index import IndexFileError, VectorIndex
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store, template_table
 from service.gallery.watchlist import watchlist_aad, watchlist_template_table
-from service.keys import rotate
 from tests.service_helpers import consent, image, mtls_settings, people_with, tls_channel
 
 DIM = 192

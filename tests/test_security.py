@@ -28,7 +28,7 @@ from faceguard.v1 import (
 )
 from service.api.auth import Identity, bind_device, identity_from_pem
 from service.api.server import Running, start
-from service.certs import ClientSpec, DevCA
+from service.cli.certs import ClientSpec, DevCA
 from tests.service_helpers import (
     FACEGUARD,
     consent,

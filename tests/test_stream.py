@@ -393,7 +393,7 @@ def test_the_kiosk_command_streams_a_folder_and_prints_the_decision(
     the stream ends before one and the decision (printed as JSON) declines on liveness."""
     import json
 
-    from service.cli import main
+    from service.cli.main import main
 
     name, images = people[0]
     subject(LiveHead())
@@ -419,7 +419,7 @@ def test_the_kiosk_command_shows_each_prompt_in_words_with_the_time_left(
     import re
 
     from enrollment.kiosk import prompt_line
-    from service.cli import main
+    from service.cli.main import main
 
     name, images = people[0]
     subject(LiveHead())

@@ -38,7 +38,7 @@ from cryptography.x509.oid import NameOID
 
 from service.api.calls import CallInterceptor, CallWatch
 from service.api.errors import rich_status
-from service.certs import DEVICE_URI, ROLE_URI, ROLES
+from service.cli.certs import DEVICE_URI, ROLE_URI, ROLES
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from service.api.limits import LimitInterceptor
 from service.api.refusals import device_refusal_auditor
 from service.api.telemetry import TelemetryInterceptor
 from service.calibration.admin import scheduled_proposal
+from service.cli.keys import KeyringReloader, key_file_path
 from service.config import Settings
 from service.engine import Engine
 from service.gallery.store import Store
-from service.keys import KeyringReloader, key_file_path
 from service.retention import PurgeSchedule, purge
 from service.risk.outbox import PENDING, outbox_table
 

@@ -41,7 +41,7 @@ from rich.console import Console
 
 from enrollment.client import error_reason, open_channel
 from faceguard.v1 import common_pb2, enrollment_pb2_grpc, verification_pb2, verification_pb2_grpc
-from service.certs import write_dev_pki
+from service.cli.certs import write_dev_pki
 from tools.bench.served import (
     HOST,
     ServedProcess,

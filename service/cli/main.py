@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from enrollment import exit_status
-from service.cli_help import ManParser, finish_help, run_docs_commands
+from service.cli.help import ManParser, finish_help, run_docs_commands
 from service.config import SettingsError
 from service.logs import quiet_libraries, text_handler
 from service.modelpack.manifest import ModelIntegrityError
@@ -129,13 +129,13 @@ def _settings_for_store(args: argparse.Namespace):
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from service.certs import run_certs_dev
+    from service.cli.certs import run_certs_dev
 
     return run_certs_dev(args)
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from service.keys import run_keys_rotate
+    from service.cli.keys import run_keys_rotate
 
     return run_keys_rotate(_settings_for_store(args), args.wait)
 
@@ -190,7 +190,7 @@ def _fuzz(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from service.audit import run_audit_checkpoint, run_audit_verify
+    from service.cli.audit_commands import run_audit_checkpoint, run_audit_verify
 
     return (run_audit_checkpoint if args.audit_command == "checkpoint" else run_audit_verify)(args)
 
@@ -421,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also streamed sessions: APCER per generated attack, BPCER on the live video",
     )  # fmt: skip
     liveness.add_argument(
-        "--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+        "--shared", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data",
         help="--stream: the development data (stills, apfol_videos)",
     )  # fmt: skip
     liveness.add_argument("--stills", type=int, default=8, help="--stream: stills to attack with")
