@@ -124,7 +124,7 @@ def server_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes
 def mtls_settings(
     data_dir: Path, pki: Path, client_ca: bool = True, **security: object
 ) -> Settings:
-    """Test service settings with server TLS from `pki` (written by `service.certs`), and
+    """Test service settings with server TLS from `pki` (written by `service.cli.certs`), and
     mutual TLS unless `client_ca` is False; `security` overrides the limits."""
     settings = service_settings(data_dir, tls_cert=pki / "server.pem", tls_key=pki / "server.key")
     update = {"client_ca": pki / "ca.pem" if client_ca else None, **security}

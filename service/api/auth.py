@@ -1,6 +1,6 @@
 """Who may call what: client identity from the TLS client certificate, roles per method.
 
-Identity (see `service.certs`): the certificate's SAN URIs `faceguard://role/<role>` give its
+Identity (see `service.cli.certs`): the certificate's SAN URIs `faceguard://role/<role>` give its
 roles and `faceguard://device/<id>` a kiosk's device id; the common name names the client.
 The TLS layer has already verified the certificate against `security.client_ca`, so the
 interceptor only reads it.
@@ -38,9 +38,15 @@ from cryptography.x509.oid import NameOID
 
 from service.api.calls import CallInterceptor, CallWatch
 from service.api.errors import rich_status
-from service.cli.certs import DEVICE_URI, ROLE_URI, ROLES
 
 log = logging.getLogger(__name__)
+
+# The client identity a certificate carries, as SAN URIs (issued for development by
+# `faceguard certs dev`, service.cli.certs; in production by the bank's PKI).
+ROLES = ("kiosk", "enrollment", "admin", "investigator")
+URI_PREFIX = "faceguard://"
+ROLE_URI = URI_PREFIX + "role/"
+DEVICE_URI = URI_PREFIX + "device/"
 
 PUBLIC = frozenset({"*"})  # callable without any identity: health checks and reflection
 ROLE_POLICY: Mapping[str, frozenset[str]] = {

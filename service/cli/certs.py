@@ -26,12 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from service.api.auth import DEVICE_URI, ROLE_URI, ROLES
+
 log = logging.getLogger(__name__)
 
-ROLES = ("kiosk", "enrollment", "admin", "investigator")
-URI_PREFIX = "faceguard://"
-ROLE_URI = URI_PREFIX + "role/"
-DEVICE_URI = URI_PREFIX + "device/"
 _VALID_DAYS = 365
 
 
