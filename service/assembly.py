@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from service.calibration.live import live_calibration
 from service.config import Settings, SettingsError, operating_threshold
@@ -50,6 +51,14 @@ def keyring_for(settings: Settings) -> Keyring:
         dev_file,
     )
     return keyring
+
+
+def key_file_path(settings: Settings) -> Path | None:
+    """The key file the service reads its keyring from, None when it comes from the
+    environment (the same choice as `keyring_for`)."""
+    storage = settings.storage
+    path = storage.key_file or storage.data_dir / KEYRING_FILE
+    return path if path.is_file() else None
 
 
 def audit_key_for(settings: Settings, create: bool = True) -> ChainKey | None:

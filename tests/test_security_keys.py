@@ -19,12 +19,12 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.assembly import KEYRING_FILE
-from service.cli.keys import KeyringReloader
 from service.config import AUDIT_KEY_FILE
 from service.gallery.audit import ChainKey
 from service.gallery.crypto import Keyring, generate_keyring
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store, template_table
 from service.gallery.watchlist import Watchlist, rotate_watchlist_keys, watchlist_template_table
+from service.store.key_reload import KeyringReloader
 from tests.service_helpers import FACEGUARD, consent, image, people_with, service_settings
 
 DIM = 192

@@ -17,13 +17,14 @@ from service.api.auth import AuthInterceptor
 from service.api.limits import LimitInterceptor
 from service.api.refusals import device_refusal_auditor
 from service.api.telemetry import TelemetryInterceptor
+from service.assembly import key_file_path
 from service.calibration.admin import scheduled_proposal
-from service.cli.keys import KeyringReloader, key_file_path
 from service.config import Settings
 from service.engine import Engine
 from service.gallery.store import Store
 from service.retention import PurgeSchedule, purge
 from service.risk.outbox import PENDING, outbox_table
+from service.store.key_reload import KeyringReloader
 
 log = logging.getLogger(__name__)
 
