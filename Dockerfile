@@ -12,6 +12,7 @@ COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY service ./service
 COPY enrollment ./enrollment
+COPY tools ./tools
 COPY models ./models
 ENV FACEGUARD_MODELS_DIR=/app/models FACEGUARD_CACHE_DIR=/opt/cache
 RUN python -m venv /opt/faceguard \
