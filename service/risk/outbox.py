@@ -239,6 +239,15 @@ class Outbox:
             if gone.rowcount < batch:
                 return pruned
 
+    def backlog(self) -> tuple[int, datetime | None]:
+        """Pending rows and when the oldest of them was written (None: none pending)."""
+        query = select(func.count(), func.min(outbox_table.c.created_at)).where(
+            outbox_table.c.status == PENDING
+        )
+        with self.store.connect() as conn:
+            depth, oldest = conn.execute(query).one()
+        return int(depth), oldest
+
     def counts(self) -> dict[str, int]:
         """Rows per status: the queue depth and the dead letters, for metrics and benches."""
         query = select(outbox_table.c.status, func.count()).group_by(outbox_table.c.status)
