@@ -355,6 +355,30 @@ def events_of(conn: Connection, events: Table, customer_id: str) -> list[EventRe
     return [_record(row) for row in conn.execute(query).mappings()]
 
 
+def find_events(
+    conn: Connection,
+    events: Table,
+    customer_id: str | None,
+    device_id: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    after: int,
+    limit: int,
+) -> list[EventRecord]:
+    """Up to `limit` events in chain order after chain id `after`, for the given customer,
+    device and time range [since, until) (None: any)."""
+    query = select(events).where(events.c.id > after).order_by(events.c.id).limit(limit)
+    if customer_id:
+        query = query.where(events.c.customer_id == customer_id)
+    if device_id:
+        query = query.where(events.c.device_id == device_id)
+    if since is not None:
+        query = query.where(events.c.occurred_at >= since)
+    if until is not None:
+        query = query.where(events.c.occurred_at < until)
+    return [_record(row) for row in conn.execute(query).mappings()]
+
+
 def _serialise_appends(conn: Connection) -> None:
     """Hold the chain's append lock until commit (SQLite: already held via BEGIN IMMEDIATE)."""
     dialect = conn.dialect.name

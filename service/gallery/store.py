@@ -41,6 +41,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     make_url,
     select,
     update,
@@ -260,6 +261,16 @@ class CustomerRecord:
     updated_at: datetime
     consent: StoredConsent | None
     embedder: str | None
+
+
+@dataclass(frozen=True)
+class CustomerActivity:
+    """When a customer last used their biometrics (their latest event that was not a decline,
+    or their record's last update if later), and whether their newest consent has expired."""
+
+    customer_id: str
+    last_activity: datetime
+    consent_expired: bool
 
 
 class Store:
@@ -536,6 +547,45 @@ class Store:
             cursor = page[-1].customer_id if len(rows) > page_size else None
             return _customer_records(conn, page), cursor
 
+    def activity(self, now: datetime) -> list[CustomerActivity]:
+        """Every customer's last activity and consent state at `now`, in customer id order
+        (for the retention purge)."""
+        last = (
+            select(
+                event_table.c.customer_id,
+                func.max(event_table.c.occurred_at, type_=UTCDateTime()).label("last"),
+            )
+            .where(event_table.c.customer_id.is_not(None), event_table.c.outcome != "DECLINE")
+            .group_by(event_table.c.customer_id)
+            .subquery()
+        )
+        newest_consent = (
+            select(func.max(consent_table.c.id))
+            .group_by(consent_table.c.customer_id)
+            .scalar_subquery()
+        )
+        expired = select(consent_table.c.customer_id).where(
+            consent_table.c.id.in_(newest_consent),
+            consent_table.c.expires_at.is_not(None),
+            consent_table.c.expires_at <= literal(now, UTCDateTime()),
+        )
+        query = select(
+            customer_table.c.customer_id,
+            customer_table.c.updated_at,
+            last.c.last,
+            customer_table.c.customer_id.in_(expired).label("expired"),
+        ).outerjoin(last, last.c.customer_id == customer_table.c.customer_id)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query.order_by(customer_table.c.customer_id)).all()
+        return [
+            CustomerActivity(
+                row.customer_id,
+                max(row.updated_at, row.last) if row.last is not None else row.updated_at,
+                bool(row.expired),
+            )
+            for row in rows
+        ]
+
     def templates_of(self, customer_id: str) -> list[StoredTemplate]:
         """A customer's decrypted templates in id order (empty for an unknown customer)."""
         with self._engine.connect() as conn:
@@ -606,6 +656,21 @@ class Store:
         """A customer's audit events in chain order, including after their erasure."""
         with self._engine.connect() as conn:
             return audit.events_of(conn, event_table, customer_id)
+
+    def find_events(
+        self,
+        customer_id: str | None = None,
+        device_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: int = 0,
+        limit: int = MAX_PAGE_SIZE,
+    ) -> list[EventRecord]:
+        """Audit events in chain order, filtered; `after` is a chain id (`EventRecord.id`)."""
+        with self._engine.connect() as conn:
+            return audit.find_events(
+                conn, event_table, customer_id, device_id, since, until, after, limit
+            )
 
     def verify_chain(self) -> ChainReport:
         """Check the whole audit chain; see `audit.verify`."""
