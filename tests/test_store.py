@@ -22,7 +22,6 @@ import pytest
 from sqlalchemy import create_engine, delete, func, select, update
 
 from service.gallery import store as store_module
-from service.gallery.audit import InvalidEvent, NewEvent
 from service.gallery.crypto import Keyring, KeyringError, TamperedError, generate_keyring
 from service.gallery.store import (
     ConsentRecord,
@@ -35,6 +34,7 @@ from service.gallery.store import (
     event_table,
     template_table,
 )
+from service.store.audit_chain import InvalidEvent, NewEvent
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "postgresql"]
@@ -258,7 +258,7 @@ import os, sys
 from datetime import UTC, datetime
 import numpy as np
 from service.gallery import store as store_module
-from service.gallery.audit import NewEvent
+from service.store.audit_chain import NewEvent
 from service.gallery.crypto import Keyring
 from service.gallery.store import ConsentRecord, NewTemplate, Store
 

@@ -37,7 +37,7 @@ from service.calibration.store import (
 from service.config import CalibrationSettings
 from service.engine import Engine, require_text
 from service.errors import FaceguardError, InvalidInput, TooLarge, Unavailable, Unprocessable
-from service.gallery.audit import NewEvent
+from service.store.audit_chain import NewEvent
 
 log = logging.getLogger(__name__)
 

@@ -49,8 +49,6 @@ from sqlalchemy import (
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 
-from service.gallery import audit
-from service.gallery.audit import ChainReport, EventRecord, EventType, NewEvent, check_text
 from service.gallery.crypto import (
     Keyring,
     KeyringError,
@@ -58,6 +56,8 @@ from service.gallery.crypto import (
     open_vector,
     seal_vector,
 )
+from service.store import audit_chain as audit
+from service.store.audit_chain import ChainReport, EventRecord, EventType, NewEvent, check_text
 
 log = logging.getLogger(__name__)
 

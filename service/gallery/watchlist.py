@@ -30,8 +30,6 @@ from sqlalchemy import (
     update,
 )
 
-from service.gallery import audit
-from service.gallery.audit import NewEvent, check_text
 from service.gallery.crypto import open_vector, seal_vector
 from service.gallery.index import IndexOptions, VectorIndex
 from service.gallery.store import (
@@ -43,6 +41,8 @@ from service.gallery.store import (
     event_table,
     sealed_template_columns,
 )
+from service.store import audit_chain as audit
+from service.store.audit_chain import NewEvent, check_text
 
 log = logging.getLogger(__name__)
 

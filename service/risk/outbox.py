@@ -30,9 +30,9 @@ from sqlalchemy import (
     update,
 )
 
-from service.gallery import audit
-from service.gallery.audit import NewEvent, check_text, plain_scalar
 from service.gallery.store import METADATA, ROW_ID, Store, UTCDateTime, event_table
+from service.store import audit_chain as audit
+from service.store.audit_chain import NewEvent, check_text, plain_scalar
 
 PENDING, DELIVERED, DEAD = "PENDING", "DELIVERED", "DEAD"
 
