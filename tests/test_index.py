@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from service.gallery import index as index_module
-from service.gallery.crypto import SealedWriter, generate_keyring
 from service.gallery.index import IndexFileError, IndexOptions, VectorIndex
 from service.gallery.index_bench import main as bench_main
+from service.store.crypto import SealedWriter, generate_keyring
 
 DIM = 192
 SIZE = 3000

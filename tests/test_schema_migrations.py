@@ -30,10 +30,10 @@ import service.gallery.watchlist
 import service.risk.outbox
 import service.risk.velocity  # noqa: F401
 from service.assembly import open_store
-from service.gallery.crypto import generate_keyring
 from service.gallery.store import METADATA, Store, customer_table, schema_engine
 from service.schema import migrate
 from service.schema.migrate import SchemaError
+from service.store.crypto import generate_keyring
 
 FACEGUARD = Path(sys.executable).with_name("faceguard")
 OLD_EVENT_INDEXES = {"ix_events_device_outcome_time", "ix_events_customer_outcome_time"}

@@ -22,7 +22,6 @@ import pytest
 from sqlalchemy import create_engine, delete, func, select, update
 
 from service.gallery import store as store_module
-from service.gallery.crypto import Keyring, KeyringError, TamperedError, generate_keyring
 from service.gallery.store import (
     ConsentRecord,
     CustomerExists,
@@ -35,6 +34,7 @@ from service.gallery.store import (
     template_table,
 )
 from service.store.audit_chain import InvalidEvent, NewEvent
+from service.store.crypto import Keyring, KeyringError, TamperedError, generate_keyring
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "postgresql"]
@@ -259,7 +259,7 @@ from datetime import UTC, datetime
 import numpy as np
 from service.gallery import store as store_module
 from service.store.audit_chain import NewEvent
-from service.gallery.crypto import Keyring
+from service.store.crypto import Keyring
 from service.gallery.store import ConsentRecord, NewTemplate, Store
 
 store = Store(sys.argv[1], Keyring.from_env())

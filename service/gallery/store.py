@@ -49,15 +49,15 @@ from sqlalchemy import (
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 
-from service.gallery.crypto import (
+from service.store import audit_chain as audit
+from service.store.audit_chain import ChainReport, EventRecord, EventType, NewEvent, check_text
+from service.store.crypto import (
     Keyring,
     KeyringError,
     UnknownKeyError,
     open_vector,
     seal_vector,
 )
-from service.store import audit_chain as audit
-from service.store.audit_chain import ChainReport, EventRecord, EventType, NewEvent, check_text
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ from sqlalchemy import (
     update,
 )
 
-from service.gallery.crypto import open_vector, seal_vector
 from service.gallery.index import IndexOptions, VectorIndex
 from service.gallery.store import (
     METADATA,
@@ -43,6 +42,7 @@ from service.gallery.store import (
 )
 from service.store import audit_chain as audit
 from service.store.audit_chain import NewEvent, check_text
+from service.store.crypto import open_vector, seal_vector
 
 log = logging.getLogger(__name__)
 
