@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.config import RiskSettings, SettingsError
-from service.gallery.checkpoints import Checkpointer
 from service.gallery.lists import RiskLists
 from service.gallery.store import Store
 from service.gallery.watchlist import Watchlist
@@ -22,6 +21,7 @@ from service.risk.dispatcher import Dispatcher
 from service.risk.outbox import Backoff, Outbox
 from service.risk.policy import PolicyError, load_policy
 from service.risk.velocity import Limits, Velocity
+from service.store.checkpoints import Checkpointer
 
 if TYPE_CHECKING:
     from service.risk.callback import FraudEngineClient

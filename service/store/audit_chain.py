@@ -10,7 +10,7 @@ row's hash is `HMAC-SHA256(audit key, prev_hash + canonical JSON)`, with the key
 the database (`ChainKey`, a file beside the template keyring). Rows before that marker keep
 their plain hash (existing chains stay verifiable); the first keyed row links to them, so
 rewriting them breaks it too. Deleting the newest rows leaves a shorter intact chain: signed
-checkpoints of the head, shipped out of the database (`service.gallery.checkpoints`), catch
+checkpoints of the head, shipped out of the database (`service.store.checkpoints`), catch
 that, and a tail rewritten back to plain hashes.
 
 Appends are serialised so the chain never forks: the `Store` opens SQLite write transactions
