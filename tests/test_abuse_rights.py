@@ -38,8 +38,8 @@ from service.api.server import Running, start
 from service.assembly import keyring_for, open_store
 from service.certs import DEV_CLIENTS, ClientSpec, write_dev_pki
 from service.config import SettingsError
-from service.gallery.store import Store, event_table
 from service.store.audit_chain import ChainKey, NewEvent
+from service.store.customers import Store, event_table
 from tests.service_helpers import (
     FACEGUARD,
     image,

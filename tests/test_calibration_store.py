@@ -20,8 +20,8 @@ from service.calibration.store import (
     TargetCalibration,
 )
 from service.errors import NotFound, Unprocessable
-from service.gallery.store import ConsentRecord, Store
 from service.store.audit_chain import NewEvent
+from service.store.customers import ConsentRecord, Store
 from tests.test_store import (  # noqa: F401 (keyring, store, url: on SQLite, then PostgreSQL)
     MODEL,
     consent,

@@ -125,9 +125,9 @@ def test_fraud_sink_command_verifies_stores_and_obeys_signals(tmp_path: Path) ->
 
 def test_callback_settings_are_checked_at_start(tmp_path: Path) -> None:
     from service.config import RiskSettings, SettingsError
-    from service.gallery.store import Store
     from service.risk.runtime import HMAC_KEY_FILE, build_risk
     from service.store.crypto import generate_keyring
+    from service.store.customers import Store
 
     with Store(f"sqlite:///{tmp_path / 'g.db'}", generate_keyring()) as store:
         store.create_schema()

@@ -24,11 +24,11 @@ from faceguard.v1 import (
 from service.assembly import KEYRING_FILE
 from service.config import AUDIT_KEY_FILE
 from service.gallery.gallery import Gallery
-from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store
 from service.retention import CONSENT_EXPIRED, EVENT_TYPE, INACTIVE, due_for_purge, purge
 from service.risk.outbox import DELIVERED, Backoff, Outbox
 from service.store.audit_chain import ChainKey
 from service.store.crypto import generate_keyring
+from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
 from tests import service_helpers
 from tests.service_helpers import FACEGUARD, image, people_with, service_settings
 

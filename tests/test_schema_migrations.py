@@ -30,10 +30,10 @@ import service.gallery.watchlist
 import service.risk.outbox
 import service.risk.velocity  # noqa: F401
 from service.assembly import open_store
-from service.gallery.store import METADATA, Store, customer_table, schema_engine
 from service.schema import migrate
 from service.schema.migrate import SchemaError
 from service.store.crypto import generate_keyring
+from service.store.customers import METADATA, Store, customer_table, schema_engine
 
 FACEGUARD = Path(sys.executable).with_name("faceguard")
 OLD_EVENT_INDEXES = {"ix_events_device_outcome_time", "ix_events_customer_outcome_time"}
@@ -191,7 +191,7 @@ _RELEASE_CREATE_ALL = """
 import sys
 from sqlalchemy import create_engine
 import service.gallery.lists, service.gallery.watchlist, service.risk.outbox
-from service.gallery.store import METADATA
+from service.store.customers import METADATA
 assert service.gallery.lists.__file__.startswith(sys.argv[2])
 METADATA.create_all(create_engine(sys.argv[1]))
 """

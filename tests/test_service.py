@@ -30,8 +30,8 @@ from faceguard.v1 import (
 )
 from service.api.server import Running, start
 from service.gallery.index import VectorIndex
-from service.gallery.store import Store
 from service.store.crypto import load_keyring
+from service.store.customers import Store
 from tests.service_helpers import (
     FACEGUARD,
     SMALL_FACE_ENV,

@@ -21,8 +21,10 @@ import postgres
 import pytest
 from sqlalchemy import create_engine, delete, func, select, update
 
-from service.gallery import store as store_module
-from service.gallery.store import (
+from service.store import customers as store_module
+from service.store.audit_chain import InvalidEvent, NewEvent
+from service.store.crypto import Keyring, KeyringError, TamperedError, generate_keyring
+from service.store.customers import (
     ConsentRecord,
     CustomerExists,
     CustomerNotFound,
@@ -33,8 +35,6 @@ from service.gallery.store import (
     event_table,
     template_table,
 )
-from service.store.audit_chain import InvalidEvent, NewEvent
-from service.store.crypto import Keyring, KeyringError, TamperedError, generate_keyring
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "postgresql"]
@@ -257,10 +257,10 @@ CRASH_SCRIPT = """
 import os, sys
 from datetime import UTC, datetime
 import numpy as np
-from service.gallery import store as store_module
+from service.store import customers as store_module
 from service.store.audit_chain import NewEvent
 from service.store.crypto import Keyring
-from service.gallery.store import ConsentRecord, NewTemplate, Store
+from service.store.customers import ConsentRecord, NewTemplate, Store
 
 store = Store(sys.argv[1], Keyring.from_env())
 real_seal, calls = store_module.seal_vector, []

@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass
 
 from service.calibration import store as calibrations
-from service.gallery.store import Store
 from service.modelpack.manifest import Manifest
+from service.store.customers import Store
 
 log = logging.getLogger(__name__)
 

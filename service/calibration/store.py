@@ -30,9 +30,9 @@ from sqlalchemy import (
 )
 
 from service.errors import NotFound, Unprocessable
-from service.gallery.store import METADATA, ROW_ID, Store, UTCDateTime, event_table
 from service.store import audit_chain as audit
 from service.store.audit_chain import NewEvent
+from service.store.customers import METADATA, ROW_ID, Store, UTCDateTime, event_table
 
 PROPOSED, APPLIED, REJECTED, SUPERSEDED = "PROPOSED", "APPLIED", "REJECTED", "SUPERSEDED"
 VERSION_PREFIX = "gallery:"

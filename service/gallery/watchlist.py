@@ -31,7 +31,10 @@ from sqlalchemy import (
 )
 
 from service.gallery.index import IndexOptions, VectorIndex
-from service.gallery.store import (
+from service.store import audit_chain as audit
+from service.store.audit_chain import NewEvent, check_text
+from service.store.crypto import open_vector, seal_vector
+from service.store.customers import (
     METADATA,
     ROW_ID,
     NewTemplate,
@@ -40,9 +43,6 @@ from service.gallery.store import (
     event_table,
     sealed_template_columns,
 )
-from service.store import audit_chain as audit
-from service.store.audit_chain import NewEvent, check_text
-from service.store.crypto import open_vector, seal_vector
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from sqlalchemy import (
     update,
 )
 
-from service.gallery.store import METADATA, ROW_ID, Store, UTCDateTime, event_table
 from service.store import audit_chain as audit
 from service.store.audit_chain import NewEvent, check_text, plain_scalar
+from service.store.customers import METADATA, ROW_ID, Store, UTCDateTime, event_table
 
 PENDING, DELIVERED, DEAD = "PENDING", "DELIVERED", "DEAD"
 

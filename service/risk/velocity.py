@@ -50,9 +50,9 @@ from sqlalchemy import (
     update,
 )
 
-from service.gallery.store import METADATA, ROW_ID, Store, UTCDateTime, event_table
 from service.store import audit_chain as audit
 from service.store.audit_chain import NewEvent
+from service.store.customers import METADATA, ROW_ID, Store, UTCDateTime, event_table
 
 # Decisions whose DECLINE is a failed attempt.
 ATTEMPT_TYPES = ("VERIFY", "IDENTIFY")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 
 from service.config import Settings
-from service.gallery.store import schema_engine
 from service.schema import migrate
+from service.store.customers import schema_engine
 from service.store.durable import make_private
 
 log = logging.getLogger(__name__)

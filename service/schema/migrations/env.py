@@ -14,7 +14,7 @@ def _target_metadata() -> MetaData:
     import service.gallery.watchlist
     import service.risk.outbox
     import service.risk.velocity  # noqa: F401
-    from service.gallery.store import METADATA
+    from service.store.customers import METADATA
 
     return METADATA
 

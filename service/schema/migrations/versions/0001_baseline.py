@@ -11,7 +11,7 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
-from service.gallery.store import UTCDateTime
+from service.store.customers import UTCDateTime
 
 revision = "0001_baseline"
 down_revision = None
