@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from service.decision import RuleResult
-from service.gallery.lists import ListFacts
 from service.risk.velocity import Limits, VelocityFacts
+from service.store.lists import ListFacts
 
 ENROLMENT_KINDS = ("ENROLL", "UPDATE_TEMPLATES")
 

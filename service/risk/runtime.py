@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.config import RiskSettings, SettingsError
-from service.gallery.lists import RiskLists
 from service.gallery.watchlist import Watchlist
 from service.risk.checks import RiskChecks
 from service.risk.dispatcher import Dispatcher
@@ -22,6 +21,7 @@ from service.risk.policy import PolicyError, load_policy
 from service.risk.velocity import Limits, Velocity
 from service.store.checkpoints import Checkpointer
 from service.store.customers import Store
+from service.store.lists import RiskLists
 
 if TYPE_CHECKING:
     from service.risk.callback import FraudEngineClient
