@@ -25,9 +25,9 @@ from pathlib import Path
 from service.assembly import INDEX_FILE, KEYRING_FILE, open_store
 from service.config import Settings, SettingsError
 from service.gallery.index import SNAPSHOT_PURPOSE
-from service.gallery.watchlist import rotate_watchlist_keys
 from service.store.crypto import Keyring, KeyringError, reseal
 from service.store.customers import Store
+from service.store.watchlist import rotate_watchlist_keys
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from service.api.server import Running, start
 from service.config import Settings
 from service.gallery.gallery import Gallery
 from service.gallery.index import IndexFileError, VectorIndex
-from service.gallery.watchlist import watchlist_aad, watchlist_template_table
 from service.keys import rotate
 from service.store import crypto
 from service.store.crypto import (
@@ -35,6 +34,7 @@ from service.store.crypto import (
     sealed_key_id,
 )
 from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store, template_table
+from service.store.watchlist import watchlist_aad, watchlist_template_table
 from tests.service_helpers import consent, image, mtls_settings, people_with, tls_channel
 
 DIM = 192

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.config import RiskSettings, SettingsError
-from service.gallery.watchlist import Watchlist
 from service.risk.checks import RiskChecks
 from service.risk.dispatcher import Dispatcher
 from service.risk.outbox import Backoff, Outbox
@@ -22,6 +21,7 @@ from service.risk.velocity import Limits, Velocity
 from service.store.checkpoints import Checkpointer
 from service.store.customers import Store
 from service.store.lists import RiskLists
+from service.store.watchlist import Watchlist
 
 if TYPE_CHECKING:
     from service.risk.callback import FraudEngineClient

@@ -10,10 +10,10 @@ from sqlalchemy import MetaData
 def _target_metadata() -> MetaData:
     # Every module that puts a table in METADATA, so the comparison sees all of them.
     import service.calibration.store
-    import service.gallery.watchlist
     import service.risk.outbox
     import service.risk.velocity  # noqa: F401
     import service.store.lists
+    import service.store.watchlist
     from service.store.customers import METADATA
 
     return METADATA
