@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from service.risk.outbox import Outbox
 from service.store.customers import CustomerNotFound, NewEvent, Store
+from service.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

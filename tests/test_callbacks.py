@@ -86,8 +86,8 @@ def test_the_wire_event_carries_the_decision() -> None:
 
 def test_fraud_sink_command_verifies_stores_and_obeys_signals(tmp_path: Path) -> None:
     from service.risk.callback import load_signing_key, write_signing_key
-    from service.risk.outbox import OutboxItem
     from service.risk.sink import sink_stats
+    from service.store.outbox import OutboxItem
     from tests.service_helpers import FACEGUARD
 
     key_file, port = tmp_path / "hmac.key", free_port()

@@ -18,12 +18,12 @@ from faceguard.v1 import fraud_engine_pb2
 from service.retention import purge
 from service.risk.callback import FraudEngineClient, SigningKey, channel_for
 from service.risk.dispatcher import Dispatcher
-from service.risk.outbox import DEAD, DELIVERED, PENDING, Backoff, Outbox
 from service.risk.sink import Behaviour, sink_stats, start_sink, stored_event_ids
 from service.store.audit_chain import InvalidEvent, NewEvent
 from service.store.crypto import generate_keyring
 from service.store.customers import Store
 from service.store.lists import CUSTOMER_BLOCKLIST, DEVICE_BLACKLIST, ListFacts, RiskLists
+from service.store.outbox import DEAD, DELIVERED, PENDING, Backoff, Outbox
 from tests.service_helpers import free_port
 
 KEY = SigningKey("k1", bytes(range(32)))

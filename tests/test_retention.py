@@ -25,10 +25,10 @@ from service.assembly import KEYRING_FILE
 from service.config import AUDIT_KEY_FILE
 from service.gallery.gallery import Gallery
 from service.retention import CONSENT_EXPIRED, EVENT_TYPE, INACTIVE, due_for_purge, purge
-from service.risk.outbox import DELIVERED, Backoff, Outbox
 from service.store.audit_chain import ChainKey
 from service.store.crypto import generate_keyring
 from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
+from service.store.outbox import DELIVERED, Backoff, Outbox
 from tests import service_helpers
 from tests.service_helpers import FACEGUARD, image, people_with, service_settings
 

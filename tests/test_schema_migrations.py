@@ -25,9 +25,9 @@ from sqlalchemy import create_engine, insert, inspect, select, text
 
 # Every module with a table in METADATA, so create_all there makes all of today's tables.
 import service.calibration.store
-import service.risk.outbox
 import service.risk.velocity  # noqa: F401
 import service.store.lists
+import service.store.outbox
 import service.store.watchlist
 from service.assembly import open_store
 from service.schema import migrate
@@ -190,7 +190,7 @@ REPO = Path(__file__).resolve().parents[1]
 _RELEASE_CREATE_ALL = """
 import sys
 from sqlalchemy import create_engine
-import service.store.lists, service.store.watchlist, service.risk.outbox
+import service.store.lists, service.store.watchlist, service.store.outbox
 from service.store.customers import METADATA
 assert service.store.lists.__file__.startswith(sys.argv[2])
 METADATA.create_all(create_engine(sys.argv[1]))

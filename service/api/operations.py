@@ -21,7 +21,7 @@ from service.config import Settings
 from service.engine import Engine
 from service.keys import KeyringReloader, key_file_path
 from service.retention import PurgeSchedule, purge
-from service.risk.outbox import Outbox
+from service.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
