@@ -25,9 +25,9 @@ from sqlalchemy import create_engine, insert, inspect, select, text
 
 # Every module with a table in METADATA, so create_all there makes all of today's tables.
 import service.calibration.store
-import service.risk.velocity  # noqa: F401
 import service.store.lists
 import service.store.outbox
+import service.store.velocity  # noqa: F401
 import service.store.watchlist
 from service.assembly import open_store
 from service.schema import migrate

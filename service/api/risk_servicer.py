@@ -12,8 +12,8 @@ from service.api.messages import datetime_from, timestamp
 from service.api.servicers import UsesEngine
 from service.errors import InvalidInput
 from service.risk.admin import RiskAdmin
-from service.risk.velocity import Lockout
 from service.store.lists import ListEntry
+from service.store.velocity import Lockout
 from service.store.watchlist import WatchlistEntry
 
 

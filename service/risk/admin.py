@@ -13,10 +13,10 @@ from typing import Any
 from service.engine import Engine, check_customer_id, require_text
 from service.errors import InvalidInput, NotFound, TooLarge
 from service.risk.runtime import RiskRuntime
-from service.risk.velocity import Lockout, NotLocked
 from service.store.customers import NewTemplate
 from service.store.lists import LISTS, ListEntry
 from service.store.outbox import OutboxItem
+from service.store.velocity import Lockout, NotLocked
 from service.store.watchlist import WatchlistEntry
 
 MAX_PAGE = 500

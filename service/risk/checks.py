@@ -17,8 +17,8 @@ import numpy as np
 from service.decision import Decision, RuleResult
 from service.risk.policy import RiskPolicy, stricter
 from service.risk.rules import RiskContext
-from service.risk.velocity import Velocity
 from service.store.lists import RiskLists
+from service.store.velocity import Velocity
 from service.store.watchlist import Watchlist
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from service.config import RiskSettings, SettingsError
 from service.risk.checks import RiskChecks
 from service.risk.dispatcher import Dispatcher
 from service.risk.policy import PolicyError, load_policy
-from service.risk.velocity import Limits, Velocity
 from service.store.checkpoints import Checkpointer
 from service.store.customers import Store
 from service.store.lists import RiskLists
 from service.store.outbox import Backoff, Outbox
+from service.store.velocity import Limits, Velocity
 from service.store.watchlist import Watchlist
 
 if TYPE_CHECKING:
