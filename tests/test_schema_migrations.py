@@ -24,7 +24,7 @@ from service_helpers import service_settings
 from sqlalchemy import create_engine, insert, inspect, select, text
 
 # Every module with a table in METADATA, so create_all there makes all of today's tables.
-import service.calibration.store
+import service.store.calibrations
 import service.store.lists
 import service.store.outbox
 import service.store.velocity  # noqa: F401

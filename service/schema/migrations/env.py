@@ -9,7 +9,7 @@ from sqlalchemy import MetaData
 
 def _target_metadata() -> MetaData:
     # Every module that puts a table in METADATA, so the comparison sees all of them.
-    import service.calibration.store
+    import service.store.calibrations
     import service.store.lists
     import service.store.outbox
     import service.store.velocity  # noqa: F401
