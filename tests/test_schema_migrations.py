@@ -27,13 +27,13 @@ from sqlalchemy import create_engine, insert, inspect, select, text
 import service.store.calibrations
 import service.store.lists
 import service.store.outbox
-import service.store.velocity  # noqa: F401
-import service.store.watchlist
+import service.store.velocity
+import service.store.watchlist  # noqa: F401
 from service.assembly import open_store
-from service.schema import migrate
-from service.schema.migrate import SchemaError
 from service.store.crypto import generate_keyring
 from service.store.customers import METADATA, Store, customer_table, schema_engine
+from service.store.schema import migrate
+from service.store.schema.migrate import SchemaError
 
 FACEGUARD = Path(sys.executable).with_name("faceguard")
 OLD_EVENT_INDEXES = {"ix_events_device_outcome_time", "ix_events_customer_outcome_time"}
@@ -190,9 +190,9 @@ REPO = Path(__file__).resolve().parents[1]
 _RELEASE_CREATE_ALL = """
 import sys
 from sqlalchemy import create_engine
-import service.store.lists, service.store.watchlist, service.store.outbox
-from service.store.customers import METADATA
-assert service.store.lists.__file__.startswith(sys.argv[2])
+import service.gallery.lists, service.gallery.watchlist, service.risk.outbox
+from service.gallery.store import METADATA
+assert service.gallery.lists.__file__.startswith(sys.argv[2])
 METADATA.create_all(create_engine(sys.argv[1]))
 """
 

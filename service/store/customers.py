@@ -327,10 +327,10 @@ class Store:
         self.close()
 
     def create_schema(self, migrate: bool = True) -> None:
-        """Bring the schema to this code's revision (`service.schema.migrate`: under a lock,
+        """Bring the schema to this code's revision (`service.store.schema.migrate`: under a lock,
         safe on every start and from replicas at once), or with `migrate=False` only check
         that it is there (a shared database migrated by `faceguard db upgrade`)."""
-        from service.schema import migrate as schema
+        from service.store.schema import migrate as schema
 
         with self._writer.begin() as conn:
             if migrate:

@@ -1,4 +1,4 @@
-"""Alembic environment: runs the revisions on the connection `service.schema.migrate` hands
+"""Alembic environment: runs the revisions on the connection `service.store.schema.migrate` hands
 over (already in a transaction that holds the migration lock), never on its own engine, so no
 alembic.ini is needed at run time. `target_metadata` is the project's tables, for comparing
 a database against the code when writing a new revision."""
@@ -12,8 +12,8 @@ def _target_metadata() -> MetaData:
     import service.store.calibrations
     import service.store.lists
     import service.store.outbox
-    import service.store.velocity  # noqa: F401
-    import service.store.watchlist
+    import service.store.velocity
+    import service.store.watchlist  # noqa: F401
     from service.store.customers import METADATA
 
     return METADATA
