@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from service.calibration.gallery import sample_gallery
 from service.errors import NotFound, Unprocessable
 from service.store import calibrations
 from service.store.audit_chain import NewEvent
@@ -22,6 +21,7 @@ from service.store.calibrations import (
     TargetCalibration,
 )
 from service.store.customers import ConsentRecord, Store
+from service.store.gallery_sample import sample_gallery
 from tests.test_store import (  # noqa: F401 (keyring, store, url: on SQLite, then PostgreSQL)
     MODEL,
     consent,

@@ -24,7 +24,6 @@ from service.calibration.estimate import (
     propose_thresholds,
     sample_impostor_scores,
 )
-from service.calibration.gallery import sample_gallery
 from service.config import CalibrationSettings
 from service.engine import Engine, require_text
 from service.errors import FaceguardError, InvalidInput, TooLarge, Unavailable, Unprocessable
@@ -38,6 +37,7 @@ from service.store.calibrations import (
     NewProposal,
     TargetCalibration,
 )
+from service.store.gallery_sample import sample_gallery
 
 log = logging.getLogger(__name__)
 
