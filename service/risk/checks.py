@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 import numpy as np
 
 from service.decision import Decision, RuleResult
+from service.gallery.watchlist import Watchlist
 from service.risk.policy import RiskPolicy, stricter
 from service.risk.rules import RiskContext
 from service.store.lists import RiskLists
 from service.store.velocity import Velocity
-from service.store.watchlist import Watchlist
 
 log = logging.getLogger(__name__)
 

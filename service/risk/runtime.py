@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.config import RiskSettings, SettingsError
+from service.gallery.watchlist import Watchlist
 from service.risk.checks import RiskChecks
 from service.risk.dispatcher import Dispatcher
 from service.risk.policy import PolicyError, load_policy
@@ -21,7 +22,6 @@ from service.store.customers import Store
 from service.store.lists import RiskLists
 from service.store.outbox import Backoff, Outbox
 from service.store.velocity import Limits, Velocity
-from service.store.watchlist import Watchlist
 
 if TYPE_CHECKING:
     from service.risk.callback import FraudEngineClient

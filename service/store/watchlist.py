@@ -1,18 +1,16 @@
-"""The fraud watchlist: known fraudsters' faces, searched 1:N on every decision.
+"""The fraud watchlist's rows: known fraudsters' faces, searched 1:N on every decision.
 
 Kept apart from customers on purpose: a watchlist entry is not a customer (it has a label and a
 case, no consent record, no customer id), and its templates live in their own tables and their
 own vector index, so a watchlist hit can never be mistaken for a customer match. Templates are
 encrypted like customer templates (AES-GCM under the store's keyring, the row id in the AAD).
-Watchlists are small, so the index is an in-memory one rebuilt from the store at start, exact
-(a flat scan) up to `EXACT_LIMIT` entries, where the customer gallery already turns approximate:
-a missed fraudster costs more than the scan. The store stays the source of truth.
+The in-memory index searched on every decision (`service.gallery.watchlist`) is rebuilt from
+these rows at start: they are the source of truth.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +28,6 @@ from sqlalchemy import (
     update,
 )
 
-from service.gallery.index import IndexOptions, VectorIndex
 from service.store import audit_chain as audit
 from service.store.audit_chain import NewEvent, check_text
 from service.store.crypto import open_vector, seal_vector
@@ -92,141 +89,115 @@ def watchlist_aad(entry_id: str, template_id: int) -> bytes:
     return b"faceguard/watchlist/v1\0%s\0%d" % (entry_id.encode("ascii"), template_id)
 
 
-# Exact search up to here (~19 ms a probe at 200k on 2 cores); approximate candidates with
-# exact scores beyond.
-EXACT_LIMIT = 200_000
+def create_tables(store: Store) -> None:
+    """Create the watchlist tables where missing (a database older than them)."""
+    with store.transaction() as conn:
+        watchlist_entry_table.create(conn, checkfirst=True)
+        watchlist_template_table.create(conn, checkfirst=True)
 
 
-class Watchlist:
-    """Watchlist entries in the store plus their in-memory index."""
+def load_templates(store: Store) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
+    """Every watchlist template decrypted, in id order: (int64 ids, vectors, entry ids)."""
+    with store.connect() as conn:
+        rows = conn.execute(
+            select(watchlist_template_table).order_by(watchlist_template_table.c.id)
+        ).all()
+    ids = np.fromiter((row.id for row in rows), np.int64, len(rows))
+    vectors = [
+        open_vector(store.keyring, row.key_id, row.ciphertext, watchlist_aad(row.entry_id, row.id))
+        for row in rows
+    ]
+    return ids, vectors, [row.entry_id for row in rows]
 
-    def __init__(self, store: Store, dim: int) -> None:
-        self.store = store
-        self.dim = dim
-        self._lock = threading.Lock()  # serialises index changes after their commits
-        self.index = VectorIndex(dim, IndexOptions(exact_limit=EXACT_LIMIT))
-        self._owners: dict[int, str] = {}  # template id -> entry id, mirrors the store
 
-    def open(self) -> None:
-        """Create the tables where missing and load the index from the store."""
-        with self.store.transaction() as conn:
-            watchlist_entry_table.create(conn, checkfirst=True)
-            watchlist_template_table.create(conn, checkfirst=True)
-        with self.store.connect() as conn:
-            rows = conn.execute(
-                select(watchlist_template_table).order_by(watchlist_template_table.c.id)
-            ).all()
-        ids = np.fromiter((row.id for row in rows), np.int64, len(rows))
-        vectors = [
-            open_vector(self.store.keyring, row.key_id, row.ciphertext,
-                        watchlist_aad(row.entry_id, row.id))
-            for row in rows
-        ]  # fmt: skip
-        stacked = np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
-        with self._lock:
-            self.index.rebuild(ids, stacked)
-            self._owners = {int(row.id): row.entry_id for row in rows}
-        log.info("watchlist index loaded with %d templates", len(rows))
+def add_entry(
+    store: Store, label: str, templates: list[NewTemplate], reason: str, case_ref: str,
+    operator_id: str,
+) -> tuple[WatchlistEntry, list[int]]:  # fmt: skip
+    """Store a new watchlist entry with its sealed templates, audited in the same transaction;
+    the entry and its template ids."""
+    check_text("label", label, 128)
+    check_text("reason", reason, 256)
+    check_text("case_ref", case_ref, 128)
+    check_text("operator_id", operator_id, 128)
+    entry_id = str(uuid.uuid4())
+    event = NewEvent(
+        type="WATCHLIST_ADD", outcome="OK",
+        payload={"entry_id": entry_id, "reason": reason, "case_ref": case_ref,
+                 "operator": operator_id, "templates": len(templates)},
+    )  # fmt: skip
+    now = datetime.now(UTC)
+    entry = WatchlistEntry(entry_id, label, reason, case_ref, operator_id, now, event.event_id,
+                           len(templates))  # fmt: skip
+    keyring = store.keyring
+    with store.transaction() as conn:
+        conn.execute(insert(watchlist_entry_table).values(
+            entry_id=entry_id, label=label, reason=reason, case_ref=case_ref,
+            operator_id=operator_id, added_at=now, event_id=event.event_id,
+        ))  # fmt: skip
+        ids = []
+        for template in templates:
+            row_id = conn.execute(insert(watchlist_template_table).values(
+                entry_id=entry_id, key_id=keyring.active, ciphertext=b"",
+                model=template.model, quality=float(template.quality), created_at=now,
+            )).inserted_primary_key[0]  # fmt: skip
+            key_id, blob = seal_vector(keyring, template.vector, watchlist_aad(entry_id, row_id))
+            conn.execute(
+                update(watchlist_template_table)
+                .where(watchlist_template_table.c.id == row_id)
+                .values(key_id=key_id, ciphertext=blob)
+            )
+            ids.append(int(row_id))
+        audit.append(conn, event_table, event)
+    return entry, ids
 
-    def add(
-        self, label: str, templates: list[NewTemplate], reason: str, case_ref: str,
-        operator_id: str,
-    ) -> WatchlistEntry:  # fmt: skip
-        """Enrol a new watchlist entry with its templates; audited in the same transaction."""
-        check_text("label", label, 128)
-        check_text("reason", reason, 256)
-        check_text("case_ref", case_ref, 128)
-        check_text("operator_id", operator_id, 128)
-        entry_id = str(uuid.uuid4())
-        event = NewEvent(
-            type="WATCHLIST_ADD", outcome="OK",
-            payload={"entry_id": entry_id, "reason": reason, "case_ref": case_ref,
-                     "operator": operator_id, "templates": len(templates)},
-        )  # fmt: skip
-        now = datetime.now(UTC)
-        entry = WatchlistEntry(entry_id, label, reason, case_ref, operator_id, now, event.event_id,
-                               len(templates))  # fmt: skip
-        keyring = self.store.keyring
-        with self._lock:
-            with self.store.transaction() as conn:
-                conn.execute(insert(watchlist_entry_table).values(
-                    entry_id=entry_id, label=label, reason=reason, case_ref=case_ref,
-                    operator_id=operator_id, added_at=now, event_id=event.event_id,
-                ))  # fmt: skip
-                ids = []
-                for template in templates:
-                    row_id = conn.execute(insert(watchlist_template_table).values(
-                        entry_id=entry_id, key_id=keyring.active, ciphertext=b"",
-                        model=template.model, quality=float(template.quality), created_at=now,
-                    )).inserted_primary_key[0]  # fmt: skip
-                    key_id, blob = seal_vector(
-                        keyring, template.vector, watchlist_aad(entry_id, row_id)
-                    )
-                    conn.execute(
-                        update(watchlist_template_table)
-                        .where(watchlist_template_table.c.id == row_id)
-                        .values(key_id=key_id, ciphertext=blob)
-                    )
-                    ids.append(int(row_id))
-                audit.append(conn, event_table, event)
-            self.index.add(np.asarray(ids, np.int64), np.stack([t.vector for t in templates]))
-            self._owners.update(dict.fromkeys(ids, entry_id))
-        return entry
 
-    def remove(self, entry_id: str, reason: str, operator_id: str) -> str | None:
-        """Remove an entry and its templates; the audit event id, or None if unknown."""
-        check_text("operator_id", operator_id, 128)
-        event = NewEvent(
-            type="WATCHLIST_REMOVE", outcome="OK",
-            payload={"entry_id": entry_id, "reason": reason, "operator": operator_id},
-        )  # fmt: skip
-        with self._lock:
-            with self.store.transaction() as conn:
-                ids = list(conn.execute(
-                    select(watchlist_template_table.c.id)
-                    .where(watchlist_template_table.c.entry_id == entry_id)
-                ).scalars())  # fmt: skip
-                conn.execute(delete(watchlist_template_table).where(
-                    watchlist_template_table.c.entry_id == entry_id))  # fmt: skip
-                gone = conn.execute(delete(watchlist_entry_table).where(
-                    watchlist_entry_table.c.entry_id == entry_id)).rowcount  # fmt: skip
-                if not gone:
-                    return None
-                audit.append(conn, event_table, event)
-            self.index.remove(np.asarray(ids, np.int64))  # in memory only: no snapshot
-            for template_id in ids:
-                self._owners.pop(template_id, None)
-        self.store.scrub_log()  # the removed rows' WAL frames leave the disk too
-        return event.event_id
-
-    def entries(self, page_size: int, after: str | None) -> tuple[list[WatchlistEntry], str | None]:
-        """One page in entry id order with template counts, and the next page's cursor."""
-        counts = (
-            select(watchlist_template_table.c.entry_id, func.count().label("n"))
-            .group_by(watchlist_template_table.c.entry_id)
-            .subquery()
-        )
-        query = (
-            select(watchlist_entry_table, func.coalesce(counts.c.n, 0).label("template_count"))
-            .outerjoin(counts, counts.c.entry_id == watchlist_entry_table.c.entry_id)
-            .order_by(watchlist_entry_table.c.entry_id)
-            .limit(page_size + 1)
-        )
-        if after:
-            query = query.where(watchlist_entry_table.c.entry_id > after)
-        with self.store.connect() as conn:
-            rows = conn.execute(query).all()
-        page = [WatchlistEntry(**row._mapping) for row in rows[:page_size]]
-        return page, page[-1].entry_id if len(rows) > page_size else None
-
-    def best_hit(self, vector: np.ndarray) -> tuple[str, float] | None:
-        """The closest watchlist entry and its cosine, or None when the watchlist is empty."""
-        hits = self.index.search(vector, 1)
-        if not hits:
+def remove_entry(
+    store: Store, entry_id: str, reason: str, operator_id: str
+) -> tuple[str, list[int]] | None:
+    """Delete an entry and its templates, audited; the event id and the removed template ids,
+    or None for an unknown entry. The caller scrubs the log once its index has followed."""
+    check_text("operator_id", operator_id, 128)
+    event = NewEvent(
+        type="WATCHLIST_REMOVE", outcome="OK",
+        payload={"entry_id": entry_id, "reason": reason, "operator": operator_id},
+    )  # fmt: skip
+    with store.transaction() as conn:
+        ids = list(conn.execute(
+            select(watchlist_template_table.c.id)
+            .where(watchlist_template_table.c.entry_id == entry_id)
+        ).scalars())  # fmt: skip
+        conn.execute(delete(watchlist_template_table).where(
+            watchlist_template_table.c.entry_id == entry_id))  # fmt: skip
+        gone = conn.execute(delete(watchlist_entry_table).where(
+            watchlist_entry_table.c.entry_id == entry_id)).rowcount  # fmt: skip
+        if not gone:
             return None
-        template_id, score = hits[0]
-        entry_id = self._owners.get(template_id)
-        return (entry_id, score) if entry_id is not None else None
+        audit.append(conn, event_table, event)
+    return event.event_id, ids
+
+
+def entries(
+    store: Store, page_size: int, after: str | None
+) -> tuple[list[WatchlistEntry], str | None]:
+    """One page in entry id order with template counts, and the next page's cursor."""
+    counts = (
+        select(watchlist_template_table.c.entry_id, func.count().label("n"))
+        .group_by(watchlist_template_table.c.entry_id)
+        .subquery()
+    )
+    query = (
+        select(watchlist_entry_table, func.coalesce(counts.c.n, 0).label("template_count"))
+        .outerjoin(counts, counts.c.entry_id == watchlist_entry_table.c.entry_id)
+        .order_by(watchlist_entry_table.c.entry_id)
+        .limit(page_size + 1)
+    )
+    if after:
+        query = query.where(watchlist_entry_table.c.entry_id > after)
+    with store.connect() as conn:
+        rows = conn.execute(query).all()
+    page = [WatchlistEntry(**row._mapping) for row in rows[:page_size]]
+    return page, page[-1].entry_id if len(rows) > page_size else None
 
 
 def rotate_watchlist_keys(store: Store, batch: int = 1000) -> int:
