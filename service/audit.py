@@ -23,7 +23,8 @@ from sqlalchemy import inspect, make_url
 from service.assembly import audit_key_for, keyring_for
 from service.config import Settings, load_settings
 from service.store import checkpoints
-from service.store.customers import Store, event_table
+from service.store.customers import Store
+from service.store.tables import event_table
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,8 @@ from service.assembly import keyring_for, open_store
 from service.certs import DEV_CLIENTS, ClientSpec, write_dev_pki
 from service.config import SettingsError
 from service.store.audit_chain import ChainKey, NewEvent
-from service.store.customers import Store, event_table
+from service.store.customers import Store
+from service.store.tables import event_table
 from tests.service_helpers import (
     FACEGUARD,
     image,

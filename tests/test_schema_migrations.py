@@ -30,10 +30,12 @@ import service.store.outbox
 import service.store.velocity
 import service.store.watchlist  # noqa: F401
 from service.assembly import open_store
+from service.store.connection import schema_engine
 from service.store.crypto import generate_keyring
-from service.store.customers import METADATA, Store, customer_table, schema_engine
+from service.store.customers import Store
 from service.store.schema import migrate
 from service.store.schema.migrate import SchemaError
+from service.store.tables import METADATA, customer_table
 
 FACEGUARD = Path(sys.executable).with_name("faceguard")
 OLD_EVENT_INDEXES = {"ix_events_device_outcome_time", "ix_events_customer_outcome_time"}

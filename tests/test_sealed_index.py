@@ -33,7 +33,8 @@ from service.store.crypto import (
     open_vector,
     sealed_key_id,
 )
-from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store, template_table
+from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
+from service.store.tables import template_table
 from service.store.watchlist import watchlist_aad, watchlist_template_table
 from tests.service_helpers import consent, image, mtls_settings, people_with, tls_channel
 

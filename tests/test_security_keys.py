@@ -24,7 +24,8 @@ from service.gallery.watchlist import Watchlist
 from service.keys import KeyringReloader
 from service.store.audit_chain import ChainKey
 from service.store.crypto import Keyring, generate_keyring
-from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store, template_table
+from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
+from service.store.tables import template_table
 from service.store.watchlist import rotate_watchlist_keys, watchlist_template_table
 from tests.service_helpers import FACEGUARD, consent, image, people_with, service_settings
 

@@ -30,11 +30,8 @@ from service.store.customers import (
     CustomerNotFound,
     NewTemplate,
     Store,
-    consent_table,
-    customer_table,
-    event_table,
-    template_table,
 )
+from service.store.tables import consent_table, customer_table, event_table, template_table
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "postgresql"]

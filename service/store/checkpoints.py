@@ -29,7 +29,8 @@ from sqlalchemy import select
 
 from service.store import audit_chain as audit
 from service.store.audit_chain import ChainKey
-from service.store.customers import Store, event_table
+from service.store.customers import Store
+from service.store.tables import event_table
 
 log = logging.getLogger(__name__)
 

@@ -20,37 +20,22 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
-    DateTime,
-    Dialect,
-    Engine,
-    Float,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    MetaData,
     Row,
-    String,
     Table,
-    Text,
-    TypeDecorator,
     bindparam,
-    create_engine,
     delete,
     func,
     insert,
     literal,
-    make_url,
     select,
     update,
 )
-from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 
 from service.store import audit_chain as audit
 from service.store.audit_chain import ChainReport, EventRecord, EventType, NewEvent, check_text
+from service.store.connection import WRITE, open_engine
 from service.store.crypto import (
     Keyring,
     KeyringError,
@@ -58,13 +43,18 @@ from service.store.crypto import (
     open_vector,
     seal_vector,
 )
+from service.store.tables import (
+    UTCDateTime,
+    consent_table,
+    customer_table,
+    event_table,
+    template_table,
+)
 
 log = logging.getLogger(__name__)
 
 ACTIVE = "ACTIVE"
 MAX_PAGE_SIZE = 1000
-_SQLITE_BUSY_TIMEOUT_S = 30
-_WRITE = "faceguard_write"  # execution option marking write transactions (BEGIN IMMEDIATE)
 _IN_CHUNK = 500  # ids per IN (...) list, well under every driver's bound-parameter limit
 
 
@@ -82,113 +72,6 @@ class CustomerExists(GalleryError):
 class CustomerNotFound(GalleryError):
     """An operation on a customer id that is not enrolled."""
 
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite itself stores naive text).
-
-    Aware values on the way in and out keep comparisons and the audit hash identical across
-    SQLite and PostgreSQL; a naive datetime is refused rather than guessed.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime; the gallery stores UTC-aware times only")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-# Stable constraint names keep later migrations identical on both backends.
-METADATA = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
-# Row ids: BIGINT on PostgreSQL; SQLite only autoincrements a column declared exactly INTEGER.
-ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
-_CUSTOMER_ID = String(128)
-
-customer_table = Table(
-    "customers",
-    METADATA,
-    Column("customer_id", _CUSTOMER_ID, primary_key=True),
-    Column("status", String(16), nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Column("updated_at", UTCDateTime(), nullable=False),
-)
-
-
-def sealed_template_columns() -> list[Column[Any]]:
-    """The columns of an encrypted template row, after its id and owner: customer templates
-    and watchlist templates are stored, sealed and rotated alike."""
-    return [
-        Column("key_id", String(64), nullable=False),
-        Column("ciphertext", LargeBinary(), nullable=False),
-        Column("model", String(128), nullable=False),
-        Column("quality", Float(), nullable=False),
-        Column("created_at", UTCDateTime(), nullable=False),
-    ]
-
-
-template_table = Table(
-    "templates",
-    METADATA,
-    Column("id", ROW_ID, primary_key=True, autoincrement=True),
-    Column(
-        "customer_id",
-        _CUSTOMER_ID,
-        ForeignKey("customers.customer_id"),
-        nullable=False,
-        index=True,
-    ),
-    *sealed_template_columns(),
-    sqlite_autoincrement=True,
-)
-consent_table = Table(
-    "consents",
-    METADATA,
-    Column("id", ROW_ID, primary_key=True, autoincrement=True),
-    Column(
-        "customer_id",
-        _CUSTOMER_ID,
-        ForeignKey("customers.customer_id"),
-        nullable=False,
-        index=True,
-    ),
-    Column("purpose", String(64), nullable=False),
-    Column("given_at", UTCDateTime(), nullable=False),
-    Column("channel", String(64), nullable=False),
-    Column("operator_id", String(128)),
-    Column("expires_at", UTCDateTime()),
-    Column("recorded_at", UTCDateTime(), nullable=False),
-    sqlite_autoincrement=True,
-)
-event_table = Table(
-    "events",
-    METADATA,
-    Column("id", ROW_ID, primary_key=True, autoincrement=True),
-    Column("event_id", String(36), nullable=False, unique=True),
-    Column("occurred_at", UTCDateTime(), nullable=False),
-    Column("type", String(32), nullable=False),
-    Column("customer_id", _CUSTOMER_ID, index=True),  # no FK: events outlive erasure
-    Column("device_id", String(128)),
-    Column("outcome", String(32), nullable=False),
-    Column("payload", Text(), nullable=False),
-    Column("prev_hash", String(64), nullable=False, unique=True),  # one successor: no forks
-    Column("hash", String(64), nullable=False),
-    sqlite_autoincrement=True,
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -285,9 +168,9 @@ class Store:
         store appends plain-hashed rows (tests, tools that only read)."""
         self._keyring = keyring
         self.chain_key = chain_key
-        self._engine = _create_engine(url)
+        self._engine = open_engine(url)
         self._writer = self._engine.execution_options(
-            **{_WRITE: True, audit.CHAIN_KEY_OPTION: chain_key}
+            **{WRITE: True, audit.CHAIN_KEY_OPTION: chain_key}
         )
         self._event_hooks: list[EventHook] = []
         self._reload_keyring: Callable[[], None] | None = None
@@ -710,54 +593,6 @@ def template_aad(customer_id: str, template_id: int) -> bytes:
     """The AAD that ties a ciphertext to its customer and row (ids hold no NUL characters)."""
     return b"faceguard/template/v1\0%s\0%d" % (customer_id.encode("utf-8"), template_id)
 
-
-def schema_engine(url: str) -> Engine:
-    """An engine whose transactions take the write lock (SQLite BEGIN IMMEDIATE), for schema
-    migrations run without the store's keys (`faceguard db upgrade`)."""
-    return _create_engine(url).execution_options(**{_WRITE: True})
-
-
-def _create_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True)
-    if backend != "sqlite":
-        raise ValueError(
-            f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://"
-        )
-    if parsed.database in (None, "", ":memory:") or "memory" in parsed.query.get("mode", ""):
-        raise ValueError("an in-memory SQLite gallery would vanish; give sqlite:///<file path>")
-    engine = create_engine(parsed, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
-    sa_event.listen(engine, "connect", _sqlite_on_connect)
-    sa_event.listen(engine, "begin", _sqlite_on_begin)
-    return engine
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    """Take transaction control from the sqlite3 driver and set the per-connection pragmas.
-
-    WAL lets readers run beside the single writer; synchronous=FULL makes each commit (and
-    its audit event) durable across power loss; secure_delete overwrites erased templates.
-    """
-    dbapi_connection.isolation_level = None  # the driver emits no BEGIN; _sqlite_on_begin does
-    cursor = dbapi_connection.cursor()
-    for pragma in (
-        "journal_mode=WAL",
-        "foreign_keys=ON",
-        f"busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}",
-        "synchronous=FULL",
-        "secure_delete=ON",
-    ):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
-
-
-def _sqlite_on_begin(conn: Connection) -> None:
-    """Writes take the database write lock up front (BEGIN IMMEDIATE): that serialises audit
-    appends and makes a busy writer wait for the busy timeout instead of failing on upgrade."""
-    immediate = conn.get_execution_options().get(_WRITE, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def _for_customer(event: NewEvent, customer_id: str) -> NewEvent:

@@ -31,7 +31,8 @@ from sqlalchemy import (
 
 from service.store import audit_chain as audit
 from service.store.audit_chain import NewEvent, check_text
-from service.store.customers import METADATA, Store, UTCDateTime, event_table
+from service.store.customers import Store
+from service.store.tables import METADATA, UTCDateTime, event_table
 
 log = logging.getLogger(__name__)
 

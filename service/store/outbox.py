@@ -32,7 +32,8 @@ from sqlalchemy import (
 
 from service.store import audit_chain as audit
 from service.store.audit_chain import NewEvent, check_text, plain_scalar
-from service.store.customers import METADATA, ROW_ID, Store, UTCDateTime, event_table
+from service.store.customers import Store
+from service.store.tables import METADATA, ROW_ID, UTCDateTime, event_table
 
 PENDING, DELIVERED, DEAD = "PENDING", "DELIVERED", "DEAD"
 

@@ -52,7 +52,8 @@ from sqlalchemy import (
 
 from service.store import audit_chain as audit
 from service.store.audit_chain import NewEvent
-from service.store.customers import METADATA, ROW_ID, Store, UTCDateTime, event_table
+from service.store.customers import Store
+from service.store.tables import METADATA, ROW_ID, UTCDateTime, event_table
 
 # Decisions whose DECLINE is a failed attempt.
 ATTEMPT_TYPES = ("VERIFY", "IDENTIFY")

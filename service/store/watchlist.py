@@ -31,15 +31,8 @@ from sqlalchemy import (
 from service.store import audit_chain as audit
 from service.store.audit_chain import NewEvent, check_text
 from service.store.crypto import open_vector, seal_vector
-from service.store.customers import (
-    METADATA,
-    ROW_ID,
-    NewTemplate,
-    Store,
-    UTCDateTime,
-    event_table,
-    sealed_template_columns,
-)
+from service.store.customers import NewTemplate, Store
+from service.store.tables import METADATA, ROW_ID, UTCDateTime, event_table, sealed_template_columns
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from service.config import Settings
-from service.store.customers import schema_engine
+from service.store.connection import schema_engine
 from service.store.durable import make_private
 from service.store.schema import migrate
 

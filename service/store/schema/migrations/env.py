@@ -14,7 +14,7 @@ def _target_metadata() -> MetaData:
     import service.store.outbox
     import service.store.velocity
     import service.store.watchlist  # noqa: F401
-    from service.store.customers import METADATA
+    from service.store.tables import METADATA
 
     return METADATA
 

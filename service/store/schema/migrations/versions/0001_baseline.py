@@ -11,7 +11,7 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
-from service.store.customers import UTCDateTime
+from service.store.tables import UTCDateTime
 
 revision = "0001_baseline"
 down_revision = None
