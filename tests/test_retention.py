@@ -106,7 +106,6 @@ def test_without_a_period_only_expired_consents_are_purged(store: Store) -> None
 
 def test_retention_command(store: Store, tmp_path: Path) -> None:
     outbox = Outbox(store)
-    store.on_event(outbox.record)
     enroll(store, "idle")
     outbox.settle(outbox.due(10), [], Backoff())  # the enrolment's callback is delivered
     time.sleep(1.1)

@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from service.store import audit_chain as audit
+from service.store import outbox, velocity
 from service.store.audit_chain import ChainReport, EventRecord, EventType, NewEvent, check_text
 from service.store.connection import WRITE, open_engine
 from service.store.crypto import (
@@ -58,9 +59,6 @@ MAX_PAGE_SIZE = 1000
 _IN_CHUNK = 500  # ids per IN (...) list, well under every driver's bound-parameter limit
 
 
-EventHook = Callable[[Connection, NewEvent], None]
-
-
 class GalleryError(Exception):
     """Base of the store's domain errors."""
 
@@ -71,7 +69,6 @@ class CustomerExists(GalleryError):
 
 class CustomerNotFound(GalleryError):
     """An operation on a customer id that is not enrolled."""
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,20 +169,17 @@ class Store:
         self._writer = self._engine.execution_options(
             **{WRITE: True, audit.CHAIN_KEY_OPTION: chain_key}
         )
-        self._event_hooks: list[EventHook] = []
+        # How long velocity attempt rows stay (the velocity rule's longest window, a day at least).
+        self.attempts_kept = velocity.KEEP
         self._reload_keyring: Callable[[], None] | None = None
-
-    def on_event(self, hook: EventHook) -> None:
-        """Run `hook(conn, event)` inside the transaction of every customer or decision event
-        (not key rotation), so what it writes (an outbox row) commits or vanishes with it."""
-        self._event_hooks.append(hook)
 
     def _append(
         self, conn: Connection, event: NewEvent, facts: dict[str, Any] | None = None
     ) -> str:
+        """Append a customer change's event and its outbox row (the fraud engine hears of
+        every enrolment, update and erasure) in the change's transaction."""
         event_id = audit.append(conn, event_table, event, facts)
-        for hook in self._event_hooks:
-            hook(conn, event)
+        outbox.enqueue(conn, event)
         return event_id
 
     def transaction(self) -> AbstractContextManager[Connection]:
@@ -315,9 +309,14 @@ class Store:
             log.warning("WAL checkpoint after an erasure was blocked by a reader")
 
     def record_event(self, event: NewEvent) -> str:
-        """Append an event that changes nothing else (a verify or identify decision)."""
+        """Record a decision (verify, identify, liveness, a refusal) in one transaction: its
+        audit event, its outbox row for the fraud engine and, for a declined attempt, its
+        velocity attempt row. All of them commit, or none does."""
         with self._writer.begin() as conn:
-            return self._append(conn, event)
+            event_id = audit.append(conn, event_table, event)
+            outbox.enqueue(conn, event)
+            velocity.record_attempt(conn, event, self.attempts_kept)
+        return event_id
 
     def rotate_keys(self, keyring: Keyring, batch: int = 1000) -> int:
         """Re-encrypt every template not under `keyring`'s active key; returns how many.
@@ -592,7 +591,6 @@ class Store:
 def template_aad(customer_id: str, template_id: int) -> bytes:
     """The AAD that ties a ciphertext to its customer and row (ids hold no NUL characters)."""
     return b"faceguard/template/v1\0%s\0%d" % (customer_id.encode("utf-8"), template_id)
-
 
 
 def _for_customer(event: NewEvent, customer_id: str) -> NewEvent:
