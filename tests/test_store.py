@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -168,6 +169,45 @@ def test_duplicate_enroll_raises_and_writes_nothing(store: Store, url: str) -> N
     after = {table.name: count(url, table) for table in TABLES}
     assert after == before
     assert len(store.templates_of("cust-1")) == 1
+    assert store.verify_chain().ok
+
+
+def test_concurrent_enrolments_of_one_id_leave_one_winner_and_customer_exists(
+    store: Store, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a has_customer check before enrolling cannot close: enrolments of one new id
+    at once. The primary key decides; every loser gets CustomerExists (its IntegrityError on
+    the insert, not an internal error) and leaves nothing behind."""
+    insert_templates = store._insert_templates
+
+    def held_open(*args: object) -> list[int]:
+        time.sleep(0.2)  # the winner's transaction stays open while the others insert
+        return insert_templates(*args)
+
+    monkeypatch.setattr(store, "_insert_templates", held_open)
+    workers = 4
+    start = threading.Barrier(workers)
+    results: list[object] = [None] * workers
+
+    def attempt(slot: int) -> None:
+        start.wait()
+        try:
+            results[slot] = enroll(store, "cust-race", slot + 1)
+        except Exception as exc:  # the test asserts which
+            results[slot] = exc
+
+    threads = [threading.Thread(target=attempt, args=(slot,)) for slot in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    winners = [result for result in results if isinstance(result, list)]
+    losers = [result for result in results if not isinstance(result, list)]
+    assert len(winners) == 1, results
+    assert len(losers) == workers - 1 and all(isinstance(r, CustomerExists) for r in losers)
+    assert [t.id for t in store.templates_of("cust-race")] == winners[0]
+    assert count(url, customer_table) == 1 and count(url, consent_table) == 1
+    assert [e.type for e in store.events_of("cust-race")] == ["ENROLL"]
     assert store.verify_chain().ok
 
 
