@@ -15,7 +15,7 @@ import postgres
 import pytest
 
 from faceguard.v1 import fraud_engine_pb2
-from service.retention import purge
+from service.app.retention import purge
 from service.risk.callback import FraudEngineClient, SigningKey, channel_for
 from service.risk.dispatcher import Dispatcher
 from service.risk.sink import Behaviour, sink_stats, start_sink, stored_event_ids

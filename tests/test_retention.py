@@ -21,10 +21,10 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
+from service.app.retention import CONSENT_EXPIRED, EVENT_TYPE, INACTIVE, due_for_purge, purge
 from service.assembly import KEYRING_FILE
 from service.config import AUDIT_KEY_FILE
 from service.gallery.gallery import Gallery
-from service.retention import CONSENT_EXPIRED, EVENT_TYPE, INACTIVE, due_for_purge, purge
 from service.store.audit_chain import ChainKey
 from service.store.crypto import generate_keyring
 from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store

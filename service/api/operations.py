@@ -16,11 +16,11 @@ from service.api.auth import AuthInterceptor
 from service.api.limits import LimitInterceptor
 from service.api.refusals import device_refusal_auditor
 from service.api.telemetry import TelemetryInterceptor
+from service.app.retention import PurgeSchedule, purge
 from service.calibration.admin import scheduled_proposal
 from service.config import Settings
 from service.engine import Engine
 from service.keys import KeyringReloader, key_file_path
-from service.retention import PurgeSchedule, purge
 from service.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
