@@ -22,6 +22,7 @@ import postgres
 import pytest
 from sqlalchemy import create_engine, delete, func, select, update
 
+from service.store import connection as connection_module
 from service.store import customers as store_module
 from service.store.audit_chain import InvalidEvent, NewEvent
 from service.store.crypto import Keyring, KeyringError, TamperedError, generate_keyring
@@ -526,3 +527,15 @@ def test_concurrent_enrolment_keeps_one_valid_chain(store: Store) -> None:
     ids = store.template_ids()
     assert len(ids) == 80 and len(set(ids.tolist())) == 80
     assert len(store.list_customers(page_size=100)[0]) == 80
+
+
+def test_an_empty_database_is_not_taken_for_a_faceguard_one(tmp_path: Path, keyring: Keyring):
+    """`faceguard audit verify|checkpoint` read only an existing store: a SQLite file that
+    does not exist, or a database without the events table, is named as such."""
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    assert connection_module.sqlite_file(url) == tmp_path / "other.db"
+    assert connection_module.sqlite_file("postgresql+psycopg://h/db") is None
+    with Store(url, keyring) as empty:
+        assert not empty.has_audit_events()
+        empty.create_schema()
+        assert empty.has_audit_events()

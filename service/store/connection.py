@@ -3,6 +3,7 @@ lock up front) or PostgreSQL."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, make_url
@@ -10,6 +11,12 @@ from sqlalchemy import event as sa_event
 
 SQLITE_BUSY_TIMEOUT_S = 30
 WRITE = "faceguard_write"  # execution option marking write transactions (BEGIN IMMEDIATE)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file a SQLite URL names; None for another backend."""
+    parsed = make_url(url)
+    return Path(parsed.database or "") if parsed.get_backend_name() == "sqlite" else None
 
 
 def schema_engine(url: str) -> Engine:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
     literal,
     select,
     update,
@@ -553,6 +554,12 @@ class Store:
             return audit.find_events(
                 conn, event_table, customer_id, device_id, since, until, after, limit
             )
+
+    def has_audit_events(self) -> bool:
+        """Whether the database holds the audit events table: a faceguard database, not an
+        empty or foreign one (checked before reading a store that should already exist)."""
+        with self._engine.connect() as conn:
+            return inspect(conn).has_table(event_table.name)
 
     def verify_chain(self) -> ChainReport:
         """Check the whole audit chain; see `audit.verify`."""
