@@ -24,7 +24,6 @@ from service.config import Settings, load_settings
 from service.store import checkpoints
 from service.store.connection import sqlite_file
 from service.store.customers import Store
-from service.store.tables import event_table
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ def _existing_store(settings: Settings) -> tuple[Store | None, str]:
     store = Store(storage.url(), keyring_for(settings), audit_key_for(settings, False))
     if not store.has_audit_events():
         store.close()
-        return None, f"no {event_table.name} table: not a faceguard database"
+        return None, "no events table: not a faceguard database"
     return store, ""
 
 
