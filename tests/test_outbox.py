@@ -111,6 +111,19 @@ def test_a_declined_attempt_is_event_outbox_row_and_velocity_row_in_one_transact
     assert velocity.facts("bob", "k9").device.count == 1
 
 
+def test_backlog_is_the_pending_rows_and_the_oldest_one(store: Store, outbox: Outbox) -> None:
+    """What the metrics endpoint reports as the callback queue (api/operations.outbox_stats)."""
+    assert outbox.backlog() == (0, None)
+    before = datetime.now(UTC)
+    first = decide(store, "alice")
+    decide(store, "bob")
+    depth, oldest = outbox.backlog()
+    assert depth == 2 and before <= oldest <= datetime.now(UTC)
+    assert oldest == outbox.get(first).created_at
+    outbox.settle(outbox.due(10), [], FAST)
+    assert outbox.backlog() == (0, None)
+
+
 def test_due_yields_only_the_head_of_each_customer(store: Store, outbox: Outbox) -> None:
     a1, b1, a2 = decide(store, "alice"), decide(store, "bob"), decide(store, "alice")
     assert [i.event_id for i in outbox.due(10)] == [a1, b1]
