@@ -8,14 +8,14 @@ from pathlib import Path
 from service.calibration.live import live_calibration
 from service.config import Settings, SettingsError, operating_threshold
 from service.engine import Engine, Policy
-from service.gallery.audit import ChainKey, ChainKeyError
-from service.gallery.checkpoints import Checkpointer
-from service.gallery.crypto import Keyring, KeyringError, generate_keyring, load_keyring
-from service.gallery.durable import make_private
 from service.gallery.gallery import Gallery
-from service.gallery.store import Store
 from service.modelpack.manifest import load_manifest
 from service.risk.runtime import build_risk
+from service.store.audit_chain import ChainKey, ChainKeyError
+from service.store.checkpoints import Checkpointer
+from service.store.crypto import Keyring, KeyringError, generate_keyring, load_keyring
+from service.store.customers import Store
+from service.store.durable import make_private
 from service.vision.pipeline import FacePipeline
 from service.vision_processes import (
     InProcessVision,

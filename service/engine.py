@@ -30,7 +30,7 @@ from service.errors import (
     Unprocessable,
 )
 from service.gallery.gallery import Gallery
-from service.gallery.store import ConsentRecord, CustomerRecord, NewEvent, NewTemplate
+from service.store.customers import ConsentRecord, CustomerRecord, NewEvent, NewTemplate
 from service.vision.decode import DecodeReason
 from service.vision.subject import ImageRejected
 from service.vision.types import FaceAnalysis

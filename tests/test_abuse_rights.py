@@ -38,8 +38,10 @@ from service.api.server import Running, start
 from service.assembly import keyring_for, open_store
 from service.cli.certs import DEV_CLIENTS, ClientSpec, write_dev_pki
 from service.config import SettingsError
-from service.gallery.audit import ChainKey, NewEvent
-from service.gallery.store import Store, event_table
+from service.store import audit_chain
+from service.store.audit_chain import ChainKey, NewEvent
+from service.store.customers import Store
+from service.store.tables import event_table
 from tests.service_helpers import (
     FACEGUARD,
     image,
@@ -380,11 +382,13 @@ def test_editing_a_row_and_rechaining_is_detected(chain: Path) -> None:
         with s.transaction() as conn:
             rows = conn.execute(select(event_table).where(event_table.c.id >= 6)).all()
             conn.execute(delete(event_table).where(event_table.c.id >= 6))
-        for row in rows:
+        for row in rows:  # re-appended as the chain code would, outbox rows left alone
             edited = "DECLINE" if row.id == 6 else row.outcome
-            s.record_event(NewEvent(row.type, edited, device_id=row.device_id,
-                                    customer_id=row.customer_id, event_id=row.event_id,
-                                    payload=json.loads(row.payload)))  # fmt: skip
+            with s.transaction() as conn:
+                audit_chain.append(conn, event_table, NewEvent(
+                    row.type, edited, device_id=row.device_id, customer_id=row.customer_id,
+                    event_id=row.event_id, payload=json.loads(row.payload),
+                ))  # fmt: skip
     code, report = audit_cli("verify", "--json", "--data-dir", str(chain))
     assert code == 1 and report["first_broken_row"] >= 6
     assert "audit key" in report["reason"], report

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from service.calibration import store as calibrations
-from service.calibration.gallery import sample_gallery
-from service.calibration.store import (
+from service.errors import NotFound, Unprocessable
+from service.store import calibrations
+from service.store.audit_chain import NewEvent
+from service.store.calibrations import (
     APPLIED,
     PROPOSED,
     REJECTED,
@@ -19,9 +20,8 @@ from service.calibration.store import (
     NewProposal,
     TargetCalibration,
 )
-from service.errors import NotFound, Unprocessable
-from service.gallery.audit import NewEvent
-from service.gallery.store import ConsentRecord, Store
+from service.store.customers import ConsentRecord, Store
+from service.store.gallery_sample import sample_gallery
 from tests.test_store import (  # noqa: F401 (keyring, store, url: on SQLite, then PostgreSQL)
     MODEL,
     consent,

@@ -86,7 +86,7 @@ def test_the_wire_event_carries_the_decision() -> None:
 
 def test_fraud_sink_command_verifies_stores_and_obeys_signals(tmp_path: Path) -> None:
     from service.risk.callback import load_signing_key, write_signing_key
-    from service.risk.outbox import OutboxItem
+    from service.store.outbox import OutboxItem
     from tests.service_helpers import FACEGUARD
     from tools.fraud_sink import sink_stats
 
@@ -125,9 +125,9 @@ def test_fraud_sink_command_verifies_stores_and_obeys_signals(tmp_path: Path) ->
 
 def test_callback_settings_are_checked_at_start(tmp_path: Path) -> None:
     from service.config import RiskSettings, SettingsError
-    from service.gallery.crypto import generate_keyring
-    from service.gallery.store import Store
     from service.risk.runtime import HMAC_KEY_FILE, build_risk
+    from service.store.crypto import generate_keyring
+    from service.store.customers import Store
 
     with Store(f"sqlite:///{tmp_path / 'g.db'}", generate_keyring()) as store:
         store.create_schema()

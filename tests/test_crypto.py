@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.gallery.crypto import (
+from service.store.crypto import (
     ENV_VAR,
     Keyring,
     KeyringError,
@@ -119,7 +119,7 @@ def test_readable_key_file_is_loaded_with_a_warning(tmp_path, caplog) -> None:
     path = tmp_path / "keys.json"
     path.write_text(KEYRING.to_json())
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="service.gallery.crypto"):
+    with caplog.at_level(logging.WARNING, logger="service.store.crypto"):
         assert Keyring.from_file(path).active == "k1"
     assert "chmod 600" in caplog.text
 

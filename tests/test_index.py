@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from service.gallery import index as index_module
-from service.gallery.crypto import SealedWriter, generate_keyring
 from service.gallery.index import IndexFileError, IndexOptions, VectorIndex
+from service.store.crypto import SealedWriter, generate_keyring
 from tools.bench.index import main as bench_main
 
 DIM = 192

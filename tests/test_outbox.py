@@ -15,14 +15,17 @@ import postgres
 import pytest
 
 from faceguard.v1 import fraud_engine_pb2
-from service.gallery.audit import InvalidEvent, NewEvent
-from service.gallery.crypto import generate_keyring
-from service.gallery.lists import CUSTOMER_BLOCKLIST, DEVICE_BLACKLIST, ListFacts, RiskLists
-from service.gallery.store import Store
-from service.retention import purge
+from service.app.retention import purge
 from service.risk.callback import FraudEngineClient, SigningKey, channel_for
 from service.risk.dispatcher import Dispatcher
-from service.risk.outbox import DEAD, DELIVERED, PENDING, Backoff, Outbox
+from service.store import outbox as outbox_module
+from service.store import velocity as velocity_module
+from service.store.audit_chain import InvalidEvent, NewEvent
+from service.store.crypto import generate_keyring
+from service.store.customers import Store
+from service.store.lists import CUSTOMER_BLOCKLIST, DEVICE_BLACKLIST, ListFacts, RiskLists
+from service.store.outbox import DEAD, DELIVERED, PENDING, Backoff, Outbox
+from service.store.velocity import Limits, Velocity
 from tests.service_helpers import free_port
 from tools.fraud_sink import Behaviour, sink_stats, start_sink, stored_event_ids
 
@@ -44,9 +47,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def outbox(store: Store) -> Outbox:
-    box = Outbox(store)
-    store.on_event(box.record)
-    return box
+    return Outbox(store)
 
 
 def decide(store: Store, customer: str, outcome: str = "APPROVE", device: str = "k1") -> str:
@@ -70,7 +71,9 @@ def drain(outbox: Outbox, timeout: float = 60) -> None:
     assert outbox.counts()[PENDING] == 0, outbox.counts()
 
 
-def test_event_and_outbox_row_commit_together(store: Store, outbox: Outbox) -> None:
+def test_event_and_outbox_row_commit_together(
+    store: Store, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
     event_id = decide(store, "alice")
     assert outbox.statuses([event_id]) == {event_id: PENDING}
     item = outbox.due(10)[0]
@@ -79,13 +82,46 @@ def test_event_and_outbox_row_commit_together(store: Store, outbox: Outbox) -> N
         store.record_event(NewEvent("VERIFY", "APPROVE", payload={"v": list(range(100))}))
     assert outbox.counts()[PENDING] == 1
 
-    def broken_hook(conn, event) -> None:
+    def broken_enqueue(conn, event) -> None:
         raise RuntimeError("outbox write failed")
 
-    store.on_event(broken_hook)
+    monkeypatch.setattr(outbox_module, "enqueue", broken_enqueue)
     with pytest.raises(RuntimeError):
         decide(store, "bob")
-    assert store.events_of("bob") == []  # the hook failing rolls the event back too
+    assert store.events_of("bob") == []  # the outbox row failing rolls the event back too
+
+
+def test_a_declined_attempt_is_event_outbox_row_and_velocity_row_in_one_transaction(
+    store: Store, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Store.record_event writes the three rows itself, in one transaction: a velocity row
+    that fails takes the event and its outbox row with it."""
+    velocity = Velocity(store, Limits(3, 60.0, 3, 60.0, 2, 60.0))
+    declined = decide(store, "alice", outcome="DECLINE", device="k9")
+    assert outbox.statuses([declined]) == {declined: PENDING}
+    assert velocity.facts("alice", "k9").device.count == 1
+
+    def broken_attempt(conn, event, keep) -> None:
+        raise RuntimeError("velocity write failed")
+
+    monkeypatch.setattr(velocity_module, "record_attempt", broken_attempt)
+    with pytest.raises(RuntimeError):
+        decide(store, "bob", outcome="DECLINE", device="k9")
+    assert store.events_of("bob") == [] and outbox.counts()[PENDING] == 1
+    assert velocity.facts("bob", "k9").device.count == 1
+
+
+def test_backlog_is_the_pending_rows_and_the_oldest_one(store: Store, outbox: Outbox) -> None:
+    """What the metrics endpoint reports as the callback queue (api/operations.outbox_stats)."""
+    assert outbox.backlog() == (0, None)
+    before = datetime.now(UTC)
+    first = decide(store, "alice")
+    decide(store, "bob")
+    depth, oldest = outbox.backlog()
+    assert depth == 2 and before <= oldest <= datetime.now(UTC)
+    assert oldest == outbox.get(first).created_at
+    outbox.settle(outbox.due(10), [], FAST)
+    assert outbox.backlog() == (0, None)
 
 
 def test_due_yields_only_the_head_of_each_customer(store: Store, outbox: Outbox) -> None:

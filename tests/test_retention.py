@@ -21,14 +21,14 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
+from service.app.retention import CONSENT_EXPIRED, EVENT_TYPE, INACTIVE, due_for_purge, purge
 from service.assembly import KEYRING_FILE
 from service.config import AUDIT_KEY_FILE
-from service.gallery.audit import ChainKey
-from service.gallery.crypto import generate_keyring
 from service.gallery.gallery import Gallery
-from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store
-from service.retention import CONSENT_EXPIRED, EVENT_TYPE, INACTIVE, due_for_purge, purge
-from service.risk.outbox import DELIVERED, Backoff, Outbox
+from service.store.audit_chain import ChainKey
+from service.store.crypto import generate_keyring
+from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
+from service.store.outbox import DELIVERED, Backoff, Outbox
 from tests import service_helpers
 from tests.service_helpers import FACEGUARD, image, people_with, service_settings
 
@@ -106,7 +106,6 @@ def test_without_a_period_only_expired_consents_are_purged(store: Store) -> None
 
 def test_retention_command(store: Store, tmp_path: Path) -> None:
     outbox = Outbox(store)
-    store.on_event(outbox.record)
     enroll(store, "idle")
     outbox.settle(outbox.due(10), [], Backoff())  # the enrolment's callback is delivered
     time.sleep(1.1)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from service.decision import APPROVE, DECLINE, REVIEW
-from service.gallery.lists import ListEntry, ListFacts
 from service.risk.policy import PolicyError, load_policy, parse_policy, stricter
 from service.risk.rules import RiskContext
-from service.risk.velocity import Failures, VelocityFacts
+from service.store.lists import ListEntry, ListFacts
+from service.store.velocity import Failures, VelocityFacts
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 POLICY = load_policy()

@@ -24,16 +24,18 @@ from service_helpers import service_settings
 from sqlalchemy import create_engine, insert, inspect, select, text
 
 # Every module with a table in METADATA, so create_all there makes all of today's tables.
-import service.calibration.store
-import service.gallery.lists
-import service.gallery.watchlist
-import service.risk.outbox
-import service.risk.velocity  # noqa: F401
+import service.store.calibrations
+import service.store.lists
+import service.store.outbox
+import service.store.velocity
+import service.store.watchlist  # noqa: F401
 from service.assembly import open_store
-from service.gallery.crypto import generate_keyring
-from service.gallery.store import METADATA, Store, customer_table, schema_engine
-from service.schema import migrate
-from service.schema.migrate import SchemaError
+from service.store.connection import schema_engine
+from service.store.crypto import generate_keyring
+from service.store.customers import Store
+from service.store.schema import migrate
+from service.store.schema.migrate import SchemaError
+from service.store.tables import METADATA, customer_table
 
 FACEGUARD = Path(sys.executable).with_name("faceguard")
 OLD_EVENT_INDEXES = {"ix_events_device_outcome_time", "ix_events_customer_outcome_time"}

@@ -21,8 +21,10 @@ from faceguard.v1 import enrollment_pb2, enrollment_pb2_grpc, risk_pb2, risk_pb2
 from service.api.server import Running, start
 from service.cli.keys import rotate
 from service.config import Settings
-from service.gallery import crypto
-from service.gallery.crypto import (
+from service.gallery.gallery import Gallery
+from service.gallery.index import IndexFileError, VectorIndex
+from service.store import crypto
+from service.store.crypto import (
     SEALED_MAGIC,
     SealedFileError,
     SealedWriter,
@@ -31,10 +33,9 @@ from service.gallery.crypto import (
     open_vector,
     sealed_key_id,
 )
-from service.gallery.gallery import Gallery
-from service.gallery.index import IndexFileError, VectorIndex
-from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store, template_table
-from service.gallery.watchlist import watchlist_aad, watchlist_template_table
+from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
+from service.store.tables import template_table
+from service.store.watchlist import watchlist_aad, watchlist_template_table
 from tests.service_helpers import consent, image, mtls_settings, people_with, tls_channel
 
 DIM = 192

@@ -20,11 +20,13 @@ from faceguard.v1 import (
 )
 from service.assembly import KEYRING_FILE
 from service.config import AUDIT_KEY_FILE
-from service.gallery.audit import ChainKey
-from service.gallery.crypto import Keyring, generate_keyring
-from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store, template_table
-from service.gallery.watchlist import Watchlist, rotate_watchlist_keys, watchlist_template_table
+from service.gallery.watchlist import Watchlist
+from service.store.audit_chain import ChainKey
+from service.store.crypto import Keyring, generate_keyring
+from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
 from service.store.key_reload import KeyringReloader
+from service.store.tables import template_table
+from service.store.watchlist import rotate_watchlist_keys, watchlist_template_table
 from tests.service_helpers import FACEGUARD, consent, image, people_with, service_settings
 
 DIM = 192

@@ -29,9 +29,9 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.server import Running, start
-from service.gallery.crypto import load_keyring
 from service.gallery.index import VectorIndex
-from service.gallery.store import Store
+from service.store.crypto import load_keyring
+from service.store.customers import Store
 from tests.service_helpers import (
     FACEGUARD,
     SMALL_FACE_ENV,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from service.gallery.crypto import generate_keyring
 from service.gallery.gallery import Gallery
-from service.gallery.store import Store
 from service.logs import text_handler
+from service.store.crypto import generate_keyring
+from service.store.customers import Store
 from tests.service_helpers import FACEGUARD
 
 

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,20 +22,18 @@ import postgres
 import pytest
 from sqlalchemy import create_engine, delete, func, select, update
 
-from service.gallery import store as store_module
-from service.gallery.audit import InvalidEvent, NewEvent
-from service.gallery.crypto import Keyring, KeyringError, TamperedError, generate_keyring
-from service.gallery.store import (
+from service.store import connection as connection_module
+from service.store import customers as store_module
+from service.store.audit_chain import InvalidEvent, NewEvent
+from service.store.crypto import Keyring, KeyringError, TamperedError, generate_keyring
+from service.store.customers import (
     ConsentRecord,
     CustomerExists,
     CustomerNotFound,
     NewTemplate,
     Store,
-    consent_table,
-    customer_table,
-    event_table,
-    template_table,
 )
+from service.store.tables import consent_table, customer_table, event_table, template_table
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "postgresql"]
@@ -174,6 +173,45 @@ def test_duplicate_enroll_raises_and_writes_nothing(store: Store, url: str) -> N
     assert store.verify_chain().ok
 
 
+def test_concurrent_enrolments_of_one_id_leave_one_winner_and_customer_exists(
+    store: Store, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a has_customer check before enrolling cannot close: enrolments of one new id
+    at once. The primary key decides; every loser gets CustomerExists (its IntegrityError on
+    the insert, not an internal error) and leaves nothing behind."""
+    insert_templates = store._insert_templates
+
+    def held_open(*args: object) -> list[int]:
+        time.sleep(0.2)  # the winner's transaction stays open while the others insert
+        return insert_templates(*args)
+
+    monkeypatch.setattr(store, "_insert_templates", held_open)
+    workers = 4
+    start = threading.Barrier(workers)
+    results: list[object] = [None] * workers
+
+    def attempt(slot: int) -> None:
+        start.wait()
+        try:
+            results[slot] = enroll(store, "cust-race", slot + 1)
+        except Exception as exc:  # the test asserts which
+            results[slot] = exc
+
+    threads = [threading.Thread(target=attempt, args=(slot,)) for slot in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    winners = [result for result in results if isinstance(result, list)]
+    losers = [result for result in results if not isinstance(result, list)]
+    assert len(winners) == 1, results
+    assert len(losers) == workers - 1 and all(isinstance(r, CustomerExists) for r in losers)
+    assert [t.id for t in store.templates_of("cust-race")] == winners[0]
+    assert count(url, customer_table) == 1 and count(url, consent_table) == 1
+    assert [e.type for e in store.events_of("cust-race")] == ["ENROLL"]
+    assert store.verify_chain().ok
+
+
 def test_add_and_replace_templates(store: Store) -> None:
     first = enroll(store, "cust-1", 1)
     created = store.get_customer("cust-1").updated_at
@@ -257,10 +295,10 @@ CRASH_SCRIPT = """
 import os, sys
 from datetime import UTC, datetime
 import numpy as np
-from service.gallery import store as store_module
-from service.gallery.audit import NewEvent
-from service.gallery.crypto import Keyring
-from service.gallery.store import ConsentRecord, NewTemplate, Store
+from service.store import customers as store_module
+from service.store.audit_chain import NewEvent
+from service.store.crypto import Keyring
+from service.store.customers import ConsentRecord, NewTemplate, Store
 
 store = Store(sys.argv[1], Keyring.from_env())
 real_seal, calls = store_module.seal_vector, []
@@ -489,3 +527,15 @@ def test_concurrent_enrolment_keeps_one_valid_chain(store: Store) -> None:
     ids = store.template_ids()
     assert len(ids) == 80 and len(set(ids.tolist())) == 80
     assert len(store.list_customers(page_size=100)[0]) == 80
+
+
+def test_an_empty_database_is_not_taken_for_a_faceguard_one(tmp_path: Path, keyring: Keyring):
+    """`faceguard audit verify|checkpoint` read only an existing store: a SQLite file that
+    does not exist, or a database without the events table, is named as such."""
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    assert connection_module.sqlite_file(url) == tmp_path / "other.db"
+    assert connection_module.sqlite_file("postgresql+psycopg://h/db") is None
+    with Store(url, keyring) as empty:
+        assert not empty.has_audit_events()
+        empty.create_schema()
+        assert empty.has_audit_events()

@@ -12,10 +12,10 @@ from service.api.errors import mapped
 from service.api.messages import timestamp
 from service.api.servicers import UsesEngine
 from service.calibration.admin import CalibrationAdmin
-from service.calibration.store import CalibrationRecord
 from service.config import CalibrationSettings
 from service.engine import Engine
 from service.errors import InvalidInput
+from service.store.calibrations import CalibrationRecord
 
 _VERDICTS = {calibration_pb2.CALIBRATION_APPROVE: True, calibration_pb2.CALIBRATION_REJECT: False}
 

@@ -11,7 +11,7 @@ from faceguard.v1 import common_pb2, enrollment_pb2
 from service.decision import Decision, LivenessReport, RuleResult
 from service.engine import Consent
 from service.errors import InvalidInput
-from service.gallery.store import CustomerRecord
+from service.store.customers import CustomerRecord
 
 # How far a client's clock may be from the server's: times a client states (a consent given,
 # a frame captured) further in the future, or a frame further in the past, are refused.

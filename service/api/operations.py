@@ -10,21 +10,19 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import grpc
-from sqlalchemy import func, select
 
 from service import metrics
 from service.api.auth import AuthInterceptor
 from service.api.limits import LimitInterceptor
 from service.api.refusals import device_refusal_auditor
 from service.api.telemetry import TelemetryInterceptor
+from service.app.retention import PurgeSchedule, purge
 from service.assembly import key_file_path
 from service.calibration.admin import scheduled_proposal
 from service.config import Settings
 from service.engine import Engine
-from service.gallery.store import Store
-from service.retention import PurgeSchedule, purge
-from service.risk.outbox import PENDING, outbox_table
 from service.store.key_reload import KeyringReloader
+from service.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +47,11 @@ def interceptors(
     return [TelemetryInterceptor(), AuthInterceptor(development, refused=refused), limits]
 
 
-def outbox_stats(store: Store) -> metrics.OutboxStats:
-    """Pending callbacks and the age of the oldest, read from the risk outbox's table."""
-    query = select(func.count(), func.min(outbox_table.c.created_at)).where(
-        outbox_table.c.status == PENDING
-    )
-    with store.connect() as conn:
-        depth, oldest = conn.execute(query).one()
+def outbox_stats(outbox: Outbox) -> metrics.OutboxStats:
+    """Pending callbacks and the age of the oldest, read from the risk outbox."""
+    depth, oldest = outbox.backlog()
     age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
-    return metrics.OutboxStats(int(depth), max(0.0, age))
+    return metrics.OutboxStats(depth, max(0.0, age))
 
 
 class Operations:
@@ -88,7 +82,7 @@ class Operations:
         engine.vision.instrument(metrics.observe_stage)
         metrics.record_models(engine.vision.model_versions)
         if engine.risk is not None:
-            self.collector.outbox = functools.partial(outbox_stats, engine.risk.outbox.store)
+            self.collector.outbox = functools.partial(outbox_stats, engine.risk.outbox)
         key_file = key_file_path(self.settings)
         if key_file is not None:
             reloader = KeyringReloader(engine.gallery.store, key_file)

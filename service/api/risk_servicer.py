@@ -11,10 +11,10 @@ from service.api.errors import mapped
 from service.api.messages import datetime_from, timestamp
 from service.api.servicers import UsesEngine
 from service.errors import InvalidInput
-from service.gallery.lists import ListEntry
-from service.gallery.watchlist import WatchlistEntry
 from service.risk.admin import RiskAdmin
-from service.risk.velocity import Lockout
+from service.store.lists import ListEntry
+from service.store.velocity import Lockout
+from service.store.watchlist import WatchlistEntry
 
 
 def _list_name(value: int) -> str:

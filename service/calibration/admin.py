@@ -17,7 +17,6 @@ import threading
 from dataclasses import dataclass
 
 from service import metrics
-from service.calibration import store as calibrations
 from service.calibration.estimate import (
     ImpostorSample,
     ThresholdProposal,
@@ -25,8 +24,12 @@ from service.calibration.estimate import (
     propose_thresholds,
     sample_impostor_scores,
 )
-from service.calibration.gallery import sample_gallery
-from service.calibration.store import (
+from service.config import CalibrationSettings
+from service.engine import Engine, require_text
+from service.errors import FaceguardError, InvalidInput, TooLarge, Unavailable, Unprocessable
+from service.store import calibrations
+from service.store.audit_chain import NewEvent
+from service.store.calibrations import (
     APPLIED,
     PROPOSED,
     REJECTED,
@@ -34,10 +37,7 @@ from service.calibration.store import (
     NewProposal,
     TargetCalibration,
 )
-from service.config import CalibrationSettings
-from service.engine import Engine, require_text
-from service.errors import FaceguardError, InvalidInput, TooLarge, Unavailable, Unprocessable
-from service.gallery.audit import NewEvent
+from service.store.gallery_sample import sample_gallery
 
 log = logging.getLogger(__name__)
 

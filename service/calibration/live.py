@@ -14,9 +14,9 @@ import json
 import logging
 from dataclasses import dataclass
 
-from service.calibration import store as calibrations
-from service.gallery.store import Store
 from service.modelpack.manifest import Manifest
+from service.store import calibrations
+from service.store.customers import Store
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import inspect, make_url
 
 from service.assembly import audit_key_for, keyring_for
 from service.config import Settings, load_settings
-from service.gallery import checkpoints
-from service.gallery.store import Store, event_table
+from service.store import checkpoints
+from service.store.connection import sqlite_file
+from service.store.customers import Store
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +85,16 @@ def _existing_store(settings: Settings) -> tuple[Store | None, str]:
     """The service's store as it is, or why there is none: both commands only read what is
     there (opening a missing database would make an empty one, and ./data, and ask for a key)."""
     storage = settings.storage
-    url = make_url(storage.url())
-    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+    database = sqlite_file(storage.url())
+    if database is not None and not database.is_file():
         return None, (
-            f"no faceguard database at {url.database}: give the service's data directory with "
+            f"no faceguard database at {database}: give the service's data directory with "
             "--data-dir (or storage.data_dir / storage.database_url in --config)"
         )
     store = Store(storage.url(), keyring_for(settings), audit_key_for(settings, False))
-    with store.connect() as conn:
-        if not inspect(conn).has_table(event_table.name):
-            store.close()
-            return None, f"no {event_table.name} table: not a faceguard database"
+    if not store.has_audit_events():
+        store.close()
+        return None, "no events table: not a faceguard database"
     return store, ""
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from service.assembly import INDEX_FILE, key_file_path, open_store
 from service.config import Settings, SettingsError
-from service.gallery.crypto import Keyring, reseal
 from service.gallery.index import SNAPSHOT_PURPOSE
-from service.gallery.watchlist import rotate_watchlist_keys
+from service.store.crypto import Keyring, reseal
+from service.store.watchlist import rotate_watchlist_keys
 
 log = logging.getLogger(__name__)
 

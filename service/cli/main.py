@@ -141,8 +141,8 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _retention(args: argparse.Namespace) -> int:
+    from service.app.retention import run_retention
     from service.assembly import open_store
-    from service.retention import run_retention
 
     settings = _settings_for_store(args)
     days = args.inactive_days if args.inactive_days is not None else settings.privacy.inactive_days
@@ -151,7 +151,7 @@ def _retention(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from service.schema.commands import run_db
+    from service.store.schema.commands import run_db
 
     return run_db(_settings_for_store(args), args.db_command)
 

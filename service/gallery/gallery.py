@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.gallery.durable import fsync_dir
 from service.gallery.index import IndexFileError, VectorIndex
-from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store
+from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
+from service.store.durable import fsync_dir
 
 # Erasures within this long of each other share one fresh snapshot: a purge of many customers
 # writes a few snapshots, not one per customer (the files never hold an erased template

@@ -36,12 +36,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from service.gallery.crypto import Keyring, KeyringError, SealedWriter, open_sealed, write_sealed
+from service.store.crypto import Keyring, KeyringError, SealedWriter, open_sealed, write_sealed
 
 log = logging.getLogger(__name__)
 
 # A snapshot is the faiss index (two for "ivfpq", one after the other), sealed with the template
-# keyring (`service.gallery.crypto.SealedWriter`): it holds every template, so it is encrypted
+# keyring (`service.store.crypto.SealedWriter`): it holds every template, so it is encrypted
 # like them, and AES-GCM's tags refuse a truncated or altered file instead of loading wrong
 # vectors. An older unsealed snapshot is refused, so the caller rebuilds it from the store.
 SNAPSHOT_PURPOSE = b"faceguard vector index snapshot"

@@ -1,96 +1,25 @@
-"""The fraud watchlist: known fraudsters' faces, searched 1:N on every decision.
+"""The fraud watchlist's in-memory index, searched 1:N on every decision.
 
-Kept apart from customers on purpose: a watchlist entry is not a customer (it has a label and a
-case, no consent record, no customer id), and its templates live in their own tables and their
-own vector index, so a watchlist hit can never be mistaken for a customer match. Templates are
-encrypted like customer templates (AES-GCM under the store's keyring, the row id in the AAD).
-Watchlists are small, so the index is an in-memory one rebuilt from the store at start, exact
-(a flat scan) up to `EXACT_LIMIT` entries, where the customer gallery already turns approximate:
-a missed fraudster costs more than the scan. The store stays the source of truth.
+Kept apart from the customer gallery on purpose: a watchlist hit can never be mistaken for a
+customer match. Watchlists are small, so the index is an in-memory one rebuilt from the store
+at start, exact (a flat scan) up to `EXACT_LIMIT` entries, where the customer gallery already
+turns approximate: a missed fraudster costs more than the scan. The store
+(`service.store.watchlist`) stays the source of truth; each change commits there first.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
-from sqlalchemy import (
-    Column,
-    ForeignKey,
-    String,
-    Table,
-    delete,
-    func,
-    insert,
-    select,
-    update,
-)
 
-from service.gallery import audit
-from service.gallery.audit import NewEvent, check_text
-from service.gallery.crypto import open_vector, seal_vector
 from service.gallery.index import IndexOptions, VectorIndex
-from service.gallery.store import (
-    METADATA,
-    ROW_ID,
-    NewTemplate,
-    Store,
-    UTCDateTime,
-    event_table,
-    sealed_template_columns,
-)
+from service.store import watchlist as rows
+from service.store.customers import NewTemplate, Store
+from service.store.watchlist import WatchlistEntry
 
 log = logging.getLogger(__name__)
-
-
-watchlist_entry_table = Table(
-    "watchlist_entries",
-    METADATA,
-    Column("entry_id", String(36), primary_key=True),
-    Column("label", String(128), nullable=False),
-    Column("reason", String(256), nullable=False),
-    Column("case_ref", String(128), nullable=False),
-    Column("operator_id", String(128), nullable=False),
-    Column("added_at", UTCDateTime(), nullable=False),
-    Column("event_id", String(36), nullable=False),
-)
-watchlist_template_table = Table(
-    "watchlist_templates",
-    METADATA,
-    # Never-reused ids, as for customer templates: they double as the index's int64 ids.
-    Column("id", ROW_ID, primary_key=True, autoincrement=True),
-    Column(
-        "entry_id",
-        String(36),
-        ForeignKey("watchlist_entries.entry_id"),
-        nullable=False,
-        index=True,
-    ),
-    *sealed_template_columns(),
-    sqlite_autoincrement=True,
-)
-
-
-@dataclass(frozen=True)
-class WatchlistEntry:
-    entry_id: str
-    label: str
-    reason: str
-    case_ref: str
-    operator_id: str
-    added_at: datetime
-    event_id: str
-    template_count: int = 0
-
-
-def watchlist_aad(entry_id: str, template_id: int) -> bytes:
-    """Ties a watchlist ciphertext to its entry and row, distinct from customer templates."""
-    return b"faceguard/watchlist/v1\0%s\0%d" % (entry_id.encode("ascii"), template_id)
-
 
 # Exact search up to here (~19 ms a probe at 200k on 2 cores); approximate candidates with
 # exact scores beyond.
@@ -109,115 +38,41 @@ class Watchlist:
 
     def open(self) -> None:
         """Create the tables where missing and load the index from the store."""
-        with self.store.transaction() as conn:
-            watchlist_entry_table.create(conn, checkfirst=True)
-            watchlist_template_table.create(conn, checkfirst=True)
-        with self.store.connect() as conn:
-            rows = conn.execute(
-                select(watchlist_template_table).order_by(watchlist_template_table.c.id)
-            ).all()
-        ids = np.fromiter((row.id for row in rows), np.int64, len(rows))
-        vectors = [
-            open_vector(self.store.keyring, row.key_id, row.ciphertext,
-                        watchlist_aad(row.entry_id, row.id))
-            for row in rows
-        ]  # fmt: skip
+        rows.create_tables(self.store)
+        ids, vectors, owners = rows.load_templates(self.store)
         stacked = np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
         with self._lock:
             self.index.rebuild(ids, stacked)
-            self._owners = {int(row.id): row.entry_id for row in rows}
-        log.info("watchlist index loaded with %d templates", len(rows))
+            self._owners = dict(zip(ids.tolist(), owners, strict=True))
+        log.info("watchlist index loaded with %d templates", len(owners))
 
     def add(
         self, label: str, templates: list[NewTemplate], reason: str, case_ref: str,
         operator_id: str,
     ) -> WatchlistEntry:  # fmt: skip
         """Enrol a new watchlist entry with its templates; audited in the same transaction."""
-        check_text("label", label, 128)
-        check_text("reason", reason, 256)
-        check_text("case_ref", case_ref, 128)
-        check_text("operator_id", operator_id, 128)
-        entry_id = str(uuid.uuid4())
-        event = NewEvent(
-            type="WATCHLIST_ADD", outcome="OK",
-            payload={"entry_id": entry_id, "reason": reason, "case_ref": case_ref,
-                     "operator": operator_id, "templates": len(templates)},
-        )  # fmt: skip
-        now = datetime.now(UTC)
-        entry = WatchlistEntry(entry_id, label, reason, case_ref, operator_id, now, event.event_id,
-                               len(templates))  # fmt: skip
-        keyring = self.store.keyring
         with self._lock:
-            with self.store.transaction() as conn:
-                conn.execute(insert(watchlist_entry_table).values(
-                    entry_id=entry_id, label=label, reason=reason, case_ref=case_ref,
-                    operator_id=operator_id, added_at=now, event_id=event.event_id,
-                ))  # fmt: skip
-                ids = []
-                for template in templates:
-                    row_id = conn.execute(insert(watchlist_template_table).values(
-                        entry_id=entry_id, key_id=keyring.active, ciphertext=b"",
-                        model=template.model, quality=float(template.quality), created_at=now,
-                    )).inserted_primary_key[0]  # fmt: skip
-                    key_id, blob = seal_vector(
-                        keyring, template.vector, watchlist_aad(entry_id, row_id)
-                    )
-                    conn.execute(
-                        update(watchlist_template_table)
-                        .where(watchlist_template_table.c.id == row_id)
-                        .values(key_id=key_id, ciphertext=blob)
-                    )
-                    ids.append(int(row_id))
-                audit.append(conn, event_table, event)
+            entry, ids = rows.add_entry(self.store, label, templates, reason, case_ref, operator_id)
             self.index.add(np.asarray(ids, np.int64), np.stack([t.vector for t in templates]))
-            self._owners.update(dict.fromkeys(ids, entry_id))
+            self._owners.update(dict.fromkeys(ids, entry.entry_id))
         return entry
 
     def remove(self, entry_id: str, reason: str, operator_id: str) -> str | None:
         """Remove an entry and its templates; the audit event id, or None if unknown."""
-        check_text("operator_id", operator_id, 128)
-        event = NewEvent(
-            type="WATCHLIST_REMOVE", outcome="OK",
-            payload={"entry_id": entry_id, "reason": reason, "operator": operator_id},
-        )  # fmt: skip
         with self._lock:
-            with self.store.transaction() as conn:
-                ids = list(conn.execute(
-                    select(watchlist_template_table.c.id)
-                    .where(watchlist_template_table.c.entry_id == entry_id)
-                ).scalars())  # fmt: skip
-                conn.execute(delete(watchlist_template_table).where(
-                    watchlist_template_table.c.entry_id == entry_id))  # fmt: skip
-                gone = conn.execute(delete(watchlist_entry_table).where(
-                    watchlist_entry_table.c.entry_id == entry_id)).rowcount  # fmt: skip
-                if not gone:
-                    return None
-                audit.append(conn, event_table, event)
+            removed = rows.remove_entry(self.store, entry_id, reason, operator_id)
+            if removed is None:
+                return None
+            event_id, ids = removed
             self.index.remove(np.asarray(ids, np.int64))  # in memory only: no snapshot
             for template_id in ids:
                 self._owners.pop(template_id, None)
         self.store.scrub_log()  # the removed rows' WAL frames leave the disk too
-        return event.event_id
+        return event_id
 
     def entries(self, page_size: int, after: str | None) -> tuple[list[WatchlistEntry], str | None]:
         """One page in entry id order with template counts, and the next page's cursor."""
-        counts = (
-            select(watchlist_template_table.c.entry_id, func.count().label("n"))
-            .group_by(watchlist_template_table.c.entry_id)
-            .subquery()
-        )
-        query = (
-            select(watchlist_entry_table, func.coalesce(counts.c.n, 0).label("template_count"))
-            .outerjoin(counts, counts.c.entry_id == watchlist_entry_table.c.entry_id)
-            .order_by(watchlist_entry_table.c.entry_id)
-            .limit(page_size + 1)
-        )
-        if after:
-            query = query.where(watchlist_entry_table.c.entry_id > after)
-        with self.store.connect() as conn:
-            rows = conn.execute(query).all()
-        page = [WatchlistEntry(**row._mapping) for row in rows[:page_size]]
-        return page, page[-1].entry_id if len(rows) > page_size else None
+        return rows.entries(self.store, page_size, after)
 
     def best_hit(self, vector: np.ndarray) -> tuple[str, float] | None:
         """The closest watchlist entry and its cosine, or None when the watchlist is empty."""
@@ -227,11 +82,3 @@ class Watchlist:
         template_id, score = hits[0]
         entry_id = self._owners.get(template_id)
         return (entry_id, score) if entry_id is not None else None
-
-
-def rotate_watchlist_keys(store: Store, batch: int = 1000) -> int:
-    """Re-encrypt watchlist templates not under the store's active key; returns how many.
-
-    Runs after `Store.rotate_keys` switched the store to the new keyring.
-    """
-    return store.reseal(watchlist_template_table, "entry_id", watchlist_aad, batch)

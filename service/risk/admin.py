@@ -6,21 +6,18 @@ through the same face pipeline and quality gate as customer enrolment.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from service.engine import Engine, check_customer_id, require_text
 from service.errors import InvalidInput, NotFound, TooLarge
-from service.gallery.lists import LISTS, ListEntry
-from service.gallery.store import NewTemplate, event_table
-from service.gallery.watchlist import WatchlistEntry
-from service.risk.outbox import OutboxItem
 from service.risk.runtime import RiskRuntime
-from service.risk.velocity import Lockout, NotLocked
+from service.store.customers import NewTemplate
+from service.store.lists import LISTS, ListEntry
+from service.store.outbox import OutboxItem
+from service.store.velocity import Lockout, NotLocked
+from service.store.watchlist import WatchlistEntry
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
@@ -118,19 +115,9 @@ class RiskAdmin:
         size = _page(page_size)
         if token and not token.isdigit():
             raise InvalidInput("INVALID_PAGE_TOKEN", "page_token is not one this service issued")
-        query = select(event_table).order_by(event_table.c.id).limit(size + 1)
-        if customer_id:
-            query = query.where(event_table.c.customer_id == customer_id)
-        if device_id:
-            query = query.where(event_table.c.device_id == device_id)
-        if since is not None:
-            query = query.where(event_table.c.occurred_at >= since)
-        if until is not None:
-            query = query.where(event_table.c.occurred_at < until)
-        if token:
-            query = query.where(event_table.c.id > int(token))
-        with self.risk.lists.store.connect() as conn:
-            rows = conn.execute(query).all()
+        rows = self.risk.lists.store.find_events(
+            customer_id, device_id, since, until, int(token or 0), size + 1
+        )
         page = rows[:size]
         statuses = self.risk.outbox.statuses([row.event_id for row in page])
         views = [
@@ -141,7 +128,7 @@ class RiskAdmin:
                 row.customer_id or "",
                 row.device_id or "",
                 row.outcome,
-                json.loads(row.payload),
+                row.payload,
                 statuses.get(row.event_id, ""),
             )
             for row in page

@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 import numpy as np
 
 from service.decision import Decision, RuleResult
-from service.gallery.lists import RiskLists
 from service.gallery.watchlist import Watchlist
 from service.risk.policy import RiskPolicy, stricter
 from service.risk.rules import RiskContext
-from service.risk.velocity import Velocity
+from service.store.lists import RiskLists
+from service.store.velocity import Velocity
 
 log = logging.getLogger(__name__)
 

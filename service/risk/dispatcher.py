@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from service.risk.outbox import Backoff, Outbox, OutboxItem
+from service.store.outbox import Backoff, Outbox, OutboxItem
 
 log = logging.getLogger(__name__)
 

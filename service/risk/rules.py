@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from service.decision import RuleResult
-from service.gallery.lists import ListFacts
-from service.risk.velocity import Limits, VelocityFacts
+from service.store.lists import ListFacts
+from service.store.velocity import Limits, VelocityFacts
 
 ENROLMENT_KINDS = ("ENROLL", "UPDATE_TEMPLATES")
 
@@ -88,7 +88,7 @@ def duplicate_identity(ctx: RiskContext, p: Params) -> Verdict:
 
 def velocity(ctx: RiskContext, p: Params) -> Verdict:
     """Locked out: the device, the customer at this device, or the customer everywhere (only
-    on non-matching faces from several devices; see `service.risk.velocity`)."""
+    on non-matching faces from several devices; see `service.store.velocity`)."""
     lim, facts, now = Limits.of(p), ctx.velocity, ctx.now
     device = facts.device.locked_for(lim.device_failures, now, lim.cooldown_s)
     here = facts.customer_here.locked_for(lim.customer_failures, now, lim.cooldown_s)

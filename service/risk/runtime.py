@@ -1,8 +1,8 @@
 """The risk parts of one running service, built from settings: checks, lists, outbox, delivery.
 
-Registering the outbox as a store event hook happens here, before the engine serves a single
-call, so no decision is ever recorded without its outbox row. The gRPC client (and so grpc) is
-only loaded when a fraud engine is configured.
+The store writes each decision's outbox and velocity rows in the transaction of its audit
+event (`Store.record_event`); the velocity rule's windows set how long attempt rows stay. The
+gRPC client (and so grpc) is only loaded when a fraud engine is configured.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.config import RiskSettings, SettingsError
-from service.gallery.checkpoints import Checkpointer
-from service.gallery.lists import RiskLists
-from service.gallery.store import Store
 from service.gallery.watchlist import Watchlist
 from service.risk.checks import RiskChecks
 from service.risk.dispatcher import Dispatcher
-from service.risk.outbox import Backoff, Outbox
 from service.risk.policy import PolicyError, load_policy
-from service.risk.velocity import Limits, Velocity
+from service.store.checkpoints import Checkpointer
+from service.store.customers import Store
+from service.store.lists import RiskLists
+from service.store.outbox import Backoff, Outbox
+from service.store.velocity import Limits, Velocity
 
 if TYPE_CHECKING:
     from service.risk.callback import FraudEngineClient
@@ -90,8 +90,7 @@ def build_risk(
     rule = policy.setting("velocity")
     velocity = Velocity(store, Limits.of(rule.params) if rule else None)
     watchlist.open()
-    store.on_event(outbox.record)
-    store.on_event(velocity.record)
+    store.attempts_kept = velocity.keep
     client = None
     if settings.callback_target:
         from service.risk.callback import (

@@ -12,8 +12,8 @@ import logging
 import threading
 from pathlib import Path
 
-from service.gallery.crypto import Keyring, KeyringError
-from service.gallery.store import Store
+from service.store.crypto import Keyring, KeyringError
+from service.store.customers import Store
 
 log = logging.getLogger(__name__)
 

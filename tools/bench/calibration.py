@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from service.gallery.gallery import Gallery
-from service.gallery.store import ConsentRecord, NewEvent, NewTemplate
+from service.store.customers import ConsentRecord, NewEvent, NewTemplate
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from service.gallery.crypto import generate_keyring
 from service.gallery.index import IndexOptions, VectorIndex
+from service.store.crypto import generate_keyring
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Every create is `if_not_exists` so that a database made by create_all before migrations
 existed, with only some of these tables (a tool that imported fewer modules), is completed
-rather than refused; see `service.schema.migrate.adopt_legacy`.
+rather than refused; see `service.store.schema.migrate.adopt_legacy`.
 
 Revision ID: 0001_baseline
 Revises:
@@ -11,7 +11,7 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
-from service.gallery.store import UTCDateTime
+from service.store.tables import UTCDateTime
 
 revision = "0001_baseline"
 down_revision = None

@@ -10,7 +10,7 @@ row's hash is `HMAC-SHA256(audit key, prev_hash + canonical JSON)`, with the key
 the database (`ChainKey`, a file beside the template keyring). Rows before that marker keep
 their plain hash (existing chains stay verifiable); the first keyed row links to them, so
 rewriting them breaks it too. Deleting the newest rows leaves a shorter intact chain: signed
-checkpoints of the head, shipped out of the database (`service.gallery.checkpoints`), catch
+checkpoints of the head, shipped out of the database (`service.store.checkpoints`), catch
 that, and a tail rewritten back to plain hashes.
 
 Appends are serialised so the chain never forks: the `Store` opens SQLite write transactions
@@ -352,6 +352,30 @@ def _key_problem(row: RowMapping, key: ChainKey | None) -> str | None:
 def events_of(conn: Connection, events: Table, customer_id: str) -> list[EventRecord]:
     """A customer's events in chain order (they outlive the customer's erasure)."""
     query = select(events).where(events.c.customer_id == customer_id).order_by(events.c.id)
+    return [_record(row) for row in conn.execute(query).mappings()]
+
+
+def find_events(
+    conn: Connection,
+    events: Table,
+    customer_id: str | None,
+    device_id: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    after: int,
+    limit: int,
+) -> list[EventRecord]:
+    """Up to `limit` events in chain order after chain id `after`, for the given customer,
+    device and time range [since, until) (None: any)."""
+    query = select(events).where(events.c.id > after).order_by(events.c.id).limit(limit)
+    if customer_id:
+        query = query.where(events.c.customer_id == customer_id)
+    if device_id:
+        query = query.where(events.c.device_id == device_id)
+    if since is not None:
+        query = query.where(events.c.occurred_at >= since)
+    if until is not None:
+        query = query.where(events.c.occurred_at < until)
     return [_record(row) for row in conn.execute(query).mappings()]
 
 

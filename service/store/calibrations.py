@@ -30,9 +30,10 @@ from sqlalchemy import (
 )
 
 from service.errors import NotFound, Unprocessable
-from service.gallery import audit
-from service.gallery.audit import NewEvent
-from service.gallery.store import METADATA, ROW_ID, Store, UTCDateTime, event_table
+from service.store import audit_chain as audit
+from service.store.audit_chain import NewEvent
+from service.store.customers import Store
+from service.store.tables import METADATA, ROW_ID, UTCDateTime, event_table
 
 PROPOSED, APPLIED, REJECTED, SUPERSEDED = "PROPOSED", "APPLIED", "REJECTED", "SUPERSEDED"
 VERSION_PREFIX = "gallery:"

@@ -21,18 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, literal, select
-
-from service.gallery.store import (
-    CustomerNotFound,
-    NewEvent,
-    Store,
-    UTCDateTime,
-    consent_table,
-    customer_table,
-    event_table,
-)
-from service.risk.outbox import Outbox
+from service.store.customers import CustomerNotFound, NewEvent, Store
+from service.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -59,39 +49,13 @@ class PurgeReport:
 
 def due_for_purge(store: Store, now: datetime, inactive_days: float | None) -> list[Due]:
     """Customers to purge now, in customer id order: expired consent first, then inactive."""
-    activity = (
-        select(
-            event_table.c.customer_id,
-            func.max(event_table.c.occurred_at, type_=UTCDateTime()).label("last"),
-        )
-        .where(event_table.c.customer_id.is_not(None), event_table.c.outcome != "DECLINE")
-        .group_by(event_table.c.customer_id)
-        .subquery()
-    )
-    newest_consent = (
-        select(func.max(consent_table.c.id)).group_by(consent_table.c.customer_id).scalar_subquery()
-    )
-    expired = select(consent_table.c.customer_id).where(
-        consent_table.c.id.in_(newest_consent),
-        consent_table.c.expires_at.is_not(None),
-        consent_table.c.expires_at <= literal(now, UTCDateTime()),
-    )
-    query = select(
-        customer_table.c.customer_id,
-        customer_table.c.updated_at,
-        activity.c.last,
-        customer_table.c.customer_id.in_(expired).label("expired"),
-    ).outerjoin(activity, activity.c.customer_id == customer_table.c.customer_id)
     cutoff = now - timedelta(days=inactive_days) if inactive_days is not None else None
-    with store.connect() as conn:
-        rows = conn.execute(query.order_by(customer_table.c.customer_id)).all()
     due = []
-    for row in rows:
-        last = max(row.updated_at, row.last) if row.last is not None else row.updated_at
-        if row.expired:
-            due.append(Due(row.customer_id, CONSENT_EXPIRED, last))
-        elif cutoff is not None and last < cutoff:
-            due.append(Due(row.customer_id, INACTIVE, last))
+    for customer in store.activity(now):
+        if customer.consent_expired:
+            due.append(Due(customer.customer_id, CONSENT_EXPIRED, customer.last_activity))
+        elif cutoff is not None and customer.last_activity < cutoff:
+            due.append(Due(customer.customer_id, INACTIVE, customer.last_activity))
     return due
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 
 from service.config import Settings
-from service.gallery.durable import make_private
-from service.gallery.store import schema_engine
-from service.schema import migrate
+from service.store.connection import schema_engine
+from service.store.durable import make_private
+from service.store.schema import migrate
 
 log = logging.getLogger(__name__)
 

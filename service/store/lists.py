@@ -29,9 +29,10 @@ from sqlalchemy import (
     update,
 )
 
-from service.gallery import audit
-from service.gallery.audit import NewEvent, check_text
-from service.gallery.store import METADATA, Store, UTCDateTime, event_table
+from service.store import audit_chain as audit
+from service.store.audit_chain import NewEvent, check_text
+from service.store.customers import Store
+from service.store.tables import METADATA, UTCDateTime, event_table
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from service.gallery.durable import fsync_dir
+from service.store.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 

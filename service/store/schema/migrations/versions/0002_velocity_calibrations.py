@@ -11,7 +11,7 @@ Revises: 0001_baseline
 import sqlalchemy as sa
 from alembic import op
 
-from service.gallery.store import UTCDateTime
+from service.store.tables import UTCDateTime
 
 revision = "0002_velocity_calibrations"
 down_revision = "0001_baseline"

@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 import numpy as np
 from sqlalchemy import func, or_, select
 
-from service.gallery.store import Store, consent_table, template_table
+from service.store.customers import Store
+from service.store.tables import consent_table, template_table
 
 log = logging.getLogger(__name__)
 

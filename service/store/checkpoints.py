@@ -27,9 +27,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from service.gallery import audit
-from service.gallery.audit import ChainKey
-from service.gallery.store import Store, event_table
+from service.store import audit_chain as audit
+from service.store.audit_chain import ChainKey
+from service.store.customers import Store
+from service.store.tables import event_table
 
 log = logging.getLogger(__name__)
 

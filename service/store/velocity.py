@@ -19,18 +19,17 @@ each until `cooldown_s` after the latest counted attempt. An admin lifts a locko
 reason (`RiskAdmin.LiftLockout`, audited with the operator's identity): the attempts it was
 built on stop counting, so the rule respects the lift at once.
 
-The attempts live in their own table, written by a store event hook in the transaction of the
-decision's audit event, so a recorded decision is always counted and the count never needs to
-parse event payloads.
+The attempts live in their own table, written by the store (`record_attempt`) in the
+transaction of the decision's audit event, so a recorded decision is always counted and the
+count never needs to parse event payloads.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
@@ -50,15 +49,18 @@ from sqlalchemy import (
     update,
 )
 
-from service.gallery import audit
-from service.gallery.audit import NewEvent
-from service.gallery.store import METADATA, ROW_ID, Store, UTCDateTime, event_table
+from service.store import audit_chain as audit
+from service.store.audit_chain import NewEvent
+from service.store.tables import METADATA, ROW_ID, UTCDateTime, event_table
+
+if TYPE_CHECKING:
+    from service.store.customers import Store
 
 # Decisions whose DECLINE is a failed attempt.
 ATTEMPT_TYPES = ("VERIFY", "IDENTIFY")
 LIFT_EVENT = "LOCKOUT_LIFT"
-# Attempts older than every window (and a day) are dropped every PRUNE_EVERY records; the
-# audit chain keeps the events themselves.
+# Attempts older than every window (and a day) are dropped with every PRUNE_EVERY-th attempt
+# row; the audit chain keeps the events themselves.
 KEEP = timedelta(days=1)
 PRUNE_EVERY = 1000
 DEVICE, CUSTOMER_AT_DEVICE, CUSTOMER = "DEVICE", "CUSTOMER_AT_DEVICE", "CUSTOMER"
@@ -154,6 +156,26 @@ def counts_against_customer(event: NewEvent) -> bool:
     )
 
 
+def record_attempt(conn: Connection, event: NewEvent, keep: timedelta) -> None:
+    """Count a declined attempt, in the transaction of its audit event (see `Store`); every
+    PRUNE_EVERY-th row also drops the attempts older than `keep`."""
+    if event.type not in ATTEMPT_TYPES or event.outcome != "DECLINE":
+        return
+    customer = event.customer_id if counts_against_customer(event) else None
+    if event.device_id is None and customer is None:
+        return  # counts against no one (an investigator's refused search): no row
+    now = datetime.now(UTC)
+    row_id = conn.execute(
+        insert(attempt_table).values(
+            event_id=event.event_id, occurred_at=now,
+            device_id=event.device_id, customer_id=customer,
+            device_lifted=False, customer_lifted=False,
+        )
+    ).inserted_primary_key[0]  # fmt: skip
+    if row_id % PRUNE_EVERY == 0:  # ids are never reused: one prune per PRUNE_EVERY attempts
+        conn.execute(delete(attempt_table).where(attempt_table.c.occurred_at < now - keep))
+
+
 def _counted_since(who: str, since: str, lifted: str) -> tuple[Any, ...]:
     """The conditions of one subject's attempts that still count: in the window, not lifted."""
     c = attempt_table.c
@@ -196,29 +218,8 @@ class Velocity:
     def __init__(self, store: Store, limits: Limits | None) -> None:
         self.store = store
         self.limits = limits
-        self._recorded = itertools.count(1)
         longest = max(limits.device_window_s, limits.customer_window_s) if limits else 0.0
-        self._keep = max(KEEP, timedelta(seconds=longest))
-
-    def record(self, conn: Connection, event: NewEvent) -> None:
-        """Store event hook: count a declined attempt, in the event's own transaction."""
-        if event.type not in ATTEMPT_TYPES or event.outcome != "DECLINE":
-            return
-        customer = event.customer_id if counts_against_customer(event) else None
-        if event.device_id is None and customer is None:
-            return  # counts against no one (an investigator's refused search): no row
-        now = datetime.now(UTC)
-        conn.execute(
-            insert(attempt_table).values(
-                event_id=event.event_id, occurred_at=now,
-                device_id=event.device_id, customer_id=customer,
-                device_lifted=False, customer_lifted=False,
-            )
-        )  # fmt: skip
-        if next(self._recorded) % PRUNE_EVERY == 0:
-            conn.execute(
-                delete(attempt_table).where(attempt_table.c.occurred_at < now - self._keep)
-            )
+        self.keep = max(KEEP, timedelta(seconds=longest))  # how long attempt rows must stay
 
     def facts(self, customer_id: str, device_id: str) -> VelocityFacts:
         """The counted failures of a device, of a customer at it, and of the customer."""

@@ -20,54 +20,44 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
-    DateTime,
-    Dialect,
-    Engine,
-    Float,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    MetaData,
     Row,
-    String,
     Table,
-    Text,
-    TypeDecorator,
     bindparam,
-    create_engine,
     delete,
     func,
     insert,
-    make_url,
+    inspect,
+    literal,
     select,
     update,
 )
-from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError
 
-from service.gallery import audit
-from service.gallery.audit import ChainReport, EventRecord, EventType, NewEvent, check_text
-from service.gallery.crypto import (
+from service.store import audit_chain as audit
+from service.store import outbox, velocity
+from service.store.audit_chain import ChainReport, EventRecord, EventType, NewEvent, check_text
+from service.store.connection import WRITE, open_engine
+from service.store.crypto import (
     Keyring,
     KeyringError,
     UnknownKeyError,
     open_vector,
     seal_vector,
 )
+from service.store.tables import (
+    UTCDateTime,
+    consent_table,
+    customer_table,
+    event_table,
+    template_table,
+)
 
 log = logging.getLogger(__name__)
 
 ACTIVE = "ACTIVE"
 MAX_PAGE_SIZE = 1000
-_SQLITE_BUSY_TIMEOUT_S = 30
-_WRITE = "faceguard_write"  # execution option marking write transactions (BEGIN IMMEDIATE)
 _IN_CHUNK = 500  # ids per IN (...) list, well under every driver's bound-parameter limit
-
-
-EventHook = Callable[[Connection, NewEvent], None]
 
 
 class GalleryError(Exception):
@@ -80,114 +70,6 @@ class CustomerExists(GalleryError):
 
 class CustomerNotFound(GalleryError):
     """An operation on a customer id that is not enrolled."""
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite itself stores naive text).
-
-    Aware values on the way in and out keep comparisons and the audit hash identical across
-    SQLite and PostgreSQL; a naive datetime is refused rather than guessed.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime; the gallery stores UTC-aware times only")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-# Stable constraint names keep later migrations identical on both backends.
-METADATA = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
-# Row ids: BIGINT on PostgreSQL; SQLite only autoincrements a column declared exactly INTEGER.
-ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
-_CUSTOMER_ID = String(128)
-
-customer_table = Table(
-    "customers",
-    METADATA,
-    Column("customer_id", _CUSTOMER_ID, primary_key=True),
-    Column("status", String(16), nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Column("updated_at", UTCDateTime(), nullable=False),
-)
-
-
-def sealed_template_columns() -> list[Column[Any]]:
-    """The columns of an encrypted template row, after its id and owner: customer templates
-    and watchlist templates are stored, sealed and rotated alike."""
-    return [
-        Column("key_id", String(64), nullable=False),
-        Column("ciphertext", LargeBinary(), nullable=False),
-        Column("model", String(128), nullable=False),
-        Column("quality", Float(), nullable=False),
-        Column("created_at", UTCDateTime(), nullable=False),
-    ]
-
-
-template_table = Table(
-    "templates",
-    METADATA,
-    Column("id", ROW_ID, primary_key=True, autoincrement=True),
-    Column(
-        "customer_id",
-        _CUSTOMER_ID,
-        ForeignKey("customers.customer_id"),
-        nullable=False,
-        index=True,
-    ),
-    *sealed_template_columns(),
-    sqlite_autoincrement=True,
-)
-consent_table = Table(
-    "consents",
-    METADATA,
-    Column("id", ROW_ID, primary_key=True, autoincrement=True),
-    Column(
-        "customer_id",
-        _CUSTOMER_ID,
-        ForeignKey("customers.customer_id"),
-        nullable=False,
-        index=True,
-    ),
-    Column("purpose", String(64), nullable=False),
-    Column("given_at", UTCDateTime(), nullable=False),
-    Column("channel", String(64), nullable=False),
-    Column("operator_id", String(128)),
-    Column("expires_at", UTCDateTime()),
-    Column("recorded_at", UTCDateTime(), nullable=False),
-    sqlite_autoincrement=True,
-)
-event_table = Table(
-    "events",
-    METADATA,
-    Column("id", ROW_ID, primary_key=True, autoincrement=True),
-    Column("event_id", String(36), nullable=False, unique=True),
-    Column("occurred_at", UTCDateTime(), nullable=False),
-    Column("type", String(32), nullable=False),
-    Column("customer_id", _CUSTOMER_ID, index=True),  # no FK: events outlive erasure
-    Column("device_id", String(128)),
-    Column("outcome", String(32), nullable=False),
-    Column("payload", Text(), nullable=False),
-    Column("prev_hash", String(64), nullable=False, unique=True),  # one successor: no forks
-    Column("hash", String(64), nullable=False),
-    sqlite_autoincrement=True,
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -262,6 +144,16 @@ class CustomerRecord:
     embedder: str | None
 
 
+@dataclass(frozen=True)
+class CustomerActivity:
+    """When a customer last used their biometrics (their latest event that was not a decline,
+    or their record's last update if later), and whether their newest consent has expired."""
+
+    customer_id: str
+    last_activity: datetime
+    consent_expired: bool
+
+
 class Store:
     """Customers, encrypted templates, consents and the audit chain behind one database URL.
 
@@ -274,24 +166,21 @@ class Store:
         store appends plain-hashed rows (tests, tools that only read)."""
         self._keyring = keyring
         self.chain_key = chain_key
-        self._engine = _create_engine(url)
+        self._engine = open_engine(url)
         self._writer = self._engine.execution_options(
-            **{_WRITE: True, audit.CHAIN_KEY_OPTION: chain_key}
+            **{WRITE: True, audit.CHAIN_KEY_OPTION: chain_key}
         )
-        self._event_hooks: list[EventHook] = []
+        # How long velocity attempt rows stay (the velocity rule's longest window, a day at least).
+        self.attempts_kept = velocity.KEEP
         self._reload_keyring: Callable[[], None] | None = None
-
-    def on_event(self, hook: EventHook) -> None:
-        """Run `hook(conn, event)` inside the transaction of every customer or decision event
-        (not key rotation), so what it writes (an outbox row) commits or vanishes with it."""
-        self._event_hooks.append(hook)
 
     def _append(
         self, conn: Connection, event: NewEvent, facts: dict[str, Any] | None = None
     ) -> str:
+        """Append a customer change's event and its outbox row (the fraud engine hears of
+        every enrolment, update and erasure) in the change's transaction."""
         event_id = audit.append(conn, event_table, event, facts)
-        for hook in self._event_hooks:
-            hook(conn, event)
+        outbox.enqueue(conn, event)
         return event_id
 
     def transaction(self) -> AbstractContextManager[Connection]:
@@ -316,10 +205,10 @@ class Store:
         self.close()
 
     def create_schema(self, migrate: bool = True) -> None:
-        """Bring the schema to this code's revision (`service.schema.migrate`: under a lock,
+        """Bring the schema to this code's revision (`service.store.schema.migrate`: under a lock,
         safe on every start and from replicas at once), or with `migrate=False` only check
         that it is there (a shared database migrated by `faceguard db upgrade`)."""
-        from service.schema import migrate as schema
+        from service.store.schema import migrate as schema
 
         with self._writer.begin() as conn:
             if migrate:
@@ -421,9 +310,14 @@ class Store:
             log.warning("WAL checkpoint after an erasure was blocked by a reader")
 
     def record_event(self, event: NewEvent) -> str:
-        """Append an event that changes nothing else (a verify or identify decision)."""
+        """Record a decision (verify, identify, liveness, a refusal) in one transaction: its
+        audit event, its outbox row for the fraud engine and, for a declined attempt, its
+        velocity attempt row. All of them commit, or none does."""
         with self._writer.begin() as conn:
-            return self._append(conn, event)
+            event_id = audit.append(conn, event_table, event)
+            outbox.enqueue(conn, event)
+            velocity.record_attempt(conn, event, self.attempts_kept)
+        return event_id
 
     def rotate_keys(self, keyring: Keyring, batch: int = 1000) -> int:
         """Re-encrypt every template not under `keyring`'s active key; returns how many.
@@ -536,6 +430,45 @@ class Store:
             cursor = page[-1].customer_id if len(rows) > page_size else None
             return _customer_records(conn, page), cursor
 
+    def activity(self, now: datetime) -> list[CustomerActivity]:
+        """Every customer's last activity and consent state at `now`, in customer id order
+        (for the retention purge)."""
+        last = (
+            select(
+                event_table.c.customer_id,
+                func.max(event_table.c.occurred_at, type_=UTCDateTime()).label("last"),
+            )
+            .where(event_table.c.customer_id.is_not(None), event_table.c.outcome != "DECLINE")
+            .group_by(event_table.c.customer_id)
+            .subquery()
+        )
+        newest_consent = (
+            select(func.max(consent_table.c.id))
+            .group_by(consent_table.c.customer_id)
+            .scalar_subquery()
+        )
+        expired = select(consent_table.c.customer_id).where(
+            consent_table.c.id.in_(newest_consent),
+            consent_table.c.expires_at.is_not(None),
+            consent_table.c.expires_at <= literal(now, UTCDateTime()),
+        )
+        query = select(
+            customer_table.c.customer_id,
+            customer_table.c.updated_at,
+            last.c.last,
+            customer_table.c.customer_id.in_(expired).label("expired"),
+        ).outerjoin(last, last.c.customer_id == customer_table.c.customer_id)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query.order_by(customer_table.c.customer_id)).all()
+        return [
+            CustomerActivity(
+                row.customer_id,
+                max(row.updated_at, row.last) if row.last is not None else row.updated_at,
+                bool(row.expired),
+            )
+            for row in rows
+        ]
+
     def templates_of(self, customer_id: str) -> list[StoredTemplate]:
         """A customer's decrypted templates in id order (empty for an unknown customer)."""
         with self._engine.connect() as conn:
@@ -607,6 +540,27 @@ class Store:
         with self._engine.connect() as conn:
             return audit.events_of(conn, event_table, customer_id)
 
+    def find_events(
+        self,
+        customer_id: str | None = None,
+        device_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: int = 0,
+        limit: int = MAX_PAGE_SIZE,
+    ) -> list[EventRecord]:
+        """Audit events in chain order, filtered; `after` is a chain id (`EventRecord.id`)."""
+        with self._engine.connect() as conn:
+            return audit.find_events(
+                conn, event_table, customer_id, device_id, since, until, after, limit
+            )
+
+    def has_audit_events(self) -> bool:
+        """Whether the database holds the audit events table: a faceguard database, not an
+        empty or foreign one (checked before reading a store that should already exist)."""
+        with self._engine.connect() as conn:
+            return inspect(conn).has_table(event_table.name)
+
     def verify_chain(self) -> ChainReport:
         """Check the whole audit chain; see `audit.verify`."""
         with self._engine.connect() as conn:
@@ -644,55 +598,6 @@ class Store:
 def template_aad(customer_id: str, template_id: int) -> bytes:
     """The AAD that ties a ciphertext to its customer and row (ids hold no NUL characters)."""
     return b"faceguard/template/v1\0%s\0%d" % (customer_id.encode("utf-8"), template_id)
-
-
-def schema_engine(url: str) -> Engine:
-    """An engine whose transactions take the write lock (SQLite BEGIN IMMEDIATE), for schema
-    migrations run without the store's keys (`faceguard db upgrade`)."""
-    return _create_engine(url).execution_options(**{_WRITE: True})
-
-
-def _create_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True)
-    if backend != "sqlite":
-        raise ValueError(
-            f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://"
-        )
-    if parsed.database in (None, "", ":memory:") or "memory" in parsed.query.get("mode", ""):
-        raise ValueError("an in-memory SQLite gallery would vanish; give sqlite:///<file path>")
-    engine = create_engine(parsed, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S})
-    sa_event.listen(engine, "connect", _sqlite_on_connect)
-    sa_event.listen(engine, "begin", _sqlite_on_begin)
-    return engine
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    """Take transaction control from the sqlite3 driver and set the per-connection pragmas.
-
-    WAL lets readers run beside the single writer; synchronous=FULL makes each commit (and
-    its audit event) durable across power loss; secure_delete overwrites erased templates.
-    """
-    dbapi_connection.isolation_level = None  # the driver emits no BEGIN; _sqlite_on_begin does
-    cursor = dbapi_connection.cursor()
-    for pragma in (
-        "journal_mode=WAL",
-        "foreign_keys=ON",
-        f"busy_timeout={_SQLITE_BUSY_TIMEOUT_S * 1000}",
-        "synchronous=FULL",
-        "secure_delete=ON",
-    ):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
-
-
-def _sqlite_on_begin(conn: Connection) -> None:
-    """Writes take the database write lock up front (BEGIN IMMEDIATE): that serialises audit
-    appends and makes a busy writer wait for the busy timeout instead of failing on upgrade."""
-    immediate = conn.get_execution_options().get(_WRITE, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def _for_customer(event: NewEvent, customer_id: str) -> NewEvent:

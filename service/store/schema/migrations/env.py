@@ -1,4 +1,4 @@
-"""Alembic environment: runs the revisions on the connection `service.schema.migrate` hands
+"""Alembic environment: runs the revisions on the connection `service.store.schema.migrate` hands
 over (already in a transaction that holds the migration lock), never on its own engine, so no
 alembic.ini is needed at run time. `target_metadata` is the project's tables, for comparing
 a database against the code when writing a new revision."""
@@ -9,12 +9,12 @@ from sqlalchemy import MetaData
 
 def _target_metadata() -> MetaData:
     # Every module that puts a table in METADATA, so the comparison sees all of them.
-    import service.calibration.store
-    import service.gallery.lists
-    import service.gallery.watchlist
-    import service.risk.outbox
-    import service.risk.velocity  # noqa: F401
-    from service.gallery.store import METADATA
+    import service.store.calibrations
+    import service.store.lists
+    import service.store.outbox
+    import service.store.velocity
+    import service.store.watchlist  # noqa: F401
+    from service.store.tables import METADATA
 
     return METADATA
 

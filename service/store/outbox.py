@@ -1,6 +1,7 @@
 """The callback outbox: one row per decision event, written in the event's own transaction.
 
-`record` is registered as a store event hook, so the audit event and its outbox row commit or
+The store writes the row (`enqueue`) in the transaction that appends the audit event
+(`Store.record_event` and the customer changes), so the event and its outbox row commit or
 vanish together: a decision the caller saw is always delivered, whatever is killed when. Rows
 stay PENDING until delivered (DELIVERED) or out of attempts (DEAD, the dead letters, which an
 administrator can replay). The dispatcher reads only the oldest undelivered row of each
@@ -13,7 +14,7 @@ import json
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Column,
@@ -30,9 +31,12 @@ from sqlalchemy import (
     update,
 )
 
-from service.gallery import audit
-from service.gallery.audit import NewEvent, check_text, plain_scalar
-from service.gallery.store import METADATA, ROW_ID, Store, UTCDateTime, event_table
+from service.store import audit_chain as audit
+from service.store.audit_chain import NewEvent, check_text, plain_scalar
+from service.store.tables import METADATA, ROW_ID, UTCDateTime, event_table
+
+if TYPE_CHECKING:
+    from service.store.customers import Store
 
 PENDING, DELIVERED, DEAD = "PENDING", "DELIVERED", "DEAD"
 
@@ -87,8 +91,8 @@ class Backoff:
 
 def document(event: NewEvent, occurred_at: datetime) -> dict[str, Any]:
     """The event as the fraud engine receives it. Its payload is taken as it is: the outbox
-    row is written by a store event hook, after the audit append in the same transaction has
-    checked and encoded that payload (no vectors, no images)."""
+    row is written after the audit append in the same transaction has checked and encoded that
+    payload (no vectors, no images)."""
     return {
         "event_id": event.event_id,
         "type": event.type,
@@ -98,6 +102,17 @@ def document(event: NewEvent, occurred_at: datetime) -> dict[str, Any]:
         "outcome": event.outcome,
         "payload": event.payload,
     }
+
+
+def enqueue(conn: Connection, event: NewEvent) -> None:
+    """The event's outbox row, in the transaction that appends the event (see `Store`)."""
+    now = datetime.now(UTC)
+    conn.execute(_INSERT, {
+        "event_id": event.event_id, "ordering_key": ordering_key(event),
+        "document": json.dumps(document(event, now), separators=(",", ":"), default=plain_scalar),
+        "status": PENDING, "attempts": 0, "next_attempt_at": now, "last_error": "",
+        "created_at": now,
+    })  # fmt: skip
 
 
 def ordering_key(event: NewEvent) -> str:
@@ -111,18 +126,6 @@ class Outbox:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-
-    def record(self, conn: Connection, event: NewEvent) -> None:
-        """Store event hook: the outbox row, in the transaction that appends the event."""
-        now = datetime.now(UTC)
-        conn.execute(_INSERT, {
-            "event_id": event.event_id, "ordering_key": ordering_key(event),
-            "document": json.dumps(
-                document(event, now), separators=(",", ":"), default=plain_scalar
-            ),
-            "status": PENDING, "attempts": 0, "next_attempt_at": now, "last_error": "",
-            "created_at": now,
-        })  # fmt: skip
 
     def due(self, limit: int) -> list[OutboxItem]:
         """The oldest pending row of each ordering key, if its retry time has come."""
@@ -238,6 +241,15 @@ class Outbox:
             pruned += gone.rowcount
             if gone.rowcount < batch:
                 return pruned
+
+    def backlog(self) -> tuple[int, datetime | None]:
+        """Pending rows and when the oldest of them was written (None: none pending)."""
+        query = select(func.count(), func.min(outbox_table.c.created_at)).where(
+            outbox_table.c.status == PENDING
+        )
+        with self.store.connect() as conn:
+            depth, oldest = conn.execute(query).one()
+        return int(depth), oldest
 
     def counts(self) -> dict[str, int]:
         """Rows per status: the queue depth and the dead letters, for metrics and benches."""
