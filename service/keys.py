@@ -25,7 +25,7 @@ from pathlib import Path
 from service.assembly import INDEX_FILE, KEYRING_FILE, open_store
 from service.config import Settings, SettingsError
 from service.gallery.crypto import Keyring, KeyringError, reseal
-from service.gallery.index import SNAPSHOT_PURPOSE
+from service.gallery.faiss_index import SNAPSHOT_PURPOSE
 from service.gallery.store import Store
 from service.gallery.watchlist import rotate_watchlist_keys
 

@@ -10,9 +10,9 @@ import faiss
 import numpy as np
 import pytest
 
-from service.gallery import index as index_module
+from service.gallery import faiss_index as index_module
 from service.gallery.crypto import SealedWriter, generate_keyring
-from service.gallery.index import IndexFileError, IndexOptions, VectorIndex
+from service.gallery.faiss_index import IndexFileError, IndexOptions, VectorIndex
 from service.gallery.index_bench import main as bench_main
 
 DIM = 192

@@ -31,7 +31,7 @@ from service.gallery.crypto import (
     sealed_key_id,
 )
 from service.gallery.gallery import Gallery
-from service.gallery.index import IndexFileError, VectorIndex
+from service.gallery.faiss_index import IndexFileError, VectorIndex
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store, template_table
 from service.gallery.watchlist import watchlist_aad, watchlist_template_table
 from service.keys import rotate

@@ -30,7 +30,7 @@ from faceguard.v1 import (
 )
 from service.api.server import Running, start
 from service.gallery.crypto import load_keyring
-from service.gallery.index import VectorIndex
+from service.gallery.faiss_index import VectorIndex
 from service.gallery.store import Store
 from tests.service_helpers import (
     FACEGUARD,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from service.gallery.durable import fsync_dir
-from service.gallery.index import IndexFileError, VectorIndex
+from service.gallery.faiss_index import IndexFileError, VectorIndex
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store
 
 # Erasures within this long of each other share one fresh snapshot: a purge of many customers

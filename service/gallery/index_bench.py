@@ -31,7 +31,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from service.gallery.crypto import generate_keyring
-from service.gallery.index import IndexOptions, VectorIndex
+from service.gallery.faiss_index import IndexOptions, VectorIndex
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from sqlalchemy import (
 from service.gallery import audit
 from service.gallery.audit import NewEvent, check_text
 from service.gallery.crypto import open_vector, seal_vector
-from service.gallery.index import IndexOptions, VectorIndex
+from service.gallery.faiss_index import IndexOptions, VectorIndex
 from service.gallery.store import (
     METADATA,
     ROW_ID,
