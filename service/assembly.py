@@ -8,6 +8,7 @@ from service.calibration.live import live_calibration
 from service.config import Settings, SettingsError, operating_threshold
 from service.engine import Engine, Policy
 from service.gallery.audit import ChainKey, ChainKeyError
+from service.gallery.backend import open_index
 from service.gallery.checkpoints import Checkpointer
 from service.gallery.crypto import Keyring, KeyringError, generate_keyring, load_keyring
 from service.gallery.durable import make_private
@@ -26,7 +27,6 @@ from service.vision_processes import (
 log = logging.getLogger(__name__)
 
 KEYRING_FILE = "template-keys.json"
-INDEX_FILE = "index.faiss"  # the sealed vector index snapshot
 
 
 def keyring_for(settings: Settings) -> Keyring:
@@ -103,9 +103,9 @@ def build_engine(settings: Settings) -> Engine:
     try:
         members = manifest.section("embedder")["members"]
         dim = int(sum(manifest.models[name].extra["dim"] for name in members))
-        gallery = Gallery(
-            store, settings.storage.data_dir / INDEX_FILE, dim, settings.storage.snapshot_every
-        )
+        model = vision.model_versions["embedder"]
+        index = open_index(settings.gallery, store, model, dim, settings.storage.data_dir)
+        gallery = Gallery(store, index, model, settings.storage.snapshot_every)
         risk = build_risk(
             settings.risk, store, settings.storage.data_dir, dim, policy.liveness_threshold,
             dev=settings.storage.dev_generate_key,

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from service.assembly import INDEX_FILE, KEYRING_FILE, open_store
+from service.assembly import KEYRING_FILE, open_store
 from service.config import Settings, SettingsError
 from service.gallery.crypto import Keyring, KeyringError, reseal
 from service.gallery.faiss_index import SNAPSHOT_PURPOSE
@@ -113,8 +113,9 @@ def rotate(settings: Settings, wait_s: float) -> dict[str, object]:
         # Rows a service wrote under the old key before it saw the new file.
         count += store.rotate_keys(keyring)
         count += rotate_watchlist_keys(store)
+    index_file = settings.gallery.faiss.snapshot_path(settings.storage.data_dir)
     try:
-        resealed = reseal(settings.storage.data_dir / INDEX_FILE, keyring, SNAPSHOT_PURPOSE)
+        resealed = reseal(index_file, keyring, SNAPSHOT_PURPOSE)
     except FileNotFoundError:  # none yet, or removed by an erasure: the service writes one
         resealed = False
     return {

@@ -33,7 +33,7 @@ from sqlalchemy import (
 from service.gallery import audit
 from service.gallery.audit import NewEvent, check_text
 from service.gallery.crypto import open_vector, seal_vector
-from service.gallery.faiss_index import IndexOptions, VectorIndex
+from service.gallery.faiss_index import FaissIndex, IndexOptions
 from service.gallery.store import (
     METADATA,
     ROW_ID,
@@ -104,7 +104,7 @@ class Watchlist:
         self.store = store
         self.dim = dim
         self._lock = threading.Lock()  # serialises index changes after their commits
-        self.index = VectorIndex(dim, IndexOptions(exact_limit=EXACT_LIMIT))
+        self.index = FaissIndex(dim, IndexOptions(exact_limit=EXACT_LIMIT))
         self._owners: dict[int, str] = {}  # template id -> entry id, mirrors the store
 
     def open(self) -> None:
