@@ -15,8 +15,10 @@ from service.config import Settings
 from service.gallery.backend import open_index
 from service.gallery.crypto import generate_keyring
 from service.gallery.faiss_index import FaissIndex, SnapshotFile
+from service.gallery.match import Match, WatchlistHit
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store
 from service.gallery.vector_index import IndexUnusable, VectorIndex
+from service.gallery.watchlist import Watchlist
 from tests.service_helpers import faiss_gallery
 
 DIM = 8
@@ -122,3 +124,22 @@ def test_templates_of_another_version_are_refused_before_the_store(
     with pytest.raises(ValueError, match="embedder-v1"):
         gallery.enroll("c-1", templates(unit_rows(1, 6), OLD), CONSENT, NewEvent("ENROLL", "OK"))
     assert not store.has_customer("c-1") and len(gallery.index) == 0
+
+
+def test_searches_name_what_they_found(store: Store, tmp_path: Path) -> None:
+    gallery = faiss_gallery(store, tmp_path, DIM, CURRENT)
+    faces = unit_rows(2, 7)
+    for name, face in zip(("c-1", "c-2"), faces, strict=True):
+        gallery.enroll(name, templates(face[None], CURRENT), CONSENT, NewEvent("ENROLL", "OK"))
+    best = gallery.search(faces[1], 2)
+    assert [type(m) for m in best] == [Match, Match]
+    assert best[0].customer_id == "c-2" and best[0].score == pytest.approx(1.0)
+    customer_id, score = best[0]  # still unpacks like the pairs it replaced
+    assert (customer_id, score) == (best[0].customer_id, best[0].score)
+    watchlist = Watchlist(store, DIM)
+    watchlist.open()
+    assert watchlist.best_hit(faces[0]) is None
+    entry = watchlist.add("fraudster", templates(faces[:1], CURRENT), "case", "K-1", "op-1")
+    hit = watchlist.best_hit(faces[0])
+    assert isinstance(hit, WatchlistHit) and not isinstance(hit, Match)
+    assert hit.entry_id == entry.entry_id and hit.score == pytest.approx(1.0)

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from service.gallery.match import Match
 from service.gallery.store import ConsentRecord, NewEvent, NewTemplate, Store
 from service.gallery.vector_index import VectorIndex
 
@@ -140,7 +141,7 @@ class Gallery:
             return None
         return float(max(t.vector @ vector for t in templates))
 
-    def search(self, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
+    def search(self, vector: np.ndarray, k: int) -> list[Match]:
         """Top-k customers (best template each), best first."""
         hits = self.index.search(vector, k * 4)
         owners = self.store.customer_of([i for i, _ in hits])
@@ -149,7 +150,7 @@ class Gallery:
             owner = owners.get(template_id)
             if owner is not None and score > best.get(owner, -2.0):
                 best[owner] = score
-        return sorted(best.items(), key=lambda item: -item[1])[:k]
+        return [Match(*item) for item in sorted(best.items(), key=lambda item: -item[1])[:k]]
 
     def save(self) -> None:
         """Snapshot the index now (shutdown, tests)."""

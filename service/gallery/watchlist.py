@@ -34,6 +34,7 @@ from service.gallery import audit
 from service.gallery.audit import NewEvent, check_text
 from service.gallery.crypto import open_vector, seal_vector
 from service.gallery.faiss_index import FaissIndex, IndexOptions
+from service.gallery.match import WatchlistHit
 from service.gallery.store import (
     METADATA,
     ROW_ID,
@@ -219,14 +220,14 @@ class Watchlist:
         page = [WatchlistEntry(**row._mapping) for row in rows[:page_size]]
         return page, page[-1].entry_id if len(rows) > page_size else None
 
-    def best_hit(self, vector: np.ndarray) -> tuple[str, float] | None:
+    def best_hit(self, vector: np.ndarray) -> WatchlistHit | None:
         """The closest watchlist entry and its cosine, or None when the watchlist is empty."""
         hits = self.index.search(vector, 1)
         if not hits:
             return None
         template_id, score = hits[0]
         entry_id = self._owners.get(template_id)
-        return (entry_id, score) if entry_id is not None else None
+        return WatchlistHit(entry_id, score) if entry_id is not None else None
 
 
 def rotate_watchlist_keys(store: Store, batch: int = 1000) -> int:
