@@ -141,6 +141,12 @@ class Gallery:
             return None
         return float(max(t.vector @ vector for t in templates))
 
+    def templates_outdated(self, customer_id: str) -> bool:
+        """Whether the customer has templates but none of the current embedder version: a
+        1:1 match is impossible until they re-enrol (`REENROL`)."""
+        models = {t.model for t in self.store.templates_of(customer_id)}
+        return bool(models) and self.model not in models
+
     def search(self, vector: np.ndarray, k: int) -> list[Match]:
         """Top-k customers (best template each), best first."""
         hits = self.index.search(vector, k * 4)
