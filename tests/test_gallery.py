@@ -100,7 +100,7 @@ def test_the_index_holds_only_the_current_versions_templates(
     with caplog.at_level(logging.WARNING, logger="service.gallery"):
         gallery = faiss_gallery(store, tmp_path, DIM, CURRENT)
     assert "2 templates were made by another embedder version than embedder-v2" in caplog.text
-    assert "UpdateTemplates(replace=true)" in caplog.text and gallery.outdated == 2
+    assert "UpdateTemplates(replace=true)" in caplog.text and gallery.outdated_at_start == 2
     new = unit_rows(2, 5)
     new_ids = gallery.enroll("new", templates(new, CURRENT), CONSENT, NewEvent("ENROLL", "OK"))
     np.testing.assert_array_equal(gallery.index.ids(), new_ids)

@@ -25,6 +25,12 @@ from tests.service_helpers import consent, image, people_with, service_settings
 RETIRED = "retired-embedder@1"
 
 
+def refusal(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    info = error_details_pb2.ErrorInfo()
+    assert rpc_status.from_call(error).details[0].Unpack(info)
+    return error.code(), info.reason
+
+
 def serve(data_dir: Path) -> tuple[Running, grpc.Channel]:
     running = start(service_settings(data_dir))
     return running, grpc.insecure_channel(f"127.0.0.1:{running.port}")
@@ -53,18 +59,26 @@ def test_outdated_templates_are_refused_until_replaced(tmp_path: Path, shared_da
 
     running, channel = serve(tmp_path)
     try:
-        assert running.engine.gallery.outdated == 2  # counted (and logged) at start
+        assert running.engine.gallery.outdated_at_start == 2  # counted (and logged) at start
         kiosk = verification_pb2_grpc.FaceVerificationStub(channel)
         verify = verification_pb2.VerifyRequest(
             customer_id=person, frames=[image(images[2])], device_id="k1"
         )
         with pytest.raises(grpc.RpcError) as refused:
             kiosk.Verify(verify, timeout=60)
-        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        info = error_details_pb2.ErrorInfo()
-        assert rpc_status.from_call(refused.value).details[0].Unpack(info)
-        assert info.reason == "TEMPLATES_OUTDATED" and info.metadata["event_id"]
+        outdated = (grpc.StatusCode.FAILED_PRECONDITION, "TEMPLATES_OUTDATED")
+        assert refusal(refused.value) == outdated
         assert "re-enrol with UpdateTemplates(replace=true)" in refused.value.details()
+        opening = verification_pb2.VerifyStreamRequest(
+            start=verification_pb2.VerifyStreamStart(
+                customer_id=person, options=verification_pb2.StreamOptions(session_id="s-1")
+            )
+        )
+        with pytest.raises(grpc.RpcError) as streamed:  # refused before any frame
+            list(kiosk.VerifyStream(iter([opening]), timeout=60))
+        assert refusal(streamed.value) == outdated
+        declines = [e for e in running.engine.gallery.store.events_of(person) if e.type == "VERIFY"]
+        assert [e.payload["reason_codes"] for e in declines] == [["TEMPLATES_OUTDATED"]] * 2
         identify = verification_pb2.IdentifyRequest(image=image(images[2]), device_id="k1")
         assert person not in [c.customer_id for c in kiosk.Identify(identify).candidates]
         other_verify = verification_pb2.VerifyRequest(

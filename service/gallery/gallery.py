@@ -55,12 +55,12 @@ class Gallery:
         self._changes = 0
         self._lock = threading.Lock()  # serialises index writes after their store commits
         self._resnapshot_pending = threading.Event()
-        self.outdated = len(store.template_ids()) - len(store.template_ids(model=model))
-        if self.outdated:
+        self.outdated_at_start = len(store.template_ids()) - len(store.template_ids(model=model))
+        if self.outdated_at_start:
             log.warning(
                 "%d templates were made by another embedder version than %s and are never "
                 "matched: their customers must %s",
-                self.outdated, model, REENROL,
+                self.outdated_at_start, model, REENROL,
             )  # fmt: skip
 
     def _indexed(self, ids: list[int], templates: list[NewTemplate]) -> None:
