@@ -8,6 +8,7 @@ from pathlib import Path
 from service.calibration.live import live_calibration
 from service.config import Settings, SettingsError, operating_threshold
 from service.engine import Engine, Policy
+from service.gallery.backend import open_index
 from service.gallery.gallery import Gallery
 from service.modelpack.manifest import load_manifest
 from service.risk.runtime import build_risk
@@ -27,7 +28,6 @@ from service.vision_processes import (
 log = logging.getLogger(__name__)
 
 KEYRING_FILE = "template-keys.json"
-INDEX_FILE = "index.faiss"  # the sealed vector index snapshot
 
 
 def keyring_for(settings: Settings) -> Keyring:
@@ -112,9 +112,9 @@ def build_engine(settings: Settings) -> Engine:
     try:
         members = manifest.section("embedder")["members"]
         dim = int(sum(manifest.models[name].extra["dim"] for name in members))
-        gallery = Gallery(
-            store, settings.storage.data_dir / INDEX_FILE, dim, settings.storage.snapshot_every
-        )
+        model = vision.model_versions["embedder"]
+        index = open_index(settings.gallery, store, model, dim, settings.storage.data_dir)
+        gallery = Gallery(store, index, model, settings.storage.snapshot_every)
         risk = build_risk(
             settings.risk, store, settings.storage.data_dir, dim, policy.liveness_threshold,
             dev=settings.storage.dev_generate_key,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import (
@@ -109,6 +110,31 @@ class StorageSettings(BaseModel):
 
     def url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'faceguard.db'}"
+
+
+class FaissSettings(BaseModel):
+    """The FAISS index: in the serving process, snapshotted to a sealed file."""
+
+    index_file: Path | None = Field(
+        None, description="the sealed index snapshot (default: data_dir/index.faiss)"
+    )
+    exact_limit: int = Field(
+        50_000, ge=1, description="exact search up to this many templates; beyond it, "
+        "approximate candidates re-scored exactly",
+    )  # fmt: skip
+    probe_fraction: float = Field(
+        0.3, gt=0, le=1, description="share of the inverted lists an approximate search scans"
+    )
+
+    def snapshot_path(self, data_dir: Path) -> Path:
+        return self.index_file or data_dir / "index.faiss"
+
+
+class GallerySettings(BaseModel):
+    """The vector index behind 1:N search (service/gallery/backend.py) and its options."""
+
+    backend: Literal["faiss"] = Field("faiss", description="the vector index backend")
+    faiss: FaissSettings = FaissSettings()
 
 
 class SecuritySettings(BaseModel):
@@ -297,6 +323,7 @@ class Settings(BaseSettings):
     vision: VisionSettings = VisionSettings()
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
+    gallery: GallerySettings = GallerySettings()
     security: SecuritySettings = SecuritySettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     privacy: PrivacySettings = PrivacySettings()

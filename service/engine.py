@@ -29,7 +29,7 @@ from service.errors import (
     Unavailable,
     Unprocessable,
 )
-from service.gallery.gallery import Gallery
+from service.gallery.gallery import REENROL, Gallery
 from service.store.customers import ConsentRecord, CustomerRecord, NewEvent, NewTemplate
 from service.vision.decode import DecodeReason
 from service.vision.subject import ImageRejected
@@ -289,7 +289,8 @@ class Engine:
 
     def check_verifiable(self, customer_id: str) -> None:
         """Enrolled, with a consent that has not expired: expired consent stops processing at
-        once (the retention purge erases the templates at its next run)."""
+        once (the retention purge erases the templates at its next run); and with templates
+        of the current embedder version, the only ones a face is compared with."""
         check_customer_id(customer_id)
         enrolled, expires = self.gallery.store.consent_expiry(customer_id)
         if not enrolled:
@@ -297,6 +298,12 @@ class Engine:
         if expires is not None and expires <= datetime.now(UTC):
             raise Unprocessable(
                 "CONSENT_EXPIRED", "the customer's consent has expired; enrol again with consent"
+            )
+        if self.gallery.templates_outdated(customer_id):
+            raise Unprocessable(
+                "TEMPLATES_OUTDATED",
+                "the customer's templates were made by another embedder version than "
+                f"{self.gallery.model}; {REENROL}",
             )
 
     def verify_face(

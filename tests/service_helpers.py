@@ -14,9 +14,12 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service.store.customers import Store
 
 from faceguard.v1 import common_pb2, enrollment_pb2
-from service.config import Settings
+from service.config import GallerySettings, Settings
+from service.gallery.backend import open_index
+from service.gallery.gallery import Gallery
 from service.vision.pipeline import FacePipeline
 
 FACEGUARD = Path(sys.executable).with_name("faceguard")
@@ -139,3 +142,9 @@ def tls_channel(port: int, pki: Path, client: str | None) -> grpc.Channel:
         certificate_chain=(pki / f"{client}.pem").read_bytes() if client else None,
     )
     return grpc.secure_channel(f"127.0.0.1:{port}", credentials)
+
+
+def faiss_gallery(store: Store, data_dir: Path, dim: int, model: str) -> Gallery:
+    """A gallery of `model`'s templates over the FAISS backend as the service opens it: the
+    snapshot data_dir/index.faiss restored and healed, or rebuilt from the store."""
+    return Gallery(store, open_index(GallerySettings(), store, model, dim, data_dir), model)

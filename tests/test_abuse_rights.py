@@ -433,7 +433,7 @@ def test_a_forged_checkpoint_is_detected(chain: Path, tmp_path: Path) -> None:
 
 
 def test_the_service_writes_checkpoints_while_serving(served: Running) -> None:
-    data = Path(str(served.engine.gallery.index_path.parent))
+    data = Path(str(served.engine.gallery.index.file.path.parent))
     lines = (data / "audit-checkpoints" / "checkpoints.jsonl").read_text().splitlines()
     assert lines and json.loads(lines[0])["keyed_from"] is not None
 

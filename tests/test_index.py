@@ -10,8 +10,8 @@ import faiss
 import numpy as np
 import pytest
 
-from service.gallery import index as index_module
-from service.gallery.index import IndexFileError, IndexOptions, VectorIndex
+from service.gallery import faiss_index as index_module
+from service.gallery.faiss_index import FaissIndex, IndexFileError, IndexOptions
 from service.store.crypto import SealedWriter, generate_keyring
 from tools.bench.index import main as bench_main
 
@@ -44,17 +44,17 @@ def gallery() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(params=["flat", "ivfpq"])
-def index(request: pytest.FixtureRequest, gallery: tuple[np.ndarray, np.ndarray]) -> VectorIndex:
+def index(request: pytest.FixtureRequest, gallery: tuple[np.ndarray, np.ndarray]) -> FaissIndex:
     ids, vectors = gallery
     limit = SIZE if request.param == "flat" else OPTIONS.exact_limit
-    built = VectorIndex(DIM, IndexOptions(exact_limit=limit, threads=2))
+    built = FaissIndex(DIM, IndexOptions(exact_limit=limit, threads=2))
     built.rebuild(ids, vectors)
     assert built.kind == request.param
     return built
 
 
 def test_search_finds_each_template_with_cosine_one(
-    index: VectorIndex, gallery: tuple[np.ndarray, np.ndarray]
+    index: FaissIndex, gallery: tuple[np.ndarray, np.ndarray]
 ) -> None:
     ids, vectors = gallery
     for row in range(0, SIZE, 97):
@@ -63,19 +63,19 @@ def test_search_finds_each_template_with_cosine_one(
         assert score == pytest.approx(1.0, abs=1e-5)
 
 
-def test_results_are_best_first_and_k_is_capped(index: VectorIndex) -> None:
+def test_results_are_best_first_and_k_is_capped(index: FaissIndex) -> None:
     probe = unit_rows(np.random.default_rng(1), 1)[0]
     scores = [score for _, score in index.search(probe, 20)]
     assert len(scores) == 20
     assert scores == sorted(scores, reverse=True)
-    small = VectorIndex(DIM)
+    small = FaissIndex(DIM)
     small.add(np.array([5, 9]), unit_rows(np.random.default_rng(2), 2))
     assert [i for i, _ in small.search(probe, 10)] in ([5, 9], [9, 5])
-    assert VectorIndex(DIM).search(probe, 3) == []
+    assert FaissIndex(DIM).search(probe, 3) == []
 
 
 def test_search_batch_matches_single_searches(
-    index: VectorIndex, gallery: tuple[np.ndarray, np.ndarray]
+    index: FaissIndex, gallery: tuple[np.ndarray, np.ndarray]
 ) -> None:
     probes = face_probes(gallery[1][:32], 0.7, np.random.default_rng(3))
     batch = index.search_batch(probes, 10)
@@ -86,7 +86,7 @@ def test_search_batch_matches_single_searches(
 
 
 def test_scores_are_exact_cosines(
-    index: VectorIndex, gallery: tuple[np.ndarray, np.ndarray]
+    index: FaissIndex, gallery: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """Scores are thresholded, so "ivfpq" must re-score its code-ranked candidates exactly.
 
@@ -104,7 +104,7 @@ def test_scores_are_exact_cosines(
 
 
 def test_removed_templates_are_no_longer_found(
-    index: VectorIndex, gallery: tuple[np.ndarray, np.ndarray], tmp_path: Path
+    index: FaissIndex, gallery: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     ids, vectors = gallery
     gone = ids[:50]
@@ -123,12 +123,12 @@ def test_removed_templates_are_no_longer_found(
         assert (best_id, score) == (ids[row], pytest.approx(1.0, abs=1e-5))
     # Both halves of "ivfpq" dropped them: loading checks that they hold the same ids.
     index.save(tmp_path / "gallery.faiss", KEYS)
-    loaded = VectorIndex.load(tmp_path / "gallery.faiss", DIM, KEYS, OPTIONS)
+    loaded = FaissIndex.load(tmp_path / "gallery.faiss", DIM, KEYS, OPTIONS)
     np.testing.assert_array_equal(loaded.ids(), np.sort(ids[50:]))
 
 
 def test_ids_are_the_sorted_indexed_ids(
-    index: VectorIndex, gallery: tuple[np.ndarray, np.ndarray]
+    index: FaissIndex, gallery: tuple[np.ndarray, np.ndarray]
 ) -> None:
     ids, _ = gallery
     np.testing.assert_array_equal(index.ids(), np.sort(ids))
@@ -141,12 +141,12 @@ def test_ids_are_the_sorted_indexed_ids(
 
 
 def test_save_and_load_give_identical_results(
-    index: VectorIndex, gallery: tuple[np.ndarray, np.ndarray], tmp_path: Path
+    index: FaissIndex, gallery: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     probes = face_probes(gallery[1][:40], 0.7, np.random.default_rng(5))
     path = tmp_path / "gallery.faiss"
     index.save(path, KEYS)
-    loaded = VectorIndex.load(path, DIM, KEYS, OPTIONS)
+    loaded = FaissIndex.load(path, DIM, KEYS, OPTIONS)
     assert loaded.kind == index.kind
     np.testing.assert_array_equal(loaded.ids(), index.ids())
     assert loaded.search_batch(probes, 10) == index.search_batch(probes, 10)
@@ -154,12 +154,12 @@ def test_save_and_load_give_identical_results(
 
 
 def test_loaded_index_accepts_additions_and_removals(
-    index: VectorIndex, gallery: tuple[np.ndarray, np.ndarray], tmp_path: Path
+    index: FaissIndex, gallery: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     ids, vectors = gallery
     path = tmp_path / "gallery.faiss"
     index.save(path, KEYS)
-    loaded = VectorIndex.load(path, DIM, KEYS, OPTIONS)
+    loaded = FaissIndex.load(path, DIM, KEYS, OPTIONS)
     vector = unit_rows(np.random.default_rng(6), 1)
     loaded.add(np.array([77]), vector)
     assert loaded.search(vector[0], 1)[0][0] == 77
@@ -189,14 +189,14 @@ def test_old_ivf_flat_snapshot_is_refused_for_a_rebuild(
     path = tmp_path / "gallery.faiss"
     _write_snapshot(path, (old,))
     with pytest.raises(IndexFileError, match="unsupported index type"):
-        VectorIndex.load(path, DIM, KEYS)
+        FaissIndex.load(path, DIM, KEYS)
 
 
 def test_snapshot_with_halves_that_disagree_is_refused(
     gallery: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     ids, vectors = gallery
-    index = VectorIndex(DIM, OPTIONS)
+    index = FaissIndex(DIM, OPTIONS)
     index.rebuild(ids, vectors)
     candidates, exact = index._index.parts
     one = ids[:1].copy()
@@ -204,16 +204,16 @@ def test_snapshot_with_halves_that_disagree_is_refused(
     path = tmp_path / "gallery.faiss"
     _write_snapshot(path, (candidates, exact))
     with pytest.raises(IndexFileError, match="different ids"):
-        VectorIndex.load(path, DIM, KEYS)
+        FaissIndex.load(path, DIM, KEYS)
 
 
 def test_snapshot_with_bytes_after_the_index_is_refused(tmp_path: Path) -> None:
-    index = VectorIndex(DIM)
+    index = FaissIndex(DIM)
     index.add(np.arange(10), unit_rows(np.random.default_rng(15), 10))
     path = tmp_path / "gallery.faiss"
     _write_snapshot(path, index._index.parts, extra=b"left over")
     with pytest.raises(IndexFileError, match="unexpected bytes"):
-        VectorIndex.load(path, DIM, KEYS)
+        FaissIndex.load(path, DIM, KEYS)
 
 
 def _truncate(path: Path) -> None:
@@ -237,29 +237,29 @@ def _garbage(path: Path) -> None:
 
 @pytest.mark.parametrize("damage", [_truncate, _flip_a_byte, _footer_only_removed, _garbage])
 def test_damaged_snapshot_raises_index_file_error(damage, tmp_path: Path) -> None:
-    index = VectorIndex(DIM)
+    index = FaissIndex(DIM)
     index.add(np.arange(10), unit_rows(np.random.default_rng(8), 10))
     path = tmp_path / "gallery.faiss"
     index.save(path, KEYS)
     damage(path)
     with pytest.raises(IndexFileError):
-        VectorIndex.load(path, DIM, KEYS)
+        FaissIndex.load(path, DIM, KEYS)
 
 
 def test_missing_or_mismatched_snapshot_raises_index_file_error(tmp_path: Path) -> None:
     with pytest.raises(IndexFileError):
-        VectorIndex.load(tmp_path / "absent.faiss", DIM, KEYS)
+        FaissIndex.load(tmp_path / "absent.faiss", DIM, KEYS)
     path = tmp_path / "gallery.faiss"
-    VectorIndex(DIM).save(path, KEYS)
+    FaissIndex(DIM).save(path, KEYS)
     with pytest.raises(IndexFileError, match="128"):
-        VectorIndex.load(path, 128, KEYS)
+        FaissIndex.load(path, 128, KEYS)
 
 
 def test_failed_save_leaves_the_previous_snapshot(
     gallery: tuple[np.ndarray, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids, vectors = gallery
-    index = VectorIndex(DIM, OPTIONS)
+    index = FaissIndex(DIM, OPTIONS)
     index.add(ids[:100], vectors[:100])
     path = tmp_path / "gallery.faiss"
     index.save(path, KEYS)
@@ -275,13 +275,13 @@ def test_failed_save_leaves_the_previous_snapshot(
     with pytest.raises(OSError, match="disk full"):
         index.save(path, KEYS)
     assert [p.name for p in tmp_path.iterdir()] == ["gallery.faiss"]
-    np.testing.assert_array_equal(VectorIndex.load(path, DIM, KEYS).ids(), np.sort(ids[:100]))
+    np.testing.assert_array_equal(FaissIndex.load(path, DIM, KEYS).ids(), np.sort(ids[:100]))
 
 
 def test_sync_adds_missing_and_removes_stale_ids(gallery: tuple[np.ndarray, np.ndarray]) -> None:
     ids, vectors = gallery
     by_id = dict(zip(ids.tolist(), vectors, strict=True))
-    index = VectorIndex(DIM, OPTIONS)
+    index = FaissIndex(DIM, OPTIONS)
     index.rebuild(ids[:2000], vectors[:2000])  # IVF, as after a snapshot
     store_ids = ids[100:2500]  # the store deleted 100 and enrolled 500 since
     fetched: list[int] = []
@@ -304,7 +304,7 @@ def test_concurrent_searches_while_adding_and_removing(
     by_id = dict(zip(ids.tolist(), vectors, strict=True))
     # One OpenMP thread for the rebuild: on 2 cores, k-means threads spinning against the
     # four searchers made the swap-in rebuild take 7 s instead of 1 s.
-    index = VectorIndex(DIM, IndexOptions(exact_limit=OPTIONS.exact_limit, threads=1))
+    index = FaissIndex(DIM, IndexOptions(exact_limit=OPTIONS.exact_limit, threads=1))
     index.rebuild(ids[:1500], vectors[:1500])
     assert index.kind == "ivfpq"
     probes = face_probes(vectors[:64], 0.7, np.random.default_rng(9))
@@ -344,7 +344,7 @@ def test_ivfpq_recall_at_1_on_face_like_data() -> None:
     vectors = unit_rows(rng, 20_000)
     ids = np.arange(len(vectors), dtype=np.int64)
     probes = face_probes(vectors[rng.choice(len(vectors), 500, replace=False)], 0.7, rng)
-    approximate = VectorIndex(DIM, IndexOptions(exact_limit=SIZE))
+    approximate = FaissIndex(DIM, IndexOptions(exact_limit=SIZE))
     approximate.rebuild(ids, vectors)
     assert approximate.kind == "ivfpq"
     truth = np.argmax(probes @ vectors.T, axis=1)
@@ -353,7 +353,7 @@ def test_ivfpq_recall_at_1_on_face_like_data() -> None:
 
 
 def test_rerank_depth_grows_with_k() -> None:
-    index = VectorIndex(DIM, IndexOptions(exact_limit=100, rerank_depth=50))
+    index = FaissIndex(DIM, IndexOptions(exact_limit=100, rerank_depth=50))
     assert index.rerank_depth(5) == 0  # flat: nothing to re-score
     index.rebuild(np.arange(SIZE), unit_rows(np.random.default_rng(16), SIZE))
     assert (index.rerank_depth(5), index.rerank_depth(40)) == (50, 160)
@@ -363,7 +363,7 @@ def test_kind_is_kept_by_adds_and_flagged_for_rebuild(
     gallery: tuple[np.ndarray, np.ndarray],
 ) -> None:
     ids, vectors = gallery
-    index = VectorIndex(DIM, OPTIONS)
+    index = FaissIndex(DIM, OPTIONS)
     index.add(ids[:1000], vectors[:1000])
     assert (index.kind, index.needs_rebuild) == ("flat", False)
     index.add(ids[1000:1200], vectors[1000:1200])
@@ -388,7 +388,7 @@ def test_kind_is_kept_by_adds_and_flagged_for_rebuild(
     ],
 )
 def test_bad_additions_raise_value_error(ids: list, vectors: np.ndarray, message: str) -> None:
-    index = VectorIndex(DIM)
+    index = FaissIndex(DIM)
     index.add(np.array([5]), unit_rows(np.random.default_rng(11), 1))
     with pytest.raises(ValueError, match=message):
         index.add(np.array(ids), vectors)
@@ -396,7 +396,7 @@ def test_bad_additions_raise_value_error(ids: list, vectors: np.ndarray, message
 
 
 def test_bad_probes_raise_value_error() -> None:
-    index = VectorIndex(DIM)
+    index = FaissIndex(DIM)
     index.add(np.array([5]), unit_rows(np.random.default_rng(12), 1))
     probe = unit_rows(np.random.default_rng(13), 1)[0]
     for bad, k in ((probe[:-1], 1), (np.full(DIM, np.nan), 1), (probe[None, :], 1), (probe, 0)):

@@ -24,13 +24,12 @@ from faceguard.v1 import (
 from service.app.retention import CONSENT_EXPIRED, EVENT_TYPE, INACTIVE, due_for_purge, purge
 from service.assembly import KEYRING_FILE
 from service.config import AUDIT_KEY_FILE
-from service.gallery.gallery import Gallery
 from service.store.audit_chain import ChainKey
 from service.store.crypto import generate_keyring
 from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
 from service.store.outbox import DELIVERED, Backoff, Outbox
 from tests import service_helpers
-from tests.service_helpers import FACEGUARD, image, people_with, service_settings
+from tests.service_helpers import FACEGUARD, faiss_gallery, image, people_with, service_settings
 
 DIM = 8
 RNG = np.random.default_rng(7)
@@ -63,7 +62,7 @@ def store(tmp_path: Path) -> Store:
 def test_inactive_and_expired_customers_are_purged_and_audited(
     store: Store, tmp_path: Path
 ) -> None:
-    gallery = Gallery(store, tmp_path / "index.faiss", DIM)
+    gallery = faiss_gallery(store, tmp_path, DIM, "test-embedder")
     for customer in ("idle", "active", "refused-only"):
         gallery.enroll(customer, [template()], consent(), NewEvent("ENROLL", "APPROVE"))
     gallery.enroll(

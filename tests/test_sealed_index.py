@@ -21,8 +21,8 @@ from faceguard.v1 import enrollment_pb2, enrollment_pb2_grpc, risk_pb2, risk_pb2
 from service.api.server import Running, start
 from service.cli.keys import rotate
 from service.config import Settings
+from service.gallery.faiss_index import FaissIndex, IndexFileError
 from service.gallery.gallery import Gallery
-from service.gallery.index import IndexFileError, VectorIndex
 from service.store import crypto
 from service.store.crypto import (
     SEALED_MAGIC,
@@ -36,7 +36,14 @@ from service.store.crypto import (
 from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
 from service.store.tables import template_table
 from service.store.watchlist import watchlist_aad, watchlist_template_table
-from tests.service_helpers import consent, image, mtls_settings, people_with, tls_channel
+from tests.service_helpers import (
+    consent,
+    faiss_gallery,
+    image,
+    mtls_settings,
+    people_with,
+    tls_channel,
+)
 
 DIM = 192
 CONSENT = ConsentRecord("kiosk verification", datetime.now(UTC), "branch", "op-1")
@@ -79,16 +86,16 @@ def test_a_snapshot_holds_no_template_in_plaintext_and_opens_only_with_its_key(
 ) -> None:
     keys = generate_keyring()
     vectors = unit_rows(50)
-    index = VectorIndex(DIM)
+    index = FaissIndex(DIM)
     index.add(np.arange(50), vectors)
     path = tmp_path / "index.faiss"
     index.save(path, keys)
     assert path.read_bytes().startswith(SEALED_MAGIC)
     assert files_holding(tmp_path, list(vectors)) == []
     assert path.stat().st_mode & 0o777 == 0o600
-    assert len(VectorIndex.load(path, DIM, keys)) == 50
+    assert len(FaissIndex.load(path, DIM, keys)) == 50
     with pytest.raises(IndexFileError, match="no key"):
-        VectorIndex.load(path, DIM, generate_keyring("other"))
+        FaissIndex.load(path, DIM, generate_keyring("other"))
 
 
 def test_a_plaintext_snapshot_is_refused_and_rebuilt_sealed_from_the_store(tmp_path: Path) -> None:
@@ -102,8 +109,8 @@ def test_a_plaintext_snapshot_is_refused_and_rebuilt_sealed_from_the_store(tmp_p
     old.add_with_ids(vectors, np.asarray(ids, np.int64))
     faiss.write_index(old, str(tmp_path / "index.faiss"))
     with pytest.raises(IndexFileError, match="not a sealed file"):
-        VectorIndex.load(tmp_path / "index.faiss", DIM, keys)
-    gallery = Gallery(store, tmp_path / "index.faiss", DIM)
+        FaissIndex.load(tmp_path / "index.faiss", DIM, keys)
+    gallery = faiss_gallery(store, tmp_path, DIM, "m")
     assert len(gallery.index) == 3
     assert (tmp_path / "index.faiss").read_bytes().startswith(SEALED_MAGIC)
     assert files_holding(tmp_path, list(vectors)) == []
@@ -157,13 +164,13 @@ def test_key_rotation_reseals_the_snapshot(tmp_path: Path) -> None:
     vectors = unit_rows(2, seed=4)
     templates = [NewTemplate(vector=v, model="m", quality=80) for v in vectors]
     store.enroll("c-1", templates, CONSENT, NewEvent("ENROLL", "OK"))
-    Gallery(store, tmp_path / "index.faiss", DIM)
+    faiss_gallery(store, tmp_path, DIM, "m")
     result = rotate(settings, wait_s=0)
     assert result["snapshot_resealed"] is True
     with (tmp_path / "index.faiss").open("rb") as file:
         assert sealed_key_id(file) == result["active_key"] == "k2"
     new_keys = crypto.Keyring.from_file(tmp_path / "template-keys.json")
-    assert len(VectorIndex.load(tmp_path / "index.faiss", DIM, new_keys)) == 2
+    assert len(FaissIndex.load(tmp_path / "index.faiss", DIM, new_keys)) == 2
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +185,7 @@ def test_after_delete_no_file_holds_the_erased_template(
 ) -> None:
     (erased, erased_images), (kept, kept_images) = people_with(shared_data, minimum=2, count=2)
     gallery = served.engine.gallery
-    data_dir = gallery.index_path.parent
+    data_dir = gallery.index.file.path.parent
     with tls_channel(served.port, pki, "enrollment-desk") as channel:
         enrollment = enrollment_pb2_grpc.EnrollmentStub(channel)
         for person, images in ((erased, erased_images), (kept, kept_images)):
@@ -211,7 +218,7 @@ def test_after_delete_no_file_holds_the_erased_template(
     deadline = time.monotonic() + 30
     while not (data_dir / "index.faiss").exists() and time.monotonic() < deadline:
         time.sleep(0.1)  # the fresh snapshot, written in the background
-    index = VectorIndex.load(data_dir / "index.faiss", DIM, gallery.store.keyring)
+    index = FaissIndex.load(data_dir / "index.faiss", DIM, gallery.store.keyring)
     assert len(index) == len(gallery.index) == 2
     np.testing.assert_array_equal(index.ids(), gallery.index.ids())
     assert files_holding(data_dir, erased_vectors + kept_vectors) == []
@@ -223,14 +230,14 @@ def test_delete_removes_the_snapshot_before_it_returns(
     monkeypatch.setattr(Gallery, "_resnapshot", lambda self: None)  # no fresh one yet
     store = Store(f"sqlite:///{tmp_path / 'faceguard.db'}", generate_keyring())
     store.create_schema()
-    gallery = Gallery(store, tmp_path / "index.faiss", DIM)
+    gallery = faiss_gallery(store, tmp_path, DIM, "m")
     for name, seed in (("c-1", 5), ("c-2", 6)):
         templates = [NewTemplate(vector=v, model="m", quality=80) for v in unit_rows(2, seed)]
         gallery.enroll(name, templates, CONSENT, NewEvent("ENROLL", "OK"))
     gallery.save()
     gallery.delete("c-1", NewEvent("DELETE", "OK"))
     assert not (tmp_path / "index.faiss").exists()
-    assert len(Gallery(store, tmp_path / "index.faiss", DIM).index) == 2  # rebuilt: c-2 only
+    assert len(faiss_gallery(store, tmp_path, DIM, "m").index) == 2  # rebuilt: c-2 only
 
 
 def test_after_a_watchlist_removal_no_file_holds_its_template(
@@ -238,7 +245,7 @@ def test_after_a_watchlist_removal_no_file_holds_its_template(
 ) -> None:
     ((person, images),) = people_with(shared_data, minimum=1, count=1)
     store = served.engine.gallery.store
-    data_dir = served.engine.gallery.index_path.parent
+    data_dir = served.engine.gallery.index.file.path.parent
     with tls_channel(served.port, pki, "admin") as channel:
         admin = risk_pb2_grpc.RiskAdminStub(channel)
         entry = admin.EnrollWatchlistFace(

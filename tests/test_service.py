@@ -29,13 +29,14 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.server import Running, start
-from service.gallery.index import VectorIndex
+from service.gallery.faiss_index import FaissIndex
 from service.store.crypto import load_keyring
 from service.store.customers import Store
 from tests.service_helpers import (
     FACEGUARD,
     SMALL_FACE_ENV,
     consent,
+    faiss_gallery,
     free_port,
     image,
     people_with,
@@ -410,14 +411,12 @@ def _assert_store_and_index_agree(data: Path) -> None:
     checks the healed state the service would use.
     """
     store = Store(f"sqlite:///{data / 'faceguard.db'}", load_keyring(data / "template-keys.json"))
-    from service.gallery.gallery import Gallery
-
-    gallery = Gallery(store, data / "index.faiss", dim=192)
-    stored = np.sort(store.template_ids())
-    assert np.array_equal(np.sort(gallery.index.ids()), stored)
     records, _ = store.list_customers(1000, None)
     assert all(r.template_count == 2 for r in records)
-    assert isinstance(gallery.index, VectorIndex)
+    gallery = faiss_gallery(store, data, 192, records[0].embedder)
+    stored = np.sort(store.template_ids())
+    assert np.array_equal(np.sort(gallery.index.ids()), stored)
+    assert isinstance(gallery.index, FaissIndex)
 
 
 def test_cli_enrols_verifies_and_identifies(served: Running, people) -> None:
@@ -472,7 +471,7 @@ def test_audit_verify_names_the_first_tampered_row(served: Running, kiosk, tmp_p
 
 
 def _data_dir(served: Running) -> Path:
-    return Path(str(served.engine.gallery.index_path.parent))
+    return Path(str(served.engine.gallery.index.file.path.parent))
 
 
 def test_sigterm_lets_in_flight_calls_finish(tmp_path: Path, people) -> None:

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from service.gallery.gallery import Gallery
 from service.logs import text_handler
 from service.store.crypto import generate_keyring
 from service.store.customers import Store
-from tests.service_helpers import FACEGUARD
+from tests.service_helpers import FACEGUARD, faiss_gallery
 
 
 def test_a_first_start_builds_the_index_without_a_warning(
@@ -22,14 +21,14 @@ def test_a_first_start_builds_the_index_without_a_warning(
 ) -> None:
     store = Store(f"sqlite:///{tmp_path / 'faceguard.db'}", generate_keyring())
     store.create_schema()
-    with caplog.at_level(logging.INFO, logger="service.gallery.gallery"):
-        Gallery(store, tmp_path / "index.faiss", dim=8)
+    with caplog.at_level(logging.INFO, logger="service.gallery"):
+        faiss_gallery(store, tmp_path, 8, "m")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "no index snapshot" in caplog.text and (tmp_path / "index.faiss").is_file()
     (tmp_path / "index.faiss").write_bytes(b"garbage")
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="service.gallery.gallery"):
-        Gallery(store, tmp_path / "index.faiss", dim=8)
+    with caplog.at_level(logging.INFO, logger="service.gallery"):
+        faiss_gallery(store, tmp_path, 8, "m")
     assert "index snapshot unusable" in caplog.text  # a damaged one still warns
 
 

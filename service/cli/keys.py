@@ -22,9 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from service.assembly import INDEX_FILE, key_file_path, open_store
+from service.assembly import key_file_path, open_store
 from service.config import Settings, SettingsError
-from service.gallery.index import SNAPSHOT_PURPOSE
+from service.gallery.faiss_index import SNAPSHOT_PURPOSE
 from service.store.crypto import Keyring, reseal
 from service.store.watchlist import rotate_watchlist_keys
 
@@ -50,8 +50,9 @@ def rotate(settings: Settings, wait_s: float) -> dict[str, object]:
         # Rows a service wrote under the old key before it saw the new file.
         count += store.rotate_keys(keyring)
         count += rotate_watchlist_keys(store)
+    index_file = settings.gallery.faiss.snapshot_path(settings.storage.data_dir)
     try:
-        resealed = reseal(settings.storage.data_dir / INDEX_FILE, keyring, SNAPSHOT_PURPOSE)
+        resealed = reseal(index_file, keyring, SNAPSHOT_PURPOSE)
     except FileNotFoundError:  # none yet, or removed by an erasure: the service writes one
         resealed = False
     return {

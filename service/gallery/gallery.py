@@ -1,17 +1,20 @@
-"""The gallery: the store (source of truth) and the vector index, kept consistent.
+"""The gallery: the store (source of truth) and a vector index, kept consistent.
 
 Every change goes to the store first, in one transaction with its audit event, and then to
-the index. A crash in between leaves the store complete and the index behind; at start the
-index is loaded from its snapshot and healed against the store's template ids (or rebuilt when
-the snapshot is missing or unreadable), so no customer is ever half-enrolled from the
-service's point of view. Snapshots are written atomically on shutdown and every
-`snapshot_every` changes, sealed with the store's template keyring.
+the index. A crash in between leaves the store complete and the index behind; the index
+backend's "open or rebuild" function (`service.gallery.backend.open_index`) heals it against
+the store at start, so no customer is ever half-enrolled from the service's point of view. The
+index is snapshotted on shutdown and every `snapshot_every` changes.
 
-Erasure reaches the snapshot before the call returns: a change that removes templates
-(Delete, a template replacement, a retention purge) deletes the snapshot file once the vectors
-are out of the index, and a fresh sealed snapshot is written in the background. Snapshots are
-only written under this gallery's lock, so none taken before the removal can land after it;
-a restart before the fresh one is written rebuilds the index from the store.
+Templates carry the version of the embedder that made them, and only templates of the current
+version (`model`) are ever compared with a probe: the index holds only those, and 1:1 matching
+skips the others. Templates of other versions are counted at start and reported; their
+customers re-enrol with UpdateTemplates(replace=true).
+
+Erasure reaches the persisted index before the call returns: a change that removes templates
+(Delete, a template replacement, a retention purge) removes them from the index, which drops
+every persisted state that held them (`VectorIndex.remove`), and a fresh snapshot is taken in
+the background. Index changes and snapshots only happen under this gallery's lock.
 """
 
 from __future__ import annotations
@@ -19,82 +22,67 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
-from service.gallery.index import IndexFileError, VectorIndex
+from service.gallery.match import Match
+from service.gallery.vector_index import VectorIndex
 from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
-from service.store.durable import fsync_dir
 
 # Erasures within this long of each other share one fresh snapshot: a purge of many customers
 # writes a few snapshots, not one per customer (the files never hold an erased template
 # meanwhile: each erasure deletes the snapshot before it answers).
 RESNAPSHOT_DELAY_S = 1.0
 
+# How customers whose templates another embedder version made get current ones.
+REENROL = "re-enrol with UpdateTemplates(replace=true)"
+
 log = logging.getLogger(__name__)
 
 
 class Gallery:
+    """Enrolment, erasure and matching over the store and an index of `model`'s templates."""
+
     def __init__(
-        self, store: Store, index_path: Path, dim: int, snapshot_every: int = 1000
+        self, store: Store, index: VectorIndex, model: str, snapshot_every: int = 1000
     ) -> None:
+        """`index` is opened and consistent with the store's `model` templates; `model` is the
+        current embedder's version."""
         self.store = store
-        self.index_path = index_path
-        self.dim = dim
+        self.index = index
+        self.model = model
         self.snapshot_every = snapshot_every
         self._changes = 0
         self._lock = threading.Lock()  # serialises index writes after their store commits
         self._resnapshot_pending = threading.Event()
-        self.index = self._open_index()
+        self.outdated_at_start = len(store.template_ids()) - len(store.template_ids(model=model))
+        if self.outdated_at_start:
+            log.warning(
+                "%d templates were made by another embedder version than %s and are never "
+                "matched: their customers must %s",
+                self.outdated_at_start, model, REENROL,
+            )  # fmt: skip
 
-    def _open_index(self) -> VectorIndex:
-        try:
-            index = VectorIndex.load(self.index_path, self.dim, self.store.keyring)
-        except IndexFileError as exc:
-            if self.index_path.exists():
-                log.warning("index snapshot unusable (%s): rebuilding from the store", exc)
-            else:  # a first start, or a snapshot deleted on purpose: nothing is wrong
-                log.info("no index snapshot at %s yet: building it from the store", self.index_path)
-            index = VectorIndex(self.dim)
-            ids, vectors = self._all_templates()
-            index.rebuild(ids, vectors)
-            index.save(self.index_path, self.store.keyring)
-            log.info("index rebuilt with %d templates", len(index))
-            return index
-        added, removed = index.sync(self.store.template_ids(), self.store.vectors_of)
-        if added or removed:
-            log.warning("index healed from the store: %d added, %d removed", added, removed)
-        rebuild = index.needs_rebuild
-        if rebuild:
-            log.info("rebuilding the %s index for %d templates", index.kind, len(index))
-            index.rebuild(*self._all_templates())
-        if added or removed or rebuild:
-            index.save(self.index_path, self.store.keyring)
-        return index
+    def _indexed(self, ids: list[int], templates: list[NewTemplate]) -> None:
+        self.index.add(np.asarray(ids, np.int64), np.stack([t.vector for t in templates]))
 
-    def _all_templates(self) -> tuple[np.ndarray, np.ndarray]:
-        ids, vectors = [], []
-        for batch_ids, batch_vectors, _ in self.store.iter_templates():
-            ids.append(batch_ids)
-            vectors.append(batch_vectors)
-        if not ids:
-            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
-        return np.concatenate(ids), np.concatenate(vectors)
+    def _check_model(self, templates: list[NewTemplate]) -> None:
+        """Refuse, before the store sees them, templates this gallery would never match."""
+        other = {t.model for t in templates} - {self.model}
+        if other:
+            raise ValueError(f"templates of {sorted(other)}; this gallery matches {self.model}")
 
     def _changed(self, count: int) -> None:
         self._changes += count
         if self._changes >= self.snapshot_every:
-            self.index.save(self.index_path, self.store.keyring)
+            self.index.snapshot()
             self._changes = 0
 
     def _forget(self, template_ids: list[int]) -> None:
         """Remove templates from the index and, before the caller answers, from every file:
-        the snapshot that held them is deleted and a fresh one written in the background.
-        Runs under `_lock`."""
+        `remove` drops the snapshot that held them and a fresh one is written in the
+        background. Runs under `_lock`."""
         self.index.remove(np.asarray(template_ids, np.int64))
-        self.index_path.unlink(missing_ok=True)
-        fsync_dir(self.index_path.parent)
         self._changes = 0
         if not self._resnapshot_pending.is_set():
             self._resnapshot_pending.set()
@@ -118,20 +106,22 @@ class Gallery:
         consent: ConsentRecord,
         event: NewEvent,
     ) -> list[int]:
+        self._check_model(templates)
         with self._lock:
             ids = self.store.enroll(customer_id, templates, consent, event)
-            self.index.add(np.asarray(ids, np.int64), np.stack([t.vector for t in templates]))
+            self._indexed(ids, templates)
             self._changed(len(ids))
         return ids
 
     def add_templates(
         self, customer_id: str, templates: list[NewTemplate], replace: bool, event: NewEvent
     ) -> list[int]:
+        self._check_model(templates)
         with self._lock:
             added, removed = self.store.add_templates(customer_id, templates, replace, event)
             if removed:
                 self._forget(removed)
-            self.index.add(np.asarray(added, np.int64), np.stack([t.vector for t in templates]))
+            self._indexed(added, templates)
             self._changed(len(added) + len(removed))
         return added
 
@@ -144,13 +134,20 @@ class Gallery:
         return removed
 
     def best_match(self, customer_id: str, vector: np.ndarray) -> float | None:
-        """Best cosine against the customer's own templates (1:1, from the store)."""
-        templates = self.store.templates_of(customer_id)
+        """Best cosine against the customer's own templates of the current embedder version
+        (1:1, from the store); None when they have none."""
+        templates = [t for t in self.store.templates_of(customer_id) if t.model == self.model]
         if not templates:
             return None
         return float(max(t.vector @ vector for t in templates))
 
-    def search(self, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
+    def templates_outdated(self, customer_id: str) -> bool:
+        """Whether the customer has templates but none of the current embedder version: a
+        1:1 match is impossible until they re-enrol (`REENROL`)."""
+        models = {t.model for t in self.store.templates_of(customer_id)}
+        return bool(models) and self.model not in models
+
+    def search(self, vector: np.ndarray, k: int) -> list[Match]:
         """Top-k customers (best template each), best first."""
         hits = self.index.search(vector, k * 4)
         owners = self.store.customer_of([i for i, _ in hits])
@@ -159,9 +156,10 @@ class Gallery:
             owner = owners.get(template_id)
             if owner is not None and score > best.get(owner, -2.0):
                 best[owner] = score
-        return sorted(best.items(), key=lambda item: -item[1])[:k]
+        return [Match(*item) for item in sorted(best.items(), key=lambda item: -item[1])[:k]]
 
     def save(self) -> None:
+        """Snapshot the index now (shutdown, tests)."""
         with self._lock:
-            self.index.save(self.index_path, self.store.keyring)
+            self.index.snapshot()
             self._changes = 0

@@ -14,7 +14,8 @@ import threading
 
 import numpy as np
 
-from service.gallery.index import IndexOptions, VectorIndex
+from service.gallery.faiss_index import FaissIndex, IndexOptions
+from service.gallery.match import WatchlistHit
 from service.store import watchlist as rows
 from service.store.customers import NewTemplate, Store
 from service.store.watchlist import WatchlistEntry
@@ -33,7 +34,7 @@ class Watchlist:
         self.store = store
         self.dim = dim
         self._lock = threading.Lock()  # serialises index changes after their commits
-        self.index = VectorIndex(dim, IndexOptions(exact_limit=EXACT_LIMIT))
+        self.index = FaissIndex(dim, IndexOptions(exact_limit=EXACT_LIMIT))
         self._owners: dict[int, str] = {}  # template id -> entry id, mirrors the store
 
     def open(self) -> None:
@@ -74,11 +75,11 @@ class Watchlist:
         """One page in entry id order with template counts, and the next page's cursor."""
         return rows.entries(self.store, page_size, after)
 
-    def best_hit(self, vector: np.ndarray) -> tuple[str, float] | None:
+    def best_hit(self, vector: np.ndarray) -> WatchlistHit | None:
         """The closest watchlist entry and its cosine, or None when the watchlist is empty."""
         hits = self.index.search(vector, 1)
         if not hits:
             return None
         template_id, score = hits[0]
         entry_id = self._owners.get(template_id)
-        return (entry_id, score) if entry_id is not None else None
+        return WatchlistHit(entry_id, score) if entry_id is not None else None

@@ -52,7 +52,7 @@ def fill_gallery(
 ) -> None:
     """Enrol the synthetic people not enrolled yet (templates of embedder version `model`)."""
     consent = ConsentRecord(purpose="synthetic", given_at=datetime.now(UTC), channel="bench")
-    for customer, vectors in synthetic_people(gallery.dim, customers, per_customer, seed):
+    for customer, vectors in synthetic_people(gallery.index.dim, customers, per_customer, seed):
         if gallery.has_customer(customer):
             continue
         templates = [NewTemplate(v.astype(np.float32), model, 80.0) for v in vectors]

@@ -1,6 +1,6 @@
 """`python -m tools.bench.index`: the gallery index's cost and recall per gallery size.
 
-For each size it builds the index the service would (`VectorIndex.rebuild` with default
+For each size it builds the index the service would (`FaissIndex.rebuild` with default
 options, or a lower `--exact-limit` to measure the approximate kind on smaller galleries) and
 reports the kind chosen, lists scanned, candidates re-scored exactly, build time, snapshot size,
 resident memory the build added (the index, plus any heap the allocator kept), single-probe
@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from service.gallery.index import IndexOptions, VectorIndex
+from service.gallery.faiss_index import FaissIndex, IndexOptions
 from service.store.crypto import generate_keyring
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def resident_bytes() -> int:
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def snapshot_bytes(index: VectorIndex) -> int:
+def snapshot_bytes(index: FaissIndex) -> int:
     """Size of the index as saved: its vectors, ids and structure, without Python overhead."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "index.faiss"
@@ -87,7 +87,7 @@ def snapshot_bytes(index: VectorIndex) -> int:
 
 
 def single_probe_latency(
-    index: VectorIndex, probes: np.ndarray, nprobe: int | None
+    index: FaissIndex, probes: np.ndarray, nprobe: int | None
 ) -> tuple[float, float, np.ndarray]:
     """p50 and p95 ms of one-probe searches, and each probe's top-1 id."""
     for probe in probes[:10]:  # warm-up: first touches of the index pages
@@ -120,7 +120,7 @@ def bench_size(
         size,
         np.mean(truth == rows),
     )
-    index = VectorIndex(dim, options)
+    index = FaissIndex(dim, options)
     resident_before, start = resident_bytes(), time.perf_counter()
     index.rebuild(np.arange(size, dtype=np.int64), templates)
     build_s = time.perf_counter() - start
@@ -144,7 +144,7 @@ def bench_size(
 
 
 def search_figures(
-    index: VectorIndex, probes: np.ndarray, truth: np.ndarray, nprobe: int
+    index: FaissIndex, probes: np.ndarray, truth: np.ndarray, nprobe: int
 ) -> dict[str, Any]:
     """Latency percentiles and recall@1 at one nprobe (0: a flat index, which scans all)."""
     p50, p95, top1 = single_probe_latency(index, probes, nprobe or None)

@@ -1,4 +1,4 @@
-"""The gallery's vector index: cosine search over enrolled templates, by store template id.
+"""The FAISS `VectorIndex`: cosine search over enrolled templates, by store template id.
 
 Templates are L2-normalised float32 vectors, so cosine is the inner product. Up to
 `IndexOptions.exact_limit` templates the index is exact (a flat scan). Beyond it ("ivfpq") an
@@ -13,7 +13,8 @@ one write lock, so no search sees a template in one and not the other. HNSW has 
 
 The store is the source of truth: this index is a cache of it, snapshotted with `save`,
 checked on `load` and healed with `sync`; when a snapshot is unusable (including one written
-before the "ivfpq" kind, whose IVF-Flat is refused) the caller rebuilds.
+before the "ivfpq" kind, whose IVF-Flat is refused) it is rebuilt. `open_faiss` does all of
+that for the gallery, which sees only the `VectorIndex` protocol.
 
 Concurrency: searches run concurrently; add/remove swap nothing and take the index exclusively;
 `rebuild` builds the new index while searches go on against the old one and swaps it in; `save`
@@ -32,11 +33,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
+from service.gallery.vector_index import IndexUnusable
 from service.store.crypto import Keyring, KeyringError, SealedWriter, open_sealed, write_sealed
+from service.store.durable import fsync_dir
+
+if TYPE_CHECKING:
+    from service.store.customers import Store
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +62,17 @@ _MIN_POINTS_PER_LIST = 39
 _RERANK_PER_RESULT = 4
 
 
-class IndexFileError(Exception):
+class IndexFileError(IndexUnusable):
     """A saved index is missing, corrupt or of the wrong shape: rebuild it from the store."""
+
+
+@dataclass(frozen=True)
+class SnapshotFile:
+    """Where a `FaissIndex` persists itself, and the keyring it seals with: read at each
+    snapshot (`keyring()`), so a snapshot after a key rotation is sealed under the new key."""
+
+    path: Path
+    keyring: Callable[[], Keyring]
 
 
 @dataclass(frozen=True)
@@ -405,14 +421,21 @@ def _read_verified(path: Path, keyring: Keyring) -> _Flat | _Reranked:
         raise IndexFileError(f"{path}: {exc}") from exc
 
 
-class VectorIndex:
-    """Cosine search over templates keyed by their int64 store ids; safe across threads."""
+class FaissIndex:
+    """Cosine search over templates keyed by their int64 store ids; safe across threads.
 
-    def __init__(self, dim: int, options: IndexOptions | None = None) -> None:
+    The FAISS `VectorIndex`: in this process, persisted to a sealed snapshot `file` (None: in
+    memory only, as the watchlist's index).
+    """
+
+    def __init__(
+        self, dim: int, options: IndexOptions | None = None, file: SnapshotFile | None = None
+    ) -> None:
         if dim <= 0:
             raise ValueError("dim must be positive")
         self.dim = dim
         self.options = options or IndexOptions()
+        self.file = file
         _configure_blas(dim)
         self._index: _Flat | _Reranked = _Flat(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
         self._ids = self._frozen(np.empty(0, np.int64))
@@ -474,7 +497,11 @@ class VectorIndex:
             self._add_locked(ids, vectors)
 
     def remove(self, ids: np.ndarray) -> int:
-        """Drop templates by id; unknown ids are ignored. Returns how many were removed."""
+        """Drop templates by id; unknown ids are ignored. Returns how many were removed.
+
+        Erasure: the snapshot file, which may hold them, is deleted before this returns (and
+        written again by the next `snapshot`); a restart meanwhile rebuilds from the store.
+        """
         with self._mutate:
             return self._remove_locked(_as_ids(ids))
 
@@ -512,6 +539,9 @@ class VectorIndex:
         with self._rw.write():
             removed = self._index.remove(gone)
             self._ids = self._frozen(np.delete(self._ids, np.searchsorted(self._ids, gone)))
+        if self.file is not None:  # under `_mutate`: no snapshot of before can land after this
+            self.file.path.unlink(missing_ok=True)
+            fsync_dir(self.file.path.parent)
         return removed
 
     def _contains(self, sorted_ids: np.ndarray) -> np.ndarray:
@@ -603,7 +633,7 @@ class VectorIndex:
     @classmethod
     def load(
         cls, path: Path, dim: int, keyring: Keyring, options: IndexOptions | None = None
-    ) -> VectorIndex:
+    ) -> FaissIndex:
         """Open a snapshot written by `save`; IndexFileError when it is missing or unusable."""
         path = Path(path)
         index = _read_verified(path, keyring)
@@ -616,6 +646,27 @@ class VectorIndex:
         loaded._index, loaded._ids = index, cls._frozen(ids)
         log.info("index loaded: %s, %d templates, %s", loaded.kind, len(loaded), path)
         return loaded
+
+    @classmethod
+    def restore(
+        cls, file: SnapshotFile, dim: int, options: IndexOptions | None = None
+    ) -> FaissIndex:
+        """The index persisted in `file`, which later snapshots replace; IndexFileError (an
+        `IndexUnusable`) when it is missing or unusable."""
+        restored = cls.load(file.path, dim, file.keyring(), options)
+        restored.file = file
+        return restored
+
+    def snapshot(self) -> None:
+        """Write the sealed snapshot file now (see `save`)."""
+        if self.file is None:
+            raise ValueError("this index is in memory only: it has no snapshot file")
+        self.save(self.file.path, self.file.keyring())
+
+    @property
+    def watermark(self) -> int | None:
+        """None: a snapshot records no store change yet, so `open_faiss` heals by template id."""
+        return None
 
     def sync(
         self,
@@ -640,3 +691,45 @@ class VectorIndex:
         if removed or len(missing):
             log.info("index synced with the store: %d added, %d removed", len(missing), removed)
         return len(missing), removed
+
+
+def open_faiss(
+    store: Store, model: str, file: SnapshotFile, dim: int, options: IndexOptions | None = None
+) -> FaissIndex:
+    """The index of the store's `model` templates, ready to serve: the snapshot restored and
+    healed against the store's template ids, or rebuilt from the store (and saved) when it is
+    missing or unusable or has outgrown its kind. Templates of other embedder versions are
+    left out (and a snapshot's are removed): they are never compared with this model's."""
+    try:
+        index = FaissIndex.restore(file, dim, options)
+    except IndexFileError as exc:
+        if file.path.exists():
+            log.warning("index snapshot unusable (%s): rebuilding from the store", exc)
+        else:  # a first start, or a snapshot deleted on purpose: nothing is wrong
+            log.info("no index snapshot at %s yet: building it from the store", file.path)
+        index = FaissIndex(dim, options, file)
+        index.rebuild(*_templates_of(store, model, dim))
+        index.snapshot()
+        log.info("index rebuilt with %d templates", len(index))
+        return index
+    added, removed = index.sync(store.template_ids(model=model), store.vectors_of)
+    if added or removed:
+        log.warning("index healed from the store: %d added, %d removed", added, removed)
+    rebuild = index.needs_rebuild
+    if rebuild:
+        log.info("rebuilding the %s index for %d templates", index.kind, len(index))
+        index.rebuild(*_templates_of(store, model, dim))
+    if added or removed or rebuild:
+        index.snapshot()
+    return index
+
+
+def _templates_of(store: Store, model: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (id, vector) of the store's `model` templates, for a rebuild."""
+    ids, vectors = [], []
+    for batch_ids, batch_vectors, _ in store.iter_templates(model=model):
+        ids.append(batch_ids)
+        vectors.append(batch_vectors)
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+    return np.concatenate(ids), np.concatenate(vectors)

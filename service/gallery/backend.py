@@ -1,0 +1,30 @@
+"""The vector index backend the settings name (`gallery.backend`), opened for the gallery.
+
+The one place that knows every backend: a new one (Milvus next) adds its settings to
+`service.config.GallerySettings` and a case here that returns its `VectorIndex`, restored from
+its persisted state and healed against the store, or rebuilt from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.config import GallerySettings
+from service.gallery.faiss_index import IndexOptions, SnapshotFile, open_faiss
+from service.store.customers import Store
+from service.gallery.vector_index import VectorIndex
+
+
+def open_index(
+    settings: GallerySettings, store: Store, model: str, dim: int, data_dir: Path
+) -> VectorIndex:
+    """The index of the store's templates of embedder version `model`, ready to serve."""
+    match settings.backend:
+        case "faiss":
+            faiss = settings.faiss
+            file = SnapshotFile(faiss.snapshot_path(data_dir), lambda: store.keyring)
+            options = IndexOptions(
+                exact_limit=faiss.exact_limit, probe_fraction=faiss.probe_fraction
+            )
+            return open_faiss(store, model, file, dim, options)
+    raise ValueError(f"unknown gallery backend {settings.backend!r}")
