@@ -14,12 +14,12 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from service.store.customers import Store
 
 from faceguard.v1 import common_pb2, enrollment_pb2
 from service.config import GallerySettings, Settings
 from service.gallery.backend import open_index
 from service.gallery.gallery import Gallery
+from service.store.customers import Store
 from service.vision.pipeline import FacePipeline
 
 FACEGUARD = Path(sys.executable).with_name("faceguard")

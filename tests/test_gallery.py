@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pydantic
 import pytest
-from service.store.crypto import generate_keyring
-from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
 
 from service.config import Settings
 from service.gallery.backend import open_index
@@ -19,6 +17,8 @@ from service.gallery.faiss_index import FaissIndex, SnapshotFile
 from service.gallery.match import Match, WatchlistHit
 from service.gallery.vector_index import IndexUnusable, VectorIndex
 from service.gallery.watchlist import Watchlist
+from service.store.crypto import generate_keyring
+from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
 from tests.service_helpers import faiss_gallery
 
 DIM = 8

@@ -9,7 +9,6 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from service.store.customers import NewEvent, NewTemplate
 
 from faceguard.v1 import (
     common_pb2,
@@ -20,6 +19,7 @@ from faceguard.v1 import (
 )
 from service.api.server import Running, start
 from service.assembly import open_store
+from service.store.customers import NewEvent, NewTemplate
 from tests.service_helpers import consent, image, people_with, service_settings
 
 RETIRED = "retired-embedder@1"

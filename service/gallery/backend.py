@@ -11,8 +11,8 @@ from pathlib import Path
 
 from service.config import GallerySettings
 from service.gallery.faiss_index import IndexOptions, SnapshotFile, open_faiss
-from service.store.customers import Store
 from service.gallery.vector_index import VectorIndex
+from service.store.customers import Store
 
 
 def open_index(
