@@ -16,7 +16,7 @@ from service.gallery.store import Store
 from service.modelpack.manifest import load_manifest
 from service.risk.runtime import build_risk
 from service.vision.pipeline import FacePipeline
-from service.vision_processes import (
+from service.app.vision_pool import (
     InProcessVision,
     Vision,
     VisionProcesses,

@@ -41,7 +41,7 @@ from service.bench import framed_face
 from service.config import load_settings
 from service.gallery.index_bench import run_index_bench
 from service.vision.pipeline import FacePipeline
-from service.vision_processes import default_process_count
+from service.app.vision_pool import default_process_count
 
 FACEGUARD = Path(sys.executable).with_name("faceguard")
 

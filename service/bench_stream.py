@@ -33,7 +33,7 @@ from service.liveness.policy import LivenessPolicy, SessionLimits
 from service.liveness.session import Session
 from service.liveness.stream import analyse_frame
 from service.vision.pipeline import FacePipeline
-from service.vision_processes import InProcessVision
+from service.app.vision_pool import InProcessVision
 
 BUDGET_MS = 1000.0 / 15.0
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

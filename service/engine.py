@@ -34,7 +34,7 @@ from service.gallery.store import ConsentRecord, CustomerRecord, NewEvent, NewTe
 from service.vision.decode import DecodeReason
 from service.vision.subject import ImageRejected
 from service.vision.types import FaceAnalysis
-from service.vision_processes import Vision, VisionUnavailable, VisionWorkerError
+from service.app.vision_pool import Vision, VisionUnavailable, VisionWorkerError
 
 if TYPE_CHECKING:
     import numpy as np

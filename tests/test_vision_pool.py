@@ -20,7 +20,7 @@ from service.bench import framed_face
 from service.config import load_settings
 from service.vision.pipeline import FacePipeline
 from service.vision.subject import ImageRejected
-from service.vision_processes import (
+from service.app.vision_pool import (
     InProcessVision,
     VisionProcesses,
     VisionUnavailable,

@@ -24,7 +24,7 @@ from service.engine import Engine, face_errors
 from service.errors import Conflict, InvalidInput, Unprocessable
 from service.liveness.session import Observation, Prompt, Session
 from service.vision.types import FaceAnalysis
-from service.vision_processes import Vision
+from service.app.vision_pool import Vision
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.vision.parallel import SideBySide
-from service.vision.runtime import create_session, run_single_input
+from service.vision.onnx_sessions import create_session, run_single_input
 from service.vision.types import Face
 
 PYRAMID_FACTOR = 0.709

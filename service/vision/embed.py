@@ -20,7 +20,7 @@ import numpy as np
 from service.modelpack.manifest import Model
 from service.vision.align import align_face
 from service.vision.parallel import SideBySide
-from service.vision.runtime import create_session, run_single_input
+from service.vision.onnx_sessions import create_session, run_single_input
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:

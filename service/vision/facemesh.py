@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from service.modelpack.manifest import Model
-from service.vision.runtime import create_session
+from service.vision.onnx_sessions import create_session
 from service.vision.types import Face
 
 MESH_OUTPUT = "mesh"

@@ -4,7 +4,7 @@ A verify or liveness check sends frames and wants the best face among them as a 
 identify or an enrolment image wants the image's single face, as a probe or as a gallery
 template; a streamed session wants, frame by frame, the face it follows. Each runs here as a
 whole step over a `FacePipeline`, so it can run in a worker process
-(`service.vision_processes`) with one round trip: only the image bytes go in and only the
+(`service.app.vision_pool`) with one round trip: only the image bytes go in and only the
 analysis comes back, never the decoded pixels.
 """
 
