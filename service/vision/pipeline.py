@@ -18,7 +18,7 @@ from service.vision.decode import DecodeLimits, decode_image
 from service.vision.detect import DetectorConfig, MtcnnDetector
 from service.vision.embed import FusedEmbedder, FusionSpec, NetworkEmbedder
 from service.vision.facemesh import FaceMesh
-from service.vision.liveness import LivenessModel
+from service.vision.antispoof import LivenessModel
 from service.vision.liveness_cues import FrameCues, cues_from_mesh
 from service.vision.parallel import SideBySide
 from service.vision.quality import QualityPolicy, assess_quality
