@@ -29,7 +29,7 @@ from rich.table import Table
 
 from service.config import load_settings
 from service.evaluation.video import read_video
-from service.liveness.policy import LivenessPolicy, SessionLimits
+from service.liveness.session_policy import LivenessPolicy, SessionLimits
 from service.liveness.session import Session
 from service.liveness.stream import analyse_frame
 from service.vision.pipeline import FacePipeline

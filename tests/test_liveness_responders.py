@@ -19,7 +19,7 @@ import pytest
 from service.config import SettingsError
 from service.errors import Unprocessable
 from service.evaluation.responders import read_labels
-from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
+from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Phase, Prompt, Session
 from service.vision import liveness_cues as lc
 from tests import responder_tracks as tracks

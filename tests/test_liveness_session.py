@@ -13,7 +13,7 @@ from service.decision import LivenessCheck
 from service.errors import Expired, TooLarge, Unprocessable
 from service.liveness import checks
 from service.liveness.challenge import pick
-from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
+from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import EMBED_EVERY, Observation, Phase, Session
 from service.vision.types import Quality
 from tests.liveness_tracks import LiveHead, Recording, TiltedPhoto, analysis, unit

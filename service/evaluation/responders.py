@@ -43,7 +43,7 @@ from service.errors import FaceguardError
 from service.evaluation.runner import Progress
 from service.evaluation.stream_eval import FPS, analyse
 from service.evaluation.video import read_video
-from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
+from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Session
 from service.vision.pipeline import FacePipeline
 

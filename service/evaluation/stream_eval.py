@@ -36,7 +36,7 @@ from service.errors import FaceguardError
 from service.evaluation import attacks
 from service.evaluation.runner import Progress
 from service.evaluation.video import read_video
-from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
+from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Session
 from service.vision.liveness_cues import planarity_residual
 from service.vision.pipeline import FacePipeline, primary_face

@@ -38,7 +38,7 @@ from service.decision import LivenessCheck, LivenessReport
 from service.errors import Expired, TooLarge, Unprocessable
 from service.liveness import checks
 from service.liveness.challenge import Baseline, Response, judge, pick
-from service.liveness.policy import (
+from service.liveness.session_policy import (
     INSTRUCTIONS,
     LOOK_AT_CAMERA,
     Challenge,
