@@ -36,7 +36,7 @@ import numpy as np
 
 from service.decision import LivenessCheck, LivenessReport
 from service.errors import Expired, TooLarge, Unprocessable
-from service.liveness import checks
+from service.liveness import verdicts
 from service.liveness.challenge import Baseline, Response, judge, pick
 from service.liveness.session_policy import (
     INSTRUCTIONS,
@@ -422,9 +422,9 @@ class Session:
         """Every check's result and the combined score (call once the session is done)."""
         policy = self.policy
         found: list[LivenessCheck] = [
-            checks.passive_check(self._passive, policy),
-            checks.motion_check([c.points for _, c in self._cues], policy),
-            checks.blink_check(
+            verdicts.passive_check(self._passive, policy),
+            verdicts.motion_check([c.points for _, c in self._cues], policy),
+            verdicts.blink_check(
                 [c.eye_openness for _, c in self._cues],
                 [t for t, _ in self._cues],
                 policy,
@@ -434,6 +434,6 @@ class Session:
         if self.ask_challenge:
             responses = self.responses or [Response(False, "NONE", "no challenge was answered")]
             required = self.limits.challenges_per_session
-            found.append(checks.challenge_check(self.asked, responses, required, policy))
-            return checks.combine(found, policy, self.asked, responses)
-        return checks.combine(found, policy)
+            found.append(verdicts.challenge_check(self.asked, responses, required, policy))
+            return verdicts.combine(found, policy, self.asked, responses)
+        return verdicts.combine(found, policy)
