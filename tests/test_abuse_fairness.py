@@ -38,8 +38,8 @@ from service.certs import ClientSpec, DevCA
 from service.config import SettingsError
 from service.errors import Expired
 from service.gallery.store import event_table
-from service.liveness.session_policy import LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Session
+from service.liveness.session_policy import LivenessPolicy, SessionLimits
 from tests.service_helpers import FACEGUARD, free_port, mtls_settings, server_process, tls_channel
 from tests.test_limits import details
 

@@ -13,9 +13,9 @@ from service.decision import LivenessCheck
 from service.errors import Expired, TooLarge, Unprocessable
 from service.liveness import verdicts
 from service.liveness.challenge import pick
-from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import EMBED_EVERY, Observation, Phase, Session
-from service.vision.types import Quality
+from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
+from service.vision.types import FaceAnalysis, Quality
 from tests.liveness_tracks import LiveHead, Recording, TiltedPhoto, analysis, unit
 
 FPS = 15.0
@@ -255,7 +255,8 @@ def test_embeddings_are_asked_for_only_where_needed() -> None:
     assert s.wish().wants_embedding(Quality(90.0, ()))  # better than the best: the match?
     plain = analysis(face, quality=70.0)
     for i in range(1, EMBED_EVERY):
-        s.observe(Observation(i / FPS, i / FPS, plain.face, plain.quality, cues=head.next()))
+        unembedded = FaceAnalysis(plain.face, plain.quality, None, cues=head.next())
+        s.observe(Observation(i / FPS, i / FPS, unembedded))
     assert s.wish().wants_embedding(Quality(70.0, ()))  # time to check it is still the same
     # The identity check on that frame catches a change made in between.
     with pytest.raises(Unprocessable):

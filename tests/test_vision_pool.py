@@ -16,10 +16,6 @@ import numpy as np
 import pytest
 
 from service.analyze import sample_images
-from service.bench import framed_face
-from service.config import load_settings
-from service.vision.pipeline import FacePipeline
-from service.vision.subject import ImageRejected
 from service.app.vision_pool import (
     InProcessVision,
     VisionProcesses,
@@ -27,6 +23,10 @@ from service.app.vision_pool import (
     VisionWorkerError,
     default_process_count,
 )
+from service.bench import framed_face
+from service.config import load_settings
+from service.vision.pipeline import FacePipeline
+from service.vision.subject import ImageRejected
 
 CONFIG = load_settings(vision={"threads": 2}).service_pipeline_config()
 

@@ -38,7 +38,7 @@ from service.metrics import Observer, instrument_pipeline
 from service.modelpack.manifest import MODELS_DIR
 from service.vision import subject
 from service.vision.pipeline import FacePipeline, PipelineConfig
-from service.vision.subject import FrameFace, FrameWish
+from service.vision.subject import FrameWish
 from service.vision.types import FaceAnalysis
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class Vision(Protocol):
 
     def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis: ...
 
-    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FrameFace | None: ...
+    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FaceAnalysis | None: ...
 
     def close(self) -> None: ...
 
@@ -99,7 +99,7 @@ class InProcessVision:
     def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
         return subject.single_face(self.pipeline, data, index, template, self.allow_multiple)
 
-    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FrameFace | None:
+    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FaceAnalysis | None:
         return subject.stream_frame(self.pipeline, data, index, wish)
 
     def close(self) -> None:
@@ -178,7 +178,7 @@ class VisionProcesses:
     def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
         return self._call("single_face", data, index, template, self.allow_multiple)
 
-    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FrameFace | None:
+    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FaceAnalysis | None:
         return self._call("stream_frame", data, index, wish)
 
     def instrument(self, observe: Observer) -> None:

@@ -185,7 +185,7 @@ class Replay:
         )  # fmt: skip
         cues = frame.cues and replace(frame.cues, points=frame.cues.points + shift)
         self._last = face.centre
-        return replace(frame, face=face, cues=cues)
+        return replace(frame, analysis=replace(frame.analysis, face=face, cues=cues))
 
 
 def _is_neutral_rest(frames: Sequence[Observation]) -> bool:

@@ -91,12 +91,7 @@ def analyse_frame(
     """The session's observation of a frame: only the face it follows is analysed, as it
     wishes (see `subject.stream_frame`)."""
     found = vision.stream_frame(data, session.frames, session.wish())
-    if found is None:
-        return Observation(received_s, captured_s)
-    return Observation(
-        received_s, captured_s, found.face, found.quality, found.liveness, found.embedding,
-        found.cues,
-    )  # fmt: skip
+    return Observation(received_s, captured_s, found)
 
 
 class StreamRun:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.vision.decode import ImageDecodeError
-from service.vision.liveness_cues import FrameCues
 from service.vision.pipeline import FacePipeline, primary_face
-from service.vision.types import Embedding, Face, FaceAnalysis, Image, Liveness, Quality
+from service.vision.types import Face, FaceAnalysis, Image, Quality
 
 NO_FACE = "NO_FACE"
 MULTIPLE_FACES = "MULTIPLE_FACES"
@@ -109,23 +108,12 @@ class FrameWish:
         return self.embed_above is None or quality.score > self.embed_above
 
 
-@dataclass(frozen=True)
-class FrameFace:
-    """A streamed frame's followed face: quality, passive liveness and mesh cues always, the
-    embedding where the session wished for it."""
-
-    face: Face
-    quality: Quality
-    liveness: Liveness | None
-    embedding: Embedding | None
-    cues: FrameCues | None
-
-
 def stream_frame(
     pipeline: FacePipeline, data: bytes, index: int, wish: FrameWish
-) -> FrameFace | None:
+) -> FaceAnalysis | None:
     """Decode frame `index` of a stream and analyse only the face the session follows (None:
-    no face); its embedding, mesh cues and passive liveness run side by side."""
+    no face): quality, passive liveness and mesh cues always, the embedding where the session
+    wished for it; the three models run side by side."""
     image = _decode(pipeline, data, index, "frame")
     face = wish.follow(pipeline.detect(image), image)
     if face is None:
@@ -140,4 +128,4 @@ def stream_frame(
         lambda: pipeline.cues(image, face),
         lambda: pipeline.liveness(image, [face])[0],
     )
-    return FrameFace(face, quality, liveness, embedding, cues)
+    return FaceAnalysis(face, quality, liveness, embedding, cues)
