@@ -10,7 +10,9 @@ analysis comes back, never the decoded pixels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +22,17 @@ from service.vision.types import Face, FaceAnalysis, Image, Quality
 
 NO_FACE = "NO_FACE"
 MULTIPLE_FACES = "MULTIPLE_FACES"
+
+# The face work a request can ask for, by name: what a vision worker process may be asked to
+# run (`service.app.vision_pool`), filled by `vision_task`. Each takes the pipeline first.
+TASKS: dict[str, Callable[..., Any]] = {}
+Task = TypeVar("Task", bound=Callable[..., Any])
+
+
+def vision_task(function: Task) -> Task:
+    """Register `function` in `TASKS` under its name."""
+    TASKS[function.__name__] = function
+    return function
 
 
 class ImageRejected(Exception):
@@ -60,6 +73,7 @@ def _face_of(
     return image, faces[0] if faces else None
 
 
+@vision_task
 def single_face(
     pipeline: FacePipeline, data: bytes, index: int, template: bool, allow_multiple: bool
 ) -> FaceAnalysis:
@@ -71,6 +85,7 @@ def single_face(
     return pipeline.analyse_faces(image, [face], template)[0]
 
 
+@vision_task
 def best_probe(pipeline: FacePipeline, frames: list[bytes], allow_multiple: bool) -> FaceAnalysis:
     """The best-quality face over the frames, analysed as a probe; each frame must hold at most
     one face. Only that face is embedded and scored for liveness."""
@@ -108,6 +123,7 @@ class FrameWish:
         return self.embed_above is None or quality.score > self.embed_above
 
 
+@vision_task
 def stream_frame(
     pipeline: FacePipeline, data: bytes, index: int, wish: FrameWish
 ) -> FaceAnalysis | None:
