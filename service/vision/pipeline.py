@@ -1,7 +1,8 @@
 """`FacePipeline`: image bytes in, one `FaceAnalysis` per face out.
 
-decode -> detect -> quality -> align -> liveness -> embed. Every model's onnxruntime session is
-created once, when the pipeline is built, from the manifest's verified files; the per-face
+decode -> detect -> quality -> align -> liveness -> embed. Every model is built once, when the
+pipeline is built, from the manifest's verified files by the registry (`registry.build_model`,
+the detector by `registry.build_detector` from the manifest's `[detector]` table); the per-face
 stages run batched across all faces of the image. Each stage is also a method of its own so the
 benchmark can time it and callers that already hold decoded pixels can skip decoding.
 """
