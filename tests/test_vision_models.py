@@ -72,6 +72,11 @@ def test_the_registry_builds_each_task_s_wrapper_and_refuses_a_model_of_another_
         build_model(models["mobilefacenet"], "liveness")
     with pytest.raises(ModelSpecError, match="no code runs"):
         build_model(models["mobilefacenet"], "segmentation")
+    guessed = replace(
+        models["human_antispoof"], extra=models["human_antispoof"].extra | {"reading": "guess"}
+    )
+    with pytest.raises(ModelSpecError, match="reading 'guess'"):
+        build_model(guessed, "liveness")
 
 
 def with_detector(manifest: Manifest, table: dict[str, object]) -> Manifest:

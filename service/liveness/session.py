@@ -78,7 +78,9 @@ class Observation:
         cues: FrameCues | None = None,
     ) -> Observation:  # fmt: skip
         """An observation of an analysed face, with mesh cues measured apart from it."""
-        return cls(received_s, captured_s, replace(analysis, cues=cues or analysis.cues))
+        return cls(
+            received_s, captured_s, replace(analysis, cues=analysis.cues if cues is None else cues)
+        )
 
     @property
     def face(self) -> Face | None:

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from service.modelpack.manifest import Model
-from service.vision.models import OnnxModel
+from service.vision.models import ModelSpecError, OnnxModel
 from service.vision.types import Face, Liveness
 
 
@@ -67,7 +67,10 @@ class AntiSpoofModel(OnnxModel):
     def __init__(self, model: Model, path: Path) -> None:
         super().__init__(model, path)
         self.crop_scale = float(self.extra("crop_scale", 1.0))
-        self._read = READINGS[self.extra("reading")]
+        reading = self.extra("reading")
+        if reading not in READINGS:
+            raise ModelSpecError(f"{self.name}: reading {reading!r} is not one of {list(READINGS)}")
+        self._read = READINGS[reading]
 
     def crops(self, rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
         size = self.input.size[1]  # square: its height
