@@ -5,6 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from service.app.vision_pool import (
+    InProcessVision,
+    Vision,
+    VisionProcesses,
+    default_process_count,
+)
 from service.calibration.live import live_calibration
 from service.config import Settings, SettingsError, operating_threshold
 from service.engine import Engine, Policy
@@ -18,12 +24,6 @@ from service.store.crypto import Keyring, KeyringError, generate_keyring, load_k
 from service.store.customers import Store
 from service.store.durable import make_private
 from service.vision.pipeline import FacePipeline
-from service.vision_processes import (
-    InProcessVision,
-    Vision,
-    VisionProcesses,
-    default_process_count,
-)
 
 log = logging.getLogger(__name__)
 

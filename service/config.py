@@ -21,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
+from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
 from service.modelpack.manifest import Manifest
 from service.vision.decode import DecodeLimits
 from service.vision.detect import DetectorConfig
@@ -218,7 +218,7 @@ _LIVENESS = LivenessPolicy()
 class StreamSettings(BaseModel):
     """Streamed sessions (VerifyStream, IdentifyStream): limits, challenges, liveness policy.
 
-    The defaults and where the thresholds come from are in service/liveness/policy.py.
+    The defaults and where the thresholds come from are in service/liveness/session_policy.py.
     """
 
     max_duration_s: float = Field(_LIMITS.max_duration_s, gt=0, description="per session")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
+from service.app.vision_pool import Vision, VisionUnavailable, VisionWorkerError
 from service.decision import APPROVE, DECLINE, Decision, LivenessReport, match_outcome
 from service.errors import (
     Conflict,
@@ -34,7 +35,6 @@ from service.store.customers import ConsentRecord, CustomerRecord, NewEvent, New
 from service.vision.decode import DecodeReason
 from service.vision.subject import ImageRejected
 from service.vision.types import FaceAnalysis
-from service.vision_processes import Vision, VisionUnavailable, VisionWorkerError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -153,7 +153,7 @@ class Engine:
         self, vision: Vision, gallery: Gallery, policy: Policy, risk: RiskRuntime | None = None
     ) -> None:
         """`vision` does the face work of requests and stream frames (see
-        `service.vision_processes`)."""
+        `service.app.vision_pool`)."""
         self.vision = vision
         self.gallery = gallery
         self.policy = policy

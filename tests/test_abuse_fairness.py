@@ -37,9 +37,9 @@ from service.api.server import Running, start
 from service.cli.certs import ClientSpec, DevCA
 from service.config import SettingsError
 from service.errors import Expired
-from service.liveness.policy import LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Session
-from service.store.tables import event_table
+from service.liveness.session_policy import LivenessPolicy, SessionLimits
+from service.store.customers import event_table
 from tests.service_helpers import FACEGUARD, free_port, mtls_settings, server_process, tls_channel
 from tests.test_limits import details
 

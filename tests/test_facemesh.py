@@ -91,9 +91,10 @@ def test_mesh_follows_a_rotated_and_shifted_face(
         score=face.score,
         landmarks=face.landmarks @ matrix[:, :2].T + matrix[:, 2],
     )
-    mesh = pipeline.facemesh(rotated, moved)
+    mesh = pipeline.facemesh.mesh_and_score(rotated, moved)[0]
     _agrees_with_detector(mesh, moved)
-    expected = pipeline.facemesh(image.rgb, face)[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+    upright = pipeline.facemesh.mesh_and_score(image.rgb, face)[0]
+    expected = upright[:, :2] @ matrix[:, :2].T + matrix[:, 2]
     assert np.median(np.linalg.norm(mesh[:, :2] - expected, axis=1)) < 0.04 * face.width
 
 

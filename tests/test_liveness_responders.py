@@ -18,8 +18,8 @@ import pytest
 
 from service.config import SettingsError
 from service.errors import Unprocessable
-from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Phase, Prompt, Session
+from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
 from service.vision import liveness_cues as lc
 from tests import responder_tracks as tracks
 from tests.liveness_tracks import analysis, cues, head_points, unit

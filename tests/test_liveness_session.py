@@ -11,11 +11,11 @@ import pytest
 
 from service.decision import LivenessCheck
 from service.errors import Expired, TooLarge, Unprocessable
-from service.liveness import checks
+from service.liveness import verdicts
 from service.liveness.challenge import pick
-from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import EMBED_EVERY, Observation, Phase, Session
-from service.vision.types import Quality
+from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
+from service.vision.types import FaceAnalysis, Quality
 from tests.liveness_tracks import LiveHead, Recording, TiltedPhoto, analysis, unit
 
 FPS = 15.0
@@ -255,7 +255,8 @@ def test_embeddings_are_asked_for_only_where_needed() -> None:
     assert s.wish().wants_embedding(Quality(90.0, ()))  # better than the best: the match?
     plain = analysis(face, quality=70.0)
     for i in range(1, EMBED_EVERY):
-        s.observe(Observation(i / FPS, i / FPS, plain.face, plain.quality, cues=head.next()))
+        unembedded = FaceAnalysis(plain.face, plain.quality, None, cues=head.next())
+        s.observe(Observation(i / FPS, i / FPS, unembedded))
     assert s.wish().wants_embedding(Quality(70.0, ()))  # time to check it is still the same
     # The identity check on that frame catches a change made in between.
     with pytest.raises(Unprocessable):
@@ -312,11 +313,11 @@ def test_combine_weights_the_measured_checks_and_requires_the_challenge() -> Non
     motion = LivenessCheck("motion", False, None, 0.25)  # unmeasured: drops out
     blink = LivenessCheck("blink", True, 1.0, 0.1)
     challenge = LivenessCheck("challenge", False, 0.0, 0.5)
-    report = checks.combine([passive, motion, blink], policy)
+    report = verdicts.combine([passive, motion, blink], policy)
     assert report.score == pytest.approx((0.15 * 0.8 + 0.1) / 0.25, abs=1e-4)
     assert report.passed
-    assert not checks.combine([passive, motion, blink, challenge], policy).passed
-    assert not checks.combine([motion], policy).passed  # nothing measured: not live
+    assert not verdicts.combine([passive, motion, blink, challenge], policy).passed
+    assert not verdicts.combine([motion], policy).passed  # nothing measured: not live
 
 
 def test_weights_must_name_every_check() -> None:

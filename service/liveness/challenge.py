@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.liveness.policy import Challenge, LivenessPolicy
+from service.liveness.session_policy import Challenge, LivenessPolicy
 from service.vision.liveness_cues import FrameCues, blinks, planarity_residual
 
 

@@ -29,16 +29,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
 
 from service.decision import LivenessCheck, LivenessReport
 from service.errors import Expired, TooLarge, Unprocessable
-from service.liveness import checks
+from service.liveness import verdicts
 from service.liveness.challenge import Baseline, Response, judge, pick
-from service.liveness.policy import (
+from service.liveness.session_policy import (
     INSTRUCTIONS,
     LOOK_AT_CAMERA,
     Challenge,
@@ -47,7 +47,7 @@ from service.liveness.policy import (
 )
 from service.vision.liveness_cues import FrameCues
 from service.vision.subject import FrameWish
-from service.vision.types import Embedding, Face, FaceAnalysis, Liveness, Quality
+from service.vision.types import Embedding, Face, FaceAnalysis
 
 # Face frames between identity checks of the followed face (at 15 frames/s: three a second).
 EMBED_EVERY = 5
@@ -64,29 +64,31 @@ class Phase(StrEnum):
 
 @dataclass(frozen=True, eq=False)
 class Observation:
-    """One frame as the session sees it: when, the followed face, its cues.
-
-    `embedding` is present where the session asked for one (`Session.wish`).
-    """
+    """One frame as the session sees it: when it came, and the analysis of the face it follows
+    (None: no face). The analysis carries an embedding where the session asked for one
+    (`Session.wish`), and the mesh cues where the mesh model is built."""
 
     received_s: float  # server clock
     captured_s: float  # capture clock (the kiosk's), for blink timing
-    face: Face | None = None
-    quality: Quality | None = None
-    liveness: Liveness | None = None
-    embedding: Embedding | None = None
-    cues: FrameCues | None = None
+    analysis: FaceAnalysis | None = None
 
     @classmethod
     def of(
         cls, received_s: float, captured_s: float, analysis: FaceAnalysis,
         cues: FrameCues | None = None,
     ) -> Observation:  # fmt: skip
-        """An observation of a fully analysed face."""
+        """An observation of an analysed face, with mesh cues measured apart from it."""
         return cls(
-            received_s, captured_s, analysis.face, analysis.quality, analysis.liveness,
-            analysis.embedding, cues,
-        )  # fmt: skip
+            received_s, captured_s, replace(analysis, cues=analysis.cues if cues is None else cues)
+        )
+
+    @property
+    def face(self) -> Face | None:
+        return self.analysis.face if self.analysis else None
+
+    @property
+    def cues(self) -> FrameCues | None:
+        return self.analysis.cues if self.analysis else None
 
 
 @dataclass(frozen=True)
@@ -240,23 +242,24 @@ class Session:
         if prompt is not None and obs.received_s > prompt.deadline_s:  # LOOK_AT_CAMERA
             self._not_back(obs.received_s)
             return None
-        if obs.face is None or obs.quality is None:
+        found = obs.analysis
+        if found is None:
             if self.phase is Phase.CHALLENGE:
                 self._window_without_cues += 1
             self._check_face_seen(obs.received_s)
             return None
         self.face_s = obs.received_s
-        self._track(obs.face, obs.embedding, obs.received_s, obs.cues)
+        self._track(found.face, found.embedding, obs.received_s, found.cues)
         self._face_frames += 1
         self._phase_face_frames += 1
-        if obs.embedding is not None and (
-            self.best is None or obs.quality.score > self.best.quality.score
+        if found.embedding is not None and (
+            self.best is None or found.quality.score > self.best.quality.score
         ):
-            self.best = FaceAnalysis(obs.face, obs.quality, obs.liveness, obs.embedding)
-        if obs.liveness is not None:
-            self._passive.append(obs.liveness.score)
-        if obs.cues is not None:
-            self._cues.append((obs.captured_s, obs.cues))
+            self.best = found
+        if found.liveness is not None:
+            self._passive.append(found.liveness.score)
+        if found.cues is not None:
+            self._cues.append((obs.captured_s, found.cues))
         if self.phase is Phase.BASELINE:
             return self._baseline_step(obs)
         return self._challenge_step(obs)
@@ -422,9 +425,9 @@ class Session:
         """Every check's result and the combined score (call once the session is done)."""
         policy = self.policy
         found: list[LivenessCheck] = [
-            checks.passive_check(self._passive, policy),
-            checks.motion_check([c.points for _, c in self._cues], policy),
-            checks.blink_check(
+            verdicts.passive_check(self._passive, policy),
+            verdicts.motion_check([c.points for _, c in self._cues], policy),
+            verdicts.blink_check(
                 [c.eye_openness for _, c in self._cues],
                 [t for t, _ in self._cues],
                 policy,
@@ -434,6 +437,6 @@ class Session:
         if self.ask_challenge:
             responses = self.responses or [Response(False, "NONE", "no challenge was answered")]
             required = self.limits.challenges_per_session
-            found.append(checks.challenge_check(self.asked, responses, required, policy))
-            return checks.combine(found, policy, self.asked, responses)
-        return checks.combine(found, policy)
+            found.append(verdicts.challenge_check(self.asked, responses, required, policy))
+            return verdicts.combine(found, policy, self.asked, responses)
+        return verdicts.combine(found, policy)

@@ -18,13 +18,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+from service.app.vision_pool import Vision
 from service.config import StreamSettings
 from service.decision import Decision
 from service.engine import Engine, face_errors
 from service.errors import Conflict, InvalidInput, Unprocessable
 from service.liveness.session import Observation, Prompt, Session
 from service.vision.types import FaceAnalysis
-from service.vision_processes import Vision
 
 T = TypeVar("T")
 
@@ -91,12 +91,7 @@ def analyse_frame(
     """The session's observation of a frame: only the face it follows is analysed, as it
     wishes (see `subject.stream_frame`)."""
     found = vision.stream_frame(data, session.frames, session.wish())
-    if found is None:
-        return Observation(received_s, captured_s)
-    return Observation(
-        received_s, captured_s, found.face, found.quality, found.liveness, found.embedding,
-        found.cues,
-    )  # fmt: skip
+    return Observation(received_s, captured_s, found)
 
 
 class StreamRun:

@@ -13,23 +13,20 @@ image, so faces at the border are kept.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
+from service.vision.models import ModelSpecError, OnnxModel
 from service.vision.parallel import SideBySide
-from service.vision.runtime import create_session, run_single_input
 from service.vision.types import Face
 
 PYRAMID_FACTOR = 0.709
 PNET_CELL = 12
 PNET_STRIDE = 2
-RNET_SIZE = 24
-ONET_SIZE = 48
 NMS_BLOCK = 256  # boxes whose overlaps `nms` computes at once
 
 
@@ -115,11 +112,6 @@ def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def normalise(rgb: np.ndarray) -> np.ndarray:
-    """MTCNN input scaling: (rgb - 127.5) / 128."""
-    return (rgb.astype(np.float32) - 127.5) * (1.0 / 128.0)
-
-
 def halvings(image: np.ndarray, count: int) -> list[np.ndarray]:
     """`image` and `count` successive exact 2x area halvings of it (odd edges dropped).
 
@@ -143,8 +135,8 @@ def crop_batch(levels: list[np.ndarray], boxes: np.ndarray, size: int) -> np.nda
     `levels` are the image's `halvings`. Each box is sampled from the finest level at which it
     is still at least `size` px, by one bilinear warp: the warp shrinks by less than 2x, so it
     does not alias, and it pads with zeros where the box leaves the image. One OpenCV call per
-    box instead of a padded copy and a chain of resizes. Returns an N x size x size x 3 float
-    batch in the networks' transposed layout.
+    box instead of a padded copy and a chain of resizes. Returns an N x size x size x 3 uint8
+    batch; the stage's `InputSpec` scales and transposes it.
     """
     batch = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
     for i, (x1, y1, x2, y2) in enumerate(np.round(boxes[:, :4])):
@@ -167,7 +159,7 @@ def crop_batch(levels: list[np.ndarray], boxes: np.ndarray, size: int) -> np.nda
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=0,
         )
-    return normalise(batch).transpose(0, 2, 1, 3)
+    return batch
 
 
 def pyramid_scales(height: int, width: int, min_face: int) -> list[float]:
@@ -182,18 +174,62 @@ def pyramid_scales(height: int, width: int, min_face: int) -> list[float]:
     return scales
 
 
+@dataclass(frozen=True, eq=False)
+class StageOutput:
+    """One MTCNN network's answer for a batch: face probability, box regression and (O-Net)
+    the 5 landmarks (x1..x5, y1..y5 relative to the box). P-Net answers with maps: N x h x w
+    (scores) and N x h x w x 4 (regression) in image orientation; R-Net and O-Net with one row
+    per crop."""
+
+    scores: np.ndarray
+    regression: np.ndarray
+    landmarks: np.ndarray | None
+
+    @staticmethod
+    def join(parts: Sequence[StageOutput]) -> StageOutput:
+        """The outputs of consecutive parts of one batch, as one."""
+        landmarks = [p.landmarks for p in parts]
+        return StageOutput(
+            np.concatenate([p.scores for p in parts]),
+            np.concatenate([p.regression for p in parts]),
+            None if landmarks[0] is None else np.concatenate(landmarks),
+        )
+
+
+class MtcnnStage(OnnxModel):
+    """P-Net, R-Net or O-Net (manifest task `detector`): RGB crops in, `StageOutput` out.
+
+    Outputs are told apart by their channel count (probability 2, box 4, landmarks 10), which
+    is part of the network's definition, not by their names, which differ between converter
+    versions. Spatial maps come back in the input's orientation (`InputSpec.restore`).
+    """
+
+    task = "detector"
+
+    def __call__(self, images: np.ndarray) -> StageOutput:
+        outputs = list(self.outputs(images).values())
+        prob, regression = _by_channels(outputs, 2), _by_channels(outputs, 4)
+        if prob is None or regression is None:
+            raise ModelSpecError(f"{self.name} lacks a probability or a box output")
+        landmarks = _by_channels(outputs, 10)
+        if prob.ndim == 4:  # P-Net's maps
+            prob, regression = self.input.restore(prob), self.input.restore(regression)
+        return StageOutput(prob[..., 1], regression, landmarks)
+
+
 class MtcnnDetector:
-    """The MTCNN cascade; holds one onnxruntime session per network.
+    """The MTCNN cascade over its three stages, in the order the manifest's `[detector]`
+    table names them (P-Net, R-Net, O-Net).
 
     The pyramid levels, and halves of the R-Net and O-Net crop batches, run side by side.
     """
 
     def __init__(
-        self, pnet: Path, rnet: Path, onet: Path, side_by_side: SideBySide | None = None
+        self, stages: Sequence[MtcnnStage], side_by_side: SideBySide | None = None
     ) -> None:
-        self._pnet = create_session(pnet)
-        self._rnet = create_session(rnet)
-        self._onet = create_session(onet)
+        if len(stages) != 3:
+            raise ModelSpecError(f"MTCNN needs 3 stages (P-Net, R-Net, O-Net), not {len(stages)}")
+        self._pnet, self._rnet, self._onet = stages
         self._side_by_side = side_by_side or SideBySide(1)
 
     def __call__(self, rgb: np.ndarray, config: DetectorConfig = DetectorConfig()) -> list[Face]:
@@ -209,7 +245,9 @@ class MtcnnDetector:
         if len(boxes) == 0:
             return []
         # Enough halvings that a box as big as the frame still shrinks < 2x onto R-Net's crop.
-        levels = halvings(small, int(np.ceil(np.log2(max(small.shape[:2]) / RNET_SIZE))))
+        levels = halvings(
+            small, int(np.ceil(np.log2(max(small.shape[:2]) / self._rnet.input.size[1])))
+        )
         boxes = self._refine(levels, boxes, config)
         if len(boxes) == 0:
             return []
@@ -242,9 +280,8 @@ class MtcnnDetector:
     def _scan(self, level: tuple[float, np.ndarray], config: DetectorConfig) -> np.ndarray:
         """P-Net on one pyramid level: its candidates (box, score, regression) after NMS."""
         scale, scaled = level
-        outputs = run_single_input(self._pnet, normalise(scaled).transpose(1, 0, 2)[None])
-        prob = _by_channels(outputs, 2)[0, :, :, 1].T
-        reg = _by_channels(outputs, 4)[0].transpose(1, 0, 2)
+        maps = self._pnet(scaled[None])
+        prob, reg = maps.scores[0], maps.regression[0]
         ys, xs = np.nonzero(prob > config.thresholds[0])
         x1 = np.round(xs * PNET_STRIDE / scale)
         y1 = np.round(ys * PNET_STRIDE / scale)
@@ -254,24 +291,24 @@ class MtcnnDetector:
         return cand[nms(cand[:, :4], cand[:, 4], config.pnet_nms)]
 
     def _crops_through(
-        self, session: ort.InferenceSession, levels: list[np.ndarray], boxes: np.ndarray, size: int
-    ) -> list[np.ndarray]:
-        """A network's outputs for every box's crop, the batch cut in parts run side by side."""
+        self, stage: MtcnnStage, levels: list[np.ndarray], boxes: np.ndarray
+    ) -> StageOutput:
+        """A stage's output for every box's crop at the stage's input size (the manifest's:
+        R-Net 24, O-Net 48), the batch cut in parts run side by side."""
+        size = stage.input.size[1]  # square crops
 
-        def run(part: slice) -> list[np.ndarray]:
-            return run_single_input(session, crop_batch(levels, boxes[part], size))
+        def run(part: slice) -> StageOutput:
+            return stage(crop_batch(levels, boxes[part], size))
 
-        parts = self._side_by_side.map(run, self._side_by_side.split(len(boxes)))
-        return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+        return StageOutput.join(self._side_by_side.map(run, self._side_by_side.split(len(boxes))))
 
     def _refine(
         self, levels: list[np.ndarray], boxes: np.ndarray, config: DetectorConfig
     ) -> np.ndarray:
         """R-Net on 24x24 crops: drop non-faces and tighten the rest."""
-        outputs = self._crops_through(self._rnet, levels, boxes, RNET_SIZE)
-        scores = _by_channels(outputs, 2)[:, 1]
-        keep = scores > config.thresholds[1]
-        boxes, scores, reg = boxes[keep], scores[keep], _by_channels(outputs, 4)[keep]
+        outputs = self._crops_through(self._rnet, levels, boxes)
+        keep = outputs.scores > config.thresholds[1]
+        boxes, scores, reg = boxes[keep], outputs.scores[keep], outputs.regression[keep]
         order = nms(boxes[:, :4], scores, config.rnet_nms)
         refined = calibrate(boxes[order, :4], reg[order])
         return np.concatenate([square(refined), scores[order, None]], axis=1)
@@ -280,11 +317,12 @@ class MtcnnDetector:
         self, levels: list[np.ndarray], boxes: np.ndarray, config: DetectorConfig
     ) -> tuple[np.ndarray, np.ndarray]:
         """O-Net on 48x48 crops: final score, box and the 5 landmarks."""
-        outputs = self._crops_through(self._onet, levels, boxes, ONET_SIZE)
-        scores = _by_channels(outputs, 2)[:, 1]
-        keep = scores > config.thresholds[2]
-        boxes, scores = boxes[keep], scores[keep]
-        reg, points = _by_channels(outputs, 4)[keep], _by_channels(outputs, 10)[keep]
+        outputs = self._crops_through(self._onet, levels, boxes)
+        if outputs.landmarks is None:
+            raise ModelSpecError(f"{self._onet.name} gives no landmarks: it is not an O-Net")
+        keep = outputs.scores > config.thresholds[2]
+        boxes, scores = boxes[keep], outputs.scores[keep]
+        reg, points = outputs.regression[keep], outputs.landmarks[keep]
         w = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
         h = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
         landmarks = np.stack(
@@ -295,13 +333,6 @@ class MtcnnDetector:
         return np.concatenate([final[order], scores[order, None]], axis=1), landmarks[order]
 
 
-def _by_channels(outputs: list[np.ndarray], channels: int) -> np.ndarray:
-    """Pick the output whose last axis has `channels` values (prob 2, box 4, landmarks 10).
-
-    Output names differ between converter versions; the channel count is part of the
-    network's definition.
-    """
-    for out in outputs:
-        if out.shape[-1] == channels:
-            return out
-    raise ValueError(f"model has no output with {channels} channels")
+def _by_channels(outputs: list[np.ndarray], channels: int) -> np.ndarray | None:
+    """The output whose last axis has `channels` values (prob 2, box 4, landmarks 10)."""
+    return next((out for out in outputs if out.shape[-1] == channels), None)

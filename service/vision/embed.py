@@ -19,8 +19,8 @@ import numpy as np
 
 from service.modelpack.manifest import Model
 from service.vision.align import align_face
+from service.vision.models import OnnxModel
 from service.vision.parallel import SideBySide
-from service.vision.runtime import create_session, run_single_input
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -41,30 +41,31 @@ def merge_views(raws: list[np.ndarray]) -> np.ndarray:
     return l2_normalise(sum(l2_normalise(raw) for raw in raws))
 
 
-class NetworkEmbedder:
-    """One embedding network: aligned chips in, raw embeddings of each view out (`merge_views`
-    makes unit embeddings of them)."""
+class EmbeddingNetwork(OnnxModel):
+    """One embedding network (manifest task `embedder`): aligned chips in, raw embeddings out
+    (`merge_views` makes unit embeddings of them). The entry's `template` is where the 5
+    landmarks go in its chip."""
+
+    task = "embedder"
 
     def __init__(self, model: Model, path: Path) -> None:
-        self.name = model.name
-        self.template = np.asarray(model.extra["template"], dtype=np.float64)
-        self.size = (int(model.input["width"]), int(model.input["height"]))
-        self.mean = float(model.input.get("mean", 0.0))
-        self.std = float(model.input.get("std", 1.0))
-        self._session = create_session(path)
+        super().__init__(model, path)
+        self.template = np.asarray(self.extra("template"), dtype=np.float64)
+        self.size = self.input.size
 
     def chip(self, rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         return align_face(rgb, landmarks, self.template, self.size)
 
     def views(self, chips: np.ndarray, flip: bool) -> list[np.ndarray]:
-        """Network inputs for a uint8 N x H x W x 3 batch: the chips and, with `flip`, their
-        mirror images, as separate batches so that they can run side by side."""
-        batch = (chips.astype(np.float32) - self.mean) / self.std
-        return [batch, batch[:, :, ::-1]] if flip else [batch]
+        """A uint8 N x H x W x 3 chip batch and, with `flip`, its mirror images, as separate
+        batches so that they can run side by side."""
+        return [chips, chips[:, :, ::-1]] if flip else [chips]
 
-    def run(self, view: np.ndarray) -> np.ndarray:
-        """Raw (unnormalised) embeddings of one view."""
-        return run_single_input(self._session, view)[0]
+    def __call__(self, chips: np.ndarray) -> np.ndarray:
+        """Raw (unnormalised) N x dim embeddings of a chip batch."""
+        return next(iter(self.outputs(chips).values()))
+
+    run = __call__  # one view's run, as `FusedEmbedder.runs` schedules it
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class FusionSpec:
 class FusedEmbedder:
     """The service's embedder: members' templates weighted, concatenated and normalised."""
 
-    def __init__(self, spec: FusionSpec, members: list[NetworkEmbedder]) -> None:
+    def __init__(self, spec: FusionSpec, members: list[EmbeddingNetwork]) -> None:
         self.spec = spec
         self.members = members
 

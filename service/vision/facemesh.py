@@ -11,13 +11,14 @@ from the camera) is scaled the same way so that x, y and z share the image's pix
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from service.modelpack.manifest import Model
-from service.vision.runtime import create_session
+from service.vision.models import OnnxModel
 from service.vision.types import Face
 
 MESH_OUTPUT = "mesh"
@@ -35,16 +36,25 @@ def crop_transform(face: Face, scale: float, size: int) -> np.ndarray:
     return matrix
 
 
-class FaceMesh:
-    """The face mesh network: one face in, its (468, 3) points in image pixels out."""
+@dataclass(frozen=True, eq=False)
+class MeshOutput:
+    """The face mesh's answer for a batch of crops: N x 468 x 3 points in crop pixels (x, y,
+    relative z) and each crop's probability of holding a face."""
+
+    points: np.ndarray
+    face_probability: np.ndarray
+
+
+class FaceMesh(OnnxModel):
+    """The face mesh network (manifest task `landmarks`): upright face crops in, `MeshOutput`
+    out; `mesh_and_score` places one face's mesh in its image."""
+
+    task = "landmarks"
 
     def __init__(self, model: Model, path: Path) -> None:
-        self.model = model
-        self.size = int(model.input["height"])
-        self.std = float(model.input.get("std", 255.0))
-        self.crop_scale = float(model.extra.get("crop_scale", 1.5))
-        self._session = create_session(path)
-        self._input = self._session.get_inputs()[0].name
+        super().__init__(model, path)
+        self.size = self.input.size[1]  # square: its height
+        self.crop_scale = float(self.extra("crop_scale", 1.5))
 
     def crop(self, rgb: np.ndarray, face: Face) -> tuple[np.ndarray, np.ndarray]:
         """The model's input crop and the matrix that made it. Border pixels are replicated:
@@ -56,19 +66,20 @@ class FaceMesh:
         )  # fmt: skip
         return crop, matrix
 
+    def __call__(self, crops: np.ndarray) -> MeshOutput:
+        found = self.outputs(crops, [MESH_OUTPUT, FLAG_OUTPUT])
+        points = found[MESH_OUTPUT].reshape(len(crops), -1, 3)
+        return MeshOutput(points, found[FLAG_OUTPUT].reshape(len(crops), -1)[:, 0])
+
     def mesh_and_score(self, rgb: np.ndarray, face: Face) -> tuple[np.ndarray, float]:
-        """The mesh in image pixels and the model's probability that the crop holds a face."""
+        """The (468, 3) float32 mesh of `face` in `rgb`'s pixels (x, y, relative z) and the
+        model's probability that the crop holds a face."""
         crop, matrix = self.crop(rgb, face)
-        batch = crop[None].astype(np.float32) / self.std
-        mesh, flag = self._session.run([MESH_OUTPUT, FLAG_OUTPUT], {self._input: batch})
-        points = mesh.reshape(-1, 3).astype(np.float64)
+        found = self(crop[None])
+        points = found.points[0].astype(np.float64)
         inverse = cv2.invertAffineTransform(matrix)
         scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
         out = np.empty_like(points)
         out[:, :2] = points[:, :2] @ inverse[:, :2].T + inverse[:, 2]
         out[:, 2] = points[:, 2] / scale
-        return out.astype(np.float32), float(flag.reshape(-1)[0])
-
-    def __call__(self, rgb: np.ndarray, face: Face) -> np.ndarray:
-        """(468, 3) float32 mesh points of `face` in `rgb`'s pixels (x, y, relative z)."""
-        return self.mesh_and_score(rgb, face)[0]
+        return out.astype(np.float32), float(found.face_probability[0])

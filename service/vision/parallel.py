@@ -1,6 +1,6 @@
 """Running one call's independent model runs side by side.
 
-Every onnxruntime session runs single-threaded (see `runtime.create_session`): splitting one
+Every onnxruntime session runs single-threaded (see `onnx_sessions.create_session`): splitting one
 small convolution across threads costs more in synchronisation than it gains, and under
 concurrent requests the extra threads only fight over the same cores. A lone request gets its
 parallelism here instead, by running its independent runs (the P-Net pyramid levels, halves of

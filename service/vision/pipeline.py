@@ -1,7 +1,8 @@
 """`FacePipeline`: image bytes in, one `FaceAnalysis` per face out.
 
-decode -> detect -> quality -> align -> liveness -> embed. Every model's onnxruntime session is
-created once, when the pipeline is built, from the manifest's verified files; the per-face
+decode -> detect -> quality -> align -> liveness -> embed. Every model is built once, when the
+pipeline is built, from the manifest's verified files by the registry (`registry.build_model`,
+the detector by `registry.build_detector` from the manifest's `[detector]` table); the per-face
 stages run batched across all faces of the image. Each stage is also a method of its own so the
 benchmark can time it and callers that already hold decoded pixels can skip decoding.
 """
@@ -13,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from service.modelpack.manifest import MODELS_DIR, Manifest, load_manifest, verified_model_path
+from service.modelpack.manifest import MODELS_DIR, Manifest, load_manifest
+from service.vision.antispoof import AntiSpoofModel
 from service.vision.decode import DecodeLimits, decode_image
-from service.vision.detect import DetectorConfig, MtcnnDetector
-from service.vision.embed import FusedEmbedder, FusionSpec, NetworkEmbedder
+from service.vision.detect import DetectorConfig
+from service.vision.embed import FusedEmbedder, FusionSpec
 from service.vision.facemesh import FaceMesh
-from service.vision.liveness import LivenessModel
 from service.vision.liveness_cues import FrameCues, cues_from_mesh
 from service.vision.parallel import SideBySide
 from service.vision.quality import QualityPolicy, assess_quality
+from service.vision.registry import build_detector, build_model, detector_version
 from service.vision.types import Embedding, Face, FaceAnalysis, Image, Liveness, Quality
 
 
@@ -79,34 +81,20 @@ class FacePipeline:
         manifest = manifest or load_manifest()
         models = manifest.models
         self.side_by_side = SideBySide(config.threads)
-
-        def path(name: str) -> Path:
-            return verified_model_path(models[name], models_dir)
-
-        self.detector = MtcnnDetector(
-            path("mtcnn_pnet"), path("mtcnn_rnet"), path("mtcnn_onet"), self.side_by_side
-        )
+        self.detector = build_detector(manifest, self.side_by_side, models_dir)
         spec = fusion_spec(manifest)
-        self.embedder = FusedEmbedder(
-            spec, [NetworkEmbedder(models[n], path(n)) for n in spec.members]
-        )
+        members = [build_model(models[n], "embedder", models_dir) for n in spec.members]
+        self.embedder = FusedEmbedder(spec, members)
+        self.model_versions = {"detector": detector_version(manifest), "embedder": spec.version}
+        self.liveness_model: AntiSpoofModel | None = None
         liveness_name = manifest.section("liveness").get("model")
-        self.liveness_model = (
-            LivenessModel(models[liveness_name], path(liveness_name))
-            if config.liveness and liveness_name
-            else None
-        )
-        self.model_versions = {
-            "detector": "mtcnn@" + manifest.sources[models["mtcnn_pnet"].source].spec,
-            "embedder": spec.version,
-        }
-        if self.liveness_model:
+        if config.liveness and liveness_name:
+            self.liveness_model = build_model(models[liveness_name], "liveness", models_dir)
             self.model_versions["liveness"] = liveness_name
+        self.facemesh: FaceMesh | None = None
         mesh_name = manifest.section("facemesh").get("model")
-        self.facemesh = (
-            FaceMesh(models[mesh_name], path(mesh_name)) if config.facemesh and mesh_name else None
-        )
-        if self.facemesh:
+        if config.facemesh and mesh_name:
+            self.facemesh = build_model(models[mesh_name], "landmarks", models_dir)
             self.model_versions["facemesh"] = mesh_name
 
     def decode(self, data: bytes) -> Image:
@@ -157,7 +145,7 @@ class FacePipeline:
         """Pose, eye openness and tracked landmarks of one face; None without a mesh model."""
         if self.facemesh is None:
             return None
-        return cues_from_mesh(self.facemesh(image.rgb, face))
+        return cues_from_mesh(self.facemesh.mesh_and_score(image.rgb, face)[0])
 
     def analyse(self, data: bytes) -> list[FaceAnalysis]:
         """Every face in the image bytes, best detector score first.

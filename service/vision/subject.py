@@ -4,23 +4,35 @@ A verify or liveness check sends frames and wants the best face among them as a 
 identify or an enrolment image wants the image's single face, as a probe or as a gallery
 template; a streamed session wants, frame by frame, the face it follows. Each runs here as a
 whole step over a `FacePipeline`, so it can run in a worker process
-(`service.vision_processes`) with one round trip: only the image bytes go in and only the
+(`service.app.vision_pool`) with one round trip: only the image bytes go in and only the
 analysis comes back, never the decoded pixels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
 from service.vision.decode import ImageDecodeError
-from service.vision.liveness_cues import FrameCues
 from service.vision.pipeline import FacePipeline, primary_face
-from service.vision.types import Embedding, Face, FaceAnalysis, Image, Liveness, Quality
+from service.vision.types import Face, FaceAnalysis, Image, Quality
 
 NO_FACE = "NO_FACE"
 MULTIPLE_FACES = "MULTIPLE_FACES"
+
+# The face work a request can ask for, by name: what a vision worker process may be asked to
+# run (`service.app.vision_pool`), filled by `vision_task`. Each takes the pipeline first.
+TASKS: dict[str, Callable[..., Any]] = {}
+Task = TypeVar("Task", bound=Callable[..., Any])
+
+
+def vision_task(function: Task) -> Task:
+    """Register `function` in `TASKS` under its name."""
+    TASKS[function.__name__] = function
+    return function
 
 
 class ImageRejected(Exception):
@@ -61,6 +73,7 @@ def _face_of(
     return image, faces[0] if faces else None
 
 
+@vision_task
 def single_face(
     pipeline: FacePipeline, data: bytes, index: int, template: bool, allow_multiple: bool
 ) -> FaceAnalysis:
@@ -72,6 +85,7 @@ def single_face(
     return pipeline.analyse_faces(image, [face], template)[0]
 
 
+@vision_task
 def best_probe(pipeline: FacePipeline, frames: list[bytes], allow_multiple: bool) -> FaceAnalysis:
     """The best-quality face over the frames, analysed as a probe; each frame must hold at most
     one face. Only that face is embedded and scored for liveness."""
@@ -109,23 +123,13 @@ class FrameWish:
         return self.embed_above is None or quality.score > self.embed_above
 
 
-@dataclass(frozen=True)
-class FrameFace:
-    """A streamed frame's followed face: quality, passive liveness and mesh cues always, the
-    embedding where the session wished for it."""
-
-    face: Face
-    quality: Quality
-    liveness: Liveness | None
-    embedding: Embedding | None
-    cues: FrameCues | None
-
-
+@vision_task
 def stream_frame(
     pipeline: FacePipeline, data: bytes, index: int, wish: FrameWish
-) -> FrameFace | None:
+) -> FaceAnalysis | None:
     """Decode frame `index` of a stream and analyse only the face the session follows (None:
-    no face); its embedding, mesh cues and passive liveness run side by side."""
+    no face): quality, passive liveness and mesh cues always, the embedding where the session
+    wished for it; the three models run side by side."""
     image = _decode(pipeline, data, index, "frame")
     face = wish.follow(pipeline.detect(image), image)
     if face is None:
@@ -140,4 +144,4 @@ def stream_frame(
         lambda: pipeline.cues(image, face),
         lambda: pipeline.liveness(image, [face])[0],
     )
-    return FrameFace(face, quality, liveness, embedding, cues)
+    return FaceAnalysis(face, quality, liveness, embedding, cues)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.vision.liveness_cues import FrameCues
+
 
 @dataclass(frozen=True, eq=False)
 class Image:
@@ -109,9 +111,16 @@ class Embedding:
 
 @dataclass(frozen=True, eq=False)
 class FaceAnalysis:
-    """Everything the pipeline learned about one face in one image."""
+    """Everything the pipeline learned about one face in one image or frame.
+
+    The one shape of a face on a frame, whoever asked: a single image or a request's best
+    frame always carries its `embedding`; a streamed frame carries one only where its session
+    wished for it (`subject.FrameWish`), and carries the face mesh's `cues` where the mesh
+    model is built.
+    """
 
     face: Face
     quality: Quality
     liveness: Liveness | None
-    embedding: Embedding
+    embedding: Embedding | None = None
+    cues: FrameCues | None = None

@@ -33,8 +33,8 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
+from service.app.vision_pool import default_process_count
 from service.config import load_settings
-from service.vision_processes import default_process_count
 from tools.bench.index import run_index_bench
 from tools.bench.served import (
     ServedProcess,

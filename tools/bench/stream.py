@@ -27,12 +27,12 @@ import cv2
 from rich.console import Console
 from rich.table import Table
 
+from service.app.vision_pool import InProcessVision
 from service.config import load_settings
-from service.liveness.policy import LivenessPolicy, SessionLimits
 from service.liveness.session import Session
+from service.liveness.session_policy import LivenessPolicy, SessionLimits
 from service.liveness.stream import analyse_frame
 from service.vision.pipeline import FacePipeline
-from service.vision_processes import InProcessVision
 from tools.evaluation.video import read_video
 
 BUDGET_MS = 1000.0 / 15.0

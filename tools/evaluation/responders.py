@@ -40,8 +40,8 @@ from rich.table import Table
 
 from service.config import SettingsError, StreamSettings
 from service.errors import FaceguardError
-from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Session
+from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
 from service.vision.pipeline import FacePipeline
 from tools.evaluation.runner import Progress
 from tools.evaluation.stream_eval import FPS, analyse
@@ -185,7 +185,7 @@ class Replay:
         )  # fmt: skip
         cues = frame.cues and replace(frame.cues, points=frame.cues.points + shift)
         self._last = face.centre
-        return replace(frame, face=face, cues=cues)
+        return replace(frame, analysis=replace(frame.analysis, face=face, cues=cues))
 
 
 def _is_neutral_rest(frames: Sequence[Observation]) -> bool:

@@ -33,8 +33,8 @@ import numpy as np
 
 from service.config import StreamSettings
 from service.errors import FaceguardError
-from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
 from service.liveness.session import Observation, Session
+from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
 from service.vision.liveness_cues import planarity_residual
 from service.vision.pipeline import FacePipeline, primary_face
 from service.vision.types import Image

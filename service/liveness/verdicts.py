@@ -14,7 +14,7 @@ import numpy as np
 
 from service.decision import LivenessCheck, LivenessReport
 from service.liveness.challenge import Response
-from service.liveness.policy import Challenge, LivenessPolicy
+from service.liveness.session_policy import Challenge, LivenessPolicy
 from service.vision.liveness_cues import blink_count, planarity_residual
 
 

@@ -15,16 +15,17 @@ import cv2
 import numpy as np
 import pytest
 
-from service.config import load_settings
-from service.vision.pipeline import FacePipeline
-from service.vision.subject import ImageRejected
-from service.vision_processes import (
+from service.app.vision_pool import (
     InProcessVision,
     VisionProcesses,
     VisionUnavailable,
     VisionWorkerError,
     default_process_count,
 )
+from service.config import load_settings
+from service.vision import subject
+from service.vision.pipeline import FacePipeline
+from service.vision.subject import FrameWish, ImageRejected
 from tools.analyze import sample_images
 from tools.bench.pipeline import framed_face
 
@@ -92,6 +93,18 @@ def test_refusals_come_back_with_their_reason_and_image(
         workers.best_probe([_blank(), _blank()])
     assert (no_frame.value.reason, no_frame.value.index) == ("NO_FACE", None)
     assert workers.single_face(portraits[0], 0, template=False).embedding is not None
+
+
+def test_each_task_is_written_once_and_a_worker_runs_only_registered_tasks(
+    workers: VisionProcesses, portraits: list[bytes]
+) -> None:
+    """Both implementations run the same `subject.TASKS` functions; a worker asked for any
+    other function by name refuses it and keeps serving."""
+    assert set(subject.TASKS) == {"best_probe", "single_face", "stream_frame"}
+    with pytest.raises(RuntimeError, match="KeyError"):
+        workers.run_task(os.getcwd)
+    found = workers.stream_frame(portraits[0], 0, FrameWish())
+    assert found is not None and found.embedding is not None
 
 
 def test_a_killed_worker_fails_its_call_and_is_replaced(

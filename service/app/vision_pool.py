@@ -27,48 +27,63 @@ import multiprocessing
 import os
 import signal
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TypeVar
 
 from service.metrics import Observer, instrument_pipeline
 from service.modelpack.manifest import MODELS_DIR
 from service.vision import subject
 from service.vision.pipeline import FacePipeline, PipelineConfig
-from service.vision.subject import FrameFace, FrameWish
+from service.vision.subject import FrameWish
 from service.vision.types import FaceAnalysis
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CGROUP = Path("/sys/fs/cgroup")
 STARTUP_TIMEOUT_S = 300.0  # loading and checking every model on a slow, busy machine
-TASKS: dict[str, Callable[..., object]] = {
-    "best_probe": subject.best_probe,
-    "single_face": subject.single_face,
-    "stream_frame": subject.stream_frame,
-}
 
 
-class Vision(Protocol):
+class Vision(ABC):
     """The face work the engine and stream sessions ask for (see `service.vision.subject`),
-    and the versions of the models doing it (task -> version, for every decision)."""
+    and the versions of the models doing it (task -> version, for every decision).
+
+    Each task is written once, here: its method hands its `subject` function (registered in
+    `subject.TASKS`) and arguments to `run_task`, which the in-process and the worker-process
+    implementations define. A new task is a `vision_task` function in `subject` and its
+    method here.
+    """
+
+    allow_multiple: bool
 
     @property
+    @abstractmethod
     def model_versions(self) -> dict[str, str]: ...
 
+    @abstractmethod
     def instrument(self, observe: Observer) -> None:
         """Report each pipeline stage's duration to `observe` from now on."""
 
-    def best_probe(self, frames: list[bytes]) -> FaceAnalysis: ...
-
-    def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis: ...
-
-    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FrameFace | None: ...
-
+    @abstractmethod
     def close(self) -> None: ...
+
+    @abstractmethod
+    def run_task(self, task: Callable[..., T], *args: object) -> T:
+        """`task(pipeline, *args)` on a pipeline of this implementation's."""
+
+    def best_probe(self, frames: list[bytes]) -> FaceAnalysis:
+        return self.run_task(subject.best_probe, frames, self.allow_multiple)
+
+    def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
+        return self.run_task(subject.single_face, data, index, template, self.allow_multiple)
+
+    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FaceAnalysis | None:
+        return self.run_task(subject.stream_frame, data, index, wish)
 
 
 class VisionWorkerError(Exception):
@@ -80,7 +95,7 @@ class VisionUnavailable(VisionWorkerError):
 
 
 @dataclass(frozen=True)
-class InProcessVision:
+class InProcessVision(Vision):
     """The face work on a pipeline of this process."""
 
     pipeline: FacePipeline
@@ -93,14 +108,8 @@ class InProcessVision:
     def instrument(self, observe: Observer) -> None:
         instrument_pipeline(self.pipeline, observe)
 
-    def best_probe(self, frames: list[bytes]) -> FaceAnalysis:
-        return subject.best_probe(self.pipeline, frames, self.allow_multiple)
-
-    def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
-        return subject.single_face(self.pipeline, data, index, template, self.allow_multiple)
-
-    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FrameFace | None:
-        return subject.stream_frame(self.pipeline, data, index, wish)
+    def run_task(self, task: Callable[..., T], *args: object) -> T:
+        return task(self.pipeline, *args)
 
     def close(self) -> None:
         """Nothing to release: the pipeline is the caller's."""
@@ -133,7 +142,7 @@ def default_process_count(cgroup: Path = CGROUP) -> int:
     return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
-class VisionProcesses:
+class VisionProcesses(Vision):
     """The face work in `count` worker processes, each with its own pipeline.
 
     `timeout_s` bounds both the wait for a free worker and one call's work. Stage durations
@@ -168,18 +177,13 @@ class VisionProcesses:
         except BaseException:
             self.close()
             raise
-        self.model_versions = versions[0]  # every worker loads the same verified files
+        self._model_versions = versions[0]  # every worker loads the same verified files
         self._idle = started
         log.info("vision workers ready: %d processes", count)
 
-    def best_probe(self, frames: list[bytes]) -> FaceAnalysis:
-        return self._call("best_probe", frames, self.allow_multiple)
-
-    def single_face(self, data: bytes, index: int, template: bool) -> FaceAnalysis:
-        return self._call("single_face", data, index, template, self.allow_multiple)
-
-    def stream_frame(self, data: bytes, index: int, wish: FrameWish) -> FrameFace | None:
-        return self._call("stream_frame", data, index, wish)
+    @property
+    def model_versions(self) -> dict[str, str]:
+        return self._model_versions
 
     def instrument(self, observe: Observer) -> None:
         self._observe = observe
@@ -204,17 +208,19 @@ class VisionProcesses:
 
     # ---- one call ----------------------------------------------------------------------
 
-    def _call(self, task: str, *args: object) -> Any:
+    def run_task(self, task: Callable[..., T], *args: object) -> T:
+        """Send the task's name and arguments to an idle worker and wait for its answer."""
+        name = task.__name__
         worker, spread = self._take()
         try:
-            worker.conn.send((task, args, spread))
+            worker.conn.send((name, args, spread))
             if not worker.conn.poll(self.timeout_s):
                 raise TimeoutError(f"no answer within {self.timeout_s:.0f} s")
             ok, value, stages = worker.conn.recv()
         except BaseException as exc:  # dead, stuck or interrupted: its state is unknown
             self._replace(worker)
-            log.error("vision worker %s failed during %s: %r", worker.process.pid, task, exc)
-            raise VisionWorkerError(f"the vision worker failed during {task}") from exc
+            log.error("vision worker %s failed during %s: %r", worker.process.pid, name, exc)
+            raise VisionWorkerError(f"the vision worker failed during {name}") from exc
         self._give_back(worker)
         for stage, seconds in stages:
             self._observe(stage, seconds)
@@ -340,7 +346,7 @@ def _work(conn: Connection, config: PipelineConfig, models_dir: Path) -> None:
         stages.clear()
         pipeline.side_by_side.spread = spread
         try:
-            reply = (True, TASKS[task](pipeline, *args), stages)
+            reply = (True, subject.TASKS[task](pipeline, *args), stages)
         except subject.ImageRejected as exc:
             reply = (False, exc, stages)
         except Exception as exc:  # a bug: report it whole, as the serving process would

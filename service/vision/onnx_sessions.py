@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 
@@ -27,9 +26,3 @@ def create_session(path: Path) -> ort.InferenceSession:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_single_input(session: ort.InferenceSession, batch: np.ndarray) -> list[np.ndarray]:
-    """Run a one-input model on a float32 batch and return its outputs in graph order."""
-    name = session.get_inputs()[0].name
-    return session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from service.modelpack.manifest import Model
-from service.vision.runtime import create_session
+from service.vision.models import ModelSpecError, OnnxModel
 from service.vision.types import Face, Liveness
 
 
@@ -58,25 +58,24 @@ READINGS = {
 }
 
 
-class LivenessModel:
-    """A passive liveness network over face crops, batched across faces."""
+class AntiSpoofModel(OnnxModel):
+    """A passive liveness network (manifest task `liveness`) over face crops, batched across
+    faces."""
+
+    task = "liveness"
 
     def __init__(self, model: Model, path: Path) -> None:
-        self.model = model
-        self.size = int(model.input["height"])
-        self.mean = float(model.input.get("mean", 0.0))
-        self.std = float(model.input.get("std", 1.0))
-        self.crop_scale = float(model.extra.get("crop_scale", 1.0))
-        self._read = READINGS[model.extra["reading"]]
-        self._session = create_session(path)
-        self._input = self._session.get_inputs()[0].name
-        self._outputs = [o.name for o in self._session.get_outputs()]
+        super().__init__(model, path)
+        self.crop_scale = float(self.extra("crop_scale", 1.0))
+        reading = self.extra("reading")
+        if reading not in READINGS:
+            raise ModelSpecError(f"{self.name}: reading {reading!r} is not one of {list(READINGS)}")
+        self._read = READINGS[reading]
 
     def crops(self, rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
-        return np.stack([square_crop(rgb, f, self.crop_scale, self.size) for f in faces])
+        size = self.input.size[1]  # square: its height
+        return np.stack([square_crop(rgb, f, self.crop_scale, size) for f in faces])
 
     def __call__(self, crops: np.ndarray) -> list[Liveness]:
-        batch = (crops.astype(np.float32) - self.mean) / self.std
-        values = self._session.run(None, {self._input: batch})
-        live = self._read(dict(zip(self._outputs, values, strict=True)), self.model)
-        return [Liveness(score=float(s), model=self.model.name) for s in live]
+        live = self._read(self.outputs(crops), self.model)
+        return [Liveness(score=float(s), model=self.name) for s in live]
