@@ -32,7 +32,7 @@ from PIL import Image as PILImage
 from service.analyze import sample_images
 from service.bench import framed_face
 from service.config import Settings
-from service.engine import Policy
+from service.app.engine import Policy
 from service.vision.decode import ImageDecodeError
 from service.vision.pipeline import FacePipeline
 from service.vision.subject import ImageRejected, best_probe

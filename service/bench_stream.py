@@ -31,7 +31,7 @@ from service.config import load_settings
 from service.evaluation.video import read_video
 from service.liveness.policy import LivenessPolicy, SessionLimits
 from service.liveness.session import Session
-from service.liveness.stream import analyse_frame
+from service.app.streams import analyse_frame
 from service.vision.pipeline import FacePipeline
 from service.vision_processes import InProcessVision
 

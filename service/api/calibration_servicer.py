@@ -14,7 +14,7 @@ from service.api.servicers import UsesEngine
 from service.calibration.admin import CalibrationAdmin
 from service.calibration.store import CalibrationRecord
 from service.config import CalibrationSettings
-from service.engine import Engine
+from service.app.engine import Engine
 from service.errors import InvalidInput
 
 _VERDICTS = {calibration_pb2.CALIBRATION_APPROVE: True, calibration_pb2.CALIBRATION_REJECT: False}

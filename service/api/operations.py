@@ -19,7 +19,7 @@ from service.api.refusals import device_refusal_auditor
 from service.api.telemetry import TelemetryInterceptor
 from service.calibration.admin import scheduled_proposal
 from service.config import Settings
-from service.engine import Engine
+from service.app.engine import Engine
 from service.gallery.store import Store
 from service.keys import KeyringReloader, key_file_path
 from service.retention import PurgeSchedule, purge

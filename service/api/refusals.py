@@ -16,7 +16,7 @@ from typing import Any
 
 from service.api.auth import DeviceRefusal, Identity, device_holders
 from service.api.limits import RateLimiter
-from service.engine import Engine
+from service.app.engine import Engine
 from service.errors import Unavailable
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from service.api.risk_servicer import RiskAdminServicer
 from service.api.servicers import EnrollmentServicer, FaceVerificationServicer
 from service.assembly import build_engine
 from service.config import Settings, SettingsError
-from service.engine import Engine
+from service.app.engine import Engine
 from service.errors import Unavailable
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from service.api.errors import mapped, mapped_stream
 from service.api.messages import consent_from, customer_message, decision_message
 from service.api.streaming import prompt_message, run_stream
 from service.config import StreamSettings
-from service.engine import Engine
+from service.app.engine import Engine
 from service.liveness.session import Prompt
-from service.liveness.stream import ActiveSessions, Opening, StreamRun
+from service.app.streams import ActiveSessions, Opening, StreamRun
 
 
 class UsesEngine:

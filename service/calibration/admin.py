@@ -35,7 +35,7 @@ from service.calibration.store import (
     TargetCalibration,
 )
 from service.config import CalibrationSettings
-from service.engine import Engine, require_text
+from service.app.engine import Engine, require_text
 from service.errors import FaceguardError, InvalidInput, TooLarge, Unavailable, Unprocessable
 from service.gallery.audit import NewEvent
 

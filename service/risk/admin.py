@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service.engine import Engine, check_customer_id, require_text
+from service.app.engine import Engine, check_customer_id, require_text
 from service.errors import InvalidInput, NotFound, TooLarge
 from service.gallery.lists import LISTS, ListEntry
 from service.gallery.store import NewTemplate, event_table

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from service.config import StreamSettings
 from service.decision import Decision
-from service.engine import Engine, face_errors
+from service.app.engine import Engine, face_errors
 from service.errors import Conflict, InvalidInput, Unprocessable
 from service.liveness.session import Observation, Prompt, Session
 from service.vision.types import FaceAnalysis
