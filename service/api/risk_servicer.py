@@ -13,7 +13,7 @@ from service.api.servicers import UsesEngine
 from service.errors import InvalidInput
 from service.gallery.lists import ListEntry
 from service.gallery.watchlist import WatchlistEntry
-from service.risk.admin import RiskAdmin
+from service.app.risk_admin import RiskAdmin
 from service.risk.velocity import Lockout
 
 
