@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import inspect, make_url
 
-from service.assembly import audit_key_for, keyring_for
+from service.app.assembly import audit_key_for, keyring_for
 from service.config import Settings, load_settings
 from service.gallery import checkpoints
 from service.gallery.store import Store, event_table

@@ -141,7 +141,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _retention(args: argparse.Namespace) -> int:
-    from service.assembly import open_store
+    from service.app.assembly import open_store
     from service.retention import run_retention
 
     settings = _settings_for_store(args)

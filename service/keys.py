@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from service.assembly import INDEX_FILE, KEYRING_FILE, open_store
+from service.app.assembly import INDEX_FILE, KEYRING_FILE, open_store
 from service.config import Settings, SettingsError
 from service.gallery.crypto import Keyring, KeyringError, reseal
 from service.gallery.index import SNAPSHOT_PURPOSE
@@ -36,7 +36,7 @@ RELOAD_POLL_S = 2.0
 
 def key_file_path(settings: Settings) -> Path | None:
     """The key file the service reads its keyring from, None when it comes from the
-    environment (the same choice as `service.assembly.keyring_for`)."""
+    environment (the same choice as `service.app.assembly.keyring_for`)."""
     storage = settings.storage
     path = storage.key_file or storage.data_dir / KEYRING_FILE
     return path if path.is_file() else None

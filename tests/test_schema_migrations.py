@@ -29,7 +29,7 @@ import service.gallery.lists
 import service.gallery.watchlist
 import service.risk.outbox
 import service.risk.velocity  # noqa: F401
-from service.assembly import open_store
+from service.app.assembly import open_store
 from service.gallery.crypto import generate_keyring
 from service.gallery.store import METADATA, Store, customer_table, schema_engine
 from service.schema import migrate

@@ -33,7 +33,7 @@ from service.api.limits import check_shares
 from service.api.operations import Operations, interceptors
 from service.api.risk_servicer import RiskAdminServicer
 from service.api.servicers import EnrollmentServicer, FaceVerificationServicer
-from service.assembly import build_engine
+from service.app.assembly import build_engine
 from service.config import Settings, SettingsError
 from service.app.engine import Engine
 from service.errors import Unavailable

@@ -60,7 +60,7 @@ def fill_gallery(
 
 
 def run_bench_calibration(args: argparse.Namespace) -> int:
-    from service.assembly import build_engine
+    from service.app.assembly import build_engine
     from service.calibration.admin import CalibrationAdmin
     from service.config import Settings
 

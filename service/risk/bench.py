@@ -121,7 +121,7 @@ def _recorded(db: Path) -> set[str]:
 
 
 def _risk_cost(data: Path, enrolled: dict[str, bytes], calls: int) -> dict[str, float]:
-    from service.assembly import build_engine
+    from service.app.assembly import build_engine
     from service.config import load_settings
 
     settings = load_settings()
