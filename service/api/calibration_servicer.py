@@ -11,7 +11,7 @@ from service.api.auth import CURRENT
 from service.api.errors import mapped
 from service.api.messages import timestamp
 from service.api.servicers import UsesEngine
-from service.calibration.admin import CalibrationAdmin
+from service.app.calibration import CalibrationAdmin
 from service.calibration.store import CalibrationRecord
 from service.config import CalibrationSettings
 from service.app.engine import Engine

@@ -17,7 +17,7 @@ from service.api.auth import AuthInterceptor
 from service.api.limits import LimitInterceptor
 from service.api.refusals import device_refusal_auditor
 from service.api.telemetry import TelemetryInterceptor
-from service.calibration.admin import scheduled_proposal
+from service.app.calibration import scheduled_proposal
 from service.config import Settings
 from service.app.engine import Engine
 from service.gallery.store import Store
