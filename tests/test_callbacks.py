@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.decision import APPROVE, DECLINE, REVIEW, Decision
+from service.app.decision import APPROVE, DECLINE, REVIEW, Decision
 from service.risk.callback import (
     Assessor,
     FraudEngineClient,

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from service.decision import LivenessCheck
+from service.app.decision import LivenessCheck
 from service.errors import Expired, TooLarge, Unprocessable
 from service.liveness import checks
 from service.liveness.challenge import pick

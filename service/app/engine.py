@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
-from service.decision import APPROVE, DECLINE, Decision, LivenessReport, match_outcome
+from service.app.decision import APPROVE, DECLINE, Decision, LivenessReport, match_outcome
 from service.errors import (
     Conflict,
     Forbidden,

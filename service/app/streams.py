@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from service.config import StreamSettings
-from service.decision import Decision
+from service.app.decision import Decision
 from service.app.engine import Engine, face_errors
 from service.errors import Conflict, InvalidInput, Unprocessable
 from service.liveness.session import Observation, Prompt, Session

@@ -34,7 +34,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from service.decision import LivenessCheck, LivenessReport
+from service.app.decision import LivenessCheck, LivenessReport
 from service.errors import Expired, TooLarge, Unprocessable
 from service.liveness import checks
 from service.liveness.challenge import Baseline, Response, judge, pick

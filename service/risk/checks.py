@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from service.decision import Decision, RuleResult
+from service.app.decision import Decision, RuleResult
 from service.gallery.lists import RiskLists
 from service.gallery.watchlist import Watchlist
 from service.risk.policy import RiskPolicy, stricter

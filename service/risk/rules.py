@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from service.decision import RuleResult
+from service.app.decision import RuleResult
 from service.gallery.lists import ListFacts
 from service.risk.velocity import Limits, VelocityFacts
 
