@@ -8,7 +8,7 @@ import grpc
 
 from faceguard.v1 import calibration_pb2, calibration_pb2_grpc
 from service.api.auth import CURRENT
-from service.api.errors import mapped
+from service.api.status import mapped
 from service.api.messages import timestamp
 from service.api.servicers import UsesEngine
 from service.app.calibration import CalibrationAdmin

@@ -7,7 +7,7 @@ from google.protobuf import struct_pb2
 
 from faceguard.v1 import risk_pb2, risk_pb2_grpc
 from service.api import auth
-from service.api.errors import mapped
+from service.api.status import mapped
 from service.api.messages import datetime_from, timestamp
 from service.api.servicers import UsesEngine
 from service.errors import InvalidInput

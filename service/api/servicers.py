@@ -17,7 +17,7 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api import auth
-from service.api.errors import mapped, mapped_stream
+from service.api.status import mapped, mapped_stream
 from service.api.messages import consent_from, customer_message, decision_message
 from service.api.streaming import prompt_message, run_stream
 from service.config import StreamSettings
