@@ -30,9 +30,9 @@ import numpy as np
 from PIL import Image as PILImage
 
 from service.analyze import sample_images
+from service.app.decisions import Policy
 from service.bench import framed_face
 from service.config import Settings
-from service.app.engine import Policy
 from service.vision.decode import ImageDecodeError
 from service.vision.pipeline import FacePipeline
 from service.vision.subject import ImageRejected, best_probe

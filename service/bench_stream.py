@@ -27,11 +27,11 @@ import cv2
 from rich.console import Console
 from rich.table import Table
 
+from service.app.streams import analyse_frame
 from service.config import load_settings
 from service.evaluation.video import read_video
 from service.liveness.policy import LivenessPolicy, SessionLimits
 from service.liveness.session import Session
-from service.app.streams import analyse_frame
 from service.vision.pipeline import FacePipeline
 from service.vision_processes import InProcessVision
 

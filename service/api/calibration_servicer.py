@@ -8,13 +8,13 @@ import grpc
 
 from faceguard.v1 import calibration_pb2, calibration_pb2_grpc
 from service.api.auth import CURRENT
-from service.api.status import mapped
 from service.api.messages import timestamp
 from service.api.servicers import UsesEngine
+from service.api.status import mapped
 from service.app.calibration import CalibrationAdmin
+from service.app.engine import Engine
 from service.calibration.store import CalibrationRecord
 from service.config import CalibrationSettings
-from service.app.engine import Engine
 from service.errors import InvalidInput
 
 _VERDICTS = {calibration_pb2.CALIBRATION_APPROVE: True, calibration_pb2.CALIBRATION_REJECT: False}

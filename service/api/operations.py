@@ -18,8 +18,8 @@ from service.api.limits import LimitInterceptor
 from service.api.refusals import device_refusal_auditor
 from service.api.telemetry import TelemetryInterceptor
 from service.app.calibration import scheduled_proposal
-from service.config import Settings
 from service.app.engine import Engine
+from service.config import Settings
 from service.gallery.store import Store
 from service.keys import KeyringReloader, key_file_path
 from service.retention import PurgeSchedule, purge

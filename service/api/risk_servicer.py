@@ -7,13 +7,13 @@ from google.protobuf import struct_pb2
 
 from faceguard.v1 import risk_pb2, risk_pb2_grpc
 from service.api import auth
-from service.api.status import mapped
 from service.api.messages import datetime_from, timestamp
 from service.api.servicers import UsesEngine
+from service.api.status import mapped
+from service.app.risk_admin import RiskAdmin
 from service.errors import InvalidInput
 from service.gallery.lists import ListEntry
 from service.gallery.watchlist import WatchlistEntry
-from service.app.risk_admin import RiskAdmin
 from service.risk.velocity import Lockout
 
 

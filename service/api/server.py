@@ -34,8 +34,8 @@ from service.api.operations import Operations, interceptors
 from service.api.risk_servicer import RiskAdminServicer
 from service.api.servicers import EnrollmentServicer, FaceVerificationServicer
 from service.app.assembly import build_engine
-from service.config import Settings, SettingsError
 from service.app.engine import Engine
+from service.config import Settings, SettingsError
 from service.errors import Unavailable
 
 log = logging.getLogger(__name__)

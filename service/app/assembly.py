@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from service.app.decisions import Policy
+from service.app.engine import Engine
 from service.calibration.live import live_calibration
 from service.config import Settings, SettingsError, operating_threshold
-from service.app.engine import Engine, Policy
 from service.gallery.audit import ChainKey, ChainKeyError
 from service.gallery.checkpoints import Checkpointer
 from service.gallery.crypto import Keyring, KeyringError, generate_keyring, load_keyring

@@ -17,6 +17,8 @@ import threading
 from dataclasses import dataclass
 
 from service import metrics
+from service.app.engine import Engine
+from service.app.requests import require_text
 from service.calibration import store as calibrations
 from service.calibration.estimate import (
     ImpostorSample,
@@ -35,7 +37,6 @@ from service.calibration.store import (
     TargetCalibration,
 )
 from service.config import CalibrationSettings
-from service.app.engine import Engine, require_text
 from service.errors import FaceguardError, InvalidInput, TooLarge, Unavailable, Unprocessable
 from service.gallery.audit import NewEvent
 

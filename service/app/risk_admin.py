@@ -13,7 +13,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service.app.engine import Engine, check_customer_id, require_text
+from service.app.engine import Engine
+from service.app.faces import gated_faces
+from service.app.requests import check_customer_id, require_text
 from service.errors import InvalidInput, NotFound, TooLarge
 from service.gallery.lists import LISTS, ListEntry
 from service.gallery.store import NewTemplate, event_table
@@ -87,7 +89,7 @@ class RiskAdmin:
         if len(images) > self.engine.policy.max_images:
             raise TooLarge("TOO_MANY_IMAGES", f"at most {self.engine.policy.max_images} images")
         label = require_text("label", label, 128)
-        analyses = self.engine.gated_faces(images)
+        analyses = gated_faces(self.engine.vision, images)
         templates = [
             NewTemplate(vector=a.embedding.vector, model=a.embedding.model, quality=a.quality.score)
             for a in analyses
