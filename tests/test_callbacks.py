@@ -12,7 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.app.decision import APPROVE, DECLINE, REVIEW, Decision
+from service.app.decision import Decision
+from service.domain import APPROVE, DECLINE, REVIEW
 from service.risk.callback import (
     Assessor,
     FraudEngineClient,

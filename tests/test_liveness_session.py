@@ -9,11 +9,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from service.app.decision import LivenessCheck
 from service.errors import Expired, TooLarge, Unprocessable
 from service.liveness import checks
 from service.liveness.challenge import pick
 from service.liveness.policy import Challenge, LivenessPolicy, SessionLimits
+from service.liveness.report import LivenessCheck
 from service.liveness.session import EMBED_EVERY, Observation, Phase, Session
 from service.vision.types import Quality
 from tests.liveness_tracks import LiveHead, Recording, TiltedPhoto, analysis, unit

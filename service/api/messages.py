@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from faceguard.v1 import common_pb2, enrollment_pb2
-from service.app.decision import Decision, LivenessReport, RuleResult
+from service.app.decision import Decision
 from service.app.requests import Consent
 from service.errors import InvalidInput
 from service.gallery.store import CustomerRecord
+from service.liveness.report import LivenessReport
+from service.risk.results import RuleResult
 
 # How far a client's clock may be from the server's: times a client states (a consent given,
 # a frame captured) further in the future, or a frame further in the past, are refused.

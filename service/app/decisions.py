@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from service.app.decision import DECLINE, Decision
+from service.app.decision import Decision
 from service.app.requests import CUSTOMER_ID
+from service.domain import DECLINE
 from service.errors import Forbidden, Internal, InvalidInput, NotFound, TooLarge, Unprocessable
 from service.gallery.store import NewEvent
 from service.vision.types import FaceAnalysis

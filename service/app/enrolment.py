@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from service.app.decision import APPROVE, DECLINE, Decision
+from service.app.decision import Decision
 from service.app.decisions import Decisions
 from service.app.faces import gated_faces
 from service.app.requests import (
@@ -20,6 +20,7 @@ from service.app.requests import (
     check_customer_id,
     not_enrolled,
 )
+from service.domain import APPROVE, DECLINE
 from service.errors import Conflict, InvalidInput, TooLarge, Unprocessable
 from service.gallery.gallery import Gallery
 from service.gallery.store import ConsentRecord, CustomerRecord, NewTemplate

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
-from service.app.decision import APPROVE, DECLINE, Decision, LivenessReport, match_outcome
+from service.app.decision import Decision, match_outcome
 from service.app.decisions import Decisions
 from service.app.faces import best_face, single_face
 from service.app.requests import check_count, check_customer_id, not_enrolled, quality_gate
+from service.domain import APPROVE, DECLINE
 from service.errors import Forbidden, InvalidInput, TooLarge, Unprocessable
 from service.gallery.gallery import Gallery
+from service.liveness.report import LivenessReport
 from service.vision.types import FaceAnalysis
 from service.vision_processes import Vision
 

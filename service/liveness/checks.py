@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.app.decision import LivenessCheck, LivenessReport
 from service.liveness.challenge import Response
 from service.liveness.policy import Challenge, LivenessPolicy
+from service.liveness.report import LivenessCheck, LivenessReport
 from service.vision.liveness_cues import blink_count, planarity_residual
 
 

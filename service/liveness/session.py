@@ -34,7 +34,6 @@ from enum import StrEnum
 
 import numpy as np
 
-from service.app.decision import LivenessCheck, LivenessReport
 from service.errors import Expired, TooLarge, Unprocessable
 from service.liveness import checks
 from service.liveness.challenge import Baseline, Response, judge, pick
@@ -45,6 +44,7 @@ from service.liveness.policy import (
     LivenessPolicy,
     SessionLimits,
 )
+from service.liveness.report import LivenessCheck, LivenessReport
 from service.vision.liveness_cues import FrameCues
 from service.vision.subject import FrameWish
 from service.vision.types import Embedding, Face, FaceAnalysis, Liveness, Quality

@@ -34,8 +34,9 @@ import grpc
 from rich.console import Console
 
 from faceguard.v1 import common_pb2, verification_pb2, verification_pb2_grpc
-from service.app.decision import APPROVE, Decision
+from service.app.decision import Decision
 from service.bench_service import enrol_portraits, free_port, sample_portraits, wait_ready
+from service.domain import APPROVE
 from service.risk.callback import load_signing_key, write_signing_key
 from service.risk.sink import Behaviour, sink_stats, start_sink, stored_event_ids
 

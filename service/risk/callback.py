@@ -22,8 +22,10 @@ from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from faceguard.v1 import common_pb2, fraud_engine_pb2, fraud_engine_pb2_grpc
-from service.app.decision import APPROVE, DECLINE, Decision, RuleResult
+from service.app.decision import Decision
+from service.domain import APPROVE, DECLINE
 from service.risk.outbox import OutboxItem
+from service.risk.results import RuleResult
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from service.app.decision import Decision, RuleResult
+from service.app.decision import Decision
 from service.gallery.lists import RiskLists
 from service.gallery.watchlist import Watchlist
 from service.risk.policy import RiskPolicy, stricter
+from service.risk.results import RuleResult
 from service.risk.rules import RiskContext
 from service.risk.velocity import Velocity
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from service.app.decision import RuleResult
 from service.gallery.lists import ListFacts
+from service.risk.results import RuleResult
 from service.risk.velocity import Limits, VelocityFacts
 
 ENROLMENT_KINDS = ("ENROLL", "UPDATE_TEMPLATES")
