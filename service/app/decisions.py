@@ -21,6 +21,7 @@ from service.app.requests import CUSTOMER_ID
 from service.domain import DECLINE
 from service.errors import Forbidden, Internal, InvalidInput, NotFound, TooLarge, Unprocessable
 from service.gallery.store import NewEvent
+from service.risk.policy import stricter
 from service.vision.types import FaceAnalysis
 from service.vision_processes import Vision
 
@@ -96,10 +97,29 @@ class Decisions:
         self, kind: str, decision: Decision, vectors: Sequence[np.ndarray] = (),
         neighbours: list[tuple[str, float]] | None = None,
     ) -> Decision:  # fmt: skip
-        """The decision through the risk policy (lists, watchlist, velocity, margins)."""
+        """The decision through the risk policy (lists, watchlist, velocity, margins), then
+        through the fraud engine's consult when one is configured: the stricter outcome, the
+        rules' reasons added to the decision's own, the risk score and every rule's result."""
         if self.risk is None:
             return decision
-        return self.risk.checks.apply(kind, decision, vectors, neighbours)
+        checks = self.risk.checks
+        assessment = checks.assess(kind, decision, vectors, neighbours)
+        decided = replace(
+            decision, outcome=stricter(decision.outcome, assessment.outcome),
+            risk_score=assessment.score, policy_version=assessment.policy_version,
+            rules=assessment.rules,
+        )  # fmt: skip
+        if checks.consult is not None:  # the fraud engine judges what the policy reached
+            verdict, recommended = checks.consult(kind, decided)
+            decided = replace(
+                decided, outcome=stricter(decided.outcome, recommended),
+                risk_score=assessment.score + verdict.score, rules=(*decided.rules, verdict),
+            )  # fmt: skip
+        reasons = [*decision.reason_codes]
+        reasons += [
+            r.reason_code for r in decided.rules if r.fired and r.reason_code not in reasons
+        ]
+        return replace(decided, reason_codes=tuple(reasons))
 
     @staticmethod
     def event(kind: str, decision: Decision, **extra: object) -> NewEvent:

@@ -145,7 +145,7 @@ def _risk_cost(data: Path, enrolled: dict[str, bytes], calls: int) -> dict[str, 
         )  # fmt: skip
         start = time.perf_counter()
         neighbours = engine.gallery.search(analysis.embedding.vector, 3)
-        engine.risk.checks.apply("VERIFY", decision, [analysis.embedding.vector], neighbours)
+        engine.risk.checks.assess("VERIFY", decision, [analysis.embedding.vector], neighbours)
         samples.append((time.perf_counter() - start) * 1000.0)
     engine.gallery.store.close()
     return {

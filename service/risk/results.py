@@ -1,8 +1,14 @@
-"""What the risk policy says of one decision: each rule's verdict, kept for the auditor."""
+"""What the risk checks read of a decision, and what they say of it: each rule's verdict.
+
+The Decision belongs to the use cases above risk; these protocols name the part of it that
+risk reads, so risk never imports it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -15,3 +21,35 @@ class RuleResult:
     score: float = 0.0
     hard: bool = False
     detail: str = ""
+
+
+class Judged(Protocol):
+    """What the rules look at of a decision: who it names and its scores."""
+
+    @property
+    def customer_id(self) -> str: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def match_score(self) -> float | None: ...
+    @property
+    def threshold(self) -> float | None: ...
+    @property
+    def liveness_score(self) -> float | None: ...
+    @property
+    def quality_score(self) -> float | None: ...
+    @property
+    def session_liveness_passed(self) -> bool | None: ...
+
+
+class Assessed(Judged, Protocol):
+    """A decision the policy has judged, as the fraud engine's consult sees it."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def decided_at(self) -> datetime: ...
+
+    def audit_payload(self) -> dict[str, object]: ...
