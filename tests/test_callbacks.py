@@ -125,10 +125,10 @@ def test_fraud_sink_command_verifies_stores_and_obeys_signals(tmp_path: Path) ->
 
 
 def test_callback_settings_are_checked_at_start(tmp_path: Path) -> None:
+    from service.app.assembly import HMAC_KEY_FILE, build_risk
     from service.config import RiskSettings, SettingsError
     from service.gallery.crypto import generate_keyring
     from service.gallery.store import Store
-    from service.risk.runtime import HMAC_KEY_FILE, build_risk
 
     with Store(f"sqlite:///{tmp_path / 'g.db'}", generate_keyring()) as store:
         store.create_schema()
