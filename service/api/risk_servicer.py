@@ -52,7 +52,10 @@ def _lockout(lockout: Lockout) -> risk_pb2.Lockout:
 class RiskAdminServicer(UsesEngine, risk_pb2_grpc.RiskAdminServicer):
     @property
     def admin(self) -> RiskAdmin:
-        return RiskAdmin(self.engine)
+        admin = self.engine.risk_admin
+        if admin is None:
+            raise ValueError("the engine was built without risk checks")
+        return admin
 
     @mapped
     def AddListEntry(self, request: risk_pb2.AddListEntryRequest, context: grpc.ServicerContext):

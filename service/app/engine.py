@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from service.app.decisions import Decisions, Policy
 from service.app.enrolment import Enrolment
 from service.app.kiosk import Kiosk
+from service.app.risk_admin import RiskAdmin
 from service.gallery.gallery import Gallery
 from service.vision_processes import Vision
 
@@ -35,6 +36,7 @@ class Engine:
         self.decisions = Decisions(vision, gallery.store, policy, risk)
         self.kiosk = Kiosk(vision, gallery, self.decisions)
         self.enrolment = Enrolment(vision, gallery, self.decisions)
+        self.risk_admin = None if risk is None else RiskAdmin(risk, vision, policy.max_images)
 
     @property
     def policy(self) -> Policy:

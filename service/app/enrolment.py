@@ -11,7 +11,7 @@ import logging
 
 from service.app.decision import Decision
 from service.app.decisions import Decisions
-from service.app.faces import gated_faces
+from service.app.faces import gated_faces, templates_of
 from service.app.requests import (
     CUSTOMER_ID,
     Consent,
@@ -23,7 +23,7 @@ from service.app.requests import (
 from service.domain import APPROVE, DECLINE
 from service.errors import Conflict, InvalidInput, TooLarge, Unprocessable
 from service.gallery.gallery import Gallery
-from service.gallery.store import ConsentRecord, CustomerRecord, NewTemplate
+from service.gallery.store import ConsentRecord, CustomerRecord
 from service.vision.types import FaceAnalysis
 from service.vision_processes import Vision
 
@@ -32,14 +32,6 @@ log = logging.getLogger(__name__)
 
 def customer_exists(customer_id: str) -> Conflict:
     return Conflict("CUSTOMER_EXISTS", f"customer {customer_id} is already enrolled")
-
-
-def templates_of(analyses: list[FaceAnalysis]) -> list[NewTemplate]:
-    """The templates to store for gated enrolment faces."""
-    return [
-        NewTemplate(vector=a.embedding.vector, model=a.embedding.model, quality=a.quality.score)
-        for a in analyses
-    ]
 
 
 class Enrolment:

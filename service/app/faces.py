@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from service.app.requests import quality_gate
 from service.errors import Internal, InvalidInput, TooLarge, Unavailable, Unprocessable
+from service.gallery.store import NewTemplate
 from service.vision.decode import DecodeReason
 from service.vision.subject import ImageRejected
 from service.vision.types import FaceAnalysis
@@ -52,3 +53,11 @@ def gated_faces(vision: Vision, images: list[bytes]) -> list[FaceAnalysis]:
         quality_gate(analysis, f"image {i}", image=i)
         analyses.append(analysis)
     return analyses
+
+
+def templates_of(analyses: list[FaceAnalysis]) -> list[NewTemplate]:
+    """The templates to store for gated faces (a customer's or a watchlist entry's)."""
+    return [
+        NewTemplate(vector=a.embedding.vector, model=a.embedding.model, quality=a.quality.score)
+        for a in analyses
+    ]

@@ -13,16 +13,16 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service.app.engine import Engine
-from service.app.faces import gated_faces
-from service.app.requests import check_customer_id, require_text
+from service.app.faces import gated_faces, templates_of
+from service.app.requests import check_count, check_customer_id, require_text
 from service.errors import InvalidInput, NotFound, TooLarge
 from service.gallery.lists import LISTS, ListEntry
-from service.gallery.store import NewTemplate, event_table
+from service.gallery.store import event_table
 from service.gallery.watchlist import WatchlistEntry
 from service.risk.outbox import OutboxItem
 from service.risk.runtime import RiskRuntime
 from service.risk.velocity import Lockout, NotLocked
+from service.vision_processes import Vision
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
@@ -47,11 +47,13 @@ def _page(size: int) -> int:
 
 
 class RiskAdmin:
-    def __init__(self, engine: Engine) -> None:
-        if engine.risk is None:
-            raise ValueError("the engine was built without risk checks")
-        self.engine = engine
-        self.risk: RiskRuntime = engine.risk
+    """The risk administration use cases over the risk runtime; watchlist faces go through
+    `vision` (at most `max_images` a request)."""
+
+    def __init__(self, risk: RiskRuntime, vision: Vision, max_images: int) -> None:
+        self.risk = risk
+        self.vision = vision
+        self.max_images = max_images
 
     @staticmethod
     def _list(name: str) -> str:
@@ -84,16 +86,9 @@ class RiskAdmin:
     def enroll_watchlist(
         self, label: str, images: list[bytes], reason: str, case_ref: str, operator_id: str
     ) -> WatchlistEntry:
-        if not images:
-            raise InvalidInput("NO_IMAGES", "at least one image is required")
-        if len(images) > self.engine.policy.max_images:
-            raise TooLarge("TOO_MANY_IMAGES", f"at most {self.engine.policy.max_images} images")
+        check_count(images, self.max_images, "images")
         label = require_text("label", label, 128)
-        analyses = gated_faces(self.engine.vision, images)
-        templates = [
-            NewTemplate(vector=a.embedding.vector, model=a.embedding.model, quality=a.quality.score)
-            for a in analyses
-        ]
+        templates = templates_of(gated_faces(self.vision, images))
         return self.risk.watchlist.add(
             label, templates, require_text("reason", reason, 256),
             require_text("case_ref", case_ref, 128), require_text("operator_id", operator_id, 128),
