@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from service.app.calibration import live_calibration
 from service.app.decisions import Policy
 from service.app.engine import Engine
-from service.calibration.live import live_calibration
 from service.config import RiskSettings, Settings, SettingsError, operating_threshold
 from service.gallery.audit import ChainKey, ChainKeyError
 from service.gallery.checkpoints import Checkpointer
