@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from faceguard.v1 import common_pb2, enrollment_pb2
 from service.app.decision import Decision
-from service.app.requests import Consent
+from service.domain import Consent
 from service.errors import InvalidInput
 from service.gallery.store import CustomerRecord
 from service.liveness.report import LivenessReport

@@ -14,13 +14,12 @@ from service.app.decisions import Decisions
 from service.app.faces import gated_faces, templates_of
 from service.app.requests import (
     CUSTOMER_ID,
-    Consent,
     check_consent,
     check_count,
     check_customer_id,
     not_enrolled,
 )
-from service.domain import APPROVE, DECLINE
+from service.domain import APPROVE, DECLINE, Consent
 from service.errors import Conflict, InvalidInput, TooLarge, Unprocessable
 from service.gallery.gallery import Gallery
 from service.gallery.store import ConsentRecord, CustomerRecord

@@ -7,9 +7,8 @@ TOO_MANY_FRAMES, CONSENT_REQUIRED, ...) before any face work or storage is touch
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import datetime
 
+from service.domain import Consent
 from service.errors import InvalidInput, NotFound, TooLarge, Unprocessable
 from service.vision.types import FaceAnalysis
 
@@ -17,15 +16,6 @@ from service.vision.types import FaceAnalysis
 SIZE_SETTINGS = frozenset({"min_face_px", "min_inter_eye_px"})
 
 CUSTOMER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")  # used with fullmatch only
-
-
-@dataclass(frozen=True)
-class Consent:
-    purpose: str
-    given_at: datetime
-    channel: str
-    operator_id: str
-    expires_at: datetime | None = None
 
 
 def check_customer_id(customer_id: str) -> str:
@@ -60,13 +50,13 @@ def require_text(name: str, value: str, limit: int) -> str:
 
 
 def check_consent(consent: Consent | None) -> Consent:
-    if consent is None or not consent.purpose or not consent.channel or not consent.operator_id:
+    """An enrolment's consent: present and naming the operator who took it (the type itself
+    checks the rest when it is made)."""
+    if consent is None or not consent.operator_id:
         raise InvalidInput(
             "CONSENT_REQUIRED",
             "a consent record with purpose, time, channel and operator is required",
         )
-    if consent.expires_at is not None and consent.expires_at <= consent.given_at:
-        raise InvalidInput("INVALID_CONSENT_EXPIRY", "the consent expires before it was given")
     return consent
 
 
