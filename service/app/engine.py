@@ -47,6 +47,21 @@ class Engine:
         """Decide with these thresholds (per FMR target) from the next decision on."""
         self.decisions.use_calibration(version, thresholds)
 
+    def start(self) -> None:
+        """Start what runs in the background: fraud-engine delivery (of decisions recorded
+        before a restart too) and the audit chain's checkpoints."""
+        if self.risk is not None:
+            self.risk.start()
+
+    def stop(self) -> None:
+        """Stop the background work `start` began (before `close`)."""
+        if self.risk is not None:
+            self.risk.stop()
+
+    def save(self) -> None:
+        """Persist the vector index snapshot, so the next start need not rebuild it."""
+        self.gallery.save()
+
     def close(self) -> None:
         """Release what the engine runs besides this process (the vision workers)."""
         self.vision.close()
