@@ -22,7 +22,7 @@ from service.app.requests import (
 from service.domain import APPROVE, DECLINE, Consent
 from service.errors import Conflict, InvalidInput, TooLarge, Unprocessable
 from service.gallery.gallery import Gallery
-from service.gallery.store import ConsentRecord, CustomerRecord
+from service.gallery.store import ConsentRecord, CustomerExists, CustomerRecord
 from service.vision.types import FaceAnalysis
 from service.vision_processes import Vision
 
@@ -64,7 +64,10 @@ class Enrolment:
         event = self.decisions.event(
             "ENROLL", decision, templates=len(templates), operator=consent.operator_id
         )
-        self.gallery.enroll(customer_id, templates, record, event)
+        try:
+            self.gallery.enroll(customer_id, templates, record, event)
+        except CustomerExists:  # enrolled by another call since `has_customer` above
+            raise customer_exists(customer_id) from None
         return self.get(customer_id), decision
 
     def update_templates(
