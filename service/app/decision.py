@@ -36,11 +36,6 @@ class Decision:
     liveness: LivenessReport | None = None
     calibration_version: str = ""
 
-    @property
-    def session_liveness_passed(self) -> bool | None:
-        """Whether a streamed session's liveness passed; None for a single-shot call."""
-        return self.liveness.passed if self.liveness else None
-
     def audit_payload(self) -> dict[str, object]:
         """What the audit event keeps: scores and reasons, never images or templates."""
         return {

@@ -65,7 +65,7 @@ class RiskChecks:
             other_customer=max(others, key=lambda o: o[1]) if others else None,
             liveness_score=decision.liveness_score,
             liveness_threshold=self.liveness_threshold,
-            session_liveness_passed=decision.session_liveness_passed,
+            session_liveness_passed=decision.liveness.passed if decision.liveness else None,
             quality_score=decision.quality_score,
             lists=self.lists.facts(decision.customer_id, decision.device_id),
             velocity=self.velocity.facts(decision.customer_id, decision.device_id),

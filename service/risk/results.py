@@ -23,6 +23,13 @@ class RuleResult:
     detail: str = ""
 
 
+class SessionLiveness(Protocol):
+    """A streamed session's liveness verdict (None for a single-shot call)."""
+
+    @property
+    def passed(self) -> bool: ...
+
+
 class Judged(Protocol):
     """What the rules look at of a decision: who it names and its scores."""
 
@@ -39,7 +46,7 @@ class Judged(Protocol):
     @property
     def quality_score(self) -> float | None: ...
     @property
-    def session_liveness_passed(self) -> bool | None: ...
+    def liveness(self) -> SessionLiveness | None: ...
 
 
 class Assessed(Judged, Protocol):
