@@ -1,6 +1,6 @@
 """Domain errors: what went wrong, as a machine-readable reason code, free of any transport.
 
-The API layer maps each class to a gRPC status (`service/api/errors.py`); the reason code
+The API layer maps each class to a gRPC status (`service/api/status.py`); the reason code
 travels to the client in a `google.rpc.ErrorInfo`, so kiosks and the enrolment CLI can act on
 it without parsing messages.
 """

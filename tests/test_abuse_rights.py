@@ -35,7 +35,7 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.server import Running, start
-from service.assembly import keyring_for, open_store
+from service.app.assembly import keyring_for, open_store
 from service.cli.certs import DEV_CLIENTS, ClientSpec, write_dev_pki
 from service.config import SettingsError
 from service.store import audit_chain

@@ -34,7 +34,7 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.server import Running, start
-from service.calibration import admin as admin_module
+from service.app import calibration as admin_module
 from service.risk.callback import identity_event
 from tests.service_helpers import (
     FACEGUARD,

@@ -12,7 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.decision import APPROVE, DECLINE, REVIEW, Decision
+from service.app.decision import Decision
+from service.domain import APPROVE, DECLINE, REVIEW
 from service.risk.callback import (
     Assessor,
     FraudEngineClient,
@@ -124,8 +125,8 @@ def test_fraud_sink_command_verifies_stores_and_obeys_signals(tmp_path: Path) ->
 
 
 def test_callback_settings_are_checked_at_start(tmp_path: Path) -> None:
+    from service.app.assembly import HMAC_KEY_FILE, build_risk
     from service.config import RiskSettings, SettingsError
-    from service.risk.runtime import HMAC_KEY_FILE, build_risk
     from service.store.crypto import generate_keyring
     from service.store.customers import Store
 

@@ -18,7 +18,7 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.server import Running, start
-from service.assembly import open_store
+from service.app.assembly import open_store
 from service.store.customers import NewEvent, NewTemplate
 from tests.service_helpers import consent, image, people_with, service_settings
 

@@ -130,6 +130,24 @@ def test_consent_must_say_when_it_was_given_and_not_in_the_future(desk) -> None:
         assert refused(desk.Enroll, request) == reason
 
 
+def test_consent_text_is_checked_once_where_the_consent_is_made(desk) -> None:
+    """Text the store could not keep is refused before any face work (it was an INTERNAL
+    ValueError of the store after the templates were made), and an empty field is missing."""
+    too_long, unprintable, empty = consent(), consent(), consent()
+    too_long.purpose = "p" * 65
+    unprintable.channel = "branch\x00"
+    empty.operator_id = ""
+    for record, reason in (
+        (too_long, "INVALID_CONSENT"),
+        (unprintable, "INVALID_CONSENT"),
+        (empty, "CONSENT_REQUIRED"),
+    ):
+        request = enrollment_pb2.EnrollRequest(
+            customer_id="c-consent", images=[NOT_AN_IMAGE], consent=record
+        )
+        assert refused(desk.Enroll, request) == reason
+
+
 def stream_frame(captured: Timestamp, session_id: str) -> verification_pb2.IdentifyStreamRequest:
     frame = verification_pb2.StreamFrame(
         image=NOT_AN_IMAGE, captured_at=captured, session_id=session_id

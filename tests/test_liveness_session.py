@@ -9,10 +9,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from service.decision import LivenessCheck
 from service.errors import Expired, TooLarge, Unprocessable
 from service.liveness import verdicts
 from service.liveness.challenge import pick
+from service.liveness.report import LivenessCheck
 from service.liveness.session import EMBED_EVERY, Observation, Phase, Session
 from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
 from service.vision.types import FaceAnalysis, Quality

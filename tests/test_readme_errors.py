@@ -11,7 +11,7 @@ import ast
 import re
 from pathlib import Path
 
-from service.api.errors import STATUS
+from service.api.status import STATUS
 
 ROOT = Path(__file__).resolve().parent.parent
 STATUS_OF = {cls.__name__: code.name for cls, code in STATUS.items()}

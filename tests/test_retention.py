@@ -21,8 +21,8 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
+from service.app.assembly import KEYRING_FILE
 from service.app.retention import CONSENT_EXPIRED, EVENT_TYPE, INACTIVE, due_for_purge, purge
-from service.assembly import KEYRING_FILE
 from service.config import AUDIT_KEY_FILE
 from service.store.audit_chain import ChainKey
 from service.store.crypto import generate_keyring

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.decision import APPROVE, DECLINE, REVIEW
+from service.domain import APPROVE, DECLINE, REVIEW
 from service.risk.policy import PolicyError, load_policy, parse_policy, stricter
 from service.risk.rules import RiskContext
 from service.store.lists import ListEntry, ListFacts

@@ -29,7 +29,7 @@ import service.store.lists
 import service.store.outbox
 import service.store.velocity
 import service.store.watchlist  # noqa: F401
-from service.assembly import open_store
+from service.app.assembly import open_store
 from service.store.connection import schema_engine
 from service.store.crypto import generate_keyring
 from service.store.customers import Store

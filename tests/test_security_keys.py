@@ -18,7 +18,7 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.assembly import KEYRING_FILE
+from service.app.assembly import KEYRING_FILE
 from service.config import AUDIT_KEY_FILE
 from service.gallery.watchlist import Watchlist
 from service.store.audit_chain import ChainKey

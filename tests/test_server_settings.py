@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.api.server import _credentials
-from service.assembly import KEYRING_FILE, keyring_for
+from service.app.assembly import KEYRING_FILE, keyring_for
 from service.config import Settings, SettingsError
 
 

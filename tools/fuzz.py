@@ -39,7 +39,7 @@ from service.api.auth import Identity, bind_device
 from service.api.limits import carries_bulk
 from service.api.messages import consent_from
 from service.api.streaming import opening_of
-from service.engine import check_consent, check_count, check_customer_id
+from service.app.requests import check_consent, check_count, check_customer_id
 from service.errors import FaceguardError
 from service.vision.decode import DecodeLimits, ImageDecodeError, decode_image
 

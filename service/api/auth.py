@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from service.api.calls import CallInterceptor, CallWatch
-from service.api.errors import rich_status
+from service.api.status import rich_status
 
 log = logging.getLogger(__name__)
 

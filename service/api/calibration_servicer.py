@@ -8,12 +8,12 @@ import grpc
 
 from faceguard.v1 import calibration_pb2, calibration_pb2_grpc
 from service.api.auth import CURRENT
-from service.api.errors import mapped
 from service.api.messages import timestamp
 from service.api.servicers import UsesEngine
-from service.calibration.admin import CalibrationAdmin
+from service.api.status import mapped
+from service.app.calibration import CalibrationAdmin
+from service.app.engine import Engine
 from service.config import CalibrationSettings
-from service.engine import Engine
 from service.errors import InvalidInput
 from service.store.calibrations import CalibrationRecord
 

@@ -37,7 +37,7 @@ from google.rpc import error_details_pb2
 
 from service.api import auth
 from service.api.calls import CallInterceptor, CallWatch
-from service.api.errors import rich_status
+from service.api.status import rich_status
 from service.config import SecuritySettings, ServerSettings, SettingsError
 
 _MAX_KEYS = 100_000  # buckets kept; the least recently used go first

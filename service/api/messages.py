@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from faceguard.v1 import common_pb2, enrollment_pb2
-from service.decision import Decision, LivenessReport, RuleResult
-from service.engine import Consent
+from service.app.decision import Decision
+from service.domain import Consent
 from service.errors import InvalidInput
+from service.liveness.report import LivenessReport
+from service.risk.results import RuleResult
 from service.store.customers import CustomerRecord
 
 # How far a client's clock may be from the server's: times a client states (a consent given,

@@ -1,13 +1,11 @@
-"""What runs beside the servicers: the interceptor chain, metrics endpoint, key file reload,
-the retention schedule and the calibration job, started and stopped with the server."""
+"""What runs beside the servicers: the interceptor chain, the metrics endpoint, and the jobs of
+`service.app.operations` (key file reload, retention, calibration), started and stopped with
+the server."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Protocol
 
 import grpc
 
@@ -16,19 +14,11 @@ from service.api.auth import AuthInterceptor
 from service.api.limits import LimitInterceptor
 from service.api.refusals import device_refusal_auditor
 from service.api.telemetry import TelemetryInterceptor
-from service.app.retention import PurgeSchedule, purge
-from service.assembly import key_file_path
-from service.calibration.admin import scheduled_proposal
+from service.app import operations
+from service.app.engine import Engine
 from service.config import Settings
-from service.engine import Engine
-from service.store.key_reload import KeyringReloader
-from service.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
-
-
-class _Stoppable(Protocol):
-    def stop(self) -> None: ...
 
 
 def interceptors(
@@ -47,13 +37,6 @@ def interceptors(
     return [TelemetryInterceptor(), AuthInterceptor(development, refused=refused), limits]
 
 
-def outbox_stats(outbox: Outbox) -> metrics.OutboxStats:
-    """Pending callbacks and the age of the oldest, read from the risk outbox."""
-    depth, oldest = outbox.backlog()
-    age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
-    return metrics.OutboxStats(depth, max(0.0, age))
-
-
 class Operations:
     """Metrics from the start (readiness shows 0 while models load); the rest once the
     engine exists."""
@@ -61,11 +44,13 @@ class Operations:
     def __init__(self, settings: Settings, ready: Callable[[], bool]) -> None:
         self.settings = settings
         self._engine: Engine | None = None
-        self._running: list[_Stoppable] = []
+        self._running: list[operations.Stoppable] = []
         self.endpoint: metrics.MetricsEndpoint | None = None
         self.collector = metrics.ServiceCollector(
             ready=ready,
-            gallery_templates=lambda: len(self._engine.gallery.index) if self._engine else 0,
+            gallery_templates=lambda: (
+                operations.template_count(self._engine) if self._engine else 0
+            ),
         )
         observability = settings.observability
         if observability.metrics_port is not None:
@@ -81,36 +66,9 @@ class Operations:
         self._engine = engine
         engine.vision.instrument(metrics.observe_stage)
         metrics.record_models(engine.vision.model_versions)
-        if engine.risk is not None:
-            self.collector.outbox = functools.partial(outbox_stats, engine.risk.outbox)
-        key_file = key_file_path(self.settings)
-        if key_file is not None:
-            reloader = KeyringReloader(engine.gallery.store, key_file)
-            reloader.start()
-            self._running.append(reloader)
-        privacy = self.settings.privacy
-        if privacy.purge_every_hours is not None:
-            schedule = PurgeSchedule(
-                lambda: purge(
-                    engine.gallery.store,
-                    engine.gallery.delete,
-                    privacy.inactive_days,
-                    datetime.now(UTC),
-                    outbox_keep_days=privacy.outbox_keep_days,
-                ),
-                privacy.purge_every_hours * 3600.0,
-            )
-            schedule.start()
-            self._running.append(schedule)
-        calibration = self.settings.calibration
-        if calibration.every_hours > 0:  # proposes only: an admin approves
-            job = PurgeSchedule(
-                lambda: scheduled_proposal(engine, calibration),
-                calibration.every_hours * 3600.0,
-                name="calibration",
-            )
-            job.start()
-            self._running.append(job)
+        if (reader := operations.outbox_reader(engine)) is not None:
+            self.collector.outbox = reader
+        self._running.extend(operations.start_jobs(engine, self.settings))
 
     def stop(self) -> None:
         for part in reversed(self._running):

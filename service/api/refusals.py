@@ -16,7 +16,7 @@ from typing import Any
 
 from service.api.auth import DeviceRefusal, Identity, device_holders
 from service.api.limits import RateLimiter
-from service.engine import Engine
+from service.app.engine import Engine
 from service.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def device_refusal_auditor(engine: Callable[[], Engine], budget: RateLimiter) ->
             claimed = sorted({h.device_id for h in device_holders(message)} - {device})
             what = {"claimed_device": ",".join(claimed)}
         try:
-            engine().refuse(
+            engine().decisions.refuse(
                 KINDS.get(method.rsplit("/", 1)[-1], "CALL") if message is not None else "CALL",
                 device, "", reason, client=identity.client,
                 certificate=identity.fingerprint or "", **what,

@@ -7,11 +7,11 @@ from google.protobuf import struct_pb2
 
 from faceguard.v1 import risk_pb2, risk_pb2_grpc
 from service.api import auth
-from service.api.errors import mapped
 from service.api.messages import datetime_from, timestamp
 from service.api.servicers import UsesEngine
+from service.api.status import mapped
+from service.app.risk_admin import RiskAdmin
 from service.errors import InvalidInput
-from service.risk.admin import RiskAdmin
 from service.store.lists import ListEntry
 from service.store.velocity import Lockout
 from service.store.watchlist import WatchlistEntry
@@ -52,7 +52,10 @@ def _lockout(lockout: Lockout) -> risk_pb2.Lockout:
 class RiskAdminServicer(UsesEngine, risk_pb2_grpc.RiskAdminServicer):
     @property
     def admin(self) -> RiskAdmin:
-        return RiskAdmin(self.engine)
+        admin = self.engine.risk_admin
+        if admin is None:
+            raise ValueError("the engine was built without risk checks")
+        return admin
 
     @mapped
     def AddListEntry(self, request: risk_pb2.AddListEntryRequest, context: grpc.ServicerContext):

@@ -33,9 +33,9 @@ from service.api.limits import check_shares
 from service.api.operations import Operations, interceptors
 from service.api.risk_servicer import RiskAdminServicer
 from service.api.servicers import EnrollmentServicer, FaceVerificationServicer
-from service.assembly import build_engine
+from service.app.assembly import build_engine
+from service.app.engine import Engine
 from service.config import Settings, SettingsError
-from service.engine import Engine
 from service.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,10 @@ class Running:
         """Refuse new calls, let in-flight ones finish, then persist the index."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
-        if self.engine.risk is not None:
-            self.engine.risk.stop()
+        self.engine.stop()
         self.operations.stop()
         self.engine.close()
-        self.engine.gallery.save()
+        self.engine.save()
 
 
 def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -173,8 +172,7 @@ def start(settings: Settings) -> Running:
         operations.stop()
         server.stop(0)
         raise
-    if holder.get().risk is not None:  # callbacks of decisions, including those before a kill
-        holder.get().risk.start()
+    holder.get().start()  # callbacks of decisions, including those before a kill
     operations.engine_built(holder.get())
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

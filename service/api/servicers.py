@@ -17,13 +17,13 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api import auth
-from service.api.errors import mapped, mapped_stream
 from service.api.messages import consent_from, customer_message, decision_message
+from service.api.status import mapped, mapped_stream
 from service.api.streaming import prompt_message, run_stream
+from service.app.engine import Engine
+from service.app.streams import ActiveSessions, Opening, StreamRun
 from service.config import StreamSettings
-from service.engine import Engine
 from service.liveness.session import Prompt
-from service.liveness.stream import ActiveSessions, Opening, StreamRun
 
 
 class UsesEngine:
@@ -45,14 +45,14 @@ class FaceVerificationServicer(UsesEngine, verification_pb2_grpc.FaceVerificatio
 
     @mapped
     def Verify(self, request: verification_pb2.VerifyRequest, context: grpc.ServicerContext):
-        decision = self.engine.verify(
+        decision = self.engine.kiosk.verify(
             request.customer_id, [f.data for f in request.frames], request.device_id
         )
         return verification_pb2.VerifyResponse(decision=decision_message(decision))
 
     @mapped
     def Identify(self, request: verification_pb2.IdentifyRequest, context: grpc.ServicerContext):
-        candidates, decision = self.engine.identify(
+        candidates, decision = self.engine.kiosk.identify(
             request.image.data, request.top_k, request.min_score, request.device_id,
             searcher=auth.searcher(),
         )  # fmt: skip
@@ -65,12 +65,14 @@ class FaceVerificationServicer(UsesEngine, verification_pb2_grpc.FaceVerificatio
     def CheckLiveness(
         self, request: verification_pb2.CheckLivenessRequest, context: grpc.ServicerContext
     ):
-        decision = self.engine.check_liveness([f.data for f in request.frames], request.device_id)
+        decision = self.engine.kiosk.check_liveness(
+            [f.data for f in request.frames], request.device_id
+        )
         return verification_pb2.CheckLivenessResponse(decision=decision_message(decision))
 
     def _session(self, requests, context: grpc.ServicerContext, identify: bool):
         def begin(opening: Opening) -> StreamRun:
-            return StreamRun(self.engine, self.stream_settings, opening)
+            return StreamRun(self.engine.kiosk, self.stream_settings, opening)
 
         return run_stream(
             requests, context, begin, self.sessions, identify,
@@ -105,7 +107,7 @@ class FaceVerificationServicer(UsesEngine, verification_pb2_grpc.FaceVerificatio
 class EnrollmentServicer(UsesEngine, enrollment_pb2_grpc.EnrollmentServicer):
     @mapped
     def Enroll(self, request: enrollment_pb2.EnrollRequest, context: grpc.ServicerContext):
-        customer, decision = self.engine.enroll(
+        customer, decision = self.engine.enrolment.enroll(
             request.customer_id,
             [i.data for i in request.images],
             consent_from(request.consent, request.HasField("consent")),
@@ -118,7 +120,7 @@ class EnrollmentServicer(UsesEngine, enrollment_pb2_grpc.EnrollmentServicer):
     def UpdateTemplates(
         self, request: enrollment_pb2.UpdateTemplatesRequest, context: grpc.ServicerContext
     ):
-        customer, decision = self.engine.update_templates(
+        customer, decision = self.engine.enrolment.update_templates(
             request.customer_id, [i.data for i in request.images], request.replace,
             request.operator_id,
         )  # fmt: skip
@@ -128,16 +130,18 @@ class EnrollmentServicer(UsesEngine, enrollment_pb2_grpc.EnrollmentServicer):
 
     @mapped
     def Delete(self, request: enrollment_pb2.DeleteRequest, context: grpc.ServicerContext):
-        event_id = self.engine.delete(request.customer_id, request.reason, request.operator_id)
+        event_id = self.engine.enrolment.delete(
+            request.customer_id, request.reason, request.operator_id
+        )
         return enrollment_pb2.DeleteResponse(event_id=event_id)
 
     @mapped
     def Get(self, request: enrollment_pb2.GetRequest, context: grpc.ServicerContext):
-        return customer_message(self.engine.get(request.customer_id))
+        return customer_message(self.engine.enrolment.get(request.customer_id))
 
     @mapped
     def List(self, request: enrollment_pb2.ListRequest, context: grpc.ServicerContext):
-        records, cursor = self.engine.list(request.page_size, request.page_token)
+        records, cursor = self.engine.enrolment.list(request.page_size, request.page_token)
         return enrollment_pb2.ListResponse(
             customers=[customer_message(r) for r in records], next_page_token=cursor or ""
         )

@@ -21,9 +21,9 @@ import grpc
 
 from faceguard.v1 import verification_pb2
 from service.api.messages import MAX_CLOCK_SKEW_S, datetime_from
+from service.app.streams import ActiveSessions, Frame, Opening, Outcome, StreamRun
 from service.errors import Expired, InvalidInput, TooLarge
 from service.liveness.session import Prompt
-from service.liveness.stream import ActiveSessions, Frame, Opening, Outcome, StreamRun
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""The use cases: what the service does, between the gRPC layer and the store."""
+"""The use cases: what the service does, between the transport (api) and storage."""

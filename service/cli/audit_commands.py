@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from service.assembly import audit_key_for, keyring_for
+from service.app.assembly import audit_key_for, keyring_for
 from service.config import Settings, load_settings
 from service.store import checkpoints
 from service.store.connection import sqlite_file

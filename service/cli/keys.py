@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from service.assembly import key_file_path, open_store
+from service.app.assembly import key_file_path, open_store
 from service.config import Settings, SettingsError
 from service.gallery.faiss_index import SNAPSHOT_PURPOSE
 from service.store.crypto import Keyring, reseal

@@ -141,8 +141,8 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _retention(args: argparse.Namespace) -> int:
+    from service.app.assembly import open_store
     from service.app.retention import run_retention
-    from service.assembly import open_store
 
     settings = _settings_for_store(args)
     days = args.inactive_days if args.inactive_days is not None else settings.privacy.inactive_days

@@ -34,10 +34,10 @@ from enum import StrEnum
 
 import numpy as np
 
-from service.decision import LivenessCheck, LivenessReport
 from service.errors import Expired, TooLarge, Unprocessable
 from service.liveness import verdicts
 from service.liveness.challenge import Baseline, Response, judge, pick
+from service.liveness.report import LivenessCheck, LivenessReport
 from service.liveness.session_policy import (
     INSTRUCTIONS,
     LOOK_AT_CAMERA,

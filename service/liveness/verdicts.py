@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.decision import LivenessCheck, LivenessReport
 from service.liveness.challenge import Response
+from service.liveness.report import LivenessCheck, LivenessReport
 from service.liveness.session_policy import Challenge, LivenessPolicy
 from service.vision.liveness_cues import blink_count, planarity_residual
 

@@ -22,7 +22,8 @@ from google.protobuf import struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from faceguard.v1 import common_pb2, fraud_engine_pb2, fraud_engine_pb2_grpc
-from service.decision import APPROVE, DECLINE, Decision, RuleResult
+from service.domain import APPROVE, DECLINE
+from service.risk.results import Assessed, RuleResult
 from service.store.outbox import OutboxItem
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class Assessor:
         self.timeout_s = timeout_s
         self.fail_closed = fail_closed
 
-    def __call__(self, kind: str, decision: Decision) -> tuple[RuleResult, str]:
+    def __call__(self, kind: str, decision: Assessed) -> tuple[RuleResult, str]:
         document = {
             "event_id": decision.event_id, "type": kind,
             "occurred_at": decision.decided_at.isoformat(), "customer_id": decision.customer_id,

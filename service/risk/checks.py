@@ -1,22 +1,23 @@
-"""Risk checks of one decision: gather the facts, run the policy, consult the fraud engine.
+"""Risk checks of one decision: gather the facts and run the policy; the fraud engine's consult.
 
-The engine calls `apply` on every decision before it is recorded, so the recorded event (and
-the callback it feeds) carries the final outcome, the risk score, the policy version and every
-rule's result.
+The use cases call `assess` on every decision before it is recorded and fold the assessment
+into it (then ask `consult`, when configured, about the decision the policy reached), so the
+recorded event (and the callback it feeds) carries the final outcome, the risk score, the
+policy version and every rule's result. Risk sees a decision only through the `Judged` and
+`Assessed` protocols: the Decision type belongs to the use cases above it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
 
-from service.decision import Decision, RuleResult
 from service.gallery.watchlist import Watchlist
-from service.risk.policy import RiskPolicy, stricter
+from service.risk.policy import RiskAssessment, RiskPolicy
+from service.risk.results import Assessed, Judged, RuleResult
 from service.risk.rules import RiskContext
 from service.store.lists import RiskLists
 from service.store.velocity import Velocity
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # A synchronous consult of the fraud engine: the decision so far -> its verdict, recorded as a
 # rule, and the outcome it recommends (the stricter outcome wins).
-Consult = Callable[[str, Decision], tuple[RuleResult, str]]
+Consult = Callable[[str, Assessed], tuple[RuleResult, str]]
 
 
 class RiskChecks:
@@ -48,7 +49,7 @@ class RiskChecks:
     def context(
         self,
         kind: str,
-        decision: Decision,
+        decision: Judged,
         vectors: Sequence[np.ndarray],
         neighbours: list[tuple[str, float]],
     ) -> RiskContext:
@@ -76,27 +77,12 @@ class RiskChecks:
         hits = [hit for v in vectors if (hit := self.watchlist.best_hit(v)) is not None]
         return max(hits, key=lambda h: h[1]) if hits else None
 
-    def apply(
+    def assess(
         self,
         kind: str,
-        decision: Decision,
+        decision: Judged,
         vectors: Sequence[np.ndarray] = (),
         neighbours: list[tuple[str, float]] | None = None,
-    ) -> Decision:
-        """The decision with the policy applied: the stricter outcome, reasons, score, rules."""
-        assessment = self.policy.evaluate(self.context(kind, decision, vectors, neighbours or []))
-        rules, score = assessment.rules, assessment.score
-        outcome = stricter(decision.outcome, assessment.outcome)
-        decided = replace(
-            decision, outcome=outcome, risk_score=score,
-            policy_version=assessment.policy_version, rules=rules,
-        )  # fmt: skip
-        if self.consult is not None:
-            verdict, recommended = self.consult(kind, decided)
-            rules, score = (*rules, verdict), score + verdict.score
-            outcome = stricter(outcome, recommended)
-        reasons = [*decision.reason_codes]
-        reasons += [r.reason_code for r in rules if r.fired and r.reason_code not in reasons]
-        return replace(
-            decided, outcome=outcome, reason_codes=tuple(reasons), risk_score=score, rules=rules
-        )
+    ) -> RiskAssessment:
+        """The policy's verdict on a decision: outcome, risk score, every rule, policy version."""
+        return self.policy.evaluate(self.context(kind, decision, vectors, neighbours or []))

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.decision import APPROVE, DECLINE, REVIEW, RuleResult
+from service.domain import APPROVE, DECLINE, REVIEW
+from service.risk.results import RuleResult
 from service.risk.rules import RULES, RiskContext, result
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.toml")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from service.decision import RuleResult
+from service.risk.results import RuleResult
 from service.store.lists import ListFacts
 from service.store.velocity import Limits, VelocityFacts
 

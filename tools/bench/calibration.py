@@ -60,8 +60,8 @@ def fill_gallery(
 
 
 def run_bench_calibration(args: argparse.Namespace) -> int:
-    from service.assembly import build_engine
-    from service.calibration.admin import CalibrationAdmin
+    from service.app.assembly import build_engine
+    from service.app.calibration import CalibrationAdmin
     from service.config import Settings
 
     with tempfile.TemporaryDirectory(prefix="faceguard-bench-calibration-") as folder:

@@ -31,7 +31,8 @@ import grpc
 from rich.console import Console
 
 from faceguard.v1 import common_pb2, enrollment_pb2_grpc, verification_pb2, verification_pb2_grpc
-from service.decision import APPROVE, Decision
+from service.app.decision import Decision
+from service.domain import APPROVE
 from service.risk.callback import load_signing_key, write_signing_key
 from tools.bench.served import (
     ServedProcess,
@@ -97,7 +98,7 @@ def _recorded(db: Path) -> set[str]:
 
 
 def _risk_cost(data: Path, enrolled: dict[str, bytes], calls: int) -> dict[str, float]:
-    from service.assembly import build_engine
+    from service.app.assembly import build_engine
     from service.config import load_settings
 
     settings = load_settings()
@@ -120,7 +121,7 @@ def _risk_cost(data: Path, enrolled: dict[str, bytes], calls: int) -> dict[str, 
         )  # fmt: skip
         start = time.perf_counter()
         neighbours = engine.gallery.search(analysis.embedding.vector, 3)
-        engine.risk.checks.apply("VERIFY", decision, [analysis.embedding.vector], neighbours)
+        engine.risk.checks.assess("VERIFY", decision, [analysis.embedding.vector], neighbours)
         samples.append((time.perf_counter() - start) * 1000.0)
     engine.gallery.store.close()
     return {

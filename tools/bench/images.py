@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 from PIL import Image as PILImage
 
+from service.app.decisions import Policy
 from service.config import Settings
-from service.engine import Policy
 from service.vision.decode import ImageDecodeError
 from service.vision.pipeline import FacePipeline
 from service.vision.subject import ImageRejected, best_probe

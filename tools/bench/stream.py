@@ -27,11 +27,11 @@ import cv2
 from rich.console import Console
 from rich.table import Table
 
+from service.app.streams import analyse_frame
 from service.app.vision_pool import InProcessVision
 from service.config import load_settings
 from service.liveness.session import Session
 from service.liveness.session_policy import LivenessPolicy, SessionLimits
-from service.liveness.stream import analyse_frame
 from service.vision.pipeline import FacePipeline
 from tools.evaluation.video import read_video
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from service.engine import Engine, check_customer_id, require_text
+from service.app.faces import gated_faces, templates_of
+from service.app.requests import check_count, check_customer_id, require_text
+from service.app.vision_pool import Vision
 from service.errors import InvalidInput, NotFound, TooLarge
 from service.risk.runtime import RiskRuntime
-from service.store.customers import NewTemplate
 from service.store.lists import LISTS, ListEntry
 from service.store.outbox import OutboxItem
 from service.store.velocity import Lockout, NotLocked
@@ -42,11 +43,13 @@ def _page(size: int) -> int:
 
 
 class RiskAdmin:
-    def __init__(self, engine: Engine) -> None:
-        if engine.risk is None:
-            raise ValueError("the engine was built without risk checks")
-        self.engine = engine
-        self.risk: RiskRuntime = engine.risk
+    """The risk administration use cases over the risk runtime; watchlist faces go through
+    `vision` (at most `max_images` a request)."""
+
+    def __init__(self, risk: RiskRuntime, vision: Vision, max_images: int) -> None:
+        self.risk = risk
+        self.vision = vision
+        self.max_images = max_images
 
     @staticmethod
     def _list(name: str) -> str:
@@ -79,16 +82,9 @@ class RiskAdmin:
     def enroll_watchlist(
         self, label: str, images: list[bytes], reason: str, case_ref: str, operator_id: str
     ) -> WatchlistEntry:
-        if not images:
-            raise InvalidInput("NO_IMAGES", "at least one image is required")
-        if len(images) > self.engine.policy.max_images:
-            raise TooLarge("TOO_MANY_IMAGES", f"at most {self.engine.policy.max_images} images")
+        check_count(images, self.max_images, "images")
         label = require_text("label", label, 128)
-        analyses = self.engine.gated_faces(images)
-        templates = [
-            NewTemplate(vector=a.embedding.vector, model=a.embedding.model, quality=a.quality.score)
-            for a in analyses
-        ]
+        templates = templates_of(gated_faces(self.vision, images))
         return self.risk.watchlist.add(
             label, templates, require_text("reason", reason, 256),
             require_text("case_ref", case_ref, 128), require_text("operator_id", operator_id, 128),

@@ -11,41 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-APPROVE, REVIEW, DECLINE = "APPROVE", "REVIEW", "DECLINE"
-
-
-@dataclass(frozen=True)
-class RuleResult:
-    """One risk rule's verdict: evaluated rules are all kept, fired or not, for the auditor."""
-
-    rule: str
-    fired: bool
-    reason_code: str = ""
-    score: float = 0.0
-    hard: bool = False
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class LivenessCheck:
-    """One liveness check of a session (passive, motion, blink, challenge, replay cues)."""
-
-    name: str
-    passed: bool
-    score: float | None = None
-    weight: float = 0.0
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class LivenessReport:
-    """The combined liveness of a streamed session, with each check's result kept."""
-
-    score: float
-    passed: bool
-    checks: tuple[LivenessCheck, ...] = ()
-    challenge: str = ""
-    response: str = ""
+from service.domain import APPROVE, DECLINE, REVIEW
+from service.liveness.report import LivenessReport
+from service.risk.results import RuleResult
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""One streamed verify or identify session over the engine: frames in, prompts and a decision out.
+"""One streamed verify or identify session over the kiosk: frames in, prompts and a decision out.
 
 The gRPC servicer owns the transport (reading with timeouts, cancellation); this runner owns
 the rest: validating the opening and each frame, analysing only the followed face of each
 frame (detect, quality, passive liveness, embedding, mesh cues), feeding the `Session`, and
-ending in the engine's `verify_face` / `identify_face` with the session's `LivenessReport`.
-Refusals (NO_FACE, FACE_CHANGED, low quality) are audited as declined attempts, as single-shot
-calls audit theirs.
+ending in the kiosk's `verify_face` / `identify_face` with the session's `LivenessReport`.
+Refusals (NO_FACE, FACE_CHANGED, low quality) are audited as declined attempts where they are
+caught, through the same `Decisions.refusals_audited` as single-shot calls.
 """
 
 from __future__ import annotations
@@ -14,19 +14,17 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
 
+from service.app.decision import Decision
+from service.app.faces import face_errors
+from service.app.kiosk import Kiosk
+from service.app.requests import quality_gate
 from service.app.vision_pool import Vision
 from service.config import StreamSettings
-from service.decision import Decision
-from service.engine import Engine, face_errors
 from service.errors import Conflict, InvalidInput, Unprocessable
 from service.liveness.session import Observation, Prompt, Session
-from service.vision.types import FaceAnalysis
-
-T = TypeVar("T")
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # fullmatch only
 
@@ -99,7 +97,7 @@ class StreamRun:
 
     def __init__(
         self,
-        engine: Engine,
+        kiosk: Kiosk,
         settings: StreamSettings,
         opening: Opening,
         clock: Callable[[], float] = time.monotonic,
@@ -109,18 +107,17 @@ class StreamRun:
                 "INVALID_SESSION_ID",
                 "session_id must be 1-64 characters of letters, digits and . _ : -",
             )
-        # A refused opening (unknown customer, a floor below the threshold) is audited as a
-        # declined attempt of the device, like a refused single-shot call.
-        if opening.identify:
-            engine.attempt("IDENTIFY", opening.device_id, "", lambda: engine.check_search(
-                opening.top_k, opening.min_score))  # fmt: skip
-        else:  # enrolled, consent not expired
-            engine.attempt("VERIFY", opening.device_id, opening.customer_id,
-                           lambda: engine.check_verifiable(opening.customer_id))  # fmt: skip
-        self.engine = engine
+        self.kiosk = kiosk
         self.opening = opening
         self.clock = clock
-        policy = settings.liveness.with_passive(engine.policy.liveness_threshold)
+        # A refused opening (unknown customer, a floor below the threshold) is audited as a
+        # declined attempt of the device, like a refused single-shot call.
+        with self._refusals_audited():
+            if opening.identify:
+                kiosk.check_search(opening.top_k, opening.min_score)
+            else:  # enrolled, consent not expired
+                kiosk.check_verifiable(opening.customer_id)
+        policy = settings.liveness.with_passive(kiosk.decisions.policy.liveness_threshold)
         self.session = Session(
             settings.limits(), policy, clock(),
             ask_challenge=settings.require_challenge or opening.request_challenge,
@@ -135,11 +132,16 @@ class StreamRun:
         """Audit a session that ended without a decision (the caller left, or a time limit
         passed): a declined attempt like a refused face; returns its event id."""
         opening = self.opening
-        return self.engine.refuse(self.kind, opening.device_id, opening.customer_id, reason)
+        return self.kiosk.decisions.refuse(
+            self.kind, opening.device_id, opening.customer_id, reason
+        )
 
-    def _refusing(self, run: Callable[[], T]) -> T:
-        """Run a step whose Unprocessable ends the session as an audited declined attempt."""
-        return self.engine.attempt(self.kind, self.opening.device_id, self.opening.customer_id, run)
+    def _refusals_audited(self) -> AbstractContextManager[None]:
+        """Around a step whose refusal ends the session as an audited declined attempt."""
+        opening = self.opening
+        return self.kiosk.decisions.refusals_audited(
+            self.kind, opening.device_id, opening.customer_id
+        )
 
     def _check_frame(self, frame: Frame) -> float:
         if frame.session_id and frame.session_id != self.opening.session_id:
@@ -159,20 +161,14 @@ class StreamRun:
     def observation(self, frame: Frame, received_s: float) -> Observation:
         captured = self._check_frame(frame)
         with face_errors():
-            return analyse_frame(self.engine.vision, self.session, frame.data, received_s, captured)
+            return analyse_frame(self.kiosk.vision, self.session, frame.data, received_s, captured)
 
     def frame(self, frame: Frame, received_s: float) -> Prompt | None:
         """Take one frame that arrived at `received_s` (server clock); a prompt to send, if any.
-        A frame that fails its vision worker is audited, as single-shot calls audit theirs."""
-        obs = self._refusing(lambda: self.observation(frame, received_s))
-        prompt: list[Prompt | None] = []
-
-        def observe() -> FaceAnalysis:
-            prompt.append(self.session.observe(obs))
-            return self.session.best  # type: ignore[return-value]
-
-        self._refusing(observe)  # FACE_CHANGED is audited
-        return prompt[0]
+        A frame that fails its vision worker, or shows another face (FACE_CHANGED), is
+        audited, as single-shot calls audit their refusals."""
+        with self._refusals_audited():
+            return self.session.observe(self.observation(frame, received_s))
 
     @property
     def done(self) -> bool:
@@ -191,22 +187,18 @@ class StreamRun:
     def finish(self) -> Outcome:
         """The decision on the best-quality face with the session's liveness report."""
         report = self.session.report()
-
-        def best() -> FaceAnalysis:
+        with self._refusals_audited():
             analysis = self.session.best
             if analysis is None:
                 raise Unprocessable("NO_FACE", "no face found in any frame of the session")
-            self.engine.quality_gate(analysis, "best frame")
-            return analysis
-
-        analysis = self._refusing(best)
+            quality_gate(analysis, "best frame")
         opening = self.opening
         if opening.identify:
-            candidates, decision = self.engine.identify_face(
+            candidates, decision = self.kiosk.identify_face(
                 analysis, opening.top_k, opening.min_score, opening.device_id, liveness=report
             )
             return Outcome(decision, candidates)
-        decision = self.engine.verify_face(
+        decision = self.kiosk.verify_face(
             opening.customer_id, analysis, opening.device_id, liveness=report
         )
         return Outcome(decision, [])
