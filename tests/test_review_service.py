@@ -51,7 +51,7 @@ def review_policy(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def people(shared_data: Path) -> list[tuple[str, list[Path]]]:
-    return people_with(shared_data, minimum=3, count=2)
+    return people_with(shared_data, minimum=3, count=3)
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +254,45 @@ def test_a_kiosk_gets_no_review_call_and_an_analyst_changes_nothing_else(channel
                  grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED")  # fmt: skip
     expect_error(analyst.ClaimReview, risk_pb2.ClaimReviewRequest(event_id=some),
                  grpc.StatusCode.NOT_FOUND, "REVIEW_NOT_FOUND")  # fmt: skip
+
+
+def test_the_cli_works_the_queue(served: Running, channels, people, pki: Path) -> None:
+    def as_(client: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return cli(*args, "--server", f"localhost:{served.port}", "--tls-ca", str(pki / "ca.pem"),
+                   "--tls-cert", str(pki / f"{client}.pem"),
+                   "--tls-key", str(pki / f"{client}.key"))  # fmt: skip
+
+    event_id = reviewed_verify(channels, people[2])
+    # (the policy also sent the enrolment to review: an ENROLL with outcome REVIEW)
+    listed = as_("analyst", "review", "list", "--customer-id", people[2][0], "--device-id",
+                 "K-001")  # fmt: skip
+    (line,) = listed.stdout.strip().splitlines()
+    assert listed.returncode == 0 and event_id in line and "LOW_QUALITY" in line
+    claimed = as_("analyst", "review", "claim", event_id, "--json")
+    assert claimed.returncode == 0 and json.loads(claimed.stdout)["claimed_by"] == "analyst"
+    taken = as_("admin", "review", "claim", event_id, "--json")
+    assert taken.returncode == 4
+    assert json.loads(taken.stdout)["error"]["reason"] == "REVIEW_CLAIMED"
+    resolved = as_("analyst", "review", "resolve", event_id, "--decline", "--note", "not them")
+    assert resolved.returncode == 0 and "DECLINE" in resolved.stdout, resolved.stderr
+    again = as_("analyst", "review", "resolve", event_id, "--approve", "--note", "x")
+    assert again.returncode == 4 and "REVIEW_RESOLVED" in again.stderr
+    shown = as_("analyst", "review", "show", event_id)
+    assert shown.returncode == 0 and shown.stdout.startswith("REVIEW")
+    assert "DECLINE by analyst: not them" in shown.stdout and "LOW_QUALITY" in shown.stdout
+    assert "blocklisted" in shown.stdout  # rules that did not fire are shown too
+    events = as_("analyst", "risk", "events", "--customer-id", people[2][0], "--reason",
+                 "LOW_QUALITY", "--outcome", "REVIEW", "--type", "VERIFY",
+                 "--limit", "5")  # fmt: skip
+    (line,) = events.stdout.strip().splitlines()
+    assert events.returncode == 0 and event_id in line and "  VERIFY  REVIEW  " in line
+    everything = as_("analyst", "risk", "events", "--customer-id", people[2][0], "--json")
+    types = [e["type"] for e in json.loads(everything.stdout)["events"]]
+    assert types == ["ENROLL", "VERIFY", "REVIEW_RESOLVED"]
+    refused = as_("kiosk-K-001", "review", "list", "--json")
+    assert refused.returncode == 4
+    assert json.loads(refused.stdout)["error"]["reason"] == "ROLE_NOT_ALLOWED"
+    bad = as_("analyst", "risk", "events", "--reason", "low quality")
+    assert bad.returncode == 4 and "INVALID_REASON_CODE" in bad.stderr
+    verified = audit_verify(served)
+    assert verified.returncode == 0 and json.loads(verified.stdout)["ok"], verified.stdout
