@@ -35,7 +35,7 @@ def add_review_commands(commands: argparse._SubParsersAction, handler: Callable)
     listing.add_argument("--customer-id", default="", help="only this customer's reviews")
     listing.add_argument("--device-id", default="", help="only this device's reviews")
     listing.add_argument(
-        "--limit", "--page-size", dest="page_size", type=int, default=50,
+        "--limit", dest="page_size", type=int, default=50,
         help="reviews per page (at most 500)",
     )  # fmt: skip
     listing.add_argument("--page-token", default="")
