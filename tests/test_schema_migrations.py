@@ -27,6 +27,7 @@ from sqlalchemy import create_engine, insert, inspect, select, text
 import service.store.calibrations
 import service.store.lists
 import service.store.outbox
+import service.store.reviews
 import service.store.velocity
 import service.store.watchlist  # noqa: F401
 from service.app.assembly import open_store

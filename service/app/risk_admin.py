@@ -1,14 +1,11 @@
-"""RiskAdmin use cases: the lists, the watchlist, event queries and dead-letter replay.
+"""RiskAdmin use cases: the lists, the watchlist, lockouts and dead-letter replay (event
+queries: service/app/decisions.py).
 
 Validation and domain errors here, conversion to messages in the servicer. Watchlist faces go
 through the same face pipeline and quality gate as customer enrolment.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 from service.app.faces import gated_faces, templates_of
 from service.app.requests import check_count, check_customer_id, require_text
@@ -22,18 +19,6 @@ from service.store.watchlist import WatchlistEntry
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
-
-
-@dataclass(frozen=True)
-class EventView:
-    event_id: str
-    occurred_at: datetime
-    type: str
-    customer_id: str
-    device_id: str
-    outcome: str
-    payload: dict[str, Any]
-    delivery: str
 
 
 def _page(size: int) -> int:
@@ -102,34 +87,6 @@ class RiskAdmin:
     def watchlist(self, page_size: int, token: str) -> tuple[list[WatchlistEntry], str]:
         page, cursor = self.risk.watchlist.entries(_page(page_size), token)
         return page, cursor or ""
-
-    def events(
-        self, customer_id: str, device_id: str, since: datetime | None, until: datetime | None,
-        page_size: int, token: str,
-    ) -> tuple[list[EventView], str]:  # fmt: skip
-        """Audited events, oldest first, filtered; the page token is the last row's chain id."""
-        size = _page(page_size)
-        if token and not token.isdigit():
-            raise InvalidInput("INVALID_PAGE_TOKEN", "page_token is not one this service issued")
-        rows = self.risk.lists.store.find_events(
-            customer_id, device_id, since, until, int(token or 0), size + 1
-        )
-        page = rows[:size]
-        statuses = self.risk.outbox.statuses([row.event_id for row in page])
-        views = [
-            EventView(
-                row.event_id,
-                row.occurred_at,
-                row.type,
-                row.customer_id or "",
-                row.device_id or "",
-                row.outcome,
-                row.payload,
-                statuses.get(row.event_id, ""),
-            )
-            for row in page
-        ]
-        return views, str(page[-1].id) if len(rows) > size else ""
 
     def dead_letters(self, page_size: int) -> list[OutboxItem]:
         return self.risk.outbox.dead_letters(_page(page_size))
