@@ -115,9 +115,8 @@ def wait_at_sink(event_ids: set[str], db: Path, timeout: float = 60) -> None:
     assert event_ids <= stored_event_ids(db), "events missing at the fraud engine"
 
 
-def audit_verify(served: Running) -> subprocess.CompletedProcess[str]:
-    data_dir = served.engine.gallery.index_path.parent
-    return cli("audit", "verify", "--data-dir", str(data_dir), "--json")
+def audit_verify(folder: Path) -> subprocess.CompletedProcess[str]:
+    return cli("audit", "verify", "--data-dir", str(folder / "data"), "--json")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -178,7 +177,7 @@ def test_an_analyst_claims_and_resolves_a_review_over_grpc(
         "reviewed_event_id": event_id, "analyst": "analyst", "resolution": "APPROVE",
         "note": "known customer, ID checked",
     }  # fmt: skip
-    verified = audit_verify(served)
+    verified = audit_verify(folder)
     assert verified.returncode == 0 and json.loads(verified.stdout)["ok"], verified.stdout
 
     detail = analyst.GetDecision(risk_pb2.GetDecisionRequest(event_id=event_id), timeout=10)
@@ -256,7 +255,9 @@ def test_a_kiosk_gets_no_review_call_and_an_analyst_changes_nothing_else(channel
                  grpc.StatusCode.NOT_FOUND, "REVIEW_NOT_FOUND")  # fmt: skip
 
 
-def test_the_cli_works_the_queue(served: Running, channels, people, pki: Path) -> None:
+def test_the_cli_works_the_queue(
+    served: Running, channels, people, pki: Path, folder: Path
+) -> None:
     def as_(client: str, *args: str) -> subprocess.CompletedProcess[str]:
         return cli(*args, "--server", f"localhost:{served.port}", "--tls-ca", str(pki / "ca.pem"),
                    "--tls-cert", str(pki / f"{client}.pem"),
@@ -294,5 +295,5 @@ def test_the_cli_works_the_queue(served: Running, channels, people, pki: Path) -
     assert json.loads(refused.stdout)["error"]["reason"] == "ROLE_NOT_ALLOWED"
     bad = as_("analyst", "risk", "events", "--reason", "low quality")
     assert bad.returncode == 4 and "INVALID_REASON_CODE" in bad.stderr
-    verified = audit_verify(served)
+    verified = audit_verify(folder)
     assert verified.returncode == 0 and json.loads(verified.stdout)["ok"], verified.stdout
