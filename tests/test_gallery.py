@@ -11,13 +11,14 @@ import numpy as np
 import pydantic
 import pytest
 
+from service.cli.keys import rotate
 from service.config import Settings
 from service.gallery.backend import open_index
 from service.gallery.faiss_index import FaissIndex, SnapshotFile
 from service.gallery.match import Match, WatchlistHit
 from service.gallery.vector_index import IndexUnusable, VectorIndex
 from service.gallery.watchlist import Watchlist
-from service.store.crypto import generate_keyring
+from service.store.crypto import generate_keyring, sealed_key_id
 from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
 from tests.service_helpers import faiss_gallery
 
@@ -143,3 +144,22 @@ def test_searches_name_what_they_found(store: Store, tmp_path: Path) -> None:
     hit = watchlist.best_hit(faces[0])
     assert isinstance(hit, WatchlistHit) and not isinstance(hit, Match)
     assert hit.entry_id == entry.entry_id and hit.score == pytest.approx(1.0)
+
+
+def test_key_rotation_reseals_the_configured_snapshot(tmp_path: Path) -> None:
+    snapshot = tmp_path / "elsewhere" / "gallery.idx"
+    snapshot.parent.mkdir()
+    settings = Settings(
+        storage={"data_dir": tmp_path, "dev_generate_key": True},
+        gallery={"faiss": {"index_file": snapshot}},
+    )
+    keys = generate_keyring()
+    keys.dump(tmp_path / "template-keys.json")
+    with Store(settings.storage.url(), keys) as store:
+        store.create_schema()
+        store.enroll("c-1", templates(unit_rows(2, 8), CURRENT), CONSENT, NewEvent("ENROLL", "OK"))
+        open_index(settings.gallery, store, CURRENT, DIM, tmp_path)
+    result = rotate(settings, wait_s=0)
+    assert result["snapshot_resealed"] is True
+    with snapshot.open("rb") as file:
+        assert sealed_key_id(file) == result["active_key"] == "k2"
