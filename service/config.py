@@ -21,16 +21,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from service.errors import SettingsError
 from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
 from service.modelpack.manifest import Manifest
 from service.vision.decode import DecodeLimits
 from service.vision.detect import DetectorConfig
 from service.vision.pipeline import PipelineConfig
 from service.vision.quality import QualityPolicy
-
-
-class SettingsError(ValueError):
-    """Settings that cannot be used: a missing file or a value with no calibration behind it."""
 
 
 class VisionSettings(BaseModel):

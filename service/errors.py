@@ -53,3 +53,9 @@ class Internal(FaceguardError):
 class Expired(FaceguardError):
     """A session that ran past a time limit: idle too long, or longer than allowed
     (DEADLINE_EXCEEDED)."""
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used: a missing file, a value with no calibration behind it, a
+    schema this code does not serve. Raised before serving, so it is not a FaceguardError
+    (no gRPC status): the process refuses to start with its message."""

@@ -16,8 +16,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from faceguard.v1 import common_pb2, enrollment_pb2
+from service.app.index_backend import open_index
 from service.config import GallerySettings, Settings
-from service.gallery.backend import open_index
 from service.gallery.gallery import Gallery
 from service.store.customers import Store
 from service.vision.pipeline import FacePipeline

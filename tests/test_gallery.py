@@ -11,9 +11,9 @@ import numpy as np
 import pydantic
 import pytest
 
+from service.app.index_backend import open_index
 from service.cli.keys import rotate
 from service.config import Settings
-from service.gallery.backend import open_index
 from service.gallery.faiss_index import FaissIndex, SnapshotFile
 from service.gallery.match import Match, WatchlistHit
 from service.gallery.vector_index import IndexUnusable, VectorIndex

@@ -13,6 +13,7 @@ from pathlib import Path
 from service.app.calibration import live_calibration
 from service.app.decisions import Policy
 from service.app.engine import Engine
+from service.app.index_backend import open_index
 from service.app.vision_pool import (
     InProcessVision,
     Vision,
@@ -20,7 +21,6 @@ from service.app.vision_pool import (
     default_process_count,
 )
 from service.config import RiskSettings, Settings, SettingsError, operating_threshold
-from service.gallery.backend import open_index
 from service.gallery.gallery import Gallery
 from service.gallery.watchlist import Watchlist
 from service.modelpack.manifest import load_manifest

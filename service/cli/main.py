@@ -151,7 +151,7 @@ def _retention(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from service.store.schema.commands import run_db
+    from service.cli.db import run_db
 
     return run_db(_settings_for_store(args), args.db_command)
 

@@ -2,7 +2,7 @@
 
 Every change goes to the store first, in one transaction with its audit event, and then to
 the index. A crash in between leaves the store complete and the index behind; the index
-backend's "open or rebuild" function (`service.gallery.backend.open_index`) heals it against
+backend's "open or rebuild" function (`service.app.index_backend.open_index`) heals it against
 the store at start, so no customer is ever half-enrolled from the service's point of view. The
 index is snapshotted on shutdown and every `snapshot_every` changes.
 

@@ -26,7 +26,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, inspect, select
 
-from service.config import SettingsError
+from service.errors import SettingsError
 
 log = logging.getLogger(__name__)
 
