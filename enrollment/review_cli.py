@@ -14,15 +14,15 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from enrollment.cli import connection_options, emit
+from enrollment.cli import connection_options
 from enrollment.render import (
     message_json,
     print_decision,
     print_fields,
-    print_json,
     print_lines,
     print_records,
 )
+from enrollment.risk_cli import run_admin_call
 
 RULE_COLUMNS = ("rule", "reason_code", "fired", "score", "hard", "detail")
 
@@ -131,20 +131,4 @@ def _review_state(review: dict[str, Any] | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from enrollment.client import open_channel, reporting_errors
-    from faceguard.v1 import risk_pb2_grpc
-
-    channel = open_channel(args.server, args.tls_ca, args.tls_cert, args.tls_key)
-
-    def command() -> int:
-        reply = _call(args, risk_pb2_grpc.RiskAdminStub(channel))
-        if args.json:
-            print_json(reply)
-        else:
-            show(args, reply)
-        return 0
-
-    try:
-        return reporting_errors(lambda payload: emit(args, payload), command)
-    finally:
-        channel.close()
+    return run_admin_call(args, _call, show)

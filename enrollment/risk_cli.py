@@ -232,17 +232,28 @@ def event_line(event: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_admin_call(args, _call, show)
+
+
+def run_admin_call(
+    args: argparse.Namespace,
+    call: Callable[[argparse.Namespace, Any], dict[str, Any]],
+    show_reply: Callable[[argparse.Namespace, dict[str, Any]], None],
+) -> int:
+    """Run one RiskAdmin command: `call` asks the stub and returns the reply as a dict, which
+    `show_reply` prints for people (or `--json` prints whole); errors are reported and mapped
+    to the exit status like every client command's."""
     from enrollment.client import open_channel, reporting_errors
     from faceguard.v1 import risk_pb2_grpc
 
     channel = open_channel(args.server, args.tls_ca, args.tls_cert, args.tls_key)
 
     def command() -> int:
-        reply = _call(args, risk_pb2_grpc.RiskAdminStub(channel))
+        reply = call(args, risk_pb2_grpc.RiskAdminStub(channel))
         if args.json:
             print_json(reply)
         else:
-            show(args, reply)
+            show_reply(args, reply)
         return 0
 
     try:
