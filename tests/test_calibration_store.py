@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from service.domain import Consent
 from service.errors import NotFound, Unprocessable
 from service.store import calibrations
 from service.store.audit_chain import NewEvent
@@ -20,7 +21,7 @@ from service.store.calibrations import (
     NewProposal,
     TargetCalibration,
 )
-from service.store.customers import ConsentRecord, Store
+from service.store.customers import Store
 from service.store.gallery_sample import sample_gallery
 from tests.test_store import (  # noqa: F401 (keyring, store, url: on SQLite, then PostgreSQL)
     MODEL,
@@ -44,10 +45,10 @@ def decision_event(kind: str = "CALIBRATION_APPLIED") -> NewEvent:
     return NewEvent(kind, "OK", payload={"operator": "op-2"})
 
 
-def current_consent() -> ConsentRecord:
+def current_consent() -> Consent:
     """Consent given a year ago that runs for ten years."""
     given = datetime.now(UTC) - timedelta(days=365)
-    return ConsentRecord("identity-verification", given, "branch-kiosk", "op-17",
+    return Consent("identity-verification", given, "branch-kiosk", "op-17",
                          given + timedelta(days=3650))  # fmt: skip
 
 

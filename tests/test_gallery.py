@@ -14,17 +14,18 @@ import pytest
 from service.app.index_backend import open_index
 from service.cli.keys import rotate
 from service.config import Settings
+from service.domain import Consent
 from service.gallery.faiss_index import FaissIndex, SnapshotFile
 from service.gallery.match import Match, WatchlistHit
 from service.gallery.vector_index import IndexUnusable, VectorIndex
 from service.gallery.watchlist import Watchlist
 from service.store.crypto import generate_keyring, sealed_key_id
-from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
+from service.store.customers import NewEvent, NewTemplate, Store
 from tests.service_helpers import faiss_gallery
 
 DIM = 8
 CURRENT, OLD = "embedder-v2", "embedder-v1"
-CONSENT = ConsentRecord("kiosk verification", datetime.now(UTC), "branch", "op-1")
+CONSENT = Consent("kiosk verification", datetime.now(UTC), "branch", "op-1")
 
 
 def unit_rows(count: int, seed: int) -> np.ndarray:

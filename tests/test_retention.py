@@ -24,9 +24,10 @@ from faceguard.v1 import (
 from service.app.assembly import KEYRING_FILE
 from service.app.retention import CONSENT_EXPIRED, EVENT_TYPE, INACTIVE, due_for_purge, purge
 from service.config import AUDIT_KEY_FILE
+from service.domain import Consent
 from service.store.audit_chain import ChainKey
 from service.store.crypto import generate_keyring
-from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
+from service.store.customers import NewEvent, NewTemplate, Store
 from service.store.outbox import DELIVERED, Backoff, Outbox
 from tests import service_helpers
 from tests.service_helpers import FACEGUARD, faiss_gallery, image, people_with, service_settings
@@ -40,12 +41,12 @@ def template() -> NewTemplate:
     return NewTemplate(vector=vector / np.linalg.norm(vector), model="test-embedder", quality=80)
 
 
-def consent(expires_at: datetime | None = None) -> ConsentRecord:
+def consent(expires_at: datetime | None = None) -> Consent:
     given = datetime.now(UTC) - timedelta(days=2)
-    return ConsentRecord("kiosk verification", given, "branch", "op-1", expires_at)
+    return Consent("kiosk verification", given, "branch", "op-1", expires_at)
 
 
-def enroll(store: Store, customer_id: str, consent_record: ConsentRecord | None = None) -> None:
+def enroll(store: Store, customer_id: str, consent_record: Consent | None = None) -> None:
     event = NewEvent("ENROLL", "APPROVE")
     store.enroll(customer_id, [template()], consent_record or consent(), event)
 

@@ -21,6 +21,7 @@ from faceguard.v1 import enrollment_pb2, enrollment_pb2_grpc, risk_pb2, risk_pb2
 from service.api.server import Running, start
 from service.cli.keys import rotate
 from service.config import Settings
+from service.domain import Consent
 from service.gallery.faiss_index import FaissIndex, IndexFileError
 from service.gallery.gallery import Gallery
 from service.store import crypto
@@ -33,7 +34,7 @@ from service.store.crypto import (
     open_vector,
     sealed_key_id,
 )
-from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
+from service.store.customers import NewEvent, NewTemplate, Store
 from service.store.tables import template_table
 from service.store.watchlist import watchlist_aad, watchlist_template_table
 from tests.service_helpers import (
@@ -46,7 +47,7 @@ from tests.service_helpers import (
 )
 
 DIM = 192
-CONSENT = ConsentRecord("kiosk verification", datetime.now(UTC), "branch", "op-1")
+CONSENT = Consent("kiosk verification", datetime.now(UTC), "branch", "op-1")
 
 
 def unit_rows(count: int, seed: int = 0) -> np.ndarray:

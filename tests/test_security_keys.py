@@ -20,10 +20,11 @@ from faceguard.v1 import (
 )
 from service.app.assembly import KEYRING_FILE
 from service.config import AUDIT_KEY_FILE
+from service.domain import Consent
 from service.gallery.watchlist import Watchlist
 from service.store.audit_chain import ChainKey
 from service.store.crypto import Keyring, generate_keyring
-from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
+from service.store.customers import NewEvent, NewTemplate, Store
 from service.store.key_reload import KeyringReloader
 from service.store.tables import template_table
 from service.store.watchlist import rotate_watchlist_keys, watchlist_template_table
@@ -66,7 +67,7 @@ def some_templates(count: int) -> list[NewTemplate]:
 def test_the_database_never_holds_a_template_in_plaintext(tmp_path: Path) -> None:
     keyring = generate_keyring()
     templates = some_templates(6)
-    record = ConsentRecord("kiosk verification", datetime.now(UTC), "branch", "op-1")
+    record = Consent("kiosk verification", datetime.now(UTC), "branch", "op-1")
     with open_store(tmp_path, keyring) as store:
         for i in range(3):
             store.enroll(f"c-{i}", templates[2 * i : 2 * i + 2], record, NewEvent("ENROLL", "OK"))
@@ -79,7 +80,7 @@ def test_a_store_follows_its_key_file_through_a_rotation(tmp_path: Path) -> None
     key_file = tmp_path / KEYRING_FILE
     old = generate_keyring()
     old.dump(key_file)
-    record = ConsentRecord("kiosk verification", datetime.now(UTC), "branch", "op-1")
+    record = Consent("kiosk verification", datetime.now(UTC), "branch", "op-1")
     templates = some_templates(2)
     with open_store(tmp_path, old) as serving, open_store(tmp_path, old) as rotating:
         serving.enroll("c-1", templates, record, NewEvent("ENROLL", "OK"))

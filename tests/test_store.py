@@ -22,17 +22,13 @@ import postgres
 import pytest
 from sqlalchemy import create_engine, delete, func, select, update
 
+from service.domain import Consent
+from service.errors import InvalidInput
 from service.store import connection as connection_module
 from service.store import customers as store_module
 from service.store.audit_chain import InvalidEvent, NewEvent
 from service.store.crypto import Keyring, KeyringError, TamperedError, generate_keyring
-from service.store.customers import (
-    ConsentRecord,
-    CustomerExists,
-    CustomerNotFound,
-    NewTemplate,
-    Store,
-)
+from service.store.customers import CustomerExists, CustomerNotFound, NewTemplate, Store
 from service.store.tables import consent_table, customer_table, event_table, template_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,9 +77,9 @@ def new_templates(*seeds: int, model: str = MODEL) -> list[NewTemplate]:
     return [NewTemplate(vector(seed), model, 80.0 + seed % 10) for seed in seeds]
 
 
-def consent(purpose: str = "identity-verification") -> ConsentRecord:
+def consent(purpose: str = "identity-verification") -> Consent:
     given = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
-    return ConsentRecord(purpose, given, "branch-kiosk", "op-17", given + timedelta(days=365))
+    return Consent(purpose, given, "branch-kiosk", "op-17", given + timedelta(days=365))
 
 
 def event(kind: str = "ENROLL", **payload: object) -> NewEvent:
@@ -298,7 +294,8 @@ import numpy as np
 from service.store import customers as store_module
 from service.store.audit_chain import NewEvent
 from service.store.crypto import Keyring
-from service.store.customers import ConsentRecord, NewTemplate, Store
+from service.store.customers import NewTemplate, Store
+from service.domain import Consent
 
 store = Store(sys.argv[1], Keyring.from_env())
 real_seal, calls = store_module.seal_vector, []
@@ -309,7 +306,7 @@ def crash_on_second(*args):
     return real_seal(*args)
 store_module.seal_vector = crash_on_second
 vectors = [NewTemplate(np.ones(8, np.float32), "m", 90.0)] * 3
-consent = ConsentRecord("p", datetime.now(UTC), "c")
+consent = Consent("p", datetime.now(UTC), "c")
 store.enroll("cust-1", vectors, consent, NewEvent("ENROLL", "OK"))
 """
 
@@ -491,10 +488,10 @@ def test_rejected_database_urls(keyring: Keyring) -> None:
 
 
 def test_consent_and_template_inputs_are_validated() -> None:
-    with pytest.raises(ValueError, match="timezone"):
-        ConsentRecord("p", datetime(2025, 1, 1), "branch")
-    with pytest.raises(ValueError, match="after"):
-        ConsentRecord(
+    with pytest.raises(InvalidInput, match="timezone"):
+        Consent("p", datetime(2025, 1, 1), "branch")
+    with pytest.raises(InvalidInput, match="expires before"):
+        Consent(
             "p", datetime(2025, 1, 1, tzinfo=UTC), "c", None, datetime(2024, 1, 1, tzinfo=UTC)
         )
     with pytest.raises(ValueError):

@@ -23,7 +23,7 @@ from service.app.vision_pool import Vision
 from service.domain import APPROVE, DECLINE, Consent
 from service.errors import Conflict, InvalidInput, TooLarge, Unprocessable
 from service.gallery.gallery import Gallery
-from service.store.customers import ConsentRecord, CustomerExists, CustomerRecord
+from service.store.customers import CustomerExists, CustomerRecord
 from service.vision.types import FaceAnalysis
 
 log = logging.getLogger(__name__)
@@ -57,15 +57,11 @@ class Enrolment:
         analyses = gated_faces(self.vision, images)
         templates = templates_of(analyses)
         decision = self._enrolment_decision("ENROLL", customer_id, analyses)
-        record = ConsentRecord(
-            purpose=consent.purpose, given_at=consent.given_at, channel=consent.channel,
-            operator_id=consent.operator_id, expires_at=consent.expires_at,
-        )  # fmt: skip
         event = self.decisions.event(
             "ENROLL", decision, templates=len(templates), operator=consent.operator_id
         )
         try:
-            self.gallery.enroll(customer_id, templates, record, event)
+            self.gallery.enroll(customer_id, templates, consent, event)
         except CustomerExists:  # enrolled by another call since `has_customer` above
             raise customer_exists(customer_id) from None
         return self.get(customer_id), decision

@@ -25,9 +25,10 @@ import time
 
 import numpy as np
 
+from service.domain import Consent
 from service.gallery.match import Match
 from service.gallery.vector_index import VectorIndex
-from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
+from service.store.customers import NewEvent, NewTemplate, Store
 
 # Erasures within this long of each other share one fresh snapshot: a purge of many customers
 # writes a few snapshots, not one per customer (the files never hold an erased template
@@ -103,7 +104,7 @@ class Gallery:
         self,
         customer_id: str,
         templates: list[NewTemplate],
-        consent: ConsentRecord,
+        consent: Consent,
         event: NewEvent,
     ) -> list[int]:
         self._check_model(templates)

@@ -34,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from service.domain import Consent
 from service.store import audit_chain as audit
 from service.store import outbox, velocity
 from service.store.audit_chain import ChainReport, EventRecord, EventType, NewEvent, check_text
@@ -101,36 +102,6 @@ class StoredTemplate:
 
 
 @dataclass(frozen=True)
-class ConsentRecord:
-    """The customer's consent to biometric processing, as captured at enrolment."""
-
-    purpose: str
-    given_at: datetime
-    channel: str
-    operator_id: str | None = None
-    expires_at: datetime | None = None
-
-    def __post_init__(self) -> None:
-        check_text("purpose", self.purpose, 64)
-        check_text("channel", self.channel, 64)
-        if self.operator_id is not None:
-            check_text("operator_id", self.operator_id, 128)
-        for name in ("given_at", "expires_at"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                raise ValueError(f"consent {name} must be timezone-aware")
-        if self.expires_at is not None and self.expires_at <= self.given_at:
-            raise ValueError("consent expires_at must be after given_at")
-
-
-@dataclass(frozen=True, kw_only=True)
-class StoredConsent(ConsentRecord):
-    """A consent as stored, with the time the store recorded it."""
-
-    recorded_at: datetime
-
-
-@dataclass(frozen=True)
 class CustomerRecord:
     """A customer's gallery entry; `embedder` is the model version of their newest template
     (`templates_of` shows each template's version while a model upgrade is under way)."""
@@ -140,7 +111,7 @@ class CustomerRecord:
     template_count: int
     created_at: datetime
     updated_at: datetime
-    consent: StoredConsent | None
+    consent: Consent | None
     embedder: str | None
 
 
@@ -232,7 +203,7 @@ class Store:
         self,
         customer_id: str,
         templates: Sequence[NewTemplate],
-        consent: ConsentRecord,
+        consent: Consent,
         event: NewEvent,
     ) -> list[int]:
         """Enrol a new customer with templates and consent; returns the new template ids."""
@@ -619,7 +590,7 @@ def _check_templates(new: Sequence[NewTemplate]) -> None:
         raise TypeError("templates must be NewTemplate instances")
 
 
-def _consent_values(consent: ConsentRecord) -> dict[str, Any]:
+def _consent_values(consent: Consent) -> dict[str, Any]:
     return {
         "purpose": consent.purpose,
         "given_at": consent.given_at,
@@ -745,7 +716,7 @@ _OWNERS = select(template_table.c.id, template_table.c.customer_id).where(
 )
 
 
-def _latest_consents(conn: Connection, ids: list[str]) -> dict[str, StoredConsent]:
+def _latest_consents(conn: Connection, ids: list[str]) -> dict[str, Consent]:
     """Each customer's most recently recorded consent (highest id: ids follow recording)."""
     newest = (
         select(func.max(consent_table.c.id))
@@ -753,7 +724,7 @@ def _latest_consents(conn: Connection, ids: list[str]) -> dict[str, StoredConsen
         .group_by(consent_table.c.customer_id)
     )
     return {
-        row.customer_id: StoredConsent(
+        row.customer_id: Consent(
             purpose=row.purpose,
             given_at=row.given_at,
             channel=row.channel,

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from service.domain import Consent
 from service.gallery.gallery import Gallery
-from service.store.customers import ConsentRecord, NewEvent, NewTemplate
+from service.store.customers import NewEvent, NewTemplate
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def fill_gallery(
     gallery: Gallery, model: str, customers: int, per_customer: int = 3, seed: int = 7
 ) -> None:
     """Enrol the synthetic people not enrolled yet (templates of embedder version `model`)."""
-    consent = ConsentRecord(purpose="synthetic", given_at=datetime.now(UTC), channel="bench")
+    consent = Consent(purpose="synthetic", given_at=datetime.now(UTC), channel="bench")
     for customer, vectors in synthetic_people(gallery.index.dim, customers, per_customer, seed):
         if gallery.has_customer(customer):
             continue
