@@ -2,8 +2,7 @@
 
 The three outcomes of a decision: the risk policy orders them (`risk.policy.stricter`), the use
 cases reach them, the API names them. The customer's `Consent`, validated once, where it is
-made. A match of the gallery is still a bare `tuple[str, float]` (customer id, cosine) here:
-the gallery's `Match` type (service/gallery/match.py) takes its place when it lands.
+made. (A match of the gallery is `service.gallery.match.Match`.)
 """
 
 from __future__ import annotations

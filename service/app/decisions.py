@@ -21,6 +21,7 @@ from service.app.requests import CUSTOMER_ID
 from service.app.vision_pool import Vision
 from service.domain import DECLINE
 from service.errors import Forbidden, Internal, InvalidInput, NotFound, TooLarge, Unprocessable
+from service.gallery.match import Match
 from service.risk.policy import stricter
 from service.store.customers import NewEvent
 from service.vision.types import FaceAnalysis
@@ -95,7 +96,7 @@ class Decisions:
 
     def assess(
         self, kind: str, decision: Decision, vectors: Sequence[np.ndarray] = (),
-        neighbours: list[tuple[str, float]] | None = None,
+        neighbours: list[Match] | None = None,
     ) -> Decision:  # fmt: skip
         """The decision through the risk policy (lists, watchlist, velocity, margins), then
         through the fraud engine's consult when one is configured: the stricter outcome, the

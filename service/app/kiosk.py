@@ -18,6 +18,7 @@ from service.app.vision_pool import Vision
 from service.domain import APPROVE, DECLINE
 from service.errors import Forbidden, InvalidInput, TooLarge, Unprocessable
 from service.gallery.gallery import REENROL, Gallery
+from service.gallery.match import Match
 from service.liveness.report import LivenessReport
 from service.vision.types import FaceAnalysis
 
@@ -90,7 +91,7 @@ class Kiosk:
     def identify(
         self, image: bytes, top_k: int, min_score: float, device_id: str,
         searcher: str | None = None,
-    ) -> tuple[list[tuple[str, float]], Decision]:  # fmt: skip
+    ) -> tuple[list[Match], Decision]:  # fmt: skip
         """1:N search. `searcher` names a caller with the right to a floor below the operating
         threshold (investigator or admin); a kiosk (None) sees only candidates at or above it."""
         with self.decisions.refusals_audited("IDENTIFY", device_id, ""):
@@ -121,7 +122,7 @@ class Kiosk:
         device_id: str,
         liveness: LivenessReport | None = None,
         searcher: str | None = None,
-    ) -> tuple[list[tuple[str, float]], Decision]:
+    ) -> tuple[list[Match], Decision]:
         """Search the gallery for a gated face and record the decision (shared with streams).
         A floor below the threshold is only for a `searcher`, who is named in the event."""
         decisions = self.decisions

@@ -24,6 +24,7 @@ from service.app.requests import quality_gate
 from service.app.vision_pool import Vision
 from service.config import StreamSettings
 from service.errors import Conflict, InvalidInput, Unprocessable
+from service.gallery.match import Match
 from service.liveness.session import Observation, Prompt, Session
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # fullmatch only
@@ -55,7 +56,7 @@ class Outcome:
     """The session's one answer: the decision, and the candidates of an identify."""
 
     decision: Decision
-    candidates: list[tuple[str, float]]
+    candidates: list[Match]
 
 
 class ActiveSessions:

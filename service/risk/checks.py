@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from service.gallery.match import Match, WatchlistHit
 from service.gallery.watchlist import Watchlist
 from service.risk.policy import RiskAssessment, RiskPolicy
 from service.risk.results import Assessed, Judged, RuleResult
@@ -51,10 +52,10 @@ class RiskChecks:
         kind: str,
         decision: Judged,
         vectors: Sequence[np.ndarray],
-        neighbours: list[tuple[str, float]],
+        neighbours: list[Match],
     ) -> RiskContext:
         """The facts for the rules: list lookups, failures, watchlist, other customers."""
-        others = [(c, s) for c, s in neighbours if c != decision.customer_id]
+        others = [Match(*n) for n in neighbours if n[0] != decision.customer_id]
         return RiskContext(
             kind=kind,
             now=datetime.now(UTC),
@@ -62,7 +63,7 @@ class RiskChecks:
             device_id=decision.device_id,
             match_score=decision.match_score,
             threshold=decision.threshold if decision.threshold is not None else 1.0,
-            other_customer=max(others, key=lambda o: o[1]) if others else None,
+            other_customer=max(others, key=lambda o: o.score) if others else None,
             liveness_score=decision.liveness_score,
             liveness_threshold=self.liveness_threshold,
             session_liveness_passed=decision.liveness.passed if decision.liveness else None,
@@ -72,17 +73,17 @@ class RiskChecks:
             watchlist_hit=self._watchlist_hit(vectors),
         )
 
-    def _watchlist_hit(self, vectors: Sequence[np.ndarray]) -> tuple[str, float] | None:
+    def _watchlist_hit(self, vectors: Sequence[np.ndarray]) -> WatchlistHit | None:
         """The closest watchlist entry to any of the decision's faces."""
         hits = [hit for v in vectors if (hit := self.watchlist.best_hit(v)) is not None]
-        return max(hits, key=lambda h: h[1]) if hits else None
+        return max(hits, key=lambda h: h.score) if hits else None
 
     def assess(
         self,
         kind: str,
         decision: Judged,
         vectors: Sequence[np.ndarray] = (),
-        neighbours: list[tuple[str, float]] | None = None,
+        neighbours: list[Match] | None = None,
     ) -> RiskAssessment:
         """The policy's verdict on a decision: outcome, risk score, every rule, policy version."""
         return self.policy.evaluate(self.context(kind, decision, vectors, neighbours or []))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from service.gallery.match import Match, WatchlistHit
 from service.risk.results import RuleResult
 from service.store.lists import ListFacts
 from service.store.velocity import Limits, VelocityFacts
@@ -30,14 +31,14 @@ class RiskContext:
     match_score: float | None = None
     threshold: float = 1.0
     # The best-scoring customer other than `customer_id`, and its cosine.
-    other_customer: tuple[str, float] | None = None
+    other_customer: Match | None = None
     liveness_score: float | None = None
     liveness_threshold: float = 0.0
     session_liveness_passed: bool | None = None  # None: not a streamed session
     quality_score: float | None = None
     lists: ListFacts = field(default_factory=ListFacts)
     velocity: VelocityFacts = field(default_factory=VelocityFacts)
-    watchlist_hit: tuple[str, float] | None = None  # (entry id, cosine) of the closest entry
+    watchlist_hit: WatchlistHit | None = None  # the closest watchlist entry
 
     @property
     def margin(self) -> float | None:
