@@ -1,0 +1,341 @@
+"""The gallery's vector index on a Milvus server, for galleries beyond one machine.
+
+Same contract as the FAISS index (`service.gallery.index`): cosine search over L2-normalised
+float32 templates keyed by their int64 store ids; add, remove, search, search_batch, len, ids,
+rebuild, sync. Several service replicas can share one collection.
+
+Two things differ, and the gallery must handle both:
+- Milvus only proposes candidates. Its scores may be approximate (HNSW, IVF) and, at the default
+  Bounded consistency, a search can still return a template deleted a moment ago (measured on
+  Milvus 2.3.5: in 3 of the first 5 searches after a delete). Every candidate must go through
+  `service.gallery.rescore.rescore` (store lookup + exact cosine) before any threshold;
+  `approximate` says so.
+- Milvus keeps vectors in plaintext, so it never receives a raw template: vectors and probes are
+  rotated by a secret orthogonal matrix derived from a template keyring key
+  (`service.gallery.rotation`, which says what that protects and what it does not). The key id
+  and a fingerprint of the rotation are recorded in the collection's description; opening the
+  collection with a keyring that lacks that key, or holds a different key under its id, raises
+  IndexFileError, and the caller rebuilds.
+
+Persistence is Milvus's: `flush` seals growing segments (the write-ahead log already holds every
+insert and delete). `rebuild` drops and re-creates the collection, so searches fail while it
+runs; it is meant for a first start or a changed key, not for routine use (Milvus compacts and
+re-indexes segments itself, so `needs_rebuild` is always false).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from service.config import MilvusSettings
+from service.gallery.crypto import Keyring, KeyringError
+from service.gallery.index import IndexFileError, _as_ids, _as_vectors
+from service.gallery.rotation import Rotation
+
+log = logging.getLogger(__name__)
+
+_ID, _VECTOR = "id", "vector"
+# Milvus refuses a topk or query window beyond this.
+MAX_TOPK = 16_384
+# Rows per insert call: 5,000 x 512-d floats is ~10 MB, under Milvus's 64 MB message limit.
+_INSERT_ROWS = 5_000
+# Ids per `id in [...]` filter expression.
+_FILTER_IDS = 10_000
+_DESCRIPTION = "faceguard templates, rotated; rotation_key={key_id}; check={check}"
+
+
+def default_params(index_type: str, dim: int) -> tuple[dict[str, object], dict[str, object]]:
+    """(build, search) parameters for an index type when settings give none.
+
+    HNSW M 16 / efConstruction 200 / ef 128 follows VECTORS.md (the default construction
+    recalled poorly at 1M); IVF lists are probed 1 in 32.
+    """
+    match index_type:
+        case "HNSW":
+            return {"M": 16, "efConstruction": 200}, {"ef": 128}
+        case "IVF_FLAT" | "IVF_SQ8":
+            return {"nlist": 1024}, {"nprobe": 32}
+        case "IVF_PQ":
+            most = max(1, dim // 4)
+            m = next(m for m in range(most, 0, -1) if dim % m == 0)
+            return {"nlist": 1024, "m": m, "nbits": 8}, {"nprobe": 32}
+    return {}, {}
+
+
+class MilvusIndex:
+    """Cosine search over rotated templates in one Milvus collection; safe across threads."""
+
+    # Candidates must be re-scored against the store before any threshold.
+    approximate = True
+    # Milvus compacts and re-indexes its segments itself.
+    needs_rebuild = False
+
+    def __init__(
+        self,
+        dim: int,
+        settings: MilvusSettings,
+        keyring: Keyring,
+        client: MilvusClient | None = None,
+    ) -> None:
+        """Connect and open the collection, making it (rotated under the configured key, or
+        the keyring's active one) when it does not exist."""
+        if dim <= 0:
+            raise ValueError("dim must be positive")
+        self.dim = dim
+        self.settings = settings
+        self._keyring = keyring
+        build, search = default_params(settings.index_type, dim)
+        self._build_params = {**build, **settings.index_params}
+        self._search_params = {"metric_type": "IP", "params": {**search, **settings.search_params}}
+        token = settings.token.get_secret_value() if settings.token else ""
+        self._client = client or MilvusClient(
+            uri=settings.uri, token=token, timeout=settings.timeout_s
+        )
+        self._write = threading.Lock()  # presence checks and their insert/delete go together
+        if self._client.has_collection(self.collection):
+            self._rotation = self._recorded_rotation()
+            # A restarted server does not load its collections again by itself (measured on
+            # 2.3.5: "collection not loaded"); loading a loaded one returns at once.
+            self._client.load_collection(self.collection)
+        else:
+            self._rotation = self._create()
+
+    @property
+    def collection(self) -> str:
+        return self.settings.collection
+
+    @property
+    def kind(self) -> str:
+        """The Milvus index type, e.g. "HNSW"."""
+        return self.settings.index_type
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _rotation_for(self, key_id: str) -> Rotation:
+        try:
+            return Rotation.from_keyring(self._keyring, key_id, self.dim)
+        except KeyringError as exc:
+            raise IndexFileError(f"collection {self.collection}: {exc}") from exc
+
+    def _recorded_rotation(self) -> Rotation:
+        """The rotation the collection was made with; IndexFileError when this keyring or
+        dimension cannot reproduce it."""
+        info = self._client.describe_collection(self.collection)
+        fields = dict(
+            part.split("=", 1) for part in info.get("description", "").split("; ") if "=" in part
+        )
+        if "rotation_key" not in fields:
+            raise IndexFileError(f"collection {self.collection} records no rotation key")
+        dims = [f["params"].get("dim") for f in info["fields"] if f["name"] == _VECTOR]
+        if not dims or int(dims[0]) != self.dim:
+            raise IndexFileError(
+                f"collection {self.collection} holds {dims[0] if dims else '?'}-d vectors, "
+                f"expected {self.dim}"
+            )
+        rotation = self._rotation_for(fields["rotation_key"])
+        if fields.get("check") != rotation.check:
+            raise IndexFileError(
+                f"collection {self.collection} was rotated under a different key "
+                f"{rotation.key_id!r} than this keyring's"
+            )
+        return rotation
+
+    def _create(self) -> Rotation:
+        """A new collection with its index, loaded and ready for inserts."""
+        rotation = self._rotation_for(self.settings.rotation_key_id or self._keyring.active)
+        schema = MilvusClient.create_schema(
+            auto_id=False,
+            description=_DESCRIPTION.format(key_id=rotation.key_id, check=rotation.check),
+        )
+        schema.add_field(_ID, DataType.INT64, is_primary=True)
+        schema.add_field(_VECTOR, DataType.FLOAT_VECTOR, dim=self.dim)
+        index = self._client.prepare_index_params()
+        index.add_index(
+            _VECTOR,
+            index_type=self.settings.index_type,
+            metric_type="IP",
+            params=self._build_params,
+        )
+        # Building the index on an empty collection keeps create_index short: a long one can
+        # be dropped by gRPC keepalive and its retry fails with "index already exists".
+        self._client.create_collection(
+            self.collection,
+            schema=schema,
+            index_params=index,
+            consistency_level=self.settings.consistency_level,
+        )
+        log.info(
+            "Milvus collection %s made: %s, rotation key %s",
+            self.collection,
+            self.settings.index_type,
+            rotation.key_id,
+        )
+        return rotation
+
+    def __len__(self) -> int:
+        """Templates in the collection (Strong: every acknowledged insert and delete)."""
+        rows = self._client.query(
+            self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
+        )
+        return int(rows[0]["count(*)"])
+
+    def ids(self) -> np.ndarray:
+        """The indexed template ids, sorted (Strong; reads the whole collection's ids)."""
+        iterator = self._client.query_iterator(
+            self.collection,
+            batch_size=MAX_TOPK // 2,
+            filter=f"{_ID} >= 0",
+            output_fields=[_ID],
+            consistency_level="Strong",
+        )
+        parts = []
+        try:
+            while rows := iterator.next():
+                parts.append(np.fromiter((row[_ID] for row in rows), np.int64, len(rows)))
+        finally:
+            iterator.close()
+        return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+    def _present(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` the collection holds (Strong)."""
+        found = []
+        for start in range(0, len(ids), _FILTER_IDS):
+            chunk = ids[start : start + _FILTER_IDS].tolist()
+            rows = self._client.query(
+                self.collection,
+                filter=f"{_ID} in {chunk}",
+                output_fields=[_ID],
+                consistency_level="Strong",
+            )
+            found.extend(row[_ID] for row in rows)
+        return np.unique(np.asarray(found, np.int64))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Index new templates; ids already present (or repeated) are refused, not replaced
+        (Milvus itself would keep both rows under one primary key)."""
+        ids = _as_ids(ids)
+        vectors = _as_vectors(vectors, self.dim)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("ids repeat within the batch")
+        if not len(ids):
+            return
+        with self._write:
+            present = self._present(ids)
+            if present.size:
+                raise ValueError(f"ids already indexed: {present[:10].tolist()}")
+            self._insert(ids, vectors)
+
+    def _insert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        rotated = self._rotation.apply(vectors)
+        for start in range(0, len(ids), _INSERT_ROWS):
+            end = start + _INSERT_ROWS
+            rows = [
+                {_ID: int(i), _VECTOR: v}
+                for i, v in zip(ids[start:end].tolist(), rotated[start:end], strict=True)
+            ]
+            self._client.insert(self.collection, rows)
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Drop templates by id; unknown ids are ignored. Returns how many were removed.
+
+        A search at Bounded consistency may still return them for a moment: re-score.
+        """
+        wanted = np.unique(_as_ids(ids))
+        if not wanted.size:
+            return 0
+        with self._write:
+            gone = self._present(wanted)
+            for start in range(0, len(gone), _FILTER_IDS):
+                self._client.delete(self.collection, ids=gone[start : start + _FILTER_IDS].tolist())
+        return len(gone)
+
+    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Up to k candidates (id, score as Milvus computed it), best first."""
+        probe = np.asarray(vector)
+        if probe.ndim != 1:
+            raise ValueError(f"a probe must be 1-D, got shape {probe.shape}")
+        return self.search_batch(probe[None, :], k)[0]
+
+    def search_batch(self, vectors: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        """`search` for many probes in one call."""
+        if k <= 0:
+            raise ValueError("k must be positive")
+        probes = self._rotation.apply(_as_vectors(vectors, self.dim))
+        if not len(probes):
+            return []
+        results = self._client.search(
+            self.collection,
+            data=list(probes),
+            anns_field=_VECTOR,
+            limit=min(k, MAX_TOPK),
+            search_params=self._search_params,
+            consistency_level=self.settings.consistency_level,
+        )
+        return [[(int(hit["id"]), float(hit["distance"])) for hit in hits] for hits in results]
+
+    def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the collection (under the configured or the active key) with these
+        templates. Searches fail while it runs."""
+        ids = _as_ids(ids)
+        vectors = _as_vectors(vectors, self.dim)
+        if len(ids) != len(vectors) or len(np.unique(ids)) != len(ids):
+            raise ValueError("ids must be unique, one per vector")
+        start = time.perf_counter()
+        with self._write:
+            self._client.drop_collection(self.collection)
+            self._rotation = self._create()
+            self._insert(ids, vectors)
+            self._client.flush(self.collection)
+        log.info(
+            "Milvus collection %s rebuilt: %d templates, %.1f s",
+            self.collection,
+            len(ids),
+            time.perf_counter() - start,
+        )
+
+    def flush(self) -> None:
+        """Seal the growing segments, so Milvus indexes them (its log already holds them)."""
+        self._client.flush(self.collection)
+
+    def wait_indexed(self, timeout_s: float = 600.0) -> bool:
+        """Until the index covers every sealed row (after a bulk load); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                info = self._client.describe_index(self.collection, _VECTOR)
+            except MilvusException:
+                info = {}
+            if info and not info.get("pending_index_rows", 0) and info.get("state") != "InProgress":
+                return True
+            time.sleep(1.0)
+        return False
+
+    def sync(
+        self,
+        store_ids: np.ndarray,
+        fetch: Callable[[np.ndarray], np.ndarray],
+        chunk: int = 10_000,
+    ) -> tuple[int, int]:
+        """Heal the collection against the store, the source of truth. Returns (added,
+        removed); see the FAISS index's `sync`."""
+        wanted = np.unique(_as_ids(store_ids))
+        held = self.ids()
+        stale = np.setdiff1d(held, wanted, assume_unique=True)
+        missing = np.setdiff1d(wanted, held, assume_unique=True)
+        removed = self.remove(stale)
+        for start in range(0, len(missing), chunk):
+            part = missing[start : start + chunk]
+            self.add(part, fetch(part))
+        if removed or len(missing):
+            log.info("Milvus synced with the store: %d added, %d removed", len(missing), removed)
+        return len(missing), removed
