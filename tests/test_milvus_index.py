@@ -165,9 +165,7 @@ def test_milvus_holds_only_rotated_vectors(index: MilvusIndex) -> None:
 def test_recall_against_exact_search(index: MilvusIndex) -> None:
     n, queries = 3000, 100
     vectors = unit_vectors(n, 6)
-    index.add(np.arange(n), vectors)
-    index.flush()
-    assert index.wait_indexed(timeout_s=120)
+    index.rebuild(np.arange(n), vectors, index_timeout_s=300)
     # Probes near their own template, as a returning customer's face is (cosine ~0.7).
     rng = np.random.default_rng(7)
     targets = rng.choice(n, queries, replace=False)
@@ -176,7 +174,7 @@ def test_recall_against_exact_search(index: MilvusIndex) -> None:
     exact = np.argmax(probes @ vectors.T, axis=1)
     found = [row[0][0] for row in index.search_batch(probes, 1)]
     recall = float(np.mean(np.asarray(found) == exact))
-    assert recall >= 0.95, recall
+    assert recall >= 0.98, recall
 
 
 def test_deleted_template_never_returned_after_rescoring(index: MilvusIndex, store: Store) -> None:

@@ -92,8 +92,8 @@ class MilvusIndex:
         self.settings = settings
         self._keyring = keyring
         build, search = default_params(settings.index_type, dim)
-        self._build_params = {**build, **settings.index_params}
-        self._search_params = {"metric_type": "IP", "params": {**search, **settings.search_params}}
+        self.build_params = {**build, **settings.index_params}
+        self.search_params = {"metric_type": "IP", "params": {**search, **settings.search_params}}
         token = settings.token.get_secret_value() if settings.token else ""
         self._client = client or MilvusClient(
             uri=settings.uri, token=token, timeout=settings.timeout_s
@@ -162,7 +162,7 @@ class MilvusIndex:
             _VECTOR,
             index_type=self.settings.index_type,
             metric_type="IP",
-            params=self._build_params,
+            params=self.build_params,
         )
         # Building the index on an empty collection keeps create_index short: a long one can
         # be dropped by gRPC keepalive and its retry fails with "index already exists".
@@ -278,14 +278,16 @@ class MilvusIndex:
             data=list(probes),
             anns_field=_VECTOR,
             limit=min(k, MAX_TOPK),
-            search_params=self._search_params,
+            search_params=self.search_params,
             consistency_level=self.settings.consistency_level,
         )
         return [[(int(hit["id"]), float(hit["distance"])) for hit in hits] for hits in results]
 
-    def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def rebuild(
+        self, ids: np.ndarray, vectors: np.ndarray, index_timeout_s: float = 3600.0
+    ) -> None:
         """Replace the collection (under the configured or the active key) with these
-        templates. Searches fail while it runs."""
+        templates, and return once they are indexed and loaded. Searches fail while it runs."""
         ids = _as_ids(ids)
         vectors = _as_vectors(vectors, self.dim)
         if len(ids) != len(vectors) or len(np.unique(ids)) != len(ids):
@@ -296,6 +298,15 @@ class MilvusIndex:
             self._rotation = self._create()
             self._insert(ids, vectors)
             self._client.flush(self.collection)
+            if not self.wait_indexed(index_timeout_s):
+                log.warning(
+                    "Milvus had not indexed %s after %.0f s", self.collection, index_timeout_s
+                )
+            # Segments loaded before their index was built keep being searched through
+            # Milvus's interim index (IVF, nprobe 16, whatever the index type and search
+            # parameters: recall@1 0.83 instead of 1.0 at 100k on 2.3.5) until loaded again.
+            self._client.release_collection(self.collection)
+            self._client.load_collection(self.collection)
         log.info(
             "Milvus collection %s rebuilt: %d templates, %.1f s",
             self.collection,
