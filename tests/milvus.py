@@ -200,3 +200,22 @@ def _wait_namespace(server: subprocess.Popen, timeout_s: float = 10.0) -> None:
             pass
         time.sleep(0.05)
     raise ServerUnavailable("the server's network namespace did not appear")
+
+
+def main() -> None:
+    """`python tests/milvus.py DATA_DIR`: a private server for `tools.bench.index_milvus`,
+    its URI printed, until Ctrl+C."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    server = start(Path(sys.argv[1]))
+    # Blocked only now: the server's processes must not inherit a mask that blocks SIGTERM.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    print(server.uri, flush=True)  # the command's output: the server's address
+    try:
+        signal.sigwait(stop_signals)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
