@@ -232,7 +232,7 @@ def test_restart_keeps_the_collection(tmp_path: Path, keyring: Keyring) -> None:
         index = MilvusIndex(DIM, settings, keyring)
         index.add(np.arange(200), vectors)
         index.remove(np.arange(10))
-        index.flush()
+        index.snapshot()
         index.close()
     finally:
         server.stop()
