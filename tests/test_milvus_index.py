@@ -21,7 +21,7 @@ from service.config import MilvusSettings
 from service.gallery.audit import NewEvent
 from service.gallery.crypto import Keyring, generate_keyring
 from service.gallery.index import IndexFileError
-from service.gallery.milvus_index import MilvusIndex
+from service.gallery.milvus_index import MilvusIndex, open_milvus
 from service.gallery.rescore import Candidate, rescore
 from service.gallery.rotation import Rotation
 from service.gallery.store import ConsentRecord, NewTemplate, Store
@@ -244,3 +244,27 @@ def test_restart_keeps_the_collection(tmp_path: Path, keyring: Keyring) -> None:
         index.close()
     finally:
         server.stop()
+
+
+def test_open_heals_against_the_store_and_rebuilds_what_the_keyring_cannot_use(
+    milvus_server: milvus.MilvusServer, settings: MilvusSettings, store: Store, keyring: Keyring
+) -> None:
+    settings = settings.model_copy(update={"uri": milvus_server.uri})
+    ids = np.sort(enroll(store, "erin", unit_vectors(6, 16)))
+    # A collection rotated under a key this keyring lacks, holding a template the store lacks.
+    foreign = MilvusIndex(DIM, settings, generate_keyring("lost"))
+    foreign.add(np.array([999_999]), unit_vectors(1, 17))
+    foreign.close()
+    index = open_milvus(DIM, settings, keyring, store)
+    try:
+        assert index._rotation.key_id == keyring.active  # dropped and rebuilt from the store
+        assert np.array_equal(index.ids(), ids)
+        assert index.search(unit_vectors(6, 16)[2], 1)[0][0] == ids[2]
+        index.add(np.array([999_999]), unit_vectors(1, 17))  # a stale id the store lacks
+        index.remove(ids[:2])  # and two templates it still has, missing
+        index.close()
+        index = open_milvus(DIM, settings, keyring, store)  # healed both ways
+        assert np.array_equal(index.ids(), ids)
+    finally:
+        index._client.drop_collection(index.collection)
+        index.close()

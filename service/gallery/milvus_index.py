@@ -28,7 +28,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 from pymilvus import DataType, MilvusClient
@@ -190,21 +191,26 @@ class MilvusIndex:
         return int(rows[0]["count(*)"])
 
     def ids(self) -> np.ndarray:
-        """The indexed template ids, sorted (Strong; reads the whole collection's ids)."""
-        iterator = self._client.query_iterator(
-            self.collection,
-            batch_size=MAX_TOPK // 2,
-            filter=f"{_ID} >= 0",
-            output_fields=[_ID],
-            consistency_level="Strong",
-        )
-        parts = []
-        try:
-            while rows := iterator.next():
+        """The indexed template ids, sorted (Strong; reads the whole collection's ids).
+
+        Read in windows of id values, not with pymilvus's query iterator: against a 2.3
+        server the iterator cannot get a consistent timestamp and listed ids deleted moments
+        before. A window holds at most `MAX_TOPK` ids (they are unique), Milvus's result limit.
+        """
+        parts, start = [], 0
+        while True:
+            rows = self._query(f"{_ID} >= {start} and {_ID} < {start + MAX_TOPK}", [_ID])
+            if rows:
                 parts.append(np.fromiter((row[_ID] for row in rows), np.int64, len(rows)))
-        finally:
-            iterator.close()
+            elif not self._query(f"{_ID} >= {start}", ["count(*)"])[0]["count(*)"]:
+                break
+            start += MAX_TOPK
         return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+    def _query(self, expression: str, fields: list[str]) -> list[dict]:
+        return self._client.query(
+            self.collection, filter=expression, output_fields=fields, consistency_level="Strong"
+        )
 
     def _present(self, ids: np.ndarray) -> np.ndarray:
         """Which of `ids` the collection holds (Strong)."""
@@ -358,3 +364,46 @@ class MilvusIndex:
         if removed or len(missing):
             log.info("Milvus synced with the store: %d added, %d removed", len(missing), removed)
         return len(missing), removed
+
+
+class TemplateSource(Protocol):
+    """What `open_milvus` reads from the store to build or heal the collection."""
+
+    def template_ids(self) -> np.ndarray: ...
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray: ...
+
+    def iter_templates(self) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]: ...
+
+
+def open_milvus(
+    dim: int, settings: MilvusSettings, keyring: Keyring, store: TemplateSource
+) -> MilvusIndex:
+    """The gallery's Milvus index at start, consistent with the store (the source of truth).
+
+    Opens the collection (made when missing) and heals it against the store's template ids;
+    a collection this keyring cannot use (its rotation key is gone or differs) or of another
+    dimension is dropped and rebuilt from the store.
+    """
+    try:
+        index = MilvusIndex(dim, settings, keyring)
+    except IndexFileError as exc:
+        log.warning("Milvus collection unusable (%s): rebuilding it from the store", exc)
+        client = MilvusClient(
+            uri=settings.uri,
+            token=settings.token.get_secret_value() if settings.token else "",
+            timeout=settings.timeout_s,
+        )
+        client.drop_collection(settings.collection)
+        index = MilvusIndex(dim, settings, keyring, client)
+        batches = list(store.iter_templates())
+        if batches:
+            index.rebuild(
+                np.concatenate([ids for ids, _, _ in batches]),
+                np.concatenate([vectors for _, vectors, _ in batches]),
+            )
+        return index
+    added, removed = index.sync(store.template_ids(), store.vectors_of)
+    if added or removed:
+        log.warning("Milvus healed from the store: %d added, %d removed", added, removed)
+    return index
