@@ -8,12 +8,12 @@ BIN := $(VENV)/bin
 PROTOS := $(wildcard protos/faceguard/v1/*.proto)
 GENERATED := $(patsubst protos/%.proto,%_pb2.py,$(PROTOS))
 
-.PHONY: setup run test
+.PHONY: setup run test milvus-server
 
 $(BIN)/faceguard: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,protos]' --config-settings editable_mode=compat
+	$(BIN)/pip install --quiet -e '.[test,protos,milvus]' --config-settings editable_mode=compat
 	touch $@
 
 # Generated gRPC code (a top-level `faceguard` package, as the proto package is named): built
@@ -30,3 +30,13 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# A real Milvus standalone server for the Milvus backend's tests (tests/milvus.py): the PyPI
+# `milvus` package pins protobuf<5, so it gets a virtualenv of its own, made once per user.
+MILVUS_VENV ?= $(HOME)/.cache/faceguard/milvus-venv
+
+milvus-server: $(MILVUS_VENV)/bin/milvus-server
+
+$(MILVUS_VENV)/bin/milvus-server:
+	python3 -m venv $(MILVUS_VENV)
+	$(MILVUS_VENV)/bin/pip install --quiet milvus==2.3.5

@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from service.errors import SettingsError
+from service.gallery.milvus_settings import MilvusSettings
 from service.liveness.session_policy import Challenge, LivenessPolicy, SessionLimits
 from service.modelpack.manifest import Manifest
 from service.vision.decode import DecodeLimits
@@ -128,10 +129,11 @@ class FaissSettings(BaseModel):
 
 
 class GallerySettings(BaseModel):
-    """The vector index behind 1:N search (service/gallery/backend.py) and its options."""
+    """The vector index behind 1:N search (service/app/index_backend.py) and its options."""
 
-    backend: Literal["faiss"] = Field("faiss", description="the vector index backend")
+    backend: Literal["faiss", "milvus"] = Field("faiss", description="the vector index backend")
     faiss: FaissSettings = FaissSettings()
+    milvus: MilvusSettings = MilvusSettings()
 
 
 class SecuritySettings(BaseModel):

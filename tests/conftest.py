@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import milvus
 import postgres
 import pytest
 
@@ -41,6 +42,20 @@ def postgres_url() -> Iterator[str]:
         pytest.skip("no PostgreSQL server binaries (Debian package postgresql) on this machine")
     with postgres.temporary_server(bin_dir) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[milvus.MilvusServer]:
+    """A real Milvus standalone server on a fresh data folder (tests/milvus.py), stopped at
+    the end of the session; the tests skip when it cannot be started here."""
+    try:
+        server = milvus.start(tmp_path_factory.mktemp("milvus"))
+    except milvus.ServerUnavailable as exc:
+        pytest.skip(f"no Milvus server: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

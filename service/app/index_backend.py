@@ -1,6 +1,6 @@
 """The vector index backend the settings name (`gallery.backend`), opened for the gallery.
 
-The one place that knows every backend: a new one (Milvus next) adds its settings to
+The one place that knows every backend: a new one adds its settings to
 `service.config.GallerySettings` and a case here that returns its `VectorIndex`, restored from
 its persisted state and healed against the store, or rebuilt from it.
 """
@@ -27,4 +27,8 @@ def open_index(
                 exact_limit=faiss.exact_limit, probe_fraction=faiss.probe_fraction
             )
             return open_faiss(store, model, file, dim, options)
+        case "milvus":  # pymilvus is the `milvus` extra: imported only when chosen
+            from service.gallery.milvus_index import open_milvus
+
+            return open_milvus(dim, settings.milvus, store.keyring, store, model)
     raise ValueError(f"unknown gallery backend {settings.backend!r}")

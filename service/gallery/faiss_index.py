@@ -38,7 +38,12 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
-from service.gallery.vector_index import IndexUnusable
+from service.gallery.vector_index import (
+    IndexUnusable,
+    checked_ids,
+    checked_vectors,
+    store_templates,
+)
 from service.store.crypto import Keyring, KeyringError, SealedWriter, open_sealed, write_sealed
 from service.store.durable import fsync_dir
 
@@ -52,9 +57,6 @@ log = logging.getLogger(__name__)
 # like them, and AES-GCM's tags refuse a truncated or altered file instead of loading wrong
 # vectors. An older unsealed snapshot is refused, so the caller rebuilds it from the store.
 SNAPSHOT_PURPOSE = b"faceguard vector index snapshot"
-# Unit vectors only: a caller that forgot to normalise would get scores that are not cosines,
-# and the operating threshold would silently mean something else.
-_NORM_TOLERANCE = 1e-3
 # Fewer training points per IVF list than this and faiss's k-means warns and clusters poorly.
 _MIN_POINTS_PER_LIST = 39
 # Candidates re-scored per result asked for, so a deep k still gets a pool several times its
@@ -159,32 +161,6 @@ def _configure_blas(dim: int) -> None:
     queries are fastest on that path.
     """
     faiss.cvar.distance_compute_blas_threshold = 16 * dim
-
-
-def _as_ids(ids: np.ndarray) -> np.ndarray:
-    """Ids as a 1-D int64 array; faiss reserves -1 for "no result", so ids are non-negative."""
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-        raise ValueError(f"ids must be a 1-D integer array, got {ids.dtype} of shape {ids.shape}")
-    ids = ids.astype(np.int64, copy=False)
-    if ids.size and ids.min() < 0:
-        raise ValueError("ids must be non-negative")
-    return ids
-
-
-def _as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """Vectors as a C-contiguous (n, dim) float32 array of finite unit vectors."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[1] != dim:
-        raise ValueError(f"vectors must have shape (n, {dim}), got {vectors.shape}")
-    # The float64 sum of float32 values cannot overflow, so it is finite exactly when every
-    # element is; this avoids a boolean copy of a million-row array.
-    if not np.isfinite(vectors.sum(dtype=np.float64)):
-        raise ValueError("vectors contain NaN or infinite values")
-    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
-    if vectors.size and np.abs(norms - 1.0).max() > _NORM_TOLERANCE:
-        raise ValueError("vectors must be L2-normalised (templates are compared by cosine)")
-    return vectors
 
 
 def _planned_nlist(n: int, options: IndexOptions) -> int:
@@ -428,6 +404,8 @@ class FaissIndex:
     memory only, as the watchlist's index).
     """
 
+    approximate = False  # every score it returns is exact (its "ivfpq" kind re-scores)
+
     def __init__(
         self, dim: int, options: IndexOptions | None = None, file: SnapshotFile | None = None
     ) -> None:
@@ -503,14 +481,14 @@ class FaissIndex:
         written again by the next `snapshot`); a restart meanwhile rebuilds from the store.
         """
         with self._mutate:
-            return self._remove_locked(_as_ids(ids))
+            return self._remove_locked(checked_ids(ids))
 
     def _checked(
         self, ids: np.ndarray, vectors: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Validated ids and vectors, plus the ids sorted (for the id bookkeeping)."""
-        ids = _as_ids(ids)
-        vectors = _as_vectors(vectors, self.dim)
+        ids = checked_ids(ids)
+        vectors = checked_vectors(vectors, self.dim)
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
         sorted_ids = np.sort(ids)
@@ -606,7 +584,7 @@ class FaissIndex:
     ) -> list[list[tuple[int, float]]]:
         if k <= 0:
             raise ValueError("k must be positive")
-        probes = _as_vectors(vectors, self.dim)
+        probes = checked_vectors(vectors, self.dim)
         with self._rw.read():
             k = min(k, len(self))
             if not k:
@@ -680,7 +658,7 @@ class FaissIndex:
         their vectors `chunk` ids at a time (`fetch(ids)` returns them in the order asked).
         This repairs a crash between a store commit and the matching index change.
         """
-        wanted = np.unique(_as_ids(store_ids))
+        wanted = np.unique(checked_ids(store_ids))
         with self._mutate:
             stale = np.setdiff1d(self._ids, wanted, assume_unique=True)
             missing = np.setdiff1d(wanted, self._ids, assume_unique=True)
@@ -708,7 +686,7 @@ def open_faiss(
         else:  # a first start, or a snapshot deleted on purpose: nothing is wrong
             log.info("no index snapshot at %s yet: building it from the store", file.path)
         index = FaissIndex(dim, options, file)
-        index.rebuild(*_templates_of(store, model, dim))
+        index.rebuild(*store_templates(store, model, dim))
         index.snapshot()
         log.info("index rebuilt with %d templates", len(index))
         return index
@@ -718,18 +696,7 @@ def open_faiss(
     rebuild = index.needs_rebuild
     if rebuild:
         log.info("rebuilding the %s index for %d templates", index.kind, len(index))
-        index.rebuild(*_templates_of(store, model, dim))
+        index.rebuild(*store_templates(store, model, dim))
     if added or removed or rebuild:
         index.snapshot()
     return index
-
-
-def _templates_of(store: Store, model: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every (id, vector) of the store's `model` templates, for a rebuild."""
-    ids, vectors = [], []
-    for batch_ids, batch_vectors, _ in store.iter_templates(model=model):
-        ids.append(batch_ids)
-        vectors.append(batch_vectors)
-    if not ids:
-        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
-    return np.concatenate(ids), np.concatenate(vectors)

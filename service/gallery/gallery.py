@@ -27,6 +27,7 @@ import numpy as np
 
 from service.domain import Consent
 from service.gallery.match import Match
+from service.gallery.rescore import rescore
 from service.gallery.vector_index import VectorIndex
 from service.store.customers import NewEvent, NewTemplate, Store
 
@@ -151,11 +152,16 @@ class Gallery:
     def search(self, vector: np.ndarray, k: int) -> list[Match]:
         """Top-k customers (best template each), best first."""
         hits = self.index.search(vector, k * 4)
-        owners = self.store.customer_of([i for i, _ in hits])
+        if self.index.approximate:  # proposals: confirmed and scored exactly in the store
+            found = [
+                (c.customer_id, c.score) for c in rescore(hits, vector, self.store, self.model)
+            ]
+        else:
+            owners = self.store.customer_of([i for i, _ in hits])
+            found = [(owners[i], score) for i, score in hits if i in owners]
         best: dict[str, float] = {}
-        for template_id, score in hits:
-            owner = owners.get(template_id)
-            if owner is not None and score > best.get(owner, -2.0):
+        for owner, score in found:
+            if score > best.get(owner, -2.0):
                 best[owner] = score
         return [Match(*item) for item in sorted(best.items(), key=lambda item: -item[1])[:k]]
 

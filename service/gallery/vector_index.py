@@ -8,9 +8,16 @@ rebuild" function, which heals it against the store (`service.gallery.faiss_inde
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.store.customers import Store
+
+# Unit vectors only: a caller that forgot to normalise would get scores that are not cosines,
+# and the operating threshold would silently mean something else.
+NORM_TOLERANCE = 1e-3
 
 
 class IndexUnusable(Exception):
@@ -26,9 +33,12 @@ class VectorIndex(Protocol):
     - Vectors are L2-normalised float32 rows of `dim` values; anything else (NaN, another
       dimension, a vector that is not a unit vector) is refused with ValueError, since a score
       that is not a cosine would silently change what the operating threshold means.
-    - Every score returned is the exact cosine (inner product) of the probe with the stored
-      template: an approximate backend chooses candidates and re-scores them exactly, because
-      the service thresholds the scores.
+    - Every score the gallery thresholds is the exact cosine (inner product) of the probe with
+      the stored template. A backend whose scores are exact says `approximate = False` (FAISS:
+      its compressed kind re-scores its candidates against the exact vectors it holds); one
+      that only proposes candidates (Milvus: rotated vectors, index approximations, Bounded
+      consistency) says `approximate = True`, and the gallery re-scores every candidate
+      against the decrypted template in the store (`service.gallery.rescore`).
     - A search may name an id removed moments before (an eventually consistent backend); the
       caller maps ids to customers through the store, which drops ids it no longer holds.
     - Thread safety: searches run concurrently with each other and with a change; changes
@@ -42,6 +52,8 @@ class VectorIndex(Protocol):
         Milvus a collection), or IndexUnusable: the backend's "open or rebuild" function then
         builds it from the store."""
         ...
+
+    approximate: bool  # True: scores and ids are proposals the gallery re-checks in the store
 
     @property
     def dim(self) -> int:
@@ -92,3 +104,40 @@ class VectorIndex(Protocol):
         when the persisted state records none (FAISS snapshots so far): then the "open or
         rebuild" function heals by comparing the index's ids with the store's."""
         ...
+
+
+def checked_ids(ids: np.ndarray) -> np.ndarray:
+    """Ids as a 1-D int64 array; faiss reserves -1 for "no result", so ids are non-negative."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise ValueError(f"ids must be a 1-D integer array, got {ids.dtype} of shape {ids.shape}")
+    ids = ids.astype(np.int64, copy=False)
+    if ids.size and ids.min() < 0:
+        raise ValueError("ids must be non-negative")
+    return ids
+
+
+def checked_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """Vectors as a C-contiguous (n, dim) float32 array of finite unit vectors."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise ValueError(f"vectors must have shape (n, {dim}), got {vectors.shape}")
+    # The float64 sum of float32 values cannot overflow, so it is finite exactly when every
+    # element is; this avoids a boolean copy of a million-row array.
+    if not np.isfinite(vectors.sum(dtype=np.float64)):
+        raise ValueError("vectors contain NaN or infinite values")
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    if vectors.size and np.abs(norms - 1.0).max() > NORM_TOLERANCE:
+        raise ValueError("vectors must be L2-normalised (templates are compared by cosine)")
+    return vectors
+
+
+def store_templates(store: Store, model: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (id, vector) of the store's `model` templates, for a rebuild."""
+    ids, vectors = [], []
+    for batch_ids, batch_vectors, _ in store.iter_templates(model=model):
+        ids.append(batch_ids)
+        vectors.append(batch_vectors)
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+    return np.concatenate(ids), np.concatenate(vectors)

@@ -37,7 +37,9 @@ from typing import BinaryIO
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from service.store.durable import fsync_dir
 
@@ -121,6 +123,14 @@ class Keyring:
                 f"ciphertext under key {key_id!r} failed authentication "
                 "(altered, or not sealed for this row)"
             ) from None
+
+    def derive(self, key_id: str, purpose: bytes, length: int = KEY_BYTES) -> bytes:
+        """A subkey of key `key_id` for one `purpose` (HKDF-SHA256), so a use outside AES-GCM
+        (the seed of the Milvus vectors' rotation) never handles the key itself."""
+        key = self._keys.get(key_id)
+        if key is None:
+            raise UnknownKeyError(f"no key {key_id!r} in the keyring (known: {self.key_ids})")
+        return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=purpose).derive(key)
 
     def add_key(self, key_id: str | None = None) -> Keyring:
         """A new keyring with a fresh random key made active; the old keys stay for reading."""

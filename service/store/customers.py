@@ -500,6 +500,21 @@ class Store:
                 found.update({row.id: self._open(row) for row in conn.execute(query)})
         return np.stack([found[i] for i in wanted]).astype(np.float32)
 
+    def templates_by_id(self, ids: Iterable[int]) -> dict[int, StoredTemplate]:
+        """Template id -> decrypted template, for re-scoring an index's candidates exactly;
+        ids the store no longer holds (erased, replaced) are left out."""
+        wanted = [int(i) for i in ids]
+        found: dict[int, StoredTemplate] = {}
+        with self._engine.connect() as conn:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                query = select(template_table).where(template_table.c.id.in_(chunk))
+                for row in conn.execute(query):
+                    found[row.id] = StoredTemplate(
+                        row.id, row.customer_id, self._open(row), row.model, row.quality
+                    )
+        return found
+
     def customer_of(self, ids: Iterable[int]) -> dict[int, str]:
         """Template id -> customer id for search results; unknown ids are left out."""
         wanted = [int(i) for i in ids]
