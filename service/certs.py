@@ -4,7 +4,8 @@ Client identity lives in the certificate's subject alternative names as URIs, so
 certificate can be checked by any TLS library and carries nothing but identity:
 
 - `faceguard://role/<role>`: one per role the client holds (kiosk, enrollment, admin,
-  investigator: a 1:N search below the operating threshold, audited);
+  investigator: a 1:N search below the operating threshold, audited; analyst: the web
+  console's reviews and read-only pages);
 - `faceguard://device/<device id>`: a kiosk's device id, bound to its key.
 
 The common name is a readable client name (`kiosk-K-001`) used in logs and rate limits.
@@ -28,7 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 log = logging.getLogger(__name__)
 
-ROLES = ("kiosk", "enrollment", "admin", "investigator")
+ROLES = ("kiosk", "enrollment", "admin", "investigator", "analyst")
 URI_PREFIX = "faceguard://"
 ROLE_URI = URI_PREFIX + "role/"
 DEVICE_URI = URI_PREFIX + "device/"
@@ -50,6 +51,7 @@ DEV_CLIENTS = (
     ClientSpec("enrollment-desk", ("enrollment",)),
     ClientSpec("admin", ("admin",)),
     ClientSpec("investigator", ("investigator",)),
+    ClientSpec("analyst", ("analyst",)),
 )
 
 

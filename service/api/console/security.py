@@ -1,0 +1,110 @@
+"""Who may use the console and how its forms are protected.
+
+- Identity: the TLS layer has verified the client certificate against `security.client_ca`
+  (the console's SSL context requires one); the identity is read from it exactly as the gRPC
+  interceptor reads it (`service.api.auth.identity_from_pem`): roles from its SAN URIs, the
+  operator's name from its common name.
+- Roles: `analyst` reads every page and resolves reviews; `admin` may do everything. A page
+  or action marked `admin_only` answers 403 to an analyst; a certificate with neither role
+  gets 403 everywhere.
+- CSRF: every form carries a token, HMAC-SHA256 of the certificate's fingerprint under a key
+  made at start, so a token is bound to the client and useless to another; a POST without it
+  (or with another client's) is refused with 403, and so is one whose Origin is another site.
+- Headers: a strict Content-Security-Policy (nothing but this origin, no script at all, no
+  framing), X-Frame-Options DENY, nosniff, no referrer, no caching of pages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import ssl
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from service.api.auth import Identity, identity_from_pem
+
+log = logging.getLogger(__name__)
+
+ANALYST, ADMIN = "analyst", "admin"
+CONSOLE_ROLES = frozenset({ANALYST, ADMIN})
+CSRF_FIELD = "csrf"
+CSRF_KEY = web.AppKey("csrf_key", bytes)
+# Pico's stylesheet draws its icons as data: SVG images; nothing else may load from anywhere
+# but this origin, and there is no script.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'none'; object-src 'none'; img-src 'self' data:; "
+    "style-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Strict-Transport-Security": "max-age=31536000",
+}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def admin_only(handler: Handler) -> Handler:
+    """Mark a page or action as the admin role's alone."""
+    handler.admin_only = True  # type: ignore[attr-defined]
+    return handler
+
+
+def peer_identity(request: web.Request) -> Identity | None:
+    """The identity of the request's verified client certificate (None: no certificate)."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return identity_from_pem(ssl.DER_cert_to_PEM_cert(der).encode()) if der else None
+
+
+def identity(request: web.Request) -> Identity:
+    """The operator of this request (set by `guard`)."""
+    return request["identity"]  # type: ignore[no-any-return]
+
+
+def csrf_token(key: bytes, who: Identity) -> str:
+    return hmac.new(key, (who.fingerprint or who.client).encode(), hashlib.sha256).hexdigest()
+
+
+def new_csrf_key() -> bytes:
+    return os.urandom(32)
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Identity, role and CSRF checks before any handler runs."""
+    who = peer_identity(request)
+    if who is None:
+        raise web.HTTPUnauthorized(text="a client certificate is required")
+    if not who.roles & CONSOLE_ROLES:
+        log.warning("console refused %s: client %s holds no console role", request.path,
+                    who.client)  # fmt: skip
+        raise web.HTTPForbidden(text="the console needs the analyst or admin role")
+    if getattr(handler, "admin_only", False) and ADMIN not in who.roles:
+        log.warning("console refused %s: client %s is not an admin", request.path, who.client)
+        raise web.HTTPForbidden(text="this page needs the admin role")
+    request["identity"] = who
+    request["csrf"] = csrf_token(request.app[CSRF_KEY], who)
+    if request.method not in ("GET", "HEAD"):
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"https://{request.host}":
+            raise web.HTTPForbidden(text="cross-site request refused")
+        form = await request.post()
+        sent = form.get(CSRF_FIELD)
+        if not isinstance(sent, str) or not hmac.compare_digest(sent, request["csrf"]):
+            log.warning("console refused a POST to %s from %s: bad CSRF token", request.path,
+                        who.client)  # fmt: skip
+            raise web.HTTPForbidden(text="missing or invalid CSRF token")
+    return await handler(request)
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the same headers on every answer, errors included."""
+    response.headers.update(SECURITY_HEADERS)

@@ -1,0 +1,1 @@
+"""Every table and every query of the service (SQL lives only here)."""
