@@ -41,7 +41,7 @@ class Chart:
 
 
 def stacked_hours(
-    hours: list[datetime], per_outcome: dict[str, list[int]], width: int = 720, height: int = 220
+    hours: list[datetime], per_outcome: dict[str, list[int]], width: int = 1200, height: int = 200
 ) -> Chart:
     """Decisions per hour, one column per hour, stacked by outcome."""
     left, bottom, top = 36, 24, 8

@@ -195,11 +195,11 @@ async def lockouts(request: web.Request) -> web.Response:
 @admin_only
 async def lift_lockout(request: web.Request) -> web.Response:
     form = await request.post()
-    request["action_event"] = await asyncio.to_thread(
+    event_id = await asyncio.to_thread(
         actions.lift_lockout, engine_of(request), identity(request),
         _text(form, "customer_id"), _text(form, "device_id"), _text(form, "reason", 256),
     )  # fmt: skip
-    raise _done("/lockouts", request["action_event"])
+    raise _done("/lockouts", event_id)
 
 
 # ---- lists ----------------------------------------------------------------------------
@@ -221,33 +221,33 @@ async def lists(request: web.Request) -> web.Response:
 @admin_only
 async def list_add(request: web.Request) -> web.Response:
     form = await request.post()
-    request["action_event"] = await asyncio.to_thread(
+    event_id = await asyncio.to_thread(
         actions.add_list_entry, engine_of(request), identity(request), _text(form, "list"),
         _text(form, "subject"), _text(form, "reason", 256), _text(form, "case_ref"),
     )  # fmt: skip
-    raise _done("/lists", request["action_event"])
+    raise _done("/lists", event_id)
 
 
 @ROUTES.post("/lists/remove")
 @admin_only
 async def list_remove(request: web.Request) -> web.Response:
     form = await request.post()
-    request["action_event"] = await asyncio.to_thread(
+    event_id = await asyncio.to_thread(
         actions.remove_list_entry, engine_of(request), identity(request), _text(form, "list"),
         _text(form, "subject"), _text(form, "reason", 256) or "removed in the console",
     )  # fmt: skip
-    raise _done("/lists", request["action_event"])
+    raise _done("/lists", event_id)
 
 
 @ROUTES.post("/watchlist/remove")
 @admin_only
 async def watchlist_remove(request: web.Request) -> web.Response:
     form = await request.post()
-    request["action_event"] = await asyncio.to_thread(
+    event_id = await asyncio.to_thread(
         actions.remove_watchlist_entry, engine_of(request), identity(request),
         _text(form, "entry_id", 36), _text(form, "reason", 256) or "removed in the console",
     )  # fmt: skip
-    raise _done("/lists", request["action_event"])
+    raise _done("/lists", event_id)
 
 
 # ---- customers ------------------------------------------------------------------------
@@ -275,8 +275,8 @@ async def erase(request: web.Request) -> web.Response:
     customer_id = _text(form, "customer_id")
     if _text(form, "confirm") != customer_id:
         raise InvalidInput("NOT_CONFIRMED", "type the customer id again to confirm the erasure")
-    request["action_event"] = await asyncio.to_thread(
+    event_id = await asyncio.to_thread(
         actions.erase_customer, engine_of(request), identity(request), customer_id,
         _text(form, "reason", 256) or "erased in the console",
     )  # fmt: skip
-    raise _done("/customers", request["action_event"])
+    raise _done("/customers", event_id)

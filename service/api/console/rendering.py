@@ -8,7 +8,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from service.api.console.security import ADMIN, CSRF_FIELD, identity
+from service.api.console.security import ADMIN, CSRF_FIELD, CSRF_TOKEN, identity
 from service.engine import Engine
 
 HERE = Path(__file__).resolve().parent
@@ -31,7 +31,7 @@ def render(request: web.Request, name: str, status: int = 200, **context: Any) -
     """A page, with the operator, their CSRF token and their rights in its context."""
     who = identity(request)
     text = request.app[TEMPLATES].get_template(name).render(
-        operator=who.client, is_admin=ADMIN in who.roles, csrf=request["csrf"],
+        operator=who.client, is_admin=ADMIN in who.roles, csrf=request[CSRF_TOKEN],
         csrf_field=CSRF_FIELD, path=request.path, **context,
     )  # fmt: skip
     return web.Response(text=text, status=status, content_type="text/html")

@@ -11,7 +11,7 @@
   made at start, so a token is bound to the client and useless to another; a POST without it
   (or with another client's) is refused with 403, and so is one whose Origin is another site.
 - Headers: a strict Content-Security-Policy (nothing but this origin, no script at all, no
-  framing), X-Frame-Options DENY, nosniff, no referrer, no caching of pages.
+  framing), X-Frame-Options DENY, nosniff, no referrer to other sites, no caching of pages.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ ANALYST, ADMIN = "analyst", "admin"
 CONSOLE_ROLES = frozenset({ANALYST, ADMIN})
 CSRF_FIELD = "csrf"
 CSRF_KEY = web.AppKey("csrf_key", bytes)
+OPERATOR = web.RequestKey("operator", Identity)
+CSRF_TOKEN = web.RequestKey("csrf_token", str)
 # Pico's stylesheet draws its icons as data: SVG images; nothing else may load from anywhere
 # but this origin, and there is no script.
 CONTENT_SECURITY_POLICY = (
@@ -43,7 +45,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes forms send Origin: null
     "Cache-Control": "no-store",
     "Strict-Transport-Security": "max-age=31536000",
 }
@@ -66,7 +68,7 @@ def peer_identity(request: web.Request) -> Identity | None:
 
 def identity(request: web.Request) -> Identity:
     """The operator of this request (set by `guard`)."""
-    return request["identity"]  # type: ignore[no-any-return]
+    return request[OPERATOR]
 
 
 def csrf_token(key: bytes, who: Identity) -> str:
@@ -90,15 +92,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if getattr(handler, "admin_only", False) and ADMIN not in who.roles:
         log.warning("console refused %s: client %s is not an admin", request.path, who.client)
         raise web.HTTPForbidden(text="this page needs the admin role")
-    request["identity"] = who
-    request["csrf"] = csrf_token(request.app[CSRF_KEY], who)
+    request[OPERATOR] = who
+    request[CSRF_TOKEN] = csrf_token(request.app[CSRF_KEY], who)
     if request.method not in ("GET", "HEAD"):
         origin = request.headers.get("Origin")
         if origin is not None and origin != f"https://{request.host}":
             raise web.HTTPForbidden(text="cross-site request refused")
         form = await request.post()
         sent = form.get(CSRF_FIELD)
-        if not isinstance(sent, str) or not hmac.compare_digest(sent, request["csrf"]):
+        if not isinstance(sent, str) or not hmac.compare_digest(sent, request[CSRF_TOKEN]):
             log.warning("console refused a POST to %s from %s: bad CSRF token", request.path,
                         who.client)  # fmt: skip
             raise web.HTTPForbidden(text="missing or invalid CSRF token")
