@@ -443,3 +443,28 @@ def test_browser_admin_sees_a_customer_and_the_dashboard(
     page.get_by_role("link", name="Dashboard").click()
     assert int(page.locator("#decline-count").inner_text()) >= 3  # the lockout's declines
     screenshot(page, "dashboard")
+
+
+def test_admin_erases_a_confirmed_customer_and_the_erasure_is_audited(
+    served: Running, pki: Path, shared_data: Path, folder: Path
+) -> None:
+    (_, _, (person, images)) = people_with(shared_data, minimum=3, count=3)
+    with tls_channel(served.port, pki, "enrollment-desk") as channel:
+        enrollment_pb2_grpc.EnrollmentStub(channel).Enroll(
+            enrollment_pb2.EnrollRequest(
+                customer_id=person, images=[image(images[0])], consent=consent()
+            ),
+            timeout=60,
+        )
+    form = {"csrf": csrf_of(served, pki, "admin"), "customer_id": person, "confirm": person,
+            "reason": "customer withdrew consent"}  # fmt: skip
+    status, headers, _ = fetch(served, pki, "admin", "/customers/erase", form)
+    assert status == 303
+    assert not served.engine.gallery.store.has_customer(person)
+    event_id = headers["Location"].split("done=")[1]
+    (action,) = [e for e in events_of_type(served, "CONSOLE_ACTION") if e["event_id"] == event_id]
+    assert action["action"] == "ERASE" and action["operator"] == "admin"
+    assert action["audit_event"] in {e["event_id"] for e in events_of_type(served, "DELETE")}
+    wait_delivered(event_id, folder / "sink.db")
+    status, _, page = fetch(served, pki, "admin", f"/customers?customer_id={person}")
+    assert status == 404 and "CUSTOMER_NOT_FOUND" in page
