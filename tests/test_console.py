@@ -242,6 +242,7 @@ def test_bad_filters_and_unknown_decisions_are_refused_plainly(served: Running, 
     assert fetch(served, pki, "analyst", "/decisions?reason=a%27b")[0] == 400
     assert fetch(served, pki, "analyst", "/decisions?since=yesterday")[0] == 400
     assert fetch(served, pki, "analyst", "/decisions?before=x")[0] == 400
+    assert fetch(served, pki, "analyst", "/decisions?before=" + "9" * 40)[0] == 400
     assert fetch(served, pki, "analyst", "/decisions/" + "0" * 36)[0] == 404
     status, _, page = fetch(served, pki, "analyst", "/decisions?customer_id=%3Cscript%3E")
     assert status == 200 and "<script>" not in page and "&lt;script&gt;" in page

@@ -110,7 +110,7 @@ async def dashboard(request: web.Request) -> web.Response:
 async def decisions(request: web.Request) -> web.Response:
     wanted = _filter(request.query)
     before = request.query.get("before", "")
-    if before and not before.isdigit():
+    if before and not (before.isdigit() and len(before) <= 18):
         raise InvalidInput("INVALID_PAGE_TOKEN", "before is a position this page gave")
     store = engine_of(request).gallery.store
     rows, cursor = await asyncio.to_thread(
