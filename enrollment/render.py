@@ -206,6 +206,15 @@ def print_records(
         say(console, f"more: --page-token {next_page_token}")
 
 
+def print_lines(lines: Sequence[str], empty: str, next_page_token: str = "") -> None:
+    """A listing as one unwrapped line per record (greppable), or `empty` when there are none."""
+    console = Console()
+    for line in lines or [empty]:
+        say(console, line)
+    if next_page_token:
+        say(console, f"more: --page-token {next_page_token}")
+
+
 def print_fields(record: dict[str, Any]) -> None:
     """One record as a two-column table (field, value)."""
     table = Table(show_header=False, box=None, pad_edge=False)

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from enrollment.cli import connection_options, emit
-from enrollment.render import message_json, print_fields, print_json, print_records
+from enrollment.render import (
+    message_json,
+    print_fields,
+    print_json,
+    print_lines,
+    print_records,
+)
 
 LISTS = {"blocklist": "CUSTOMER_BLOCKLIST", "devices": "DEVICE_BLACKLIST"}
 
@@ -60,12 +66,20 @@ def add_risk_commands(commands: argparse._SubParsersAction, handler: Callable) -
     w_list.add_argument("--page-size", type=int, default=50)
     w_list.add_argument("--page-token", default="")
 
-    events = groups.add_parser("events", help="audited events by customer, device, time")
+    events = groups.add_parser(
+        "events", help="audited events, filtered: one line each (--json: everything)"
+    )
     events.add_argument("--customer-id", default="", help="only this customer's events")
     events.add_argument("--device-id", default="", help="only this device's events")
+    events.add_argument("--outcome", default="", help="only this outcome (APPROVE, REVIEW, ...)")
+    events.add_argument("--reason", default="", help="only decisions naming this reason code")
+    events.add_argument("--type", default="", help="only this event type (VERIFY, ...)")
     events.add_argument("--since", type=datetime.fromisoformat, help="ISO time, inclusive")
     events.add_argument("--until", type=datetime.fromisoformat, help="ISO time, exclusive")
-    events.add_argument("--page-size", type=int, default=50)
+    events.add_argument(
+        "--limit", "--page-size", dest="page_size", type=int, default=50,
+        help="events per page (at most 500)",
+    )  # fmt: skip
     events.add_argument("--page-token", default="")
     events.set_defaults(risk_action="query")
 
@@ -150,9 +164,9 @@ def _call(args: argparse.Namespace, stub) -> dict[str, Any]:
         return message_json(stub.ListWatchlist(request, timeout=timeout))
     if group == "events":
         request = risk_pb2.QueryEventsRequest(
-            customer_id=args.customer_id, device_id=args.device_id,
-            since=_timestamp(args.since), until=_timestamp(args.until),
-            page_size=args.page_size, page_token=args.page_token,
+            customer_id=args.customer_id, device_id=args.device_id, outcome=args.outcome,
+            reason_code=args.reason, type=args.type, since=_timestamp(args.since),
+            until=_timestamp(args.until), page_size=args.page_size, page_token=args.page_token,
         )  # fmt: skip
         return message_json(stub.QueryEvents(request, timeout=timeout))
     if group == "lockouts":
@@ -179,10 +193,6 @@ TABLES = {
         "entries", ("entry_id", "label", "reason", "case_ref", "template_count", "added_at"),
         "no watchlist entries",
     ),
-    "events": (
-        "events", ("occurred_at", "type", "customer_id", "device_id", "outcome", "delivery"),
-        "no events",
-    ),
     "dead_letters": (
         "dead_letters", ("event_id", "customer_id", "attempts", "last_error", "created_at"),
         "no dead letters",
@@ -193,9 +203,12 @@ TABLES = {
 def show(args: argparse.Namespace, reply: dict[str, Any]) -> None:
     """A listing as a table ("no entries" when empty), anything else as its fields."""
     group, action = args.risk_group, args.risk_action
+    if group == "events":
+        print_lines([event_line(e) for e in reply.get("events", [])], "no events",
+                    reply.get("next_page_token", ""))  # fmt: skip
+        return
     table = (
-        "events" if group == "events"
-        else "watchlist" if group == "watchlist" and action == "list"
+        "watchlist" if group == "watchlist" and action == "list"
         else "entries" if group in LISTS and action == "list"
         else "dead_letters" if group == "dead-letters" and action == "list"
         else None
@@ -205,6 +218,17 @@ def show(args: argparse.Namespace, reply: dict[str, Any]) -> None:
         return
     field, columns, empty = TABLES[table]
     print_records(reply.get(field, []), columns, empty, reply.get("next_page_token", ""))
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """One event on one line: time, type, outcome, customer, device, reasons, delivery, id."""
+    reasons = ",".join(event.get("payload", {}).get("reason_codes") or []) or "-"
+    fields = (
+        event.get("occurred_at", "")[:19].replace("T", " "), event.get("type"),
+        event.get("outcome"), event.get("customer_id") or "-", event.get("device_id") or "-",
+        reasons, event.get("delivery") or "-", event.get("event_id"),
+    )  # fmt: skip
+    return "  ".join(str(f) for f in fields)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,8 +4,8 @@ Client identity lives in the certificate's subject alternative names as URIs, so
 certificate can be checked by any TLS library and carries nothing but identity:
 
 - `faceguard://role/<role>`: one per role the client holds (kiosk, enrollment, admin,
-  investigator: a 1:N search below the operating threshold, audited; analyst: the web
-  console's reviews and read-only pages);
+  investigator: a 1:N search below the operating threshold, audited; analyst: reads the
+  fraud records and works the REVIEW queue);
 - `faceguard://device/<device id>`: a kiosk's device id, bound to its key.
 
 The common name is a readable client name (`kiosk-K-001`) used in logs and rate limits.

@@ -162,6 +162,12 @@ def _risk(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _review(args: argparse.Namespace) -> int:
+    from enrollment.review_cli import run
+
+    return run(args)
+
+
 def _calibration(args: argparse.Namespace) -> int:
     from enrollment.calibration_cli import run
 
@@ -309,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     from enrollment.risk_cli import add_risk_commands
 
     add_risk_commands(commands, _risk)
+
+    from enrollment.review_cli import add_review_commands
+
+    add_review_commands(commands, _review)
 
     from enrollment.calibration_cli import add_calibration_commands
 

@@ -89,7 +89,18 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "faceguard risk watchlist add face.jpg --label suspect-4 --reason 'card fraud' "
         "--case CASE-9 --operator fraud-2",
     ),
-    "risk events": ("faceguard risk events --customer-id alice --since 2026-01-01T00:00:00",),
+    "risk events": (
+        "faceguard risk events --customer-id alice --since 2026-01-01T00:00:00",
+        "faceguard risk events --outcome REVIEW --reason LIVENESS_WEAK --device-id K-001 "
+        "--limit 20",
+    ),
+    "review list": ("faceguard review list --device-id K-001",),
+    "review claim": ("faceguard review claim 0b8f7c1e-5d1a-4c2b-9e57-3f1a2b4c5d6e",),
+    "review resolve": (
+        "faceguard review resolve 0b8f7c1e-5d1a-4c2b-9e57-3f1a2b4c5d6e --approve "
+        "--note 'ID checked at the desk'",
+    ),
+    "review show": ("faceguard review show 0b8f7c1e-5d1a-4c2b-9e57-3f1a2b4c5d6e",),
 }
 
 # What a command does, at more length than its one-line help (its --help page and the README

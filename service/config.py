@@ -297,6 +297,16 @@ class ConsoleSettings(BaseModel):
 CLIENT_SERVER_VARIABLE = "FACEGUARD_SERVER"
 
 
+class ReviewSettings(BaseModel):
+    """The REVIEW queue (service/app/reviews.py)."""
+
+    claim_ttl_s: float = Field(
+        900.0, gt=0, le=86_400,
+        description="an analyst's claim on a review lapses this long after it was taken; "
+        "another analyst may then take it over",
+    )  # fmt: skip
+
+
 class ServiceEnvironment(EnvSettingsSource):
     """The `FACEGUARD_*` environment, less the client commands' FACEGUARD_SERVER."""
 
@@ -324,6 +334,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     risk: RiskSettings = RiskSettings()
     calibration: CalibrationSettings = CalibrationSettings()
+    reviews: ReviewSettings = ReviewSettings()
     console: ConsoleSettings = ConsoleSettings()
 
     @classmethod

@@ -28,7 +28,8 @@ import service.calibration.store
 import service.gallery.lists
 import service.gallery.watchlist
 import service.risk.outbox
-import service.risk.velocity  # noqa: F401
+import service.risk.velocity
+import service.store.reviews  # noqa: F401
 from service.assembly import open_store
 from service.gallery.crypto import generate_keyring
 from service.gallery.store import METADATA, Store, customer_table, schema_engine

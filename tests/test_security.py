@@ -43,6 +43,7 @@ ROLES = {
     "enrollment": "enrollment-desk",
     "admin": "admin",
     "investigator": "investigator",
+    "analyst": "analyst",
 }
 PUBLIC = frozenset(ROLES)
 # Decided here, independently of service/api/auth.py: who may call each service.
@@ -59,7 +60,13 @@ EXPECTED = {
 # investigator's (and admin's) audited right.
 EXPECTED_METHODS = {
     "faceguard.v1.FaceVerification/Identify": frozenset({"kiosk", "investigator", "admin"}),
-}
+} | {  # a fraud analyst reads the fraud records and works the REVIEW queue, changes nothing
+    f"faceguard.v1.RiskAdmin/{method}": frozenset({"admin", "analyst"})
+    for method in (
+        "ListEntries", "ListWatchlist", "QueryEvents", "ListDeadLetters", "ListLockouts",
+        "ListReviews", "ClaimReview", "ResolveReview", "GetDecision",
+    )
+}  # fmt: skip
 AUTH_REASONS = {"ROLE_NOT_ALLOWED", "CLIENT_CERT_REQUIRED", "METHOD_NOT_ALLOWED", "DEVICE_MISMATCH"}
 
 
@@ -144,7 +151,7 @@ def test_every_method_is_denied_to_every_role_that_should_not_have_it(
                     assert error.code() == grpc.StatusCode.PERMISSION_DENIED, where
                     assert reason_of(error) == "ROLE_NOT_ALLOWED", where
                 checked += 1
-    assert checked >= 4 * 20  # every role against every method of at least five services
+    assert checked >= 5 * 20  # every role against every method of at least five services
 
 
 def test_a_client_without_a_certificate_cannot_even_connect(served: Running, pki: Path) -> None:

@@ -10,6 +10,9 @@ interceptor only reads it.
   stays closed until someone decides who may call it.
 - No certificate: UNAUTHENTICATED (CLIENT_CERT_REQUIRED). Wrong role: PERMISSION_DENIED
   (ROLE_NOT_ALLOWED).
+- RiskAdmin is the admin's; the `analyst` (a fraud analyst) may also read it (lists,
+  watchlist, events, decisions, dead letters, lockouts) and work the REVIEW queue, but
+  change nothing else (no list, watchlist, replay or lockout changes).
 - Identify is also open to `investigator` and `admin`: only they may search below the
   operating threshold (`searcher`), and the decision's event names them. They hold no device:
   a `device_id` in their request is refused (DEVICE_MISMATCH).
@@ -42,12 +45,18 @@ from service.certs import DEVICE_URI, ROLE_URI, ROLES
 
 log = logging.getLogger(__name__)
 
+# RiskAdmin calls an analyst may make too: reading, and working the REVIEW queue.
+ANALYST_METHODS = (
+    "ListEntries", "ListWatchlist", "QueryEvents", "ListDeadLetters", "ListLockouts",
+    "ListReviews", "ClaimReview", "ResolveReview", "GetDecision",
+)  # fmt: skip
 PUBLIC = frozenset({"*"})  # callable without any identity: health checks and reflection
 ROLE_POLICY: Mapping[str, frozenset[str]] = {
     "/faceguard.v1.FaceVerification/*": frozenset({"kiosk"}),
     "/faceguard.v1.FaceVerification/Identify": frozenset({"kiosk", "investigator", "admin"}),
     "/faceguard.v1.Enrollment/*": frozenset({"enrollment"}),
     "/faceguard.v1.RiskAdmin/*": frozenset({"admin"}),
+    **{f"/faceguard.v1.RiskAdmin/{m}": frozenset({"admin", "analyst"}) for m in ANALYST_METHODS},
     "/faceguard.v1.Calibration/*": frozenset({"admin"}),
     "/grpc.health.v1.Health/*": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/*": PUBLIC,

@@ -156,7 +156,9 @@ def start(settings: Settings) -> Running:
         FaceVerificationServicer(holder.get, settings.stream), server
     )
     enrollment_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(holder.get), server)
-    risk_pb2_grpc.add_RiskAdminServicer_to_server(RiskAdminServicer(holder.get), server)
+    risk_pb2_grpc.add_RiskAdminServicer_to_server(
+        RiskAdminServicer(holder.get, settings.reviews), server
+    )
     calibration_pb2_grpc.add_CalibrationServicer_to_server(
         CalibrationServicer(holder.get, settings.calibration), server
     )

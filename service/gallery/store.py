@@ -294,6 +294,11 @@ class Store:
             hook(conn, event)
         return event_id
 
+    def append_event(self, conn: Connection, event: NewEvent) -> str:
+        """Append `event` inside a `transaction()` of a module's own change, with the event
+        hooks (its outbox row) like every event this store records."""
+        return self._append(conn, event)
+
     def transaction(self) -> AbstractContextManager[Connection]:
         """A write transaction, for modules that keep their own tables in `METADATA`."""
         return self._writer.begin()

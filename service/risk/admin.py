@@ -1,4 +1,5 @@
-"""RiskAdmin use cases: the lists, the watchlist, event queries and dead-letter replay.
+"""RiskAdmin use cases: the lists, the watchlist, lockouts and dead-letter replay (event
+queries: service/app/decisions.py).
 
 Validation and domain errors here, conversion to messages in the servicer. Watchlist faces go
 through the same face pipeline and quality gate as customer enrolment.
@@ -6,17 +7,10 @@ through the same face pipeline and quality gate as customer enrolment.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
-
-from sqlalchemy import select
-
 from service.engine import Engine, check_customer_id, require_text
 from service.errors import InvalidInput, NotFound, TooLarge
 from service.gallery.lists import LISTS, ListEntry
-from service.gallery.store import NewTemplate, event_table
+from service.gallery.store import NewTemplate
 from service.gallery.watchlist import WatchlistEntry
 from service.risk.outbox import OutboxItem
 from service.risk.runtime import RiskRuntime
@@ -24,18 +18,6 @@ from service.risk.velocity import Lockout, NotLocked
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
-
-
-@dataclass(frozen=True)
-class EventView:
-    event_id: str
-    occurred_at: datetime
-    type: str
-    customer_id: str
-    device_id: str
-    outcome: str
-    payload: dict[str, Any]
-    delivery: str
 
 
 def _page(size: int) -> int:
@@ -109,44 +91,6 @@ class RiskAdmin:
     def watchlist(self, page_size: int, token: str) -> tuple[list[WatchlistEntry], str]:
         page, cursor = self.risk.watchlist.entries(_page(page_size), token)
         return page, cursor or ""
-
-    def events(
-        self, customer_id: str, device_id: str, since: datetime | None, until: datetime | None,
-        page_size: int, token: str,
-    ) -> tuple[list[EventView], str]:  # fmt: skip
-        """Audited events, oldest first, filtered; the page token is the last row's chain id."""
-        size = _page(page_size)
-        if token and not token.isdigit():
-            raise InvalidInput("INVALID_PAGE_TOKEN", "page_token is not one this service issued")
-        query = select(event_table).order_by(event_table.c.id).limit(size + 1)
-        if customer_id:
-            query = query.where(event_table.c.customer_id == customer_id)
-        if device_id:
-            query = query.where(event_table.c.device_id == device_id)
-        if since is not None:
-            query = query.where(event_table.c.occurred_at >= since)
-        if until is not None:
-            query = query.where(event_table.c.occurred_at < until)
-        if token:
-            query = query.where(event_table.c.id > int(token))
-        with self.risk.lists.store.connect() as conn:
-            rows = conn.execute(query).all()
-        page = rows[:size]
-        statuses = self.risk.outbox.statuses([row.event_id for row in page])
-        views = [
-            EventView(
-                row.event_id,
-                row.occurred_at,
-                row.type,
-                row.customer_id or "",
-                row.device_id or "",
-                row.outcome,
-                json.loads(row.payload),
-                statuses.get(row.event_id, ""),
-            )
-            for row in page
-        ]
-        return views, str(page[-1].id) if len(rows) > size else ""
 
     def dead_letters(self, page_size: int) -> list[OutboxItem]:
         return self.risk.outbox.dead_letters(_page(page_size))
