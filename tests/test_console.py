@@ -12,6 +12,7 @@ import os
 import re
 import ssl
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-CSRF = re.compile(r'name="csrf" value="([0-9a-f]{64})"')
+CSRF = re.compile(r'<meta name="csrf-token" content="([0-9a-f]{64})">')
 
 
 def review_policy(folder: Path) -> Path:
@@ -139,12 +140,10 @@ def fetch(
 
 
 def csrf_of(served: Running, pki: Path, client: str) -> str:
+    """The client's CSRF token, as every page carries it."""
     status, _, page = fetch(served, pki, client, "/")
-    assert status == 200
-    match = CSRF.search(page) or CSRF.search(fetch(served, pki, client, "/lockouts")[2])
-    if match is None:  # the dashboard has no form: any form page carries the token
-        match = CSRF.search(fetch(served, pki, client, "/lists")[2])
-    assert match is not None
+    match = CSRF.search(page)
+    assert status == 200 and match is not None
     return match.group(1)
 
 
@@ -243,7 +242,8 @@ def test_bad_filters_and_unknown_decisions_are_refused_plainly(served: Running, 
     assert fetch(served, pki, "analyst", "/decisions?since=yesterday")[0] == 400
     assert fetch(served, pki, "analyst", "/decisions?before=x")[0] == 400
     assert fetch(served, pki, "analyst", "/decisions?before=" + "9" * 40)[0] == 400
-    assert fetch(served, pki, "analyst", "/decisions/" + "0" * 36)[0] == 404
+    assert fetch(served, pki, "analyst", "/decisions/" + str(uuid.uuid4()))[0] == 404
+    assert fetch(served, pki, "analyst", "/decisions/not-an-event")[0] == 400
     status, _, page = fetch(served, pki, "analyst", "/decisions?customer_id=%3Cscript%3E")
     assert status == 200 and "<script>" not in page and "&lt;script&gt;" in page
 
@@ -306,6 +306,48 @@ def lockout(served: Running, pki: Path, shared_data: Path, review: dict[str, str
     return "K-002"
 
 
+def test_review_claims_are_exclusive_and_a_resolution_is_audited(
+    served: Running, pki: Path, shared_data: Path, review: dict[str, str], folder: Path
+) -> None:
+    """A second REVIEW decision: an admin claims it, the analyst can neither claim nor
+    resolve it, the admin resolves it with a note (REVIEW_RESOLVED, delivered)."""
+    ((person, images),) = people_with(shared_data, minimum=3, count=1)
+    with tls_channel(served.port, pki, "kiosk-K-001") as channel:
+        second = (
+            verification_pb2_grpc.FaceVerificationStub(channel)
+            .Verify(
+                verification_pb2.VerifyRequest(customer_id=person, frames=[image(images[2])]),
+                timeout=60,
+            )
+            .decision
+        )
+    assert second.outcome == common_pb2.REVIEW
+    queue = fetch(served, pki, "analyst", "/reviews")[2]
+    assert second.event_id in queue
+    admin, analyst = csrf_of(served, pki, "admin"), csrf_of(served, pki, "analyst")
+    claim = f"/reviews/{second.event_id}/claim"
+    assert fetch(served, pki, "admin", claim, {})[0] == 403  # no CSRF token
+    assert fetch(served, pki, "admin", claim, {"csrf": admin})[0] == 303
+    status, _, page = fetch(served, pki, "analyst", claim, {"csrf": analyst})
+    assert status == 409 and "REVIEW_CLAIMED" in page
+    resolve = f"/reviews/{second.event_id}/resolve"
+    form = {"resolution": "DECLINE", "note": "not the customer"}
+    status, _, page = fetch(served, pki, "analyst", resolve, form | {"csrf": analyst})
+    assert status == 409 and "REVIEW_NOT_CLAIMED" in page
+    status, _, page = fetch(served, pki, "admin", resolve, {"csrf": admin, "resolution": "MAYBE",
+                                                            "note": "x"})  # fmt: skip
+    assert status == 400 and "INVALID_RESOLUTION" in page
+    status, headers, _ = fetch(served, pki, "admin", resolve, form | {"csrf": admin})
+    assert status == 303
+    resolution = headers["Location"].split("done=")[1]
+    (event,) = [e for e in events_of_type(served, "REVIEW_RESOLVED") if e["event_id"] == resolution]
+    assert event["analyst"] == "admin" and event["resolution"] == "DECLINE"
+    wait_delivered(resolution, folder / "sink.db")
+    claims = [e for e in events_of_type(served, "CONSOLE_ACTION") if e["action"] == "REVIEW_CLAIM"]
+    assert any(e["reviewed_event_id"] == second.event_id for e in claims)
+    assert second.event_id not in fetch(served, pki, "analyst", "/reviews")[2]
+
+
 # ---- in a real browser ----------------------------------------------------------------
 
 
@@ -355,8 +397,8 @@ def screenshot(page, name: str) -> None:
         page.screenshot(path=str(Path(folder) / f"console-{name}.png"))
 
 
-def test_browser_analyst_finds_a_review_decision(
-    open_as, served: Running, review: dict[str, str]
+def test_browser_analyst_finds_a_review_decision_and_resolves_it(
+    open_as, served: Running, review: dict[str, str], folder: Path
 ) -> None:
     page = open_as("analyst")
     page.goto(served.console.url)
@@ -371,7 +413,21 @@ def test_browser_analyst_finds_a_review_decision(
     assert page.locator("#event-id").inner_text() == review["event_id"]
     assert "LOW_QUALITY" in page.locator("#reasons").inner_text()
     assert page.locator("#rules tr.fired").count() >= 1
+    page.get_by_role("button", name="Claim this review").click()
+    assert "Claimed by analyst" in page.locator("#review-state").inner_text()
+    page.get_by_label("Approve").check()
+    page.locator("#resolve textarea[name=note]").fill("Customer known to branch staff; ID seen")
+    page.get_by_role("button", name="Resolve").click()
+    assert "Resolved APPROVE by analyst" in page.locator("#review-state").inner_text()
+    resolution = page.locator("#resolution-event").inner_text()
+    (event,) = [e for e in events_of_type(served, "REVIEW_RESOLVED") if e["event_id"] == resolution]
+    assert event["analyst"] == "analyst" and event["reviewed_event_id"] == review["event_id"]
+    wait_delivered(resolution, folder / "sink.db")
+    page.reload()
+    assert page.locator("#resolution-delivery").inner_text() == "DELIVERED"
     screenshot(page, "decision")
+    page.get_by_role("link", name="Reviews").click()
+    assert review["event_id"] not in page.content()  # resolved: out of the queue
 
 
 def test_browser_analyst_cannot_reach_admin_pages(open_as, served: Running) -> None:

@@ -123,16 +123,6 @@ def decisions(
     return found, (raw.id if scanned == SCAN_LIMIT else None)
 
 
-def decision(store: Store, event_id: str) -> DecisionRow | None:
-    """One decision by its event id (None: no such decision)."""
-    query = select(event_table).where(
-        event_table.c.event_id == event_id, event_table.c.type.in_(DECISION_TYPES)
-    )
-    with store.connect() as conn:
-        row = conn.execute(query).first()
-    return _row(row) if row is not None else None
-
-
 def last_activity(store: Store, customer_id: str) -> DecisionRow | None:
     """A customer's newest event of any kind (a decision, an enrolment, a change)."""
     query = (

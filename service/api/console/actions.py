@@ -10,9 +10,11 @@ import logging
 from typing import Any
 
 from service.api.auth import Identity
+from service.app.reviews import Reviews
 from service.engine import Engine
 from service.gallery.audit import NewEvent
 from service.risk.admin import RiskAdmin
+from service.store.reviews import Review
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +85,21 @@ def erase_customer(engine: Engine, operator: Identity, customer_id: str, reason:
 def export_decisions(engine: Engine, operator: Identity, rows: int, query: str) -> str:
     """A CSV export is data leaving the service: audited like an action."""
     return record_action(engine, operator, "EXPORT_DECISIONS", rows=rows, query=query[:512])
+
+
+def claim_review(engine: Engine, reviews: Reviews, operator: Identity, event_id: str) -> str:
+    """Take the review's claim for the operator (a lease: `reviews.claim_ttl_s`)."""
+    review = reviews.claim(event_id, operator.client)
+    return record_action(
+        engine, operator, "REVIEW_CLAIM", review.customer_id, review.device_id,
+        reviewed_event_id=event_id,
+        claim_expires_at=review.claim_expires_at.isoformat() if review.claim_expires_at else "",
+    )  # fmt: skip
+
+
+def resolve_review(
+    reviews: Reviews, operator: Identity, event_id: str, resolution: str, note: str
+) -> Review:
+    """APPROVE or DECLINE a claimed review: the use case writes the REVIEW_RESOLVED event
+    (the operator's certificate name, the note), which reaches the fraud engine itself."""
+    return reviews.resolve(event_id, operator.client, resolution, note)

@@ -14,12 +14,14 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from service.api.console import actions, charts
-from service.api.console.rendering import engine_of, render
+from service.api.console.rendering import engine_of, render, reviews_of
 from service.api.console.security import admin_only, identity
+from service.app.decisions import engine_parts, get_decision
 from service.errors import FaceguardError, InvalidInput, NotFound, TooLarge
 from service.gallery.lists import LISTS
 from service.risk.admin import RiskAdmin
 from service.store import console_queries as queries
+from service.store.reviews import NOTE_CHARS
 
 ROUTES = web.RouteTableDef()
 PAGE_SIZE = 50
@@ -167,18 +169,53 @@ async def decisions_csv(request: web.Request) -> web.Response:
 @ROUTES.get("/decisions/{event_id}")
 async def decision(request: web.Request) -> web.Response:
     engine = engine_of(request)
-    event_id = request.match_info["event_id"]
-    row = await asyncio.to_thread(queries.decision, engine.gallery.store, event_id[:36])
-    if row is None:
-        raise NotFound("DECISION_NOT_FOUND", "no decision with that event id")
-    outbox = engine.risk.outbox if engine.risk else None
-    delivery = await asyncio.to_thread(outbox.get, row.event_id) if outbox else None
+    store, outbox = engine_parts(engine)
+    detail = await asyncio.to_thread(
+        get_decision, store, outbox, request.match_info["event_id"][:36]
+    )
     policy = engine.risk.checks.policy if engine.risk else None
+    recorded = detail.decision.policy_version
+    resolved = detail.review.resolution_event_id if detail.review else ""
+    resolution_delivery = await asyncio.to_thread(outbox.get, resolved) if resolved else None
     return render(
-        request, "decision.html", row=row, p=row.payload, delivery=delivery,
-        policy=policy if policy and policy.version == row.payload.get("policy_version") else None,
-        liveness_threshold=engine.policy.liveness_threshold,
+        request, "decision.html", row=detail.record, p=detail.decision, delivery=detail.callback,
+        review=detail.review, resolution_delivery=resolution_delivery, now=datetime.now(UTC),
+        policy=policy if policy and policy.version == recorded else None,
+        liveness_threshold=engine.policy.liveness_threshold, done=request.query.get("done", ""),
     )  # fmt: skip
+
+
+# ---- the REVIEW queue -----------------------------------------------------------------
+
+
+@ROUTES.get("/reviews")
+async def review_queue(request: web.Request) -> web.Response:
+    token = request.query.get("after", "")
+    page, next_token = await asyncio.to_thread(reviews_of(request).open, PAGE_SIZE, token)
+    return render(
+        request, "reviews.html", reviews=page, now=datetime.now(UTC),
+        next_page=urlencode({"after": next_token}) if next_token else "",
+    )  # fmt: skip
+
+
+@ROUTES.post("/reviews/{event_id}/claim")
+async def claim_review(request: web.Request) -> web.Response:
+    event_id = request.match_info["event_id"][:36]
+    action = await asyncio.to_thread(
+        actions.claim_review, engine_of(request), reviews_of(request), identity(request), event_id
+    )
+    raise _done(f"/decisions/{event_id}", action)
+
+
+@ROUTES.post("/reviews/{event_id}/resolve")
+async def resolve_review(request: web.Request) -> web.Response:
+    form = await request.post()
+    event_id = request.match_info["event_id"][:36]
+    review = await asyncio.to_thread(
+        actions.resolve_review, reviews_of(request), identity(request), event_id,
+        _text(form, "resolution"), _text(form, "note", NOTE_CHARS),
+    )  # fmt: skip
+    raise _done(f"/decisions/{event_id}", review.resolution_event_id)
 
 
 # ---- lockouts -------------------------------------------------------------------------

@@ -9,11 +9,13 @@ import jinja2
 from aiohttp import web
 
 from service.api.console.security import ADMIN, CSRF_FIELD, CSRF_TOKEN, identity
+from service.app.reviews import Reviews
 from service.engine import Engine
 
 HERE = Path(__file__).resolve().parent
 ENGINE = web.AppKey("engine", Engine)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
+REVIEWS = web.AppKey("reviews", Reviews)
 
 
 def templates() -> jinja2.Environment:
@@ -39,3 +41,7 @@ def render(request: web.Request, name: str, status: int = 200, **context: Any) -
 
 def engine_of(request: web.Request) -> Engine:
     return request.app[ENGINE]
+
+
+def reviews_of(request: web.Request) -> Reviews:
+    return request.app[REVIEWS]

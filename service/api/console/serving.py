@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from service.api.console.app import build_app
+from service.app.reviews import Reviews
 from service.config import Settings, SettingsError
 from service.engine import Engine
 
@@ -60,7 +61,8 @@ def start_console(settings: Settings, engine: Engine) -> ConsoleServer:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="console", daemon=True)
     thread.start()
-    runner = web.AppRunner(build_app(engine), access_log=None, handle_signals=False)
+    reviews = Reviews(engine.gallery.store, settings.reviews.claim_ttl_s)
+    runner = web.AppRunner(build_app(engine, reviews), access_log=None, handle_signals=False)
 
     async def listen() -> int:
         await runner.setup()
