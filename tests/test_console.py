@@ -265,6 +265,8 @@ def test_a_review_decision_is_listed_shown_and_exported(
 ) -> None:
     page = fetch(served, pki, "analyst", "/decisions?outcome=REVIEW")[2]
     assert review["event_id"] in page
+    # The enrolment was a decision too (the same low_quality rule sent it to review).
+    assert "<td>ENROLL</td>" in page
     assert review["event_id"] not in fetch(served, pki, "analyst", "/decisions?outcome=DECLINE")[2]
     assert review["event_id"] in fetch(served, pki, "analyst", "/decisions?reason=LOW_QUALITY")[2]
     status, _, detail = fetch(served, pki, "analyst", f"/decisions/{review['event_id']}")
@@ -391,7 +393,8 @@ def open_as(browser, served: Running, pki: Path) -> Iterator[object]:
 
 
 def screenshot(page, name: str) -> None:
-    """The README's screenshots, when FACEGUARD_CONSOLE_SCREENSHOTS names their folder."""
+    """The README's screenshots (of a page, or of one element of it), when
+    FACEGUARD_CONSOLE_SCREENSHOTS names their folder."""
     folder = os.environ.get("FACEGUARD_CONSOLE_SCREENSHOTS")
     if folder:
         page.screenshot(path=str(Path(folder) / f"console-{name}.png"))
@@ -404,6 +407,9 @@ def test_browser_analyst_finds_a_review_decision_and_resolves_it(
     page.goto(served.console.url)
     assert page.locator("#operator").inner_text() == "analyst"
     assert page.locator("svg rect").count() >= 1  # the hourly chart has the decision
+    page.get_by_role("link", name="Reviews").click()
+    assert review["event_id"] in page.locator("#reviews").inner_html()
+    screenshot(page, "reviews")
     page.get_by_role("link", name="Decisions").click()
     page.locator("select[name=outcome]").select_option("REVIEW")
     page.get_by_role("button", name="Filter").click()
@@ -413,10 +419,12 @@ def test_browser_analyst_finds_a_review_decision_and_resolves_it(
     assert page.locator("#event-id").inner_text() == review["event_id"]
     assert "LOW_QUALITY" in page.locator("#reasons").inner_text()
     assert page.locator("#rules tr.fired").count() >= 1
+    screenshot(page, "decision")
     page.get_by_role("button", name="Claim this review").click()
     assert "Claimed by analyst" in page.locator("#review-state").inner_text()
     page.get_by_label("Approve").check()
     page.locator("#resolve textarea[name=note]").fill("Customer known to branch staff; ID seen")
+    screenshot(page.locator("#review"), "review")
     page.get_by_role("button", name="Resolve").click()
     assert "Resolved APPROVE by analyst" in page.locator("#review-state").inner_text()
     resolution = page.locator("#resolution-event").inner_text()
@@ -425,7 +433,7 @@ def test_browser_analyst_finds_a_review_decision_and_resolves_it(
     wait_delivered(resolution, folder / "sink.db")
     page.reload()
     assert page.locator("#resolution-delivery").inner_text() == "DELIVERED"
-    screenshot(page, "decision")
+    screenshot(page.locator("#review"), "resolved")
     page.get_by_role("link", name="Reviews").click()
     assert review["event_id"] not in page.content()  # resolved: out of the queue
 

@@ -1,7 +1,8 @@
 """The web console's read queries: decisions filtered and paged, one decision, the
 dashboard's figures and a customer's last activity.
 
-Decisions are the audit chain's VERIFY, IDENTIFY and CHECK_LIVENESS events; their scores,
+Decisions are the audit chain's VERIFY, IDENTIFY, CHECK_LIVENESS, ENROLL and UPDATE_TEMPLATES
+events, and CALL (a call refused for its caller, recorded as a declined decision); their scores,
 rules and reasons are in the event's JSON payload, which is read here, never in the pages.
 A reason-code filter is matched in SQL on the payload text (a code is `[A-Z0-9_]+`, quoted)
 and confirmed on the parsed reason list, so a rule that did not fire never matches.
@@ -20,7 +21,7 @@ from sqlalchemy import Select, select
 
 from service.gallery.store import Store, event_table
 
-DECISION_TYPES = ("VERIFY", "IDENTIFY", "CHECK_LIVENESS")
+DECISION_TYPES = ("VERIFY", "IDENTIFY", "CHECK_LIVENESS", "ENROLL", "UPDATE_TEMPLATES", "CALL")
 OUTCOMES = ("APPROVE", "REVIEW", "DECLINE")
 REASON_CODE = re.compile(r"[A-Z0-9_]{1,64}")
 # Rows a filtered page reads at most before it answers with what it found (a reason code that
