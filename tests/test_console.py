@@ -175,6 +175,10 @@ def test_no_client_certificate_is_refused_by_tls(served: Running, pki: Path) -> 
 def test_a_certificate_without_a_console_role_is_forbidden(served: Running, pki: Path) -> None:
     for client in ("kiosk-K-001", "enrollment-desk", "investigator"):
         assert fetch(served, pki, client, "/")[0] == 403
+    # Audited like a gRPC call refused for its role: a declined CALL of the kiosk's device.
+    (refusal,) = [e for e in events_of_type(served, "CALL") if e.get("client") == "kiosk-K-001"]
+    assert refusal["method"] == "console GET /"
+    assert refusal["reason_codes"] == ["ROLE_NOT_ALLOWED"]
 
 
 def test_analyst_reads_but_admin_pages_and_actions_are_forbidden(

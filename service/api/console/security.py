@@ -6,7 +6,10 @@
   operator's name from its common name.
 - Roles: `analyst` reads every page and resolves reviews; `admin` may do everything. A page
   or action marked `admin_only` answers 403 to an analyst; a certificate with neither role
-  gets 403 everywhere.
+  gets 403 everywhere. Each such refusal is audited like a gRPC call refused for its role
+  (`service.api.refusals`: a declined CALL of the certificate's device, at its rate).
+- Rate: each certificate's requests take tokens from `security.client_rate`/`client_burst`
+  as its gRPC calls do; beyond them the answer is 429 with Retry-After.
 - CSRF: every form carries a token, HMAC-SHA256 of the certificate's fingerprint under a key
   made at start, so a token is bound to the client and useless to another; a POST without it
   (or with another client's) is refused with 403, and so is one whose Origin is another site.
@@ -16,16 +19,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import os
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from service.api.auth import Identity, identity_from_pem
+from service.api.auth import DeviceRefusal, Identity, identity_from_pem
+from service.api.limits import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,18 @@ SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=31536000",
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What the guard needs besides the request: each certificate's rate, and the auditor of
+    requests refused for their role."""
+
+    clients: RateLimiter
+    refused: DeviceRefusal
+
+
+GATE = web.AppKey("gate", Gate)
 
 
 def admin_only(handler: Handler) -> Handler:
@@ -85,13 +104,22 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     who = peer_identity(request)
     if who is None:
         raise web.HTTPUnauthorized(text="a client certificate is required")
-    if not who.roles & CONSOLE_ROLES:
-        log.warning("console refused %s: client %s holds no console role", request.path,
-                    who.client)  # fmt: skip
-        raise web.HTTPForbidden(text="the console needs the analyst or admin role")
-    if getattr(handler, "admin_only", False) and ADMIN not in who.roles:
-        log.warning("console refused %s: client %s is not an admin", request.path, who.client)
-        raise web.HTTPForbidden(text="this page needs the admin role")
+    gate = request.app[GATE]
+    wait = gate.clients.wait_for(who.limit_key)
+    if wait > 0:
+        raise web.HTTPTooManyRequests(
+            text="too many requests", headers={"Retry-After": str(math.ceil(wait))}
+        )
+    needed = (
+        "the analyst or admin role" if not who.roles & CONSOLE_ROLES
+        else "the admin role" if getattr(handler, "admin_only", False) and ADMIN not in who.roles
+        else None
+    )  # fmt: skip
+    if needed is not None:
+        log.warning("console refused %s: client %s lacks %s", request.path, who.client, needed)
+        method = f"console {request.method} {request.path[:128]}"
+        await asyncio.to_thread(gate.refused, method, who, None, "ROLE_NOT_ALLOWED")
+        raise web.HTTPForbidden(text=f"this page needs {needed}")
     request[OPERATOR] = who
     request[CSRF_TOKEN] = csrf_token(request.app[CSRF_KEY], who)
     if request.method not in ("GET", "HEAD"):

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from service.api.console.app import build_app
+from service.api.console.security import Gate
+from service.api.limits import RateLimiter
+from service.api.refusals import device_refusal_auditor
 from service.app.reviews import Reviews
 from service.config import Settings, SettingsError
 from service.engine import Engine
@@ -62,7 +65,14 @@ def start_console(settings: Settings, engine: Engine) -> ConsoleServer:
     thread = threading.Thread(target=loop.run_forever, name="console", daemon=True)
     thread.start()
     reviews = Reviews(engine.gallery.store, settings.reviews.claim_ttl_s)
-    runner = web.AppRunner(build_app(engine, reviews), access_log=None, handle_signals=False)
+    security = settings.security
+    gate = Gate(
+        RateLimiter(security.client_rate, security.client_burst),
+        device_refusal_auditor(lambda: engine, RateLimiter(security.device_rate,
+                                                            security.device_burst)),
+    )  # fmt: skip
+    app = build_app(engine, reviews, gate)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
     async def listen() -> int:
         await runner.setup()
