@@ -18,6 +18,7 @@ from service.gallery.audit import NewEvent
 from service.gallery.crypto import generate_keyring
 from service.gallery.store import Store
 from service.risk.outbox import PENDING, Outbox
+from service.store.reviews import queue_query
 
 
 class Clock:
@@ -226,3 +227,16 @@ def test_one_decision_in_full(store: Store, outbox: Outbox, reviews: Reviews) ->
     assert reason(get_decision, store, outbox, "00000000-0000-4000-8000-000000000000") == (
         "DECISION_NOT_FOUND"
     )
+
+
+def test_the_queue_query_reads_the_outcome_index_in_order(tmp_path: Path) -> None:
+    """No scan of every event and no sort: the open-review page is an index range read."""
+    from sqlalchemy import text
+
+    with Store(f"sqlite:///{tmp_path / 'g.db'}", generate_keyring()) as store:
+        store.create_schema()
+        with store.connect() as conn:
+            sql = queue_query(51, 0).compile(conn, compile_kwargs={"literal_binds": True})
+            plan = [row[3] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"))]
+    assert plan[0] == "SEARCH events USING INDEX ix_events_outcome_id (outcome=? AND id>?)"
+    assert not any("TEMP B-TREE" in step or step.startswith("SCAN") for step in plan), plan

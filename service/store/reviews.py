@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Column, Index, Row, String, Table, and_, insert, or_, select, update
+from sqlalchemy import Column, Index, Row, Select, String, Table, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.gallery.audit import NewEvent
@@ -83,6 +83,23 @@ def _review(row: Row[object]) -> Review:
     )  # fmt: skip
 
 
+def queue_query(limit: int, after: int, customer_id: str = "", device_id: str = "") -> Select:
+    """The open-review page: REVIEW events without a resolution, in chain order. It reads the
+    (outcome, id) index from `after` on; resolved reviews older than the oldest open one are
+    passed over in that index on every first page."""
+    query = (
+        select(*_COLUMNS).select_from(_joined())
+        .where(event_table.c.outcome == REVIEW, review_table.c.resolution.is_(None),
+               event_table.c.id > after)
+        .order_by(event_table.c.id).limit(limit)
+    )  # fmt: skip
+    if customer_id:
+        query = query.where(event_table.c.customer_id == customer_id)
+    if device_id:
+        query = query.where(event_table.c.device_id == device_id)
+    return query
+
+
 class ReviewStore:
     """Claims and resolutions over the gallery store's database."""
 
@@ -93,18 +110,10 @@ class ReviewStore:
         self, limit: int, after: int, customer_id: str = "", device_id: str = ""
     ) -> list[Review]:
         """Unresolved REVIEW decisions, oldest first, from chain row `after` on (exclusive)."""
-        query = (
-            select(*_COLUMNS).select_from(_joined())
-            .where(event_table.c.outcome == REVIEW, review_table.c.resolution.is_(None),
-                   event_table.c.id > after)
-            .order_by(event_table.c.id).limit(limit)
-        )  # fmt: skip
-        if customer_id:
-            query = query.where(event_table.c.customer_id == customer_id)
-        if device_id:
-            query = query.where(event_table.c.device_id == device_id)
         with self.store.connect() as conn:
-            return [_review(row) for row in conn.execute(query)]
+            return [_review(row) for row in conn.execute(
+                queue_query(limit, after, customer_id, device_id)
+            )]  # fmt: skip
 
     def get(self, event_id: str) -> Review | None:
         """The REVIEW decision `event_id` with its claim and resolution; None if no such
