@@ -240,3 +240,22 @@ def test_the_queue_query_reads_the_outcome_index_in_order(tmp_path: Path) -> Non
             plan = [row[3] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"))]
     assert plan[0] == "SEARCH events USING INDEX ix_events_outcome_id (outcome=? AND id>?)"
     assert not any("TEMP B-TREE" in step or step.startswith("SCAN") for step in plan), plan
+
+
+def test_analysts_claiming_at_once_get_one_claim(store: Store, outbox: Outbox) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    event_id = decide(store, "c-1", "REVIEW", ["LOW_QUALITY"])
+    reviews = Reviews(store, claim_ttl_s=900)
+
+    def claim(analyst: str) -> str:
+        try:
+            return reviews.claim(event_id, analyst).claimed_by
+        except Unprocessable as refused:
+            return refused.reason
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(claim, [f"analyst-{i}" for i in range(8)]))
+    winners = [a for a in answers if a.startswith("analyst-")]
+    assert len(winners) == 1 and answers.count("REVIEW_CLAIMED") == 7
+    assert reviews.get(event_id).claimed_by == winners[0]
