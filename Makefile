@@ -24,8 +24,15 @@ $(GENERATED) &: $(PROTOS) $(BIN)/faceguard
 
 setup: $(BIN)/faceguard $(GENERATED)
 	$(BIN)/faceguard models build
+	$(BIN)/python -m service.api.console.assets
 
+# Development: plaintext gRPC on loopback, and the web console on https://127.0.0.1:8443/ with
+# development certificates (data/dev-pki: import analyst.pem/.key or admin.pem/.key).
+DEV_PKI := data/dev-pki
 run: setup
+	test -f $(DEV_PKI)/ca.pem || $(BIN)/faceguard certs dev --out $(DEV_PKI)
+	FACEGUARD_CONSOLE__ENABLED=true FACEGUARD_CONSOLE__TLS_CERT=$(DEV_PKI)/server.pem \
+	FACEGUARD_CONSOLE__TLS_KEY=$(DEV_PKI)/server.key FACEGUARD_CONSOLE__CLIENT_CA=$(DEV_PKI)/ca.pem \
 	$(BIN)/faceguard serve --dev-key
 
 test: setup

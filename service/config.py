@@ -299,6 +299,24 @@ class RiskSettings(BaseModel):
     assess_timeout_s: float = Field(0.2, gt=0, description="deadline of the Assess consult")
 
 
+class ConsoleSettings(BaseModel):
+    """The web console for reviewers and staff (service/api/console/): off by default.
+
+    It serves only HTTPS and requires a client certificate signed by its client CA, read the
+    way the gRPC server reads it (the same identities; roles analyst and admin). Its
+    certificate, key and client CA default to the gRPC server's (`server.tls_*`,
+    `security.client_ca`); set them here to run the console with TLS beside a plaintext
+    development gRPC server (`make run` does, with `faceguard certs dev`).
+    """
+
+    enabled: bool = Field(False, description="serve the web console beside the gRPC server")
+    host: str = Field("127.0.0.1", description="listen address of the console")
+    port: int = Field(8443, ge=0, le=65535, description="console HTTPS port; 0 picks a free one")
+    tls_cert: Path | None = Field(None, description="default: server.tls_cert")
+    tls_key: Path | None = Field(None, description="default: server.tls_key")
+    client_ca: Path | None = Field(None, description="default: security.client_ca")
+
+
 # The client commands' server address (HOST:PORT): not the service's `[server]` table, which
 # the prefix would otherwise read it as (set that table's fields as FACEGUARD_SERVER__PORT...).
 CLIENT_SERVER_VARIABLE = "FACEGUARD_SERVER"
@@ -343,6 +361,7 @@ class Settings(BaseSettings):
     risk: RiskSettings = RiskSettings()
     calibration: CalibrationSettings = CalibrationSettings()
     reviews: ReviewSettings = ReviewSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -29,6 +29,7 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.calibration_servicer import CalibrationServicer
+from service.api.console.serving import ConsoleServer, start_console
 from service.api.limits import check_shares
 from service.api.operations import Operations, interceptors
 from service.api.risk_servicer import RiskAdminServicer
@@ -102,6 +103,7 @@ class Running:
     health: health.HealthServicer
     engine: Engine
     operations: Operations
+    console: ConsoleServer | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -110,6 +112,8 @@ class Running:
     def stop(self, grace: float) -> None:
         """Refuse new calls, let in-flight ones finish, then persist the index."""
         self.health.enter_graceful_shutdown()
+        if self.console is not None:
+            self.console.stop()
         self.server.stop(grace).wait()
         self.engine.stop()
         self.operations.stop()
@@ -176,6 +180,14 @@ def start(settings: Settings) -> Running:
         raise
     holder.get().start()  # callbacks of decisions, including those before a kill
     operations.engine_built(holder.get())
+    console = None
+    if settings.console.enabled:  # the web console, on its own port (off by default)
+        try:
+            console = start_console(settings, holder.get())
+        except BaseException:
+            operations.stop()
+            server.stop(0)
+            raise
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -184,7 +196,7 @@ def start(settings: Settings) -> Running:
         port,
         "TLS" if credentials else "plaintext",
     )
-    return Running(server, port, health_servicer, holder.get(), operations)
+    return Running(server, port, health_servicer, holder.get(), operations, console)
 
 
 def serve(settings: Settings) -> int:

@@ -1,0 +1,105 @@
+"""The console's actions: each goes through the service's own use cases (the risk admin's
+lists and lockouts, the engine's erasure), which audit the change itself, and is then
+recorded as a CONSOLE_ACTION event through the store, naming the operator by their
+certificate. That event, like a decision, gets an outbox row and so reaches the fraud engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from service.api.auth import Identity
+from service.app.engine import Engine
+from service.app.reviews import Reviews
+from service.app.risk_admin import RiskAdmin
+from service.store.audit_chain import NewEvent
+from service.store.reviews import Review
+
+log = logging.getLogger(__name__)
+
+ACTION_EVENT = "CONSOLE_ACTION"
+
+
+def record_action(
+    engine: Engine, operator: Identity, action: str, customer_id: str = "", device_id: str = "",
+    **details: Any,
+) -> str:  # fmt: skip
+    """Audit one console action (and queue it for the fraud engine); its event id."""
+    event = NewEvent(
+        type=ACTION_EVENT, outcome="OK", customer_id=customer_id or None,
+        device_id=device_id or None,
+        payload={"action": action, "operator": operator.client,
+                 "operator_certificate": operator.fingerprint or "", **details},
+    )  # fmt: skip
+    log.info("console action %s by %s", action, operator.client)
+    return engine.gallery.store.record_event(event)
+
+
+def lift_lockout(
+    engine: Engine, operator: Identity, customer_id: str, device_id: str, reason: str
+) -> str:
+    event_id, lifted = RiskAdmin(engine).lift_lockout(customer_id, device_id, reason,
+                                                      operator.client)  # fmt: skip
+    return record_action(
+        engine, operator, "LOCKOUT_LIFT", customer_id, device_id, reason=reason,
+        lifted=len(lifted), audit_event=event_id,
+    )  # fmt: skip
+
+
+def add_list_entry(
+    engine: Engine, operator: Identity, list_name: str, subject: str, reason: str, case_ref: str
+) -> str:
+    entry = RiskAdmin(engine).add_entry(list_name, subject, reason, case_ref, operator.client)
+    return record_action(
+        engine, operator, f"{list_name}_ADD", subject=subject, reason=reason, case_ref=case_ref,
+        audit_event=entry.event_id,
+    )  # fmt: skip
+
+
+def remove_list_entry(
+    engine: Engine, operator: Identity, list_name: str, subject: str, reason: str
+) -> str:
+    event_id = RiskAdmin(engine).remove_entry(list_name, subject, reason, operator.client)
+    return record_action(
+        engine, operator, f"{list_name}_REMOVE", subject=subject, reason=reason,
+        audit_event=event_id,
+    )  # fmt: skip
+
+
+def remove_watchlist_entry(engine: Engine, operator: Identity, entry_id: str, reason: str) -> str:
+    event_id = RiskAdmin(engine).remove_watchlist(entry_id, reason, operator.client)
+    return record_action(
+        engine, operator, "WATCHLIST_REMOVE", entry_id=entry_id, reason=reason,
+        audit_event=event_id,
+    )  # fmt: skip
+
+
+def erase_customer(engine: Engine, operator: Identity, customer_id: str, reason: str) -> str:
+    event_id = engine.delete(customer_id, reason, operator.client)
+    return record_action(
+        engine, operator, "ERASE", customer_id, reason=reason, audit_event=event_id
+    )
+
+
+def export_decisions(engine: Engine, operator: Identity, rows: int, query: str) -> str:
+    """A CSV export is data leaving the service: audited like an action."""
+    return record_action(engine, operator, "EXPORT_DECISIONS", rows=rows, query=query[:512])
+
+
+def claim_review(engine: Engine, reviews: Reviews, operator: Identity, event_id: str) -> str:
+    """Take the review's claim for the operator (a lease: `reviews.claim_ttl_s`)."""
+    review = reviews.claim(event_id, operator.client)
+    return record_action(
+        engine, operator, "REVIEW_CLAIM", review.customer_id, review.device_id,
+        reviewed_event_id=event_id,
+        claim_expires_at=review.claim_expires_at.isoformat() if review.claim_expires_at else "",
+    )  # fmt: skip
+
+
+def resolve_review(
+    reviews: Reviews, operator: Identity, event_id: str, resolution: str, note: str
+) -> Review:
+    """APPROVE or DECLINE a claimed review: the use case writes the REVIEW_RESOLVED event
+    (the operator's certificate name, the note), which reaches the fraud engine itself."""
+    return reviews.resolve(event_id, operator.client, resolution, note)
