@@ -12,7 +12,6 @@ from typing import Any
 from service.api.auth import Identity
 from service.app.engine import Engine
 from service.app.reviews import Reviews
-from service.app.risk_admin import RiskAdmin
 from service.store.audit_chain import NewEvent
 from service.store.reviews import Review
 
@@ -39,7 +38,7 @@ def record_action(
 def lift_lockout(
     engine: Engine, operator: Identity, customer_id: str, device_id: str, reason: str
 ) -> str:
-    event_id, lifted = RiskAdmin(engine).lift_lockout(customer_id, device_id, reason,
+    event_id, lifted = engine.risk_admin.lift_lockout(customer_id, device_id, reason,
                                                       operator.client)  # fmt: skip
     return record_action(
         engine, operator, "LOCKOUT_LIFT", customer_id, device_id, reason=reason,
@@ -50,7 +49,7 @@ def lift_lockout(
 def add_list_entry(
     engine: Engine, operator: Identity, list_name: str, subject: str, reason: str, case_ref: str
 ) -> str:
-    entry = RiskAdmin(engine).add_entry(list_name, subject, reason, case_ref, operator.client)
+    entry = engine.risk_admin.add_entry(list_name, subject, reason, case_ref, operator.client)
     return record_action(
         engine, operator, f"{list_name}_ADD", subject=subject, reason=reason, case_ref=case_ref,
         audit_event=entry.event_id,
@@ -60,7 +59,7 @@ def add_list_entry(
 def remove_list_entry(
     engine: Engine, operator: Identity, list_name: str, subject: str, reason: str
 ) -> str:
-    event_id = RiskAdmin(engine).remove_entry(list_name, subject, reason, operator.client)
+    event_id = engine.risk_admin.remove_entry(list_name, subject, reason, operator.client)
     return record_action(
         engine, operator, f"{list_name}_REMOVE", subject=subject, reason=reason,
         audit_event=event_id,
@@ -68,7 +67,7 @@ def remove_list_entry(
 
 
 def remove_watchlist_entry(engine: Engine, operator: Identity, entry_id: str, reason: str) -> str:
-    event_id = RiskAdmin(engine).remove_watchlist(entry_id, reason, operator.client)
+    event_id = engine.risk_admin.remove_watchlist(entry_id, reason, operator.client)
     return record_action(
         engine, operator, "WATCHLIST_REMOVE", entry_id=entry_id, reason=reason,
         audit_event=event_id,
@@ -76,7 +75,7 @@ def remove_watchlist_entry(engine: Engine, operator: Identity, entry_id: str, re
 
 
 def erase_customer(engine: Engine, operator: Identity, customer_id: str, reason: str) -> str:
-    event_id = engine.delete(customer_id, reason, operator.client)
+    event_id = engine.enrolment.delete(customer_id, reason, operator.client)
     return record_action(
         engine, operator, "ERASE", customer_id, reason=reason, audit_event=event_id
     )

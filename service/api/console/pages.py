@@ -17,7 +17,6 @@ from service.api.console import actions, charts
 from service.api.console.rendering import engine_of, render, reviews_of
 from service.api.console.security import admin_only, identity
 from service.app.decision_records import engine_parts, get_decision
-from service.app.risk_admin import RiskAdmin
 from service.errors import FaceguardError, InvalidInput, NotFound, TooLarge
 from service.store import console_queries as queries
 from service.store.lists import LISTS
@@ -224,7 +223,7 @@ async def resolve_review(request: web.Request) -> web.Response:
 @ROUTES.get("/lockouts")
 async def lockouts(request: web.Request) -> web.Response:
     engine = engine_of(request)
-    held = await asyncio.to_thread(RiskAdmin(engine).lockouts, 500) if engine.risk else []
+    held = await asyncio.to_thread(engine.risk_admin.lockouts, 500) if engine.risk else []
     return render(request, "lockouts.html", lockouts=held, done=request.query.get("done", ""))
 
 
@@ -245,7 +244,7 @@ async def lift_lockout(request: web.Request) -> web.Response:
 @ROUTES.get("/lists")
 @admin_only
 async def lists(request: web.Request) -> web.Response:
-    admin = RiskAdmin(engine_of(request))
+    admin = engine_of(request).risk_admin
     entries = {name: (await asyncio.to_thread(admin.entries, name, 500, ""))[0] for name in LISTS}
     watchlist, _ = await asyncio.to_thread(admin.watchlist, 500, "")
     return render(
@@ -297,7 +296,7 @@ async def customer(request: web.Request) -> web.Response:
     customer_id = _text(request.query, "customer_id")
     record = last = None
     if customer_id:
-        record = await asyncio.to_thread(engine.get, customer_id)
+        record = await asyncio.to_thread(engine.enrolment.get, customer_id)
         last = await asyncio.to_thread(queries.last_activity, engine.gallery.store, customer_id)
     return render(
         request, "customer.html", customer_id=customer_id, record=record, last=last,
