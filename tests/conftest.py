@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -12,7 +13,12 @@ import postgres
 import pytest
 
 from faceguard.v1 import enrollment_pb2_grpc, verification_pb2_grpc
+from service.api.server import Running
 from service.cli.certs import write_dev_pki
+from service.config import Settings
+from service.risk.callback import load_signing_key, write_signing_key
+from tests.service_helpers import serving, tls_channel
+from tools.fraud_sink import RunningSink, start_sink
 
 # Development data lives beside the repository, never inside it (see ../shared/data/README.md).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -67,8 +73,30 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-# gRPC clients of the module's `served` server (a fixture each test module defines: the
-# servers differ in settings), one channel per module.
+@pytest.fixture(scope="module")
+def sink(folder: Path) -> Iterator[RunningSink]:
+    """A reference fraud sink for a module whose server delivers to it (`sink_risk`): its
+    database `folder`/sink.db, trusting the HMAC key `folder`/hmac.key (id k1) written here;
+    `folder` is a fixture of the module."""
+    key = folder / "hmac.key"
+    write_signing_key(key)
+    running = start_sink(folder / "sink.db", {"k1": load_signing_key(key, "k1")})
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def serve() -> Iterator[Callable[[Settings], Running]]:
+    """Starts a server for the module from the module's settings (`served = serve(settings)` in
+    its `served` fixture: the servers differ only in settings) and stops every server it started
+    at the module's end. Request it last, so that what the server uses (a fraud sink) outlives it.
+    """
+    with ExitStack() as servers:
+        yield lambda settings: servers.enter_context(serving(settings, grace=2))
+
+
+# gRPC clients of the module's `served` server (a fixture each test module defines from
+# `serve`), one channel per module.
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +113,11 @@ def enrollment(channel: grpc.Channel) -> enrollment_pb2_grpc.EnrollmentStub:
 @pytest.fixture(scope="module")
 def kiosk(channel: grpc.Channel) -> verification_pb2_grpc.FaceVerificationStub:
     return verification_pb2_grpc.FaceVerificationStub(channel)
+
+
+@pytest.fixture(scope="module")
+def tls_client(served: Running, pki: Path) -> Iterator[Callable[[str], grpc.Channel]]:
+    """Channels to the module's mutual TLS server as one of `pki`'s clients (`tls_client("admin")`),
+    each closed at the module's end."""
+    with ExitStack() as channels:
+        yield lambda client: channels.enter_context(tls_channel(served.port, pki, client))

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from faceguard.v1 import common_pb2, enrollment_pb2
+from service.api.server import Running, start
 from service.app.index_backend import open_index
 from service.config import GallerySettings, Settings
 from service.gallery.gallery import Gallery
@@ -40,6 +41,36 @@ def service_settings(data_dir: Path, **server: object) -> Settings:
         vision={"threads": 1, "processes": 1},
     )
     return settings
+
+
+def with_sections(settings: Settings, **sections: dict[str, object]) -> Settings:
+    """`settings` with some fields of the named sections replaced, e.g.
+    `with_sections(settings, vision={"processes": 0})`: one test server's differences."""
+    update = {
+        name: getattr(settings, name).model_copy(update=fields) for name, fields in sections.items()
+    }
+    return settings.model_copy(update=update)
+
+
+def sink_risk(policy_file: Path, hmac_key_file: Path, sink_port: int, **more: object) -> dict:
+    """Risk settings that deliver to a reference fraud sink on 127.0.0.1:`sink_port`, retrying
+    at test speed (for `with_sections(settings, risk=...)`)."""
+    return {
+        "policy_file": policy_file, "callback_target": f"127.0.0.1:{sink_port}",
+        "hmac_key_file": hmac_key_file, "backoff_initial_s": 0.05, "backoff_max_s": 0.5,
+        "poll_interval_s": 0.05,
+    } | more  # fmt: skip
+
+
+@contextmanager
+def serving(settings: Settings, grace: float = 1.0) -> Iterator[Running]:
+    """The gRPC service started in this process from `settings`, stopped on leaving: for a
+    test that needs a server of its own; modules share one through conftest's `serve`."""
+    running = start(settings)
+    try:
+        yield running
+    finally:
+        running.stop(grace=grace)
 
 
 @functools.cache

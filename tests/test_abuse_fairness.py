@@ -40,7 +40,14 @@ from service.errors import Expired
 from service.liveness.session import Observation, Session
 from service.liveness.session_policy import LivenessPolicy, SessionLimits
 from service.store.customers import event_table
-from tests.service_helpers import FACEGUARD, free_port, mtls_settings, server_process, tls_channel
+from tests.service_helpers import (
+    FACEGUARD,
+    free_port,
+    mtls_settings,
+    server_process,
+    serving,
+    tls_channel,
+)
 from tests.test_limits import details
 
 CLIENTS = (
@@ -68,14 +75,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[Running]:
+def served(tmp_path_factory: pytest.TempPathFactory, pki: Path, serve) -> Running:
     # Default shares and stream limits; rates high enough not to be what refuses a call.
     settings = mtls_settings(
         tmp_path_factory.mktemp("data"), pki, device_burst=200, client_burst=200
     )
-    running = start(settings)
-    yield running
-    running.stop(grace=1)
+    return serve(settings)
 
 
 def faceless_frame() -> common_pb2.Image:
@@ -184,8 +189,7 @@ def test_health_watch_calls_cannot_exhaust_the_server(served: Running, pki: Path
 
 
 def test_without_a_client_ca_watch_calls_count_by_peer_host(tmp_path: Path, pki: Path) -> None:
-    running = start(mtls_settings(tmp_path, pki, client_ca=False))
-    try:
+    with serving(mtls_settings(tmp_path, pki, client_ca=False)) as running:
         with tls_channel(running.port, pki, None) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(64)]
@@ -200,8 +204,6 @@ def test_without_a_client_ca_watch_calls_count_by_peer_host(tmp_path: Path, pki:
             finally:
                 for watch in watches:
                     watch.cancel()
-    finally:
-        running.stop(grace=1)
 
 
 def test_streams_and_watch_calls_share_one_budget_per_client(served: Running, pki: Path) -> None:
@@ -255,8 +257,7 @@ def test_a_kiosk_gets_one_face_call_at_a_time(
 
 
 def test_certificates_with_one_common_name_have_their_own_limits(tmp_path: Path, pki: Path) -> None:
-    running = start(mtls_settings(tmp_path, pki, client_rate=0.01, client_burst=2))
-    try:
+    with serving(mtls_settings(tmp_path, pki, client_rate=0.01, client_burst=2)) as running:
         codes = {}
         for name in ("twin-a", "twin-a", "twin-a", "twin-b"):
             with tls_channel(running.port, pki, name) as channel:
@@ -265,8 +266,6 @@ def test_certificates_with_one_common_name_have_their_own_limits(tmp_path: Path,
                         enrollment_pb2.GetRequest(customer_id="nobody"), timeout=10
                     )
                 codes.setdefault(name, []).append(details(err.value)[0])
-    finally:
-        running.stop(grace=1)
     assert codes["twin-a"] == ["CUSTOMER_NOT_FOUND"] * 2 + ["RATE_LIMITED"]
     assert codes["twin-b"] == ["CUSTOMER_NOT_FOUND"]  # its own bucket, not twin-a's
 
@@ -315,8 +314,7 @@ def device_mismatch_events(running: Running) -> list[Any]:
 def test_a_flood_of_device_claims_writes_no_more_audit_rows_than_the_device_rate(
     tmp_path: Path, pki: Path
 ) -> None:
-    running = start(mtls_settings(tmp_path, pki, device_rate=0.01, device_burst=3))
-    try:
+    with serving(mtls_settings(tmp_path, pki, device_rate=0.01, device_burst=3)) as running:
         with tls_channel(running.port, pki, ATTACKER) as channel:
             kiosk = verification_pb2_grpc.FaceVerificationStub(channel)
             for _ in range(10):
@@ -324,8 +322,6 @@ def test_a_flood_of_device_claims_writes_no_more_audit_rows_than_the_device_rate
                     kiosk.Verify(verification_pb2.VerifyRequest(device_id="K-002"), timeout=10)
                 assert outcome(err.value) == ("PERMISSION_DENIED", "DEVICE_MISMATCH")
         assert len(device_mismatch_events(running)) == 3  # the device's burst, then logs only
-    finally:
-        running.stop(grace=1)
 
 
 def test_a_second_server_on_a_served_port_refuses_to_start(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import io
 import json
 import struct
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -29,7 +28,7 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.api.server import Running, start
+from service.api.server import Running
 from tests.service_helpers import (
     FACEGUARD,
     consent,
@@ -42,16 +41,13 @@ from tests.test_security import reason_of
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[Running]:
-    running = start(mtls_settings(tmp_path_factory.mktemp("data"), pki, device_burst=100))
-    yield running
-    running.stop(grace=1)
+def served(tmp_path_factory: pytest.TempPathFactory, pki: Path, serve) -> Running:
+    return serve(mtls_settings(tmp_path_factory.mktemp("data"), pki, device_burst=100))
 
 
 @pytest.fixture(scope="module")
-def kiosk(served: Running, pki: Path) -> Iterator[verification_pb2_grpc.FaceVerificationStub]:
-    with tls_channel(served.port, pki, "kiosk-K-001") as channel:
-        yield verification_pb2_grpc.FaceVerificationStub(channel)
+def kiosk(tls_client) -> verification_pb2_grpc.FaceVerificationStub:
+    return verification_pb2_grpc.FaceVerificationStub(tls_client("kiosk-K-001"))
 
 
 def encode(rgb: np.ndarray, kind: str, **options: object) -> bytes:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -34,7 +33,7 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.api.server import Running, start
+from service.api.server import Running
 from service.app.assembly import keyring_for, open_store
 from service.cli.certs import DEV_CLIENTS, ClientSpec, write_dev_pki
 from service.config import SettingsError
@@ -67,10 +66,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[Running]:
-    running = start(mtls_settings(tmp_path_factory.mktemp("data"), pki, device_burst=100))
-    yield running
-    running.stop(grace=1)
+def served(tmp_path_factory: pytest.TempPathFactory, pki: Path, serve) -> Running:
+    return serve(mtls_settings(tmp_path_factory.mktemp("data"), pki, device_burst=100))
 
 
 @pytest.fixture(scope="module")

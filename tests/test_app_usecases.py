@@ -21,7 +21,7 @@ from service.config import StreamSettings
 from service.domain import APPROVE, DECLINE, Consent
 from service.errors import Conflict, NotFound, Unprocessable
 from tests.liveness_tracks import LiveHead
-from tests.service_helpers import best_quality, people_with, service_settings
+from tests.service_helpers import best_quality, people_with, service_settings, with_sections
 
 FPS = 15.0
 STREAM = StreamSettings(
@@ -38,8 +38,7 @@ def people(shared_data: Path) -> list[tuple[str, list[Path]]]:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     settings = service_settings(tmp_path_factory.mktemp("data"))
-    vision = settings.vision.model_copy(update={"processes": 0})
-    engine = build_engine(settings.model_copy(update={"vision": vision}))
+    engine = build_engine(with_sections(settings, vision={"processes": 0}))
     assert isinstance(engine.vision, InProcessVision)
     yield engine
     engine.close()

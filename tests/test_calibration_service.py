@@ -14,7 +14,6 @@ import json
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.api.server import Running, start
+from service.api.server import Running
 from service.app import calibration as admin_module
 from service.risk.callback import identity_event
 from tests.service_helpers import (
@@ -42,7 +41,9 @@ from tests.service_helpers import (
     mtls_settings,
     people_with,
     service_settings,
+    serving,
     tls_channel,
+    with_sections,
 )
 from tests.test_service import enroll, expect_error
 from tools.bench.calibration import fill_gallery
@@ -62,23 +63,16 @@ def populate(running: Running, customers: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[Running]:
+def served(tmp_path_factory: pytest.TempPathFactory, pki: Path, serve) -> Running:
     settings = mtls_settings(tmp_path_factory.mktemp("data"), pki, device_burst=100)
-    settings = settings.model_copy(
-        update={
-            "observability": settings.observability.model_copy(update={"metrics_port": 0}),
-            "calibration": settings.calibration.model_copy(update={"every_hours": 0}),
-        }
+    return serve(
+        with_sections(settings, observability={"metrics_port": 0}, calibration={"every_hours": 0})
     )
-    running = start(settings)
-    yield running
-    running.stop(grace=1)
 
 
 @pytest.fixture(scope="module")
-def admin_channel(served: Running, pki: Path) -> Iterator[grpc.Channel]:
-    with tls_channel(served.port, pki, "admin") as channel:
-        yield channel
+def admin_channel(tls_client) -> grpc.Channel:
+    return tls_client("admin")
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +81,13 @@ def calibration(admin_channel: grpc.Channel) -> calibration_pb2_grpc.Calibration
 
 
 @pytest.fixture(scope="module")
-def desk(served: Running, pki: Path) -> Iterator[enrollment_pb2_grpc.EnrollmentStub]:
-    with tls_channel(served.port, pki, "enrollment-desk") as channel:
-        yield enrollment_pb2_grpc.EnrollmentStub(channel)
+def desk(tls_client) -> enrollment_pb2_grpc.EnrollmentStub:
+    return enrollment_pb2_grpc.EnrollmentStub(tls_client("enrollment-desk"))
 
 
 @pytest.fixture(scope="module")
-def kiosk_channel(served: Running, pki: Path) -> Iterator[grpc.Channel]:
-    with tls_channel(served.port, pki, "kiosk-K-001") as channel:
-        yield channel
+def kiosk_channel(tls_client) -> grpc.Channel:
+    return tls_client("kiosk-K-001")
 
 
 @pytest.fixture(scope="module")
@@ -355,14 +347,10 @@ def test_the_job_proposes_on_its_schedule_and_an_approval_survives_restart(
     tmp_path: Path,
 ) -> None:
     settings = service_settings(tmp_path)
-    settings = settings.model_copy(
-        update={
-            "vision": settings.vision.model_copy(update={"fmr_target": "1e-3"}),
-            "calibration": settings.calibration.model_copy(update={"every_hours": 1.0 / 3600}),
-        }
+    settings = with_sections(
+        settings, vision={"fmr_target": "1e-3"}, calibration={"every_hours": 1.0 / 3600}
     )
-    running = start(settings)
-    try:
+    with serving(settings) as running:
         populate(running, 50)  # 150 templates, ~11k impostor pairs: enough for 1e-3 only
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = calibration_pb2_grpc.CalibrationStub(channel)
@@ -378,17 +366,9 @@ def test_the_job_proposes_on_its_schedule_and_an_approval_survives_restart(
             assert job.proposer == "scheduler" and job.status == PROPOSED  # never applied
             assert listed.live.version.startswith("manifest:")
             decide(stub, job.id, APPROVE, "monthly review")
-    finally:
-        running.stop(grace=1)
 
-    settings = settings.model_copy(
-        update={"calibration": settings.calibration.model_copy(update={"every_hours": 0})}
-    )
-    running = start(settings)
-    try:
+    with serving(with_sections(settings, calibration={"every_hours": 0})) as running:
         assert running.engine.policy.calibration_version == job.version
         threshold = {t.target_fmr: t.threshold for t in job.targets}["1e-3"]
         assert running.engine.policy.threshold == pytest.approx(threshold)
         assert running.engine.gallery.store.verify_chain().ok
-    finally:
-        running.stop(grace=1)

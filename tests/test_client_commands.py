@@ -12,28 +12,25 @@ import csv
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import pytest
 
-from service.api.server import Running, start
+from service.api.server import Running
 from service.cli.main import main
 from service.vision.quality import QualityPolicy
-from tests.service_helpers import FACEGUARD, service_settings
+from tests.service_helpers import FACEGUARD, service_settings, with_sections
 
 # LFW people whose enlarged photos pass the kiosk gate (checked with `faceguard analyze`).
 ALICE, BOB = "Abdullah", "Aaron_Peirsol"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def served(tmp_path_factory: pytest.TempPathFactory, serve) -> Running:
     settings = service_settings(tmp_path_factory.mktemp("data"))
-    vision = settings.vision.model_copy(update={"processes": 0})
-    running = start(settings.model_copy(update={"quality": QualityPolicy(), "vision": vision}))
-    yield running
-    running.stop(grace=2)
+    settings = settings.model_copy(update={"quality": QualityPolicy()})
+    return serve(with_sections(settings, vision={"processes": 0}))
 
 
 @pytest.fixture(scope="module")

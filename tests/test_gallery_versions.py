@@ -3,6 +3,8 @@ refusal for Verify, and UpdateTemplates(replace=true) as the way back."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -17,10 +19,10 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.api.server import Running, start
+from service.api.server import Running
 from service.app.assembly import open_store
 from service.store.customers import NewEvent, NewTemplate
-from tests.service_helpers import consent, image, people_with, service_settings
+from tests.service_helpers import consent, image, people_with, service_settings, serving
 
 RETIRED = "retired-embedder@1"
 
@@ -31,15 +33,16 @@ def refusal(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
     return error.code(), info.reason
 
 
-def serve(data_dir: Path) -> tuple[Running, grpc.Channel]:
-    running = start(service_settings(data_dir))
-    return running, grpc.insecure_channel(f"127.0.0.1:{running.port}")
+@contextmanager
+def serving_at(data_dir: Path) -> Iterator[tuple[Running, grpc.Channel]]:
+    with serving(service_settings(data_dir), grace=2) as running:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield running, channel
 
 
 def test_outdated_templates_are_refused_until_replaced(tmp_path: Path, shared_data: Path) -> None:
     (person, images), (other, other_images) = people_with(shared_data, minimum=3, count=2)
-    running, channel = serve(tmp_path)
-    with channel:
+    with serving_at(tmp_path) as (running, channel):
         enrollment = enrollment_pb2_grpc.EnrollmentStub(channel)
         for customer, faces in ((person, images), (other, other_images)):
             enrollment.Enroll(
@@ -48,7 +51,6 @@ def test_outdated_templates_are_refused_until_replaced(tmp_path: Path, shared_da
                 ),
                 timeout=60,
             )
-    running.stop(grace=2)
     # The same vectors written again directly into the store, under a retired embedder's name:
     # without the version check they would still match the person's face.
     with open_store(service_settings(tmp_path)) as store:
@@ -57,8 +59,7 @@ def test_outdated_templates_are_refused_until_replaced(tmp_path: Path, shared_da
         retired = [NewTemplate(t.vector, RETIRED, t.quality) for t in current]
         store.add_templates(person, retired, True, NewEvent("UPDATE_TEMPLATES", "APPROVE"))
 
-    running, channel = serve(tmp_path)
-    try:
+    with serving_at(tmp_path) as (running, channel):
         assert running.engine.gallery.outdated_at_start == 2  # counted (and logged) at start
         kiosk = verification_pb2_grpc.FaceVerificationStub(channel)
         verify = verification_pb2.VerifyRequest(
@@ -101,6 +102,3 @@ def test_outdated_templates_are_refused_until_replaced(tmp_path: Path, shared_da
         assert "MATCH" in decision.reason_codes
         found = kiosk.Identify(identify, timeout=60).candidates
         assert [c.customer_id for c in found][:1] == [person]
-    finally:
-        channel.close()
-        running.stop(grace=2)

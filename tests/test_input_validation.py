@@ -9,7 +9,6 @@ from __future__ import annotations
 import stat
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -25,8 +24,8 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.api.server import Running, start
-from tests.service_helpers import consent, mtls_settings, tls_channel
+from service.api.server import Running
+from tests.service_helpers import consent, mtls_settings
 from tests.test_security import reason_of
 
 NOT_AN_IMAGE = common_pb2.Image(data=b"not an image: validation must refuse the call first")
@@ -44,28 +43,23 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(data_dir: Path, pki: Path) -> Iterator[Running]:
-    running = start(mtls_settings(data_dir, pki, device_burst=100, client_burst=100))
-    yield running
-    running.stop(grace=1)
+def served(data_dir: Path, pki: Path, serve) -> Running:
+    return serve(mtls_settings(data_dir, pki, device_burst=100, client_burst=100))
 
 
 @pytest.fixture(scope="module")
-def desk(served: Running, pki: Path) -> Iterator[enrollment_pb2_grpc.EnrollmentStub]:
-    with tls_channel(served.port, pki, "enrollment-desk") as channel:
-        yield enrollment_pb2_grpc.EnrollmentStub(channel)
+def desk(tls_client) -> enrollment_pb2_grpc.EnrollmentStub:
+    return enrollment_pb2_grpc.EnrollmentStub(tls_client("enrollment-desk"))
 
 
 @pytest.fixture(scope="module")
-def kiosk(served: Running, pki: Path) -> Iterator[verification_pb2_grpc.FaceVerificationStub]:
-    with tls_channel(served.port, pki, "kiosk-K-001") as channel:
-        yield verification_pb2_grpc.FaceVerificationStub(channel)
+def kiosk(tls_client) -> verification_pb2_grpc.FaceVerificationStub:
+    return verification_pb2_grpc.FaceVerificationStub(tls_client("kiosk-K-001"))
 
 
 @pytest.fixture(scope="module")
-def admin(served: Running, pki: Path) -> Iterator[risk_pb2_grpc.RiskAdminStub]:
-    with tls_channel(served.port, pki, "admin") as channel:
-        yield risk_pb2_grpc.RiskAdminStub(channel)
+def admin(tls_client) -> risk_pb2_grpc.RiskAdminStub:
+    return risk_pb2_grpc.RiskAdminStub(tls_client("admin"))
 
 
 def refused(call, request, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> str:

@@ -18,9 +18,9 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.limits import ConcurrencyLimiter, RateLimiter, carries_bulk
-from service.api.server import Running, start
+from service.api.server import Running
 from service.cli.certs import DEV_CLIENTS, ClientSpec, write_dev_pki
-from tests.service_helpers import mtls_settings, service_settings, tls_channel
+from tests.service_helpers import mtls_settings, service_settings, serving, tls_channel
 
 
 class Clock:
@@ -73,14 +73,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[Running]:
+def served(tmp_path_factory: pytest.TempPathFactory, pki: Path, serve) -> Running:
     settings = mtls_settings(
         tmp_path_factory.mktemp("data"), pki, device_rate=0.01, device_burst=3,
         client_rate=0.01, client_burst=50, client_concurrency=2,
     )  # fmt: skip
-    running = start(settings)
-    yield running
-    running.stop(grace=1)
+    return serve(settings)
 
 
 def details(error: grpc.RpcError) -> tuple[str, float | None]:
@@ -143,8 +141,7 @@ def test_one_client_cannot_hold_more_than_its_share(served: Running, pki: Path) 
 
 
 def test_a_request_over_its_methods_size_limit_is_refused(tmp_path: Path) -> None:
-    running = start(service_settings(tmp_path))  # development mode: size limits still apply
-    try:
+    with serving(service_settings(tmp_path)) as running:  # development mode: size limits apply
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = enrollment_pb2_grpc.EnrollmentStub(channel)
             with pytest.raises(grpc.RpcError) as err:
@@ -152,7 +149,5 @@ def test_a_request_over_its_methods_size_limit_is_refused(tmp_path: Path) -> Non
                     enrollment_pb2.DeleteRequest(customer_id="c-1", reason="x" * 100_000),
                     timeout=10,
                 )
-    finally:
-        running.stop(grace=1)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert details(err.value)[0] == "REQUEST_TOO_LARGE"

@@ -21,9 +21,8 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.api.server import start
 from service.logs import use_json_logs
-from tests.service_helpers import consent, image, people_with, service_settings
+from tests.service_helpers import consent, image, people_with, service_settings, serving
 
 NUMBER_RUN = re.compile(r"(-?\d+\.\d+[,\s]+){8,}")  # eight decimals in a row: a vector
 BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{120,}={0,2}")
@@ -49,8 +48,7 @@ def run_the_service(data_dir: Path, people: list[tuple[str, list[Path]]]) -> lis
     every score the service answered with."""
     (alice, alice_images), (bob, bob_images), (carol, carol_images) = people
     scores: list[float] = []
-    running = start(service_settings(data_dir))
-    try:
+    with serving(service_settings(data_dir)) as running:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             enrollment = enrollment_pb2_grpc.EnrollmentStub(channel)
             kiosk = verification_pb2_grpc.FaceVerificationStub(channel)
@@ -93,8 +91,6 @@ def run_the_service(data_dir: Path, people: list[tuple[str, list[Path]]]) -> lis
                 enrollment_pb2.DeleteRequest(customer_id=bob, reason="request", operator_id="op"),
                 timeout=60, metadata=meta,
             )  # fmt: skip
-    finally:
-        running.stop(grace=1)
     return [s for s in scores if s]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import threading
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,20 +20,22 @@ from faceguard.v1 import (
 )
 from service import metrics
 from service.api.server import Running, start
-from tests.service_helpers import consent, free_port, image, people_with, service_settings
+from tests.service_helpers import (
+    consent,
+    free_port,
+    image,
+    people_with,
+    service_settings,
+    with_sections,
+)
 
 DOCUMENTED = re.findall(r"^\| (faceguard_\w+) \|", metrics.__doc__ or "", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def served(tmp_path_factory: pytest.TempPathFactory, serve) -> Running:
     settings = service_settings(tmp_path_factory.mktemp("data"))
-    settings = settings.model_copy(
-        update={"observability": settings.observability.model_copy(update={"metrics_port": 0})}
-    )
-    running = start(settings)
-    yield running
-    running.stop(grace=1)
+    return serve(with_sections(settings, observability={"metrics_port": 0}))
 
 
 def scrape(running: Running) -> dict[str, list]:
@@ -122,9 +123,7 @@ def test_not_serving_and_not_ready_until_the_engine_is_built(
     monkeypatch.setattr(server_module, "build_engine", slow_build)
     port = free_port()
     settings = service_settings(tmp_path, port=port)
-    settings = settings.model_copy(
-        update={"observability": settings.observability.model_copy(update={"metrics_port": 0})}
-    )
+    settings = with_sections(settings, observability={"metrics_port": 0})
     started: list[Running] = []
     thread = threading.Thread(target=lambda: started.append(start(settings)))
     thread.start()

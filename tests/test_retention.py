@@ -30,7 +30,15 @@ from service.store.crypto import generate_keyring
 from service.store.customers import NewEvent, NewTemplate, Store
 from service.store.outbox import DELIVERED, Backoff, Outbox
 from tests import service_helpers
-from tests.service_helpers import FACEGUARD, faiss_gallery, image, people_with, service_settings
+from tests.service_helpers import (
+    FACEGUARD,
+    faiss_gallery,
+    image,
+    people_with,
+    service_settings,
+    serving,
+    with_sections,
+)
 
 DIM = 8
 RNG = np.random.default_rng(7)
@@ -131,11 +139,8 @@ def test_retention_command(store: Store, tmp_path: Path) -> None:
 
 
 def test_expired_consent_stops_verification(shared_data: Path, tmp_path: Path) -> None:
-    from service.api.server import start
-
     ((person, images),) = people_with(shared_data, minimum=2, count=1)
-    running = start(service_settings(tmp_path))
-    try:
+    with serving(service_settings(tmp_path)) as running:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             expires = Timestamp()
             expires.FromDatetime(datetime.now(UTC) + timedelta(seconds=2))
@@ -157,21 +162,15 @@ def test_expired_consent_stops_verification(shared_data: Path, tmp_path: Path) -
                     verification_pb2.VerifyRequest(customer_id=person, frames=[image(images[1])]),
                     timeout=60,
                 )
-    finally:
-        running.stop(grace=1)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "consent" in (err.value.details() or "")
 
 
 def test_the_service_purges_on_its_schedule(shared_data: Path, tmp_path: Path) -> None:
-    from service.api.server import start
-
     ((person, images),) = people_with(shared_data, minimum=1, count=1)
     settings = service_settings(tmp_path)
     privacy = {"inactive_days": 1.0 / 86400, "purge_every_hours": 0.5 / 3600}  # 1 s, 0.5 s
-    settings = settings.model_copy(update={"privacy": settings.privacy.model_copy(update=privacy)})
-    running = start(settings)
-    try:
+    with serving(with_sections(settings, privacy=privacy)) as running:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             enrollment = enrollment_pb2_grpc.EnrollmentStub(channel)
             enrollment.Enroll(
@@ -190,5 +189,3 @@ def test_the_service_purges_on_its_schedule(shared_data: Path, tmp_path: Path) -
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
         assert len(running.engine.gallery.index) == 0
         assert running.engine.gallery.store.verify_chain().ok
-    finally:
-        running.stop(grace=1)

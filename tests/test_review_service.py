@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -23,8 +22,7 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.api.server import Running, start
-from service.risk.callback import load_signing_key, write_signing_key
+from service.api.server import Running
 from service.risk.policy import DEFAULT_POLICY
 from tests.service_helpers import (
     FACEGUARD,
@@ -32,10 +30,11 @@ from tests.service_helpers import (
     image,
     mtls_settings,
     people_with,
-    tls_channel,
+    sink_risk,
+    with_sections,
 )
 from tests.test_service import enroll, expect_error
-from tools.fraud_sink import RunningSink, start_sink, stored_event_ids
+from tools.fraud_sink import RunningSink, stored_event_ids
 
 REVIEW = common_pb2.REVIEW
 
@@ -60,35 +59,17 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sink(folder: Path) -> Iterator[RunningSink]:
-    write_signing_key(folder / "hmac.key")
-    running = start_sink(folder / "sink.db", {"k1": load_signing_key(folder / "hmac.key", "k1")})
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def served(folder: Path, sink: RunningSink, pki: Path) -> Iterator[Running]:
+def served(folder: Path, sink: RunningSink, pki: Path, serve) -> Running:
     settings = mtls_settings(folder / "data", pki, device_burst=100)
-    risk = {
-        "policy_file": review_policy(folder), "callback_target": f"127.0.0.1:{sink.port}",
-        "hmac_key_file": folder / "hmac.key", "hmac_key_id": "k1", "backoff_initial_s": 0.05,
-        "backoff_max_s": 0.5, "poll_interval_s": 0.05,
-    }  # fmt: skip
-    running = start(settings.model_copy(update={"risk": settings.risk.model_copy(update=risk)}))
-    yield running
-    running.stop(grace=1)
+    risk = sink_risk(review_policy(folder), folder / "hmac.key", sink.port, hmac_key_id="k1")
+    return serve(with_sections(settings, risk=risk))
 
 
 @pytest.fixture(scope="module")
-def channels(served: Running, pki: Path) -> Iterator[dict[str, grpc.Channel]]:
-    opened = {
-        name: tls_channel(served.port, pki, name)
-        for name in ("kiosk-K-001", "enrollment-desk", "analyst", "admin")
+def channels(tls_client) -> dict[str, grpc.Channel]:
+    return {
+        name: tls_client(name) for name in ("kiosk-K-001", "enrollment-desk", "analyst", "admin")
     }
-    yield opened
-    for channel in opened.values():
-        channel.close()
 
 
 def risk_admin(channels: dict[str, grpc.Channel], who: str) -> risk_pb2_grpc.RiskAdminStub:

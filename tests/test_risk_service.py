@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,7 +21,7 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.api.server import Running, start
+from service.api.server import Running
 from service.risk.callback import load_signing_key, write_signing_key
 from service.risk.policy import DEFAULT_POLICY
 from tests.service_helpers import (
@@ -32,7 +31,9 @@ from tests.service_helpers import (
     image,
     people_with,
     service_settings,
+    sink_risk,
     wait_serving,
+    with_sections,
 )
 from tests.test_service import enroll, expect_error
 from tools.fraud_sink import Behaviour, RunningSink, sink_stats, start_sink, stored_event_ids
@@ -55,11 +56,7 @@ def risk_settings(folder: Path, sink_port: int) -> dict[str, object]:
     key = folder / "hmac.key"
     if not key.exists():
         write_signing_key(key)
-    return {
-        "policy_file": fast_policy(folder), "callback_target": f"127.0.0.1:{sink_port}",
-        "hmac_key_file": key, "backoff_initial_s": 0.05, "backoff_max_s": 0.5,
-        "poll_interval_s": 0.05, "callback_timeout_s": 2.0,
-    }  # fmt: skip
+    return sink_risk(fast_policy(folder), key, sink_port, callback_timeout_s=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -73,23 +70,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sink(folder: Path) -> Iterator[RunningSink]:
-    key = folder / "hmac.key"
-    write_signing_key(key)
-    running = start_sink(folder / "sink.db", {"k1": load_signing_key(key, "k1")})
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def served(folder: Path, sink: RunningSink) -> Iterator[Running]:
+def served(folder: Path, sink: RunningSink, serve) -> Running:
     settings = service_settings(folder / "data")
-    settings = settings.model_copy(
-        update={"risk": settings.risk.model_copy(update=risk_settings(folder, sink.port))}
-    )
-    running = start(settings)
-    yield running
-    running.stop(grace=2)
+    return serve(with_sections(settings, risk=risk_settings(folder, sink.port)))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from faceguard.v1 import enrollment_pb2, enrollment_pb2_grpc, risk_pb2, risk_pb2_grpc
-from service.api.server import Running, start
+from service.api.server import Running
 from service.cli.keys import rotate
 from service.config import Settings
 from service.domain import Consent
@@ -175,10 +175,8 @@ def test_key_rotation_reseals_the_snapshot(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[Running]:
-    running = start(mtls_settings(tmp_path_factory.mktemp("data"), pki))
-    yield running
-    running.stop(grace=1)
+def served(tmp_path_factory: pytest.TempPathFactory, pki: Path, serve) -> Running:
+    return serve(mtls_settings(tmp_path_factory.mktemp("data"), pki))
 
 
 def test_after_delete_no_file_holds_the_erased_template(

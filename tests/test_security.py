@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -27,7 +26,7 @@ from faceguard.v1 import (
     verification_pb2_grpc,
 )
 from service.api.auth import Identity, bind_device, identity_from_pem
-from service.api.server import Running, start
+from service.api.server import Running
 from service.cli.certs import ClientSpec, DevCA
 from tests.service_helpers import (
     FACEGUARD,
@@ -35,6 +34,7 @@ from tests.service_helpers import (
     image,
     mtls_settings,
     people_with,
+    serving,
     tls_channel,
 )
 
@@ -71,10 +71,8 @@ AUTH_REASONS = {"ROLE_NOT_ALLOWED", "CLIENT_CERT_REQUIRED", "METHOD_NOT_ALLOWED"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[Running]:
-    running = start(mtls_settings(tmp_path_factory.mktemp("data"), pki, device_burst=100))
-    yield running
-    running.stop(grace=1)
+def served(tmp_path_factory: pytest.TempPathFactory, pki: Path, serve) -> Running:
+    return serve(mtls_settings(tmp_path_factory.mktemp("data"), pki, device_burst=100))
 
 
 def reason_of(error: grpc.RpcError) -> str:
@@ -180,8 +178,7 @@ def test_a_certificate_from_another_ca_is_refused(
 def test_without_mutual_tls_every_role_bound_call_is_unauthenticated(
     tmp_path: Path, pki: Path
 ) -> None:
-    running = start(mtls_settings(tmp_path, pki, client_ca=False))
-    try:
+    with serving(mtls_settings(tmp_path, pki, client_ca=False)) as running:
         with tls_channel(running.port, pki, None) as channel:
             for service, method in all_methods(channel):
                 error = invoke(channel, method)
@@ -190,8 +187,6 @@ def test_without_mutual_tls_every_role_bound_call_is_unauthenticated(
                 else:
                     assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
                     assert reason_of(error) == "CLIENT_CERT_REQUIRED"
-    finally:
-        running.stop(grace=1)
 
 
 def test_a_kiosk_cannot_claim_another_device(served: Running, pki: Path) -> None:

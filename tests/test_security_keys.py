@@ -28,7 +28,7 @@ from service.store.customers import NewEvent, NewTemplate, Store
 from service.store.key_reload import KeyringReloader
 from service.store.tables import template_table
 from service.store.watchlist import rotate_watchlist_keys, watchlist_template_table
-from tests.service_helpers import FACEGUARD, consent, image, people_with, service_settings
+from tests.service_helpers import FACEGUARD, consent, image, people_with, service_settings, serving
 
 DIM = 192
 
@@ -103,10 +103,7 @@ def people(shared_data: Path) -> list[tuple[str, list[Path]]]:
 def test_rotation_while_serving_keeps_every_customer_verifiable(
     people: list[tuple[str, list[Path]]], tmp_path: Path
 ) -> None:
-    from service.api.server import start
-
-    running = start(service_settings(tmp_path))
-    try:
+    with serving(service_settings(tmp_path)) as running:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             enrollment = enrollment_pb2_grpc.EnrollmentStub(channel)
             kiosk = verification_pb2_grpc.FaceVerificationStub(channel)
@@ -135,8 +132,6 @@ def test_rotation_while_serving_keeps_every_customer_verifiable(
                 )
                 assert "MATCH" in reply.decision.reason_codes, person
             enroll(people[3][0], people[3][1][0])  # written under the new key
-    finally:
-        running.stop(grace=1)
     keyring = Keyring.from_file(tmp_path / KEYRING_FILE)
     with open_store(tmp_path, keyring) as store:
         assert store.verify_chain().ok

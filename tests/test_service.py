@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -28,7 +27,7 @@ from faceguard.v1 import (
     verification_pb2,
     verification_pb2_grpc,
 )
-from service.api.server import Running, start
+from service.api.server import Running
 from service.gallery.faiss_index import FaissIndex
 from service.store.crypto import load_keyring
 from service.store.customers import Store
@@ -42,6 +41,8 @@ from tests.service_helpers import (
     people_with,
     server_process,
     service_settings,
+    serving,
+    with_sections,
 )
 
 APPROVE, DECLINE = common_pb2.APPROVE, common_pb2.DECLINE
@@ -53,10 +54,8 @@ def people(shared_data: Path) -> list[tuple[str, list[Path]]]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    running = start(service_settings(tmp_path_factory.mktemp("data")))
-    yield running
-    running.stop(grace=2)
+def served(tmp_path_factory: pytest.TempPathFactory, serve) -> Running:
+    return serve(service_settings(tmp_path_factory.mktemp("data")))
 
 
 def reason_of(error: grpc.RpcError) -> str:
@@ -176,14 +175,11 @@ def test_no_vision_worker_free_in_time_is_unavailable(served: Running, kiosk, pe
 
 
 @pytest.fixture(scope="module")
-def in_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def in_process(tmp_path_factory: pytest.TempPathFactory, serve) -> Running:
     """A server doing its face work in its own process (`vision.processes = 0`), whose models
     a test can watch."""
     settings = service_settings(tmp_path_factory.mktemp("in-process"))
-    vision = settings.vision.model_copy(update={"processes": 0})
-    running = start(settings.model_copy(update={"vision": vision}))
-    yield running
-    running.stop(grace=2)
+    return serve(with_sections(settings, vision={"processes": 0}))
 
 
 def test_templates_are_embedded_with_the_mirror_image_and_probes_without(
@@ -498,15 +494,11 @@ def test_serves_from_postgresql(tmp_path: Path, people, postgres_url: str) -> No
     settings = service_settings(tmp_path)
     settings.storage.database_url = postgres_url
     (frank, images) = people[4]
-    running = start(settings)
-    try:
+    with serving(settings, grace=2) as running:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as chan:
             enroll(enrollment_pb2_grpc.EnrollmentStub(chan), frank, images[:1])
-    finally:
-        running.stop(grace=2)
     (tmp_path / "index.faiss").unlink()
-    running = start(settings)
-    try:
+    with serving(settings, grace=2) as running:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as chan:
             kiosk = verification_pb2_grpc.FaceVerificationStub(chan)
             request = verification_pb2.VerifyRequest(customer_id=frank, frames=[image(images[1])])
@@ -515,6 +507,4 @@ def test_serves_from_postgresql(tmp_path: Path, people, postgres_url: str) -> No
                 verification_pb2.IdentifyRequest(image=image(images[2])), timeout=60
             )
             assert found.candidates[0].customer_id == frank
-    finally:
-        running.stop(grace=2)
     assert not list(tmp_path.glob("*.db")), "the SQLite default was used instead of PostgreSQL"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -28,11 +27,18 @@ from faceguard.v1 import (
     enrollment_pb2_grpc,
     verification_pb2,
 )
-from service.api.server import Running, start
+from service.api.server import Running
 from service.config import StreamSettings
 from service.risk.policy import DEFAULT_POLICY
 from tests.liveness_tracks import LiveHead, Recording, TiltedPhoto
-from tests.service_helpers import best_quality, consent, image, people_with, service_settings
+from tests.service_helpers import (
+    best_quality,
+    consent,
+    image,
+    people_with,
+    service_settings,
+    with_sections,
+)
 from tests.test_service import reason_of
 
 APPROVE, DECLINE = common_pb2.APPROVE, common_pb2.DECLINE
@@ -53,7 +59,7 @@ def people(shared_data: Path) -> list[tuple[str, list[Path]]]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, people) -> Iterator[Running]:
+def served(tmp_path_factory: pytest.TempPathFactory, people, serve) -> Running:
     folder = tmp_path_factory.mktemp("data")
     # These tests refuse many sessions of one customer on one kiosk on purpose; the velocity
     # lockout that would follow is tested in test_risk_service.py, not here.
@@ -66,8 +72,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, people) -> Iterator[Running
     settings.risk.policy_file = folder / "policy.toml"
     # The face work runs in this process, where `subject` can replace the mesh cues with a
     # scripted head; test_service.py streams through the vision workers.
-    vision = settings.vision.model_copy(update={"processes": 0})
-    running = start(settings.model_copy(update={"stream": STREAM, "vision": vision}))
+    settings = with_sections(settings, vision={"processes": 0})
+    running = serve(settings.model_copy(update={"stream": STREAM}))
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         enrollment = enrollment_pb2_grpc.EnrollmentStub(channel)
         name, images = people[0]
@@ -77,8 +83,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, people) -> Iterator[Running
             ),
             timeout=60,
         )
-    yield running
-    running.stop(grace=2)
+    return running
 
 
 @pytest.fixture
