@@ -17,7 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_helpers import consent, image, mtls_settings, people_with, tls_channel
+from service_helpers import (
+    consent,
+    image,
+    mtls_settings,
+    people_with,
+    sink_risk,
+    tls_channel,
+    with_sections,
+)
 
 from faceguard.v1 import (
     common_pb2,
@@ -28,12 +36,11 @@ from faceguard.v1 import (
 )
 from service.api.console.pages import _csv_cell
 from service.api.console.serving import ssl_context
-from service.api.server import Running, start
+from service.api.server import Running
 from service.config import Settings, SettingsError
-from service.risk.callback import load_signing_key, write_signing_key
 from service.risk.policy import DEFAULT_POLICY
 from service.store.tables import event_table
-from tools.fraud_sink import RunningSink, start_sink, stored_event_ids
+from tools.fraud_sink import RunningSink, stored_event_ids
 
 CHROMIUM = Path("/usr/lib/chromium/chromium")
 CHROMIUM_ARGS = [
@@ -60,31 +67,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sink(folder: Path) -> Iterator[RunningSink]:
-    key = folder / "hmac.key"
-    write_signing_key(key)
-    running = start_sink(folder / "sink.db", {"k1": load_signing_key(key, "k1")})
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def served(folder: Path, pki: Path, sink: RunningSink) -> Iterator[Running]:
+def served(folder: Path, pki: Path, sink: RunningSink, serve) -> Running:
     settings = mtls_settings(folder / "data", pki)
-    risk = {
-        "policy_file": review_policy(folder), "callback_target": f"127.0.0.1:{sink.port}",
-        "hmac_key_file": folder / "hmac.key", "poll_interval_s": 0.05,
-        "backoff_initial_s": 0.05, "backoff_max_s": 0.5,
-    }  # fmt: skip
-    settings = settings.model_copy(
-        update={
-            "risk": settings.risk.model_copy(update=risk),
-            "console": settings.console.model_copy(update={"enabled": True, "port": 0}),
-        }
-    )
-    running = start(settings)
-    yield running
-    running.stop(grace=2)
+    risk = sink_risk(review_policy(folder), folder / "hmac.key", sink.port)
+    return serve(with_sections(settings, risk=risk, console={"enabled": True, "port": 0}))
 
 
 @pytest.fixture(scope="module")

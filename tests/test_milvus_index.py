@@ -286,18 +286,21 @@ def test_the_service_serves_1n_from_milvus_and_an_erased_customer_is_never_found
         verification_pb2,
         verification_pb2_grpc,
     )
-    from service.api.server import start
-    from tests.service_helpers import consent, image, people_with, service_settings
+    from tests.service_helpers import (
+        consent,
+        image,
+        people_with,
+        service_settings,
+        serving,
+        with_sections,
+    )
 
     people = people_with(shared_data, minimum=2, count=2)
     settings = service_settings(tmp_path / "data")
-    gallery = {
-        "backend": "milvus",
-        "milvus": MilvusSettings(collection="t_served", uri=milvus_server.uri),
-    }
-    running = start(settings.model_copy(update={"gallery": settings.gallery.model_copy(
-        update=gallery)}))  # fmt: skip
-    try:
+    milvus_settings = MilvusSettings(collection="t_served", uri=milvus_server.uri)
+    with serving(
+        with_sections(settings, gallery={"backend": "milvus", "milvus": milvus_settings})
+    ) as running:
         channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
         enrollment = enrollment_pb2_grpc.EnrollmentStub(channel)
         kiosk = verification_pb2_grpc.FaceVerificationStub(channel)
@@ -323,5 +326,3 @@ def test_the_service_serves_1n_from_milvus_and_an_erased_customer_is_never_found
             assert alice not in names
         assert bob not in names  # a stranger's face is no match for bob either
         channel.close()
-    finally:
-        running.stop(grace=2)
