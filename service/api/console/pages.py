@@ -1,6 +1,6 @@
-"""The console's pages and actions. Reads go through `service.store.console_queries` and the
-risk admin's use cases; actions through `service.api.console.actions` (audited). Blocking
-store work runs in worker threads, never on the event loop."""
+"""The console's pages: they convert forms and queries to the use cases of
+`service.app.console` (reads and audited actions) and the risk admin's, and render the
+answers. Blocking store work runs in worker threads, never on the event loop."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from service.api.console import actions, charts
+from service.api.console import charts
 from service.api.console.rendering import engine_of, render, reviews_of
 from service.api.console.security import admin_only, identity
+from service.app import console
 from service.app.decision_records import engine_parts, get_decision
 from service.errors import FaceguardError, InvalidInput, NotFound, TooLarge
-from service.store import console_queries as queries
 from service.store.lists import LISTS
 from service.store.reviews import NOTE_CHARS
 
@@ -51,16 +51,10 @@ def _time(values: Any, name: str) -> datetime | None:
         raise InvalidInput("INVALID_TIME", f"{name} is not a date and time") from None
 
 
-def _filter(values: Any) -> queries.DecisionFilter:
-    outcome = _text(values, "outcome")
-    if outcome and outcome not in queries.OUTCOMES:
-        raise InvalidInput("INVALID_OUTCOME", f"outcome is one of {', '.join(queries.OUTCOMES)}")
-    reason = _text(values, "reason").upper()
-    if reason and not queries.REASON_CODE.fullmatch(reason):
-        raise InvalidInput("INVALID_REASON", "a reason code is letters, digits and underscores")
-    return queries.DecisionFilter(
-        outcome, reason, _text(values, "customer_id"), _text(values, "device_id"),
-        _time(values, "since"), _time(values, "until"),
+def _filter(values: Any) -> console.DecisionFilter:
+    return console.decision_filter(
+        _text(values, "outcome"), _text(values, "reason").upper(), _text(values, "customer_id"),
+        _text(values, "device_id"), _time(values, "since"), _time(values, "until"),
     )  # fmt: skip
 
 
@@ -91,7 +85,7 @@ def _done(location: str, event_id: str) -> web.HTTPSeeOther:
 @ROUTES.get("/")
 async def dashboard(request: web.Request) -> web.Response:
     engine = engine_of(request)
-    figures = await asyncio.to_thread(queries.dashboard, engine.gallery.store)
+    figures = await asyncio.to_thread(console.dashboard, engine)
     backlog = await asyncio.to_thread(engine.risk.outbox.counts) if engine.risk else {}
     dead = await asyncio.to_thread(engine.risk.outbox.dead_letters, 20) if engine.risk else []
     per_device = [(device, sum(n.values())) for device, n in figures.devices]
@@ -113,15 +107,14 @@ async def decisions(request: web.Request) -> web.Response:
     before = request.query.get("before", "")
     if before and not (before.isdigit() and len(before) <= 18):
         raise InvalidInput("INVALID_PAGE_TOKEN", "before is a position this page gave")
-    store = engine_of(request).gallery.store
     rows, cursor = await asyncio.to_thread(
-        queries.decisions, store, wanted, PAGE_SIZE, int(before) if before else None
+        console.decisions, engine_of(request), wanted, PAGE_SIZE, int(before) if before else None
     )
     query = {k: v for k, v in request.query.items() if k != "before" and v}
     return render(
         request, "decisions.html", rows=rows, wanted=wanted, query=query,
         next_page=urlencode({**query, "before": cursor}) if cursor else "",
-        export=urlencode(query), outcomes=queries.OUTCOMES,
+        export=urlencode(query), outcomes=console.OUTCOMES,
     )  # fmt: skip
 
 
@@ -135,12 +128,10 @@ def _csv_cell(value: Any) -> str:
 async def decisions_csv(request: web.Request) -> web.Response:
     wanted = _filter(request.query)
     engine = engine_of(request)
-    found: list[queries.DecisionRow] = []
+    found: list[console.DecisionRow] = []
     cursor: int | None = None
     while len(found) < EXPORT_ROWS:
-        rows, cursor = await asyncio.to_thread(
-            queries.decisions, engine.gallery.store, wanted, 500, cursor
-        )
+        rows, cursor = await asyncio.to_thread(console.decisions, engine, wanted, 500, cursor)
         found += rows
         if cursor is None:
             break
@@ -157,7 +148,7 @@ async def decisions_csv(request: web.Request) -> web.Response:
             p.get("policy_version"),
         )])  # fmt: skip
     await asyncio.to_thread(
-        actions.export_decisions, engine, identity(request), len(found), request.query_string
+        console.export_decisions, engine, identity(request), len(found), request.query_string
     )
     return web.Response(
         text=out.getvalue(), content_type="text/csv",
@@ -201,7 +192,7 @@ async def review_queue(request: web.Request) -> web.Response:
 async def claim_review(request: web.Request) -> web.Response:
     event_id = request.match_info["event_id"][:36]
     action = await asyncio.to_thread(
-        actions.claim_review, engine_of(request), reviews_of(request), identity(request), event_id
+        console.claim_review, engine_of(request), reviews_of(request), identity(request), event_id
     )
     raise _done(f"/decisions/{event_id}", action)
 
@@ -211,7 +202,7 @@ async def resolve_review(request: web.Request) -> web.Response:
     form = await request.post()
     event_id = request.match_info["event_id"][:36]
     review = await asyncio.to_thread(
-        actions.resolve_review, reviews_of(request), identity(request), event_id,
+        console.resolve_review, reviews_of(request), identity(request), event_id,
         _text(form, "resolution"), _text(form, "note", NOTE_CHARS),
     )  # fmt: skip
     raise _done(f"/decisions/{event_id}", review.resolution_event_id)
@@ -232,7 +223,7 @@ async def lockouts(request: web.Request) -> web.Response:
 async def lift_lockout(request: web.Request) -> web.Response:
     form = await request.post()
     event_id = await asyncio.to_thread(
-        actions.lift_lockout, engine_of(request), identity(request),
+        console.lift_lockout, engine_of(request), identity(request),
         _text(form, "customer_id"), _text(form, "device_id"), _text(form, "reason", 256),
     )  # fmt: skip
     raise _done("/lockouts", event_id)
@@ -258,7 +249,7 @@ async def lists(request: web.Request) -> web.Response:
 async def list_add(request: web.Request) -> web.Response:
     form = await request.post()
     event_id = await asyncio.to_thread(
-        actions.add_list_entry, engine_of(request), identity(request), _text(form, "list"),
+        console.add_list_entry, engine_of(request), identity(request), _text(form, "list"),
         _text(form, "subject"), _text(form, "reason", 256), _text(form, "case_ref"),
     )  # fmt: skip
     raise _done("/lists", event_id)
@@ -269,7 +260,7 @@ async def list_add(request: web.Request) -> web.Response:
 async def list_remove(request: web.Request) -> web.Response:
     form = await request.post()
     event_id = await asyncio.to_thread(
-        actions.remove_list_entry, engine_of(request), identity(request), _text(form, "list"),
+        console.remove_list_entry, engine_of(request), identity(request), _text(form, "list"),
         _text(form, "subject"), _text(form, "reason", 256) or "removed in the console",
     )  # fmt: skip
     raise _done("/lists", event_id)
@@ -280,7 +271,7 @@ async def list_remove(request: web.Request) -> web.Response:
 async def watchlist_remove(request: web.Request) -> web.Response:
     form = await request.post()
     event_id = await asyncio.to_thread(
-        actions.remove_watchlist_entry, engine_of(request), identity(request),
+        console.remove_watchlist_entry, engine_of(request), identity(request),
         _text(form, "entry_id", 36), _text(form, "reason", 256) or "removed in the console",
     )  # fmt: skip
     raise _done("/lists", event_id)
@@ -297,7 +288,7 @@ async def customer(request: web.Request) -> web.Response:
     record = last = None
     if customer_id:
         record = await asyncio.to_thread(engine.enrolment.get, customer_id)
-        last = await asyncio.to_thread(queries.last_activity, engine.gallery.store, customer_id)
+        last = await asyncio.to_thread(console.last_activity, engine, customer_id)
     return render(
         request, "customer.html", customer_id=customer_id, record=record, last=last,
         done=request.query.get("done", ""),
@@ -312,7 +303,7 @@ async def erase(request: web.Request) -> web.Response:
     if _text(form, "confirm") != customer_id:
         raise InvalidInput("NOT_CONFIRMED", "type the customer id again to confirm the erasure")
     event_id = await asyncio.to_thread(
-        actions.erase_customer, engine_of(request), identity(request), customer_id,
+        console.erase_customer, engine_of(request), identity(request), customer_id,
         _text(form, "reason", 256) or "erased in the console",
     )  # fmt: skip
     raise _done("/customers", event_id)

@@ -1,18 +1,25 @@
-"""The console's actions: each goes through the service's own use cases (the risk admin's
-lists and lockouts, the engine's erasure), which audit the change itself, and is then
-recorded as a CONSOLE_ACTION event through the store, naming the operator by their
+"""The web console's use cases: what its pages read and the actions they take.
+
+Reads: the decisions page and its CSV export, the dashboard's figures, a customer's last
+activity (queries of `service.store.console_queries`), with the filter a page asks for checked
+here. Actions: each goes through the service's own use cases (the risk admin's lists and
+lockouts, the enrolment's erasure, the review queue), which audit the change itself, and is
+then recorded as a CONSOLE_ACTION event through the store, naming the operator by their
 certificate. That event, like a decision, gets an outbox row and so reaches the fraud engine.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
-from service.api.auth import Identity
 from service.app.engine import Engine
 from service.app.reviews import Reviews
+from service.errors import InvalidInput
+from service.store import console_queries as queries
 from service.store.audit_chain import NewEvent
+from service.store.console_queries import OUTCOMES, Dashboard, DecisionFilter, DecisionRow
 from service.store.reviews import Review
 
 log = logging.getLogger(__name__)
@@ -20,8 +27,45 @@ log = logging.getLogger(__name__)
 ACTION_EVENT = "CONSOLE_ACTION"
 
 
+class Operator(Protocol):
+    """Who acts: the client certificate's name and SHA-256 (the console's identity)."""
+
+    client: str
+    fingerprint: str | None
+
+
+def decision_filter(
+    outcome: str, reason: str, customer_id: str, device_id: str,
+    since: datetime | None, until: datetime | None,
+) -> DecisionFilter:  # fmt: skip
+    """The decisions a page asks for; an unknown outcome or a malformed reason code is refused
+    (INVALID_OUTCOME, INVALID_REASON)."""
+    if outcome and outcome not in OUTCOMES:
+        raise InvalidInput("INVALID_OUTCOME", f"outcome is one of {', '.join(OUTCOMES)}")
+    if reason and not queries.REASON_CODE.fullmatch(reason):
+        raise InvalidInput("INVALID_REASON", "a reason code is letters, digits and underscores")
+    return DecisionFilter(outcome, reason, customer_id, device_id, since, until)
+
+
+def decisions(
+    engine: Engine, wanted: DecisionFilter, size: int, before: int | None
+) -> tuple[list[DecisionRow], int | None]:
+    """A page of decisions, newest first, and the position the next page starts before."""
+    return queries.decisions(engine.gallery.store, wanted, size, before)
+
+
+def dashboard(engine: Engine) -> Dashboard:
+    """The last 24 hours: decisions per hour by outcome, top reasons, per device."""
+    return queries.dashboard(engine.gallery.store)
+
+
+def last_activity(engine: Engine, customer_id: str) -> DecisionRow | None:
+    """The customer's latest decision."""
+    return queries.last_activity(engine.gallery.store, customer_id)
+
+
 def record_action(
-    engine: Engine, operator: Identity, action: str, customer_id: str = "", device_id: str = "",
+    engine: Engine, operator: Operator, action: str, customer_id: str = "", device_id: str = "",
     **details: Any,
 ) -> str:  # fmt: skip
     """Audit one console action (and queue it for the fraud engine); its event id."""
@@ -36,7 +80,7 @@ def record_action(
 
 
 def lift_lockout(
-    engine: Engine, operator: Identity, customer_id: str, device_id: str, reason: str
+    engine: Engine, operator: Operator, customer_id: str, device_id: str, reason: str
 ) -> str:
     event_id, lifted = engine.risk_admin.lift_lockout(customer_id, device_id, reason,
                                                       operator.client)  # fmt: skip
@@ -47,7 +91,7 @@ def lift_lockout(
 
 
 def add_list_entry(
-    engine: Engine, operator: Identity, list_name: str, subject: str, reason: str, case_ref: str
+    engine: Engine, operator: Operator, list_name: str, subject: str, reason: str, case_ref: str
 ) -> str:
     entry = engine.risk_admin.add_entry(list_name, subject, reason, case_ref, operator.client)
     return record_action(
@@ -57,7 +101,7 @@ def add_list_entry(
 
 
 def remove_list_entry(
-    engine: Engine, operator: Identity, list_name: str, subject: str, reason: str
+    engine: Engine, operator: Operator, list_name: str, subject: str, reason: str
 ) -> str:
     event_id = engine.risk_admin.remove_entry(list_name, subject, reason, operator.client)
     return record_action(
@@ -66,7 +110,7 @@ def remove_list_entry(
     )  # fmt: skip
 
 
-def remove_watchlist_entry(engine: Engine, operator: Identity, entry_id: str, reason: str) -> str:
+def remove_watchlist_entry(engine: Engine, operator: Operator, entry_id: str, reason: str) -> str:
     event_id = engine.risk_admin.remove_watchlist(entry_id, reason, operator.client)
     return record_action(
         engine, operator, "WATCHLIST_REMOVE", entry_id=entry_id, reason=reason,
@@ -74,19 +118,19 @@ def remove_watchlist_entry(engine: Engine, operator: Identity, entry_id: str, re
     )  # fmt: skip
 
 
-def erase_customer(engine: Engine, operator: Identity, customer_id: str, reason: str) -> str:
+def erase_customer(engine: Engine, operator: Operator, customer_id: str, reason: str) -> str:
     event_id = engine.enrolment.delete(customer_id, reason, operator.client)
     return record_action(
         engine, operator, "ERASE", customer_id, reason=reason, audit_event=event_id
     )
 
 
-def export_decisions(engine: Engine, operator: Identity, rows: int, query: str) -> str:
+def export_decisions(engine: Engine, operator: Operator, rows: int, query: str) -> str:
     """A CSV export is data leaving the service: audited like an action."""
     return record_action(engine, operator, "EXPORT_DECISIONS", rows=rows, query=query[:512])
 
 
-def claim_review(engine: Engine, reviews: Reviews, operator: Identity, event_id: str) -> str:
+def claim_review(engine: Engine, reviews: Reviews, operator: Operator, event_id: str) -> str:
     """Take the review's claim for the operator (a lease: `reviews.claim_ttl_s`)."""
     review = reviews.claim(event_id, operator.client)
     return record_action(
@@ -97,7 +141,7 @@ def claim_review(engine: Engine, reviews: Reviews, operator: Identity, event_id:
 
 
 def resolve_review(
-    reviews: Reviews, operator: Identity, event_id: str, resolution: str, note: str
+    reviews: Reviews, operator: Operator, event_id: str, resolution: str, note: str
 ) -> Review:
     """APPROVE or DECLINE a claimed review: the use case writes the REVIEW_RESOLVED event
     (the operator's certificate name, the note), which reaches the fraud engine itself."""
