@@ -491,9 +491,7 @@ def test_consent_and_template_inputs_are_validated() -> None:
     with pytest.raises(InvalidInput, match="timezone"):
         Consent("p", datetime(2025, 1, 1), "branch")
     with pytest.raises(InvalidInput, match="expires before"):
-        Consent(
-            "p", datetime(2025, 1, 1, tzinfo=UTC), "c", None, datetime(2024, 1, 1, tzinfo=UTC)
-        )
+        Consent("p", datetime(2025, 1, 1, tzinfo=UTC), "c", None, datetime(2024, 1, 1, tzinfo=UTC))
     with pytest.raises(ValueError):
         NewTemplate(np.array([np.nan], np.float32), MODEL, 1.0)
     with pytest.raises(ValueError):

@@ -25,10 +25,11 @@ from service.gallery.gallery import Gallery
 from service.gallery.watchlist import Watchlist
 from service.modelpack.manifest import load_manifest
 from service.risk.checks import RiskChecks
-from service.risk.dispatcher import Dispatcher
+from service.risk.dispatcher import Dispatcher, lease_for
 from service.risk.policy import PolicyError, load_policy
 from service.risk.runtime import RiskRuntime
 from service.store.audit_chain import ChainKey, ChainKeyError
+from service.store.changes import listener_for
 from service.store.checkpoints import Checkpointer
 from service.store.crypto import Keyring, KeyringError, generate_keyring, load_keyring
 from service.store.customers import Store
@@ -133,6 +134,8 @@ def build_engine(settings: Settings) -> Engine:
             settings.risk, store, settings.storage.data_dir, dim, policy.liveness_threshold,
             dev=settings.storage.dev_generate_key,
         )  # fmt: skip
+        gallery.follow(listener_for(store), settings.gallery.follow_poll_s,
+                       [risk.watchlist.catch_up])  # fmt: skip
         risk.checkpointer = Checkpointer(
             store, settings.storage.checkpoint_dir(), settings.storage.audit_checkpoint_every_s
         )
@@ -215,6 +218,7 @@ def build_risk(
         backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s,
                           settings.dead_letter_after)  # fmt: skip
         dispatcher = Dispatcher(outbox, client.deliver, backoff, settings.workers,
-                                settings.poll_interval_s)  # fmt: skip
+                                settings.poll_interval_s,
+                                lease_s=lease_for(settings.callback_timeout_s))  # fmt: skip
     log.info("risk policy %s with %d rules", policy.version, len(policy.rules))
     return RiskRuntime(checks, lists, watchlist, outbox, velocity, dispatcher, client)

@@ -63,5 +63,7 @@ class Engine:
         self.gallery.save()
 
     def close(self) -> None:
-        """Release what the engine runs besides this process (the vision workers)."""
+        """Release what the engine runs besides this process (the vision workers) and stop
+        following the store."""
+        self.gallery.stop_following()
         self.vision.close()

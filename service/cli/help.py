@@ -55,6 +55,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "bench stream": ("faceguard bench stream --frames 120 --json",),
     "bench callbacks": ("faceguard bench callbacks --decisions 1000 --fail-rate 0.3 --kills 2",),
     "bench images": ("faceguard bench images --repeat 3 --json",),
+    "bench follow": ("faceguard bench follow --changes 200 --json",),
+    "bench chain": (
+        "faceguard bench chain --url postgresql+psycopg://faceguard@/bench?host=/tmp/pg --json",
+    ),
     "bench abuse": ("faceguard bench abuse --json",),
     "bench calibration": ("faceguard bench calibration --customers 300 --repeat 2 --json",),
     "docs commands": ("faceguard docs commands --write README.md",),
@@ -127,6 +131,10 @@ DESCRIPTIONS: dict[str, str] = {
     "SQLite; SIGUSR1 toggles hanging, SIGUSR2 failing",
     "bench callbacks": "decisions through a failing sink with kill -9s of the service: "
     "events lost and duplicates stored (must be 0, 0); median cost of the risk checks",
+    "bench follow": "p50/p99 lag until an enrolment or erasure through one replica reaches "
+    "another's index (LISTEN/NOTIFY on PostgreSQL, polling on SQLite)",
+    "bench chain": "decisions/s, latency and audit-chain lock wait per decision for 3 writers "
+    "x 8 threads and for 1 writer on PostgreSQL, and the ceiling the lock sets",
     "bench service": "verify latency (1 client) and throughput (8 clients), import rate, "
     "identify at 10k/100k/1M",
     "bench stream": "median ms per streamed frame (decode, detect, analysis, mesh cues) on "
