@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from service.gallery.backend import open_index
+from service.app.index_backend import open_index
 
 from service.config import GallerySettings
 from service.gallery.gallery import Gallery
