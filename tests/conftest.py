@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import postgres
 import pytest
 
 from faceguard.v1 import enrollment_pb2_grpc, verification_pb2_grpc
 from service.cli.certs import write_dev_pki
+from tools import postgres
 
 # Development data lives beside the repository, never inside it (see ../shared/data/README.md).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import grpc
 import numpy as np
-import postgres
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,6 +42,7 @@ from tests.service_helpers import (
     server_process,
     service_settings,
 )
+from tools import postgres
 
 APPROVE, DECLINE = common_pb2.APPROVE, common_pb2.DECLINE
 

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import postgres
 import pytest
 from sqlalchemy import create_engine, delete, func, select, update
 
@@ -34,6 +33,7 @@ from service.store.customers import (
     Store,
 )
 from service.store.tables import consent_table, customer_table, event_table, template_table
+from tools import postgres
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "postgresql"]
