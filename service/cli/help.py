@@ -56,6 +56,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "bench callbacks": ("faceguard bench callbacks --decisions 1000 --fail-rate 0.3 --kills 2",),
     "bench images": ("faceguard bench images --repeat 3 --json",),
     "bench abuse": ("faceguard bench abuse --json",),
+    "bench fleet": ("faceguard bench fleet --replicas 3 --clients 8 --seconds 60 --kill --json",),
     "bench calibration": ("faceguard bench calibration --customers 300 --repeat 2 --json",),
     "docs commands": ("faceguard docs commands --write README.md",),
     "models build": ("faceguard models build",),
@@ -116,6 +117,9 @@ DESCRIPTIONS: dict[str, str] = {
     "SQLite; SIGUSR1 toggles hanging, SIGUSR2 failing",
     "bench callbacks": "decisions through a failing sink with kill -9s of the service: "
     "events lost and duplicates stored (must be 0, 0); median cost of the risk checks",
+    "bench fleet": "replicas on a throwaway PostgreSQL behind gRPC round-robin, mixed load, "
+    "one SIGKILL: decisions lost and duplicated (0, 0), visibility on every replica, erasures "
+    "matched, throughput against one replica",
     "bench service": "verify latency (1 client) and throughput (8 clients), import rate, "
     "identify at 10k/100k/1M",
     "bench stream": "median ms per streamed frame (decode, detect, analysis, mesh cues) on "
