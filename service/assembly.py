@@ -19,6 +19,7 @@ from service.gallery.gallery import Gallery
 from service.modelpack.manifest import load_manifest
 from service.risk.runtime import build_risk
 from service.store.audit_chain import ChainKey, ChainKeyError
+from service.store.changes import listener_for
 from service.store.checkpoints import Checkpointer
 from service.store.crypto import Keyring, KeyringError, generate_keyring, load_keyring
 from service.store.customers import Store
@@ -119,6 +120,8 @@ def build_engine(settings: Settings) -> Engine:
             settings.risk, store, settings.storage.data_dir, dim, policy.liveness_threshold,
             dev=settings.storage.dev_generate_key,
         )  # fmt: skip
+        gallery.follow(listener_for(store), settings.gallery.follow_poll_s,
+                       [risk.watchlist.catch_up])  # fmt: skip
         risk.checkpointer = Checkpointer(
             store, settings.storage.checkpoint_dir(), settings.storage.audit_checkpoint_every_s
         )

@@ -134,6 +134,10 @@ class GallerySettings(BaseModel):
     """The vector index behind 1:N search (service/gallery/backend.py) and its options."""
 
     backend: Literal["faiss"] = Field("faiss", description="the vector index backend")
+    follow_poll_s: float = Field(
+        0.5, gt=0, le=60, description="seconds between reads of the store's change feed when "
+        "no change notification came (SQLite's only wake-up; PostgreSQL's fallback)",
+    )  # fmt: skip
     faiss: FaissSettings = FaissSettings()
 
 

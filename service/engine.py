@@ -160,7 +160,9 @@ class Engine:
         self.risk = risk
 
     def close(self) -> None:
-        """Release what the engine runs besides this process (the vision workers)."""
+        """Release what the engine runs besides this process (the vision workers) and stop
+        following the store."""
+        self.gallery.stop_following()
         self.vision.close()
 
     def use_calibration(self, version: str, thresholds: Mapping[str, float]) -> None:

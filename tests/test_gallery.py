@@ -54,7 +54,7 @@ def test_the_settings_choose_the_backend_its_file_and_options(
     assert isinstance(index, FaissIndex) and isinstance(index, VectorIndex)
     assert index.options.exact_limit == 5 and index.options.probe_fraction == 0.3
     assert (tmp_path / "x" / "g.idx").is_file() and not (tmp_path / "index.faiss").exists()
-    assert len(index) == 2 and index.watermark is None
+    assert len(index) == 2 and index.watermark == 1  # the enrolment, the chain's only event
     monkeypatch.setenv("FACEGUARD_GALLERY__BACKEND", "annoy")
     with pytest.raises(pydantic.ValidationError, match="backend"):
         Settings()

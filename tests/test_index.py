@@ -173,7 +173,7 @@ def _write_snapshot(path: Path, parts: tuple[faiss.Index, ...], extra: bytes = b
     """A validly sealed snapshot of the given faiss indexes and any extra bytes."""
     with path.open("wb") as file:
         sealed = SealedWriter(file, KEYS, index_module.SNAPSHOT_PURPOSE)
-        index_module._write_parts(parts, sealed)
+        index_module._write_parts(parts, None, sealed)
         sealed.write(extra)
         sealed.close()
 

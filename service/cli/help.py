@@ -55,6 +55,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "bench stream": ("faceguard bench stream --frames 120 --json",),
     "bench callbacks": ("faceguard bench callbacks --decisions 1000 --fail-rate 0.3 --kills 2",),
     "bench images": ("faceguard bench images --repeat 3 --json",),
+    "bench follow": ("faceguard bench follow --changes 200 --json",),
+    "bench chain": (
+        "faceguard bench chain --url postgresql+psycopg://faceguard@/bench?host=/tmp/pg --json",
+    ),
     "bench abuse": ("faceguard bench abuse --json",),
     "bench fleet": ("faceguard bench fleet --replicas 3 --clients 8 --seconds 60 --kill --json",),
     "bench calibration": ("faceguard bench calibration --customers 300 --repeat 2 --json",),
@@ -120,6 +124,10 @@ DESCRIPTIONS: dict[str, str] = {
     "bench fleet": "replicas on a throwaway PostgreSQL behind gRPC round-robin, mixed load, "
     "one SIGKILL: decisions lost and duplicated (0, 0), visibility on every replica, erasures "
     "matched, throughput against one replica",
+    "bench follow": "p50/p99 lag until an enrolment or erasure through one replica reaches "
+    "another's index (LISTEN/NOTIFY on PostgreSQL, polling on SQLite)",
+    "bench chain": "decisions/s, latency and audit-chain lock wait per decision for 3 writers "
+    "x 8 threads and for 1 writer on PostgreSQL, and the ceiling the lock sets",
     "bench service": "verify latency (1 client) and throughput (8 clients), import rate, "
     "identify at 10k/100k/1M",
     "bench stream": "median ms per streamed frame (decode, detect, analysis, mesh cues) on "

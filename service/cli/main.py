@@ -61,6 +61,14 @@ def _bench(args: argparse.Namespace) -> int:
         from tools.bench.callbacks import run_bench_callbacks
 
         return run_bench_callbacks(args)
+    if args.bench_command == "follow":
+        from tools.bench.follow import run_bench_follow
+
+        return run_bench_follow(args)
+    if args.bench_command == "chain":
+        from tools.bench.chain import run_bench_chain
+
+        return run_bench_chain(args)
     if args.bench_command == "calibration":
         from tools.bench.calibration import run_bench_calibration
 
@@ -518,6 +526,23 @@ def build_parser() -> argparse.ArgumentParser:
     callbacks.add_argument("--kills", type=int, default=2, help="kill -9s of the service")
     callbacks.add_argument("--json", action="store_true", help="print one JSON object")
     callbacks.set_defaults(handler=_bench)
+    chain = bench.add_parser(
+        "chain", help="decisions/s and audit-chain lock wait with several writers on PostgreSQL"
+    )
+    chain.add_argument("--url", required=True, help="a throwaway PostgreSQL database URL")
+    chain.add_argument("--writers", type=int, default=3, help="stores, as replicas")
+    chain.add_argument("--threads", type=int, default=8, help="threads per writer")
+    chain.add_argument("--seconds", type=float, default=10.0, help="per run")
+    chain.add_argument("--json", action="store_true", help="print one JSON object")
+    chain.set_defaults(handler=_bench)
+    follow = bench.add_parser(
+        "follow", help="lag until a change through one replica reaches another's index"
+    )
+    follow.add_argument("--url", help="a throwaway database URL (default: temporary SQLite)")
+    follow.add_argument("--changes", type=int, default=200, help="enrolments + erasures")
+    follow.add_argument("--poll-s", type=float, default=0.5, help="gallery.follow_poll_s")
+    follow.add_argument("--json", action="store_true", help="print one JSON object")
+    follow.set_defaults(handler=_bench)
     images = bench.add_parser(
         "images", help="a vision worker's CPU per Verify frame by kind of image, and per request"
     )

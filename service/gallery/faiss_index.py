@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
+from service.gallery import follow
 from service.gallery.vector_index import IndexUnusable
+from service.store import changes
 from service.store.crypto import Keyring, KeyringError, SealedWriter, open_sealed, write_sealed
 from service.store.durable import fsync_dir
 
@@ -47,7 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A snapshot is the faiss index (two for "ivfpq", one after the other), sealed with the template
+# A snapshot is the faiss index (two for "ivfpq", one after the other), then the watermark (the
+# event row through which it holds every change: `_WATERMARK` and 8 bytes), sealed with the template
 # keyring (`service.store.crypto.SealedWriter`): it holds every template, so it is encrypted
 # like them, and AES-GCM's tags refuse a truncated or altered file instead of loading wrong
 # vectors. An older unsealed snapshot is refused, so the caller rebuilds it from the store.
@@ -60,6 +63,8 @@ _MIN_POINTS_PER_LIST = 39
 # Candidates re-scored per result asked for, so a deep k still gets a pool several times its
 # size (the codes rank close impostors roughly; the genuine match stands far above them).
 _RERANK_PER_RESULT = 4
+# Marks the watermark after the faiss indexes; snapshots written before it end without one.
+_WATERMARK = b"FGWM"
 
 
 class IndexFileError(IndexUnusable):
@@ -360,11 +365,13 @@ def _from_parts(parts: list[faiss.Index]) -> _Flat | _Reranked:
     raise IndexFileError(f"unsupported index type ({names})")
 
 
-def _write_parts(parts: tuple[faiss.Index, ...], file: SealedWriter) -> None:
-    """Write the faiss indexes one after another to `file`."""
+def _write_parts(parts: tuple[faiss.Index, ...], watermark: int | None, file: SealedWriter) -> None:
+    """Write the faiss indexes one after another to `file`, then the watermark if known."""
     writer = faiss.PyCallbackIOWriter(file.write)
     for part in parts:
         faiss.write_index(part, writer)
+    if watermark is not None:
+        file.write(_WATERMARK + watermark.to_bytes(8, "little", signed=True))
 
 
 class _ChunkReader:
@@ -388,27 +395,32 @@ class _ChunkReader:
         return bytes(out)
 
 
-def _read_parts(file: _ChunkReader) -> list[faiss.Index]:
-    """Read the faiss indexes `_write_parts` wrote, which must end with the file."""
+def _read_parts(file: _ChunkReader) -> tuple[list[faiss.Index], int | None]:
+    """Read the faiss indexes and the watermark `_write_parts` wrote, which must end with the
+    file (None: a snapshot written before watermarks)."""
     reader = faiss.PyCallbackIOReader(file.read)
     parts = [faiss.read_index(reader)]
     if isinstance(parts[0], faiss.IndexIVFPQFastScan):  # "ivfpq": its exact vectors follow
         parts.append(faiss.read_index(reader))
-    left = len(file.read(1 << 20))
-    if left:
-        raise IndexFileError(f"{left} unexpected bytes after the index")
-    return parts
+    rest = file.read(1 << 20)
+    if not rest:
+        return parts, None
+    if len(rest) != len(_WATERMARK) + 8 or not rest.startswith(_WATERMARK):
+        raise IndexFileError(f"{len(rest)} unexpected bytes after the index")
+    return parts, int.from_bytes(rest[len(_WATERMARK) :], "little", signed=True)
 
 
-def _read_verified(path: Path, keyring: Keyring) -> _Flat | _Reranked:
-    """Read and authenticate a sealed snapshot; never memory-mapped.
+def _read_verified(path: Path, keyring: Keyring) -> tuple[_Flat | _Reranked, int | None]:
+    """Read and authenticate a sealed snapshot and its watermark; never memory-mapped.
 
     A memory-mapped IVF index aborts the process when added to (VECTORS.md), and this index
     is written to after loading.
     """
     try:
         with path.open("rb") as file:
-            parts = _read_parts(_ChunkReader(open_sealed(file, keyring, SNAPSHOT_PURPOSE)))
+            parts, watermark = _read_parts(
+                _ChunkReader(open_sealed(file, keyring, SNAPSHOT_PURPOSE))
+            )
     except OSError as exc:
         raise IndexFileError(f"cannot read {path}: {exc}") from exc
     except KeyringError as exc:  # unsealed (an old plaintext snapshot), truncated, altered
@@ -416,7 +428,7 @@ def _read_verified(path: Path, keyring: Keyring) -> _Flat | _Reranked:
     except RuntimeError as exc:  # faiss reports malformed files as RuntimeError
         raise IndexFileError(f"{path} is not a readable faiss index: {exc}") from exc
     try:
-        return _from_parts(parts)
+        return _from_parts(parts), watermark
     except IndexFileError as exc:
         raise IndexFileError(f"{path}: {exc}") from exc
 
@@ -441,6 +453,8 @@ class FaissIndex:
         self._ids = self._frozen(np.empty(0, np.int64))
         self._rw = _ReadWriteLock()
         self._mutate = threading.Lock()  # serialises writers; searches only need `_rw`
+        # The event row through which this index holds every store change (see `watermark`).
+        self.watermark: int | None = None
 
     @staticmethod
     def _frozen(ids: np.ndarray) -> np.ndarray:
@@ -490,6 +504,10 @@ class FaissIndex:
     def ids(self) -> np.ndarray:
         """The indexed template ids, sorted (read-only)."""
         return self._ids
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each id is indexed (booleans in the order given)."""
+        return self._contains(_as_ids(ids))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Index new templates; ids already present (or repeated) are refused, not replaced."""
@@ -544,12 +562,13 @@ class FaissIndex:
             fsync_dir(self.file.path.parent)
         return removed
 
-    def _contains(self, sorted_ids: np.ndarray) -> np.ndarray:
+    def _contains(self, wanted: np.ndarray) -> np.ndarray:
         """Membership of each id in the index, by binary search of the sorted id array."""
-        at = np.searchsorted(self._ids, sorted_ids)
-        found = np.zeros(len(sorted_ids), bool)
-        inside = at < len(self._ids)
-        found[inside] = self._ids[at[inside]] == sorted_ids[inside]
+        ids = self._ids  # one reference: a writer swaps the array, never changes it
+        at = np.searchsorted(ids, wanted)
+        found = np.zeros(len(wanted), bool)
+        inside = at < len(ids)
+        found[inside] = ids[at[inside]] == wanted[inside]
         return found
 
     def rebuild(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -626,8 +645,10 @@ class FaissIndex:
         meanwhile; other writers wait."""
         path = Path(path)
         with self._mutate:
-            parts = self._index.parts
-            write_sealed(path, keyring, SNAPSHOT_PURPOSE, lambda out: _write_parts(parts, out))
+            parts, watermark = self._index.parts, self.watermark
+            write_sealed(
+                path, keyring, SNAPSHOT_PURPOSE, lambda out: _write_parts(parts, watermark, out)
+            )
             log.info("index saved: %s, %d templates, %s", self.kind, len(self), path)
 
     @classmethod
@@ -636,7 +657,7 @@ class FaissIndex:
     ) -> FaissIndex:
         """Open a snapshot written by `save`; IndexFileError when it is missing or unusable."""
         path = Path(path)
-        index = _read_verified(path, keyring)
+        index, watermark = _read_verified(path, keyring)
         if index.parts[0].d != dim:
             raise IndexFileError(f"{path} holds {index.parts[0].d}-d vectors, expected {dim}")
         ids = index.stored_ids()
@@ -644,6 +665,7 @@ class FaissIndex:
             raise IndexFileError(f"{path} has inconsistent ids")
         loaded = cls(dim, options)
         loaded._index, loaded._ids = index, cls._frozen(ids)
+        loaded.watermark = watermark
         log.info("index loaded: %s, %d templates, %s", loaded.kind, len(loaded), path)
         return loaded
 
@@ -662,11 +684,6 @@ class FaissIndex:
         if self.file is None:
             raise ValueError("this index is in memory only: it has no snapshot file")
         self.save(self.file.path, self.file.keyring())
-
-    @property
-    def watermark(self) -> int | None:
-        """None: a snapshot records no store change yet, so `open_faiss` heals by template id."""
-        return None
 
     def sync(
         self,
@@ -697,9 +714,11 @@ def open_faiss(
     store: Store, model: str, file: SnapshotFile, dim: int, options: IndexOptions | None = None
 ) -> FaissIndex:
     """The index of the store's `model` templates, ready to serve: the snapshot restored and
-    healed against the store's template ids, or rebuilt from the store (and saved) when it is
-    missing or unusable or has outgrown its kind. Templates of other embedder versions are
-    left out (and a snapshot's are removed): they are never compared with this model's."""
+    brought up to date by replaying the store's changes after its watermark (a snapshot
+    without one, written before watermarks, is healed against the store's template ids), or
+    rebuilt from the store (and saved) when it is missing or unusable or has outgrown its kind.
+    Templates of other embedder versions are left out (and a snapshot's are removed): they are
+    never compared with this model's."""
     try:
         index = FaissIndex.restore(file, dim, options)
     except IndexFileError as exc:
@@ -708,20 +727,45 @@ def open_faiss(
         else:  # a first start, or a snapshot deleted on purpose: nothing is wrong
             log.info("no index snapshot at %s yet: building it from the store", file.path)
         index = FaissIndex(dim, options, file)
-        index.rebuild(*_templates_of(store, model, dim))
+        _rebuild(index, store, model, dim)
         index.snapshot()
         log.info("index rebuilt with %d templates", len(index))
         return index
-    added, removed = index.sync(store.template_ids(model=model), store.vectors_of)
-    if added or removed:
-        log.warning("index healed from the store: %d added, %d removed", added, removed)
+    heal = index.watermark is None
+    added = removed = 0
+    if not heal:
+        start = index.watermark
+        applied = follow.catch_up(index, store, changes.GALLERY, follow.gallery_fetch(store, model))
+        added = sum(len(done.added) for done in applied)
+        removed = sum(len(done.removed) for done in applied)
+        log.info("index replayed events %d-%d: %d added, %d removed", start, index.watermark,
+                 added, removed)  # fmt: skip
+        # One count (no ids, no vectors) catches a snapshot that disagrees with the store
+        # anyway: another embedder version's, or one restored from an older backup.
+        heal = len(index) != store.template_count(model)
+        if heal:
+            log.warning("replayed index holds %d templates, the store %d: healing by id",
+                        len(index), store.template_count(model))  # fmt: skip
+    if heal:
+        index.watermark = changes.head(store)  # read first: changes meanwhile are replayed
+        added, removed = index.sync(store.template_ids(model=model), store.vectors_of)
+        if added or removed:
+            log.warning("index healed from the store: %d added, %d removed", added, removed)
     rebuild = index.needs_rebuild
     if rebuild:
         log.info("rebuilding the %s index for %d templates", index.kind, len(index))
-        index.rebuild(*_templates_of(store, model, dim))
-    if added or removed or rebuild:
+        _rebuild(index, store, model, dim)
+    if heal or added or removed or rebuild:  # a healed snapshot gets its first watermark
         index.snapshot()
     return index
+
+
+def _rebuild(index: FaissIndex, store: Store, model: str, dim: int) -> None:
+    """Rebuild from every template in the store, at the watermark read before them (changes
+    committed while they are read are replayed by the follower: idempotent)."""
+    watermark = changes.head(store)
+    index.rebuild(*_templates_of(store, model, dim))
+    index.watermark = watermark
 
 
 def _templates_of(store: Store, model: str, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,12 @@ Erasure reaches the persisted index before the call returns: a change that remov
 (Delete, a template replacement, a retention purge) removes them from the index, which drops
 every persisted state that held them (`VectorIndex.remove`), and a fresh snapshot is taken in
 the background. Index changes and snapshots only happen under this gallery's lock.
+
+Replicas: several services on one database each hold an index. Each applies its own changes at
+once and follows the store's change feed for everyone's (`catch_up`, run by a `Follower` on
+every change notification and poll: `service.gallery.follow`), so a change through one replica
+reaches the others' 1:N searches within the follow lag. Erasure does not wait for that lag:
+`search` confirms every candidate against the store (see there).
 """
 
 from __future__ import annotations
@@ -22,11 +28,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from service.gallery import follow
 from service.gallery.match import Match
 from service.gallery.vector_index import VectorIndex
+from service.store import changes
+from service.store.changes import ChangeListener
 from service.store.customers import ConsentRecord, NewEvent, NewTemplate, Store
 
 # Erasures within this long of each other share one fresh snapshot: a purge of many customers
@@ -55,6 +65,8 @@ class Gallery:
         self._changes = 0
         self._lock = threading.Lock()  # serialises index writes after their store commits
         self._resnapshot_pending = threading.Event()
+        self._follower: follow.Follower | None = None
+        self._fetch = follow.gallery_fetch(store, model)
         self.outdated_at_start = len(store.template_ids()) - len(store.template_ids(model=model))
         if self.outdated_at_start:
             log.warning(
@@ -83,6 +95,10 @@ class Gallery:
         `remove` drops the snapshot that held them and a fresh one is written in the
         background. Runs under `_lock`."""
         self.index.remove(np.asarray(template_ids, np.int64))
+        self._removed()
+
+    def _removed(self) -> None:
+        """Templates left the index (and its snapshot file): write a fresh snapshot soon."""
         self._changes = 0
         if not self._resnapshot_pending.is_set():
             self._resnapshot_pending.set()
@@ -95,6 +111,36 @@ class Gallery:
             self.save()
         except Exception:  # the next change, shutdown or restart writes one instead
             log.exception("index snapshot after an erasure failed")
+
+    def catch_up(self) -> int:
+        """Apply every change other replicas (or a retention run, or this one) committed after
+        the index's watermark; returns how many templates were added or removed."""
+        with self._lock:
+            applied = follow.catch_up(self.index, self.store, changes.GALLERY, self._fetch)
+            added = sum(len(done.added) for done in applied)
+            removed = sum(len(done.removed) for done in applied)
+            if removed:
+                self._removed()
+            if added or removed:
+                self._changed(added)
+                log.debug("followed the store: %d templates added, %d removed", added, removed)
+        return added + removed
+
+    def follow(
+        self,
+        listener: ChangeListener | None,
+        poll_s: float,
+        also: Sequence[Callable[[], object]] = (),
+    ) -> None:
+        """Start following the store in a background thread: `catch_up` (and the `also`
+        catch-ups, the watchlist's) on each change notification and every `poll_s` seconds."""
+        self._follower = follow.Follower([self.catch_up, *also], listener, poll_s)
+        self._follower.start()
+
+    def stop_following(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
 
     def has_customer(self, customer_id: str) -> bool:
         return self.store.has_customer(customer_id)
@@ -148,7 +194,17 @@ class Gallery:
         return bool(models) and self.model not in models
 
     def search(self, vector: np.ndarray, k: int) -> list[Match]:
-        """Top-k customers (best template each), best first."""
+        """Top-k customers (best template each), best first, every one confirmed in the store.
+
+        The index only proposes candidate template ids; each is mapped to its owner by reading
+        the store's templates table now (`Store.customer_of`), and a candidate without an owner
+        there is dropped with its score. An erasure deletes the customer's template rows in the
+        transaction that commits the Delete, and Delete answers only after that commit; so any
+        search that starts after Delete answered, on any replica, reads a store in which those
+        ids have no owner, and the erased customer cannot be returned even while that
+        replica's index still holds the vectors (for up to the follow lag). Template ids are
+        never reused, so a stale id can never map to another customer either.
+        """
         hits = self.index.search(vector, k * 4)
         owners = self.store.customer_of([i for i, _ in hits])
         best: dict[str, float] = {}

@@ -31,10 +31,18 @@ class VectorIndex(Protocol):
       the service thresholds the scores.
     - A search may name an id removed moments before (an eventually consistent backend); the
       caller maps ids to customers through the store, which drops ids it no longer holds.
+    - `watermark`: the store change through which this index holds every change, the events
+      table's row id in commit order (`service.store.changes`), from which a replica follows
+      the change feed (`service.gallery.follow`); persisted with each snapshot, so a restart
+      replays only the changes after it. None when the persisted state records none (a FAISS
+      snapshot written before watermarks): the "open or rebuild" function then heals by
+      comparing the index's ids with the store's. The gallery sets it under its lock.
     - Thread safety: searches run concurrently with each other and with a change; changes
       (add, remove, snapshot) are serialised by the caller (the gallery's lock) and never show
       a search half of one.
     """
+
+    watermark: int | None
 
     @classmethod
     def restore(cls, location: Any, dim: int) -> Self:
@@ -85,10 +93,7 @@ class VectorIndex(Protocol):
         atomically); a backend that persists every change makes it durable."""
         ...
 
-    @property
-    def watermark(self) -> int | None:
-        """The store change through which this index holds every change: the events table's
-        row id, in commit order, from which a replica follows the store's change feed. None
-        when the persisted state records none (FAISS snapshots so far): then the "open or
-        rebuild" function heals by comparing the index's ids with the store's."""
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each id is indexed, in the order given: following the store's change feed
+        adds only the ids an index lacks, since `add` refuses repeated ids."""
         ...

@@ -14,8 +14,10 @@ import threading
 
 import numpy as np
 
+from service.gallery import follow
 from service.gallery.faiss_index import FaissIndex, IndexOptions
 from service.gallery.match import WatchlistHit
+from service.store import changes
 from service.store import watchlist as rows
 from service.store.customers import NewTemplate, Store
 from service.store.watchlist import WatchlistEntry
@@ -40,10 +42,12 @@ class Watchlist:
     def open(self) -> None:
         """Create the tables where missing and load the index from the store."""
         rows.create_tables(self.store)
+        watermark = changes.head(self.store)  # first: changes meanwhile are replayed after it
         ids, vectors, owners = rows.load_templates(self.store)
         stacked = np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
         with self._lock:
             self.index.rebuild(ids, stacked)
+            self.index.watermark = watermark
             self._owners = dict(zip(ids.tolist(), owners, strict=True))
         log.info("watchlist index loaded with %d templates", len(owners))
 
@@ -70,6 +74,22 @@ class Watchlist:
                 self._owners.pop(template_id, None)
         self.store.scrub_log()  # the removed rows' WAL frames leave the disk too
         return event_id
+
+    def catch_up(self) -> int:
+        """Apply the watchlist changes other replicas committed (see `service.gallery.follow`);
+        returns how many templates were added or removed."""
+        with self._lock:
+            applied = follow.catch_up(self.index, self.store, changes.WATCHLIST, self._fetch)
+            for done in applied:
+                self._owners.update(zip(done.added.tolist(), done.owners, strict=True))
+                for template_id in done.removed.tolist():
+                    self._owners.pop(template_id, None)
+        return sum(len(done.added) + len(done.removed) for done in applied)
+
+    def _fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        found, vectors, owners = rows.templates_among(self.store, ids)
+        stacked = np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
+        return found, stacked, owners
 
     def entries(self, page_size: int, after: str | None) -> tuple[list[WatchlistEntry], str | None]:
         """One page in entry id order with template counts, and the next page's cursor."""

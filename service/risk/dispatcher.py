@@ -6,12 +6,19 @@ sends them on a small thread pool, and settles the whole batch in one transactio
 retried later with exponential backoff and jitter, or dead-lettered after `dead_after` attempts.
 All state is in the store, so a kill -9 at any moment only means that events in flight are sent
 again after the restart, and the receiver drops them by event id.
+
+Every replica runs one; each round claims its rows first (`Outbox.claim`, a lease of `lease_s`
+seconds), so each event is delivered by one dispatcher across the fleet, and the rows of a
+dispatcher killed mid-delivery are claimed by another once its lease ends.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +27,14 @@ from service.store.outbox import Backoff, Outbox, OutboxItem
 log = logging.getLogger(__name__)
 
 Send = Callable[[OutboxItem], None]
+# Longer than a delivery attempt can take (the callback client's deadline), so a live
+# dispatcher's lease never runs out under it.
+LEASE_S = 30.0
+
+
+def dispatcher_id() -> str:
+    """A name for this dispatcher's claims: host, process and a random part (unique per start)."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Dispatcher:
@@ -30,8 +45,12 @@ class Dispatcher:
         backoff: Backoff,
         workers: int = 4,
         poll_interval_s: float = 0.2,
+        lease_s: float = LEASE_S,
+        owner: str | None = None,
     ) -> None:
         self.outbox = outbox
+        self.lease_s = lease_s
+        self.owner = owner or dispatcher_id()
         self.send = send
         self.backoff = backoff
         self.workers = workers
@@ -63,7 +82,7 @@ class Dispatcher:
 
     def run_once(self) -> int:
         """One round: deliver what is due; returns how many were attempted."""
-        items = self.outbox.due(self.workers * 4)
+        items = self.outbox.claim(self.owner, self.workers * 4, self.lease_s)
         if not items:
             return 0
         results = list(self._pool.map(self._attempt, items))
@@ -71,7 +90,7 @@ class Dispatcher:
         failed = [
             (item, error) for item, error in zip(items, results, strict=True) if error is not None
         ]
-        dead = self.outbox.settle(delivered, failed, self.backoff)
+        dead = self.outbox.settle(delivered, failed, self.backoff, self.owner)
         for event_id in dead:
             log.error("callback for event %s dead-lettered after %d attempts", event_id,
                       self.backoff.dead_after)  # fmt: skip

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from service.store import audit_chain as audit
-from service.store import outbox, velocity
+from service.store import changes, outbox, velocity
 from service.store.audit_chain import ChainReport, EventRecord, EventType, NewEvent, check_text
 from service.store.connection import WRITE, open_engine
 from service.store.crypto import (
@@ -181,6 +181,7 @@ class Store:
         every enrolment, update and erasure) in the change's transaction."""
         event_id = audit.append(conn, event_table, event, facts)
         outbox.enqueue(conn, event)
+        changes.notify(conn)
         return event_id
 
     def transaction(self) -> AbstractContextManager[Connection]:
@@ -194,6 +195,11 @@ class Store:
     @property
     def keyring(self) -> Keyring:
         return self._keyring
+
+    @property
+    def url(self) -> str:
+        """The database URL, password included (for a connection of one's own)."""
+        return self._engine.url.render_as_string(hide_password=False)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -510,6 +516,12 @@ class Store:
         with self._engine.connect() as conn:
             return np.fromiter(conn.execute(query).scalars(), dtype=np.int64)
 
+    def template_count(self, model: str) -> int:
+        """How many templates embedder `model` made (a cheap check of a replayed index)."""
+        query = select(func.count()).select_from(template_table)
+        with self._engine.connect() as conn:
+            return int(conn.execute(query.where(template_table.c.model == model)).scalar())
+
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
         """Decrypted vectors of the given template ids, in that order (for healing the index).
 
@@ -523,6 +535,24 @@ class Store:
                 query = select(template_table).where(template_table.c.id.in_(chunk))
                 found.update({row.id: self._open(row) for row in conn.execute(query)})
         return np.stack([found[i] for i in wanted]).astype(np.float32)
+
+    def templates_among(self, ids: np.ndarray, model: str) -> tuple[np.ndarray, np.ndarray]:
+        """The given template ids that the store still holds for embedder `model`, ascending,
+        and their decrypted vectors: what a replica following the change feed indexes (an id
+        erased since its enrolment is simply not there)."""
+        wanted = sorted({int(i) for i in ids})
+        rows = []
+        with self._engine.connect() as conn:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                query = select(template_table).where(
+                    template_table.c.id.in_(chunk), template_table.c.model == model
+                )
+                rows.extend(conn.execute(query.order_by(template_table.c.id)))
+        found = np.fromiter((row.id for row in rows), dtype=np.int64, count=len(rows))
+        if not rows:
+            return found, np.zeros((0, 0), np.float32)
+        return found, np.stack([self._open(row) for row in rows]).astype(np.float32)
 
     def customer_of(self, ids: Iterable[int]) -> dict[int, str]:
         """Template id -> customer id for search results; unknown ids are left out."""

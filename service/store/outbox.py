@@ -6,6 +6,14 @@ vanish together: a decision the caller saw is always delivered, whatever is kill
 stay PENDING until delivered (DELIVERED) or out of attempts (DEAD, the dead letters, which an
 administrator can replay). The dispatcher reads only the oldest undelivered row of each
 ordering key (the customer, else the device), so one customer's events leave in order.
+
+Every replica runs a dispatcher; each delivers only the rows it has claimed (`claim`): a lease
+(`claimed_by` until `claim_expires_at`) taken in one write transaction, with `SELECT ... FOR
+UPDATE SKIP LOCKED` on PostgreSQL (two dispatchers never wait for, nor take, each other's rows)
+and under SQLite's single write lock there. A claimed head row stays PENDING, so the next row of
+its ordering key is not a head until it is settled: per-customer order holds across the fleet.
+A dispatcher killed mid-delivery leaves its claims to expire; another then claims and delivers
+them (at least once: the receiver drops a repeat by event id).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -53,6 +62,8 @@ outbox_table = Table(
     Column("last_error", String(512), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("delivered_at", UTCDateTime()),
+    Column("claimed_by", String(64)),  # the dispatcher delivering it, until its lease ends
+    Column("claim_expires_at", UTCDateTime()),
     Index("ix_outbox_status_key_id", "status", "ordering_key", "id"),
     sqlite_autoincrement=True,
 )
@@ -146,19 +157,56 @@ class Outbox:
         with self.store.connect() as conn:
             return [_item(row) for row in conn.execute(query)]
 
+    def claim(self, owner: str, limit: int, lease_s: float) -> list[OutboxItem]:
+        """Lease up to `limit` due head rows (see `due`) that no live lease holds, for `owner`
+        for `lease_s` seconds: only their holder delivers them (see the module docstring)."""
+        now = datetime.now(UTC)
+        heads = (
+            select(func.min(outbox_table.c.id))
+            .where(outbox_table.c.status == PENDING)
+            .group_by(outbox_table.c.ordering_key)
+        )
+        free = or_(
+            outbox_table.c.claim_expires_at.is_(None), outbox_table.c.claim_expires_at <= now
+        )
+        query = (
+            select(outbox_table)
+            .where(outbox_table.c.id.in_(heads), outbox_table.c.next_attempt_at <= now, free)
+            .order_by(outbox_table.c.id)
+            .limit(limit)
+        )
+        with self.store.transaction() as conn:
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = conn.execute(query).all()
+            if rows:
+                conn.execute(
+                    update(outbox_table)
+                    .where(outbox_table.c.id.in_([row.id for row in rows]))
+                    .values(claimed_by=owner, claim_expires_at=now + timedelta(seconds=lease_s))
+                )
+        return [_item(row) for row in rows]
+
     def settle(
-        self, delivered: list[OutboxItem], failed: list[tuple[OutboxItem, str]], backoff: Backoff
+        self,
+        delivered: list[OutboxItem],
+        failed: list[tuple[OutboxItem, str]],
+        backoff: Backoff,
+        owner: str | None = None,
     ) -> list[str]:
-        """Mark a batch's results in one transaction; returns the newly dead event ids."""
+        """Mark a batch's results in one transaction and end their leases; returns the newly
+        dead event ids. With `owner`, only rows that owner still holds are settled (a lease
+        that ran out belongs to whoever claimed the row since)."""
         now = datetime.now(UTC)
         dead = []
+        released = {"claimed_by": None, "claim_expires_at": None}
         with self.store.transaction() as conn:
             for item in delivered:
                 conn.execute(
                     update(outbox_table)
-                    .where(outbox_table.c.id == item.id)
+                    .where(outbox_table.c.id == item.id, *_held_by(owner))
                     .values(status=DELIVERED, attempts=item.attempts + 1, delivered_at=now,
-                            last_error="")
+                            last_error="", **released)
                 )  # fmt: skip
             for item, error in failed:
                 attempts = item.attempts + 1
@@ -167,9 +215,10 @@ class Outbox:
                     dead.append(item.event_id)
                 conn.execute(
                     update(outbox_table)
-                    .where(outbox_table.c.id == item.id)
+                    .where(outbox_table.c.id == item.id, *_held_by(owner))
                     .values(status=status, attempts=attempts, last_error=error[:512],
-                            next_attempt_at=now + timedelta(seconds=backoff.delay(attempts)))
+                            next_attempt_at=now + timedelta(seconds=backoff.delay(attempts)),
+                            **released)
                 )  # fmt: skip
         return dead
 
@@ -201,7 +250,13 @@ class Outbox:
             count = conn.execute(
                 update(outbox_table)
                 .where(*where)
-                .values(status=PENDING, attempts=0, next_attempt_at=datetime.now(UTC))
+                .values(
+                    status=PENDING,
+                    attempts=0,
+                    next_attempt_at=datetime.now(UTC),
+                    claimed_by=None,
+                    claim_expires_at=None,
+                )
             ).rowcount
             event = NewEvent(
                 type="CALLBACK_REPLAY", outcome="OK",
@@ -257,6 +312,11 @@ class Outbox:
         with self.store.connect() as conn:
             found = dict(conn.execute(query).all())
         return {status: int(found.get(status, 0)) for status in (PENDING, DELIVERED, DEAD)}
+
+
+def _held_by(owner: str | None) -> list[Any]:
+    """The condition that `owner` (None: anyone) holds a row's claim."""
+    return [] if owner is None else [outbox_table.c.claimed_by == owner]
 
 
 def _item(row: Any) -> OutboxItem:

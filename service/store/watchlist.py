@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 
 from service.store import audit_chain as audit
+from service.store import changes
 from service.store.audit_chain import NewEvent, check_text
 from service.store.crypto import open_vector, seal_vector
 from service.store.customers import NewTemplate, Store
@@ -103,6 +104,26 @@ def load_templates(store: Store) -> tuple[np.ndarray, list[np.ndarray], list[str
     return ids, vectors, [row.entry_id for row in rows]
 
 
+def templates_among(
+    store: Store, ids: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
+    """The given watchlist template ids the store still holds, ascending, with their vectors
+    and entry ids (what a replica following the change feed indexes)."""
+    wanted = sorted({int(i) for i in ids})
+    with store.connect() as conn:
+        rows = list(conn.execute(
+            select(watchlist_template_table)
+            .where(watchlist_template_table.c.id.in_(wanted))
+            .order_by(watchlist_template_table.c.id)
+        )) if wanted else []  # fmt: skip
+    found = np.fromiter((row.id for row in rows), dtype=np.int64, count=len(rows))
+    vectors = [
+        open_vector(store.keyring, row.key_id, row.ciphertext, watchlist_aad(row.entry_id, row.id))
+        for row in rows
+    ]
+    return found, vectors, [row.entry_id for row in rows]
+
+
 def add_entry(
     store: Store, label: str, templates: list[NewTemplate], reason: str, case_ref: str,
     operator_id: str,
@@ -141,7 +162,8 @@ def add_entry(
                 .values(key_id=key_id, ciphertext=blob)
             )
             ids.append(int(row_id))
-        audit.append(conn, event_table, event)
+        audit.append(conn, event_table, event, {changes.ADDED: ids})
+        changes.notify(conn)
     return entry, ids
 
 
@@ -166,7 +188,8 @@ def remove_entry(
             watchlist_entry_table.c.entry_id == entry_id)).rowcount  # fmt: skip
         if not gone:
             return None
-        audit.append(conn, event_table, event)
+        audit.append(conn, event_table, event, {changes.REMOVED: ids})
+        changes.notify(conn)
     return event.event_id, ids
 
 
