@@ -15,10 +15,11 @@ from tools.bench.fleet import run_fleet
 from tools.bench.served import sample_portraits
 
 # The time until every replica's Identify returns a new enrolment includes that Identify call
-# (a full face pipeline, slow on a loaded 2-core test machine); the follow lag itself shows as
-# the share of replicas that already return it to the first probe sent after Enroll answered.
+# (a full face pipeline, slow on a loaded 2-core test machine). The share of replicas that
+# already return it to the first probe sent after Enroll answered: 1/3 when only the enrolling
+# replica sees it (no following), 0.9 in `bench fleet` runs on this machine.
 VISIBLE_BOUND_S = 5.0
-FIRST_PROBE_SHARE = 0.9
+FIRST_PROBE_SHARE = 0.6
 
 
 @pytest.fixture(scope="module")
