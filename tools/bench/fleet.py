@@ -11,8 +11,10 @@ erasure every replica is probed once more (an erased customer must never come ba
 `--kill`, one replica gets SIGKILL halfway and is started again.
 
 Printed: decisions answered, audited (the events table) and delivered at the sink, what was
-lost between them and what the sink received twice; the worst visibility time; erasures matched
-after their Delete answered; decisions per second, and the same against one replica unless
+lost between them and what the sink received twice; the median and worst visibility time (up
+to the reply of the Identify that found the customer), the probes' median Identify time and the
+share of replicas that returned the customer to the first probe; erasures matched after their
+Delete answered; decisions per second, and the same against one replica unless
 `--no-baseline`.
 """
 
@@ -76,10 +78,11 @@ def fleet_channel(addresses: list[str]) -> grpc.Channel:
     return grpc.insecure_channel(target, options=options)
 
 
-def replica_env(url: str, keys: Path, sink_port: int) -> dict[str, str]:
+def replica_env(url: str, keys: Path, sink_port: int, clients: int) -> dict[str, str]:
     """What every replica shares: the database, the keys and the callback target. Rate limits
-    are per client and per replica, so they are off here, and 8 calls at once are allowed:
-    every client of this program is one development caller to the replicas."""
+    are per client and per replica, so they are off here, and a call from each client thread
+    may be in flight at once: every client of this program is one development caller."""
+    concurrency = str(max(8, clients))  # client_concurrency may not exceed reserved_workers
     return {
         "FACEGUARD_STORAGE__DATABASE_URL": url,
         "FACEGUARD_STORAGE__KEY_FILE": str(keys / "template-keys.json"),
@@ -92,8 +95,9 @@ def replica_env(url: str, keys: Path, sink_port: int) -> dict[str, str]:
         "FACEGUARD_RISK__DEAD_LETTER_AFTER": "40",
         "FACEGUARD_SECURITY__CLIENT_RATE": "0",
         "FACEGUARD_SECURITY__DEVICE_RATE": "0",
-        "FACEGUARD_SECURITY__CLIENT_CONCURRENCY": "8",  # at most server.reserved_workers
-        "FACEGUARD_SECURITY__KIOSK_CONCURRENCY": "8",
+        "FACEGUARD_SERVER__RESERVED_WORKERS": concurrency,
+        "FACEGUARD_SECURITY__CLIENT_CONCURRENCY": concurrency,
+        "FACEGUARD_SECURITY__KIOSK_CONCURRENCY": concurrency,
         "FACEGUARD_VISION__PROCESSES": "0",
         "FACEGUARD_VISION__THREADS": "1",
     }
@@ -406,7 +410,7 @@ def run_fleet(
         keys = write_fleet_keys(folder / "keys")
         hmac = load_signing_key(keys / "callback-hmac.key", "k1")
         sink = start_sink(folder / "sink.db", {hmac.key_id: hmac})
-        fleet = Fleet(folder, replicas, replica_env(url, keys, sink.port))
+        fleet = Fleet(folder, replicas, replica_env(url, keys, sink.port, clients))
         try:
             fleet.start()
             faces = _distinct_faces(fleet, portraits)
