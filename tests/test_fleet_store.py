@@ -1,14 +1,17 @@
 """What replicas share through one database: the audit chain written by several stores at once
-stays one verifiable order, and a velocity lockout made through one replica holds on another."""
+stays one verifiable order, and a velocity lockout made through one replica holds on another;
+the two fleet benchmarks (`faceguard bench chain`, `faceguard bench follow`) run briefly."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from service.cli.main import main
 from service.store.audit_chain import ChainKey, NewEvent
 from service.store.crypto import generate_keyring
 from service.store.customers import Store
@@ -76,3 +79,26 @@ def test_a_lockout_made_through_one_replica_holds_on_another(stores: list[Store]
         decline(stores[0], customer, "kiosk-7")
     assert through_a.device_locked("kiosk-7") and through_b.device_locked("kiosk-7")
     assert not through_b.device_locked("kiosk-8")
+
+
+def test_bench_chain_prints_its_figures_and_refuses_sqlite(
+    postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`faceguard bench chain`, briefly: every figure printed, the chain verified after."""
+    postgres.reset_database(postgres_url)
+    args = ["bench", "chain", "--writers", "2", "--threads", "2", "--seconds", "0.3", "--json"]
+    assert main([*args, "--url", postgres_url]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["chain_ok"] and result["fleet"]["writers"] == 2
+    assert result["fleet"]["decisions"] > 0 and result["uncontended"]["decisions"] > 0
+    assert result["chain_rows"] == 1 + result["fleet"]["decisions"] + result["uncontended"][
+        "decisions"]  # fmt: skip
+    assert main([*args, "--url", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
+
+
+def test_bench_follow_prints_the_lag_of_every_change(capsys: pytest.CaptureFixture[str]) -> None:
+    """`faceguard bench follow`, briefly, on SQLite (polling)."""
+    assert main(["bench", "follow", "--changes", "6", "--poll-s", "0.02", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["enrolment"]["count"] == result["erasure"]["count"] == 3
+    assert result["all"]["p99_ms"] >= result["all"]["p50_ms"] > 0

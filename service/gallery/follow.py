@@ -102,8 +102,10 @@ class Follower:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current wait (at most `poll_s`) and close the listener."""
+        """Stop after the current wait (cut short through the listener) and close it."""
         self._stop.set()
+        if self.listener is not None and self._thread.is_alive():
+            self.listener.wake()
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self.listener is not None:

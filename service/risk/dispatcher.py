@@ -27,9 +27,17 @@ from service.store.outbox import Backoff, Outbox, OutboxItem
 log = logging.getLogger(__name__)
 
 Send = Callable[[OutboxItem], None]
-# Longer than a delivery attempt can take (the callback client's deadline), so a live
-# dispatcher's lease never runs out under it.
+# The shortest lease; `lease_for` lengthens it for long delivery deadlines.
 LEASE_S = 30.0
+# Rows a round claims per worker thread (each worker sends its share one after another).
+_CLAIMS_PER_WORKER = 4
+
+
+def lease_for(delivery_timeout_s: float) -> float:
+    """A lease that outlasts a whole round (each worker sends `_CLAIMS_PER_WORKER` rows, each
+    up to the delivery deadline) twice over, so a live dispatcher's rows are never taken
+    from it: an expired lease would only mean a second delivery, which the receiver drops."""
+    return max(LEASE_S, 2 * _CLAIMS_PER_WORKER * delivery_timeout_s)
 
 
 def dispatcher_id() -> str:
@@ -82,7 +90,7 @@ class Dispatcher:
 
     def run_once(self) -> int:
         """One round: deliver what is due; returns how many were attempted."""
-        items = self.outbox.claim(self.owner, self.workers * 4, self.lease_s)
+        items = self.outbox.claim(self.owner, self.workers * _CLAIMS_PER_WORKER, self.lease_s)
         if not items:
             return 0
         results = list(self._pool.map(self._attempt, items))

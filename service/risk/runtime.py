@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from service.config import RiskSettings, SettingsError
 from service.gallery.watchlist import Watchlist
 from service.risk.checks import RiskChecks
-from service.risk.dispatcher import Dispatcher
+from service.risk.dispatcher import Dispatcher, lease_for
 from service.risk.policy import PolicyError, load_policy
 from service.store.checkpoints import Checkpointer
 from service.store.customers import Store
@@ -120,6 +120,7 @@ def build_risk(
         backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s,
                           settings.dead_letter_after)  # fmt: skip
         dispatcher = Dispatcher(outbox, client.deliver, backoff, settings.workers,
-                                settings.poll_interval_s)  # fmt: skip
+                                settings.poll_interval_s,
+                                lease_s=lease_for(settings.callback_timeout_s))  # fmt: skip
     log.info("risk policy %s with %d rules", policy.version, len(policy.rules))
     return RiskRuntime(checks, lists, watchlist, outbox, velocity, dispatcher, client)

@@ -134,6 +134,16 @@ class ChangeListener:
             self._drop()
             return True
 
+    def wake(self) -> None:
+        """Send one notification on the channel (from a short connection of its own), so a
+        `wait` blocked in another thread returns now: stopping a follower need not wait out
+        its poll interval. Other replicas' followers read the feed once more: harmless."""
+        try:
+            with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                conn.execute(f"NOTIFY {CHANNEL}")
+        except psycopg.Error as exc:
+            log.warning("cannot wake the change listener (%s)", exc)
+
     def _drop(self) -> None:
         if self._conn is not None:
             try:

@@ -175,6 +175,9 @@ class Outbox:
             .order_by(outbox_table.c.id)
             .limit(limit)
         )
+        with self.store.connect() as conn:  # idle rounds take no write lock
+            if conn.execute(query.limit(1)).first() is None:
+                return []
         with self.store.transaction() as conn:
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)

@@ -11,7 +11,8 @@ around the lock call). The lock is held from its acquisition to the commit, so t
 decisions/s can never exceed 1 / (that hold time): the uncontended run's latency minus its
 wait estimates it, printed as `ceiling_decisions_per_s`. The chain is verified at the end.
 
-Run it against a throwaway PostgreSQL database (it appends to the chain).
+Run it against an empty throwaway PostgreSQL database: it keys a chain with a key of its own
+and appends to it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from rich.console import Console
 from sqlalchemy import make_url
 
 from service.store import audit_chain
-from service.store.audit_chain import ChainKey, NewEvent
+from service.store.audit_chain import ChainKey, ChainKeyError, NewEvent
 from service.store.crypto import generate_keyring
 from service.store.customers import Store
 
@@ -129,7 +130,11 @@ def run_bench_chain(args: argparse.Namespace) -> int:
         log.error("bench chain measures the PostgreSQL advisory lock: give a postgresql+psycopg "
                   "URL of a throwaway database")  # fmt: skip
         return 2
-    result = measure_chain(args.url, args.writers, args.threads, args.seconds)
+    try:
+        result = measure_chain(args.url, args.writers, args.threads, args.seconds)
+    except ChainKeyError:
+        log.error("that database's audit chain was keyed by an earlier run: give an empty one")
+        return 2
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
