@@ -29,6 +29,7 @@ from sqlalchemy import (
     Connection,
     Index,
     Integer,
+    Select,
     String,
     Table,
     Text,
@@ -139,42 +140,17 @@ class Outbox:
         self.store = store
 
     def due(self, limit: int) -> list[OutboxItem]:
-        """The oldest pending row of each ordering key, if its retry time has come."""
-        heads = (
-            select(func.min(outbox_table.c.id))
-            .where(outbox_table.c.status == PENDING)
-            .group_by(outbox_table.c.ordering_key)
-        )
-        query = (
-            select(outbox_table)
-            .where(
-                outbox_table.c.id.in_(heads),
-                outbox_table.c.next_attempt_at <= datetime.now(UTC),
-            )
-            .order_by(outbox_table.c.id)
-            .limit(limit)
-        )
+        """The oldest pending row of each ordering key, if its retry time has come (leased or
+        not: a read-only view; dispatchers `claim`)."""
         with self.store.connect() as conn:
-            return [_item(row) for row in conn.execute(query)]
+            return [_item(row) for row in conn.execute(_due(datetime.now(UTC), limit))]
 
     def claim(self, owner: str, limit: int, lease_s: float) -> list[OutboxItem]:
         """Lease up to `limit` due head rows (see `due`) that no live lease holds, for `owner`
         for `lease_s` seconds: only their holder delivers them (see the module docstring)."""
         now = datetime.now(UTC)
-        heads = (
-            select(func.min(outbox_table.c.id))
-            .where(outbox_table.c.status == PENDING)
-            .group_by(outbox_table.c.ordering_key)
-        )
-        free = or_(
-            outbox_table.c.claim_expires_at.is_(None), outbox_table.c.claim_expires_at <= now
-        )
-        query = (
-            select(outbox_table)
-            .where(outbox_table.c.id.in_(heads), outbox_table.c.next_attempt_at <= now, free)
-            .order_by(outbox_table.c.id)
-            .limit(limit)
-        )
+        expires = outbox_table.c.claim_expires_at
+        query = _due(now, limit).where(or_(expires.is_(None), expires <= now))
         with self.store.connect() as conn:  # idle rounds take no write lock
             if conn.execute(query.limit(1)).first() is None:
                 return []
@@ -315,6 +291,21 @@ class Outbox:
         with self.store.connect() as conn:
             found = dict(conn.execute(query).all())
         return {status: int(found.get(status, 0)) for status in (PENDING, DELIVERED, DEAD)}
+
+
+def _due(now: datetime, limit: int) -> Select[Any]:
+    """The oldest pending row of each ordering key whose retry time has come, oldest first."""
+    heads = (
+        select(func.min(outbox_table.c.id))
+        .where(outbox_table.c.status == PENDING)
+        .group_by(outbox_table.c.ordering_key)
+    )
+    return (
+        select(outbox_table)
+        .where(outbox_table.c.id.in_(heads), outbox_table.c.next_attempt_at <= now)
+        .order_by(outbox_table.c.id)
+        .limit(limit)
+    )
 
 
 def _held_by(owner: str | None) -> list[Any]:
