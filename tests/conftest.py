@@ -9,7 +9,6 @@ from pathlib import Path
 
 import grpc
 import milvus
-import postgres
 import pytest
 
 from faceguard.v1 import enrollment_pb2_grpc, verification_pb2_grpc
@@ -18,6 +17,7 @@ from service.cli.certs import write_dev_pki
 from service.config import Settings
 from service.risk.callback import load_signing_key, write_signing_key
 from tests.service_helpers import serving, tls_channel
+from tools import postgres
 from tools.fraud_sink import RunningSink, start_sink
 
 # Development data lives beside the repository, never inside it (see ../shared/data/README.md).

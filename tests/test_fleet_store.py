@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import postgres
 import pytest
 
 from service.cli.main import main
@@ -17,6 +16,7 @@ from service.store.audit_chain import ChainKey, NewEvent
 from service.store.crypto import generate_keyring
 from service.store.customers import Store
 from service.store.velocity import Limits, Velocity
+from tools import postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
-import postgres
 import pytest
 
 from faceguard.v1 import fraud_engine_pb2
@@ -27,6 +26,7 @@ from service.store.lists import CUSTOMER_BLOCKLIST, DEVICE_BLACKLIST, ListFacts,
 from service.store.outbox import DEAD, DELIVERED, PENDING, Backoff, Outbox
 from service.store.velocity import Limits, Velocity
 from tests.service_helpers import free_port
+from tools import postgres
 from tools.fraud_sink import Behaviour, sink_stats, start_sink, stored_event_ids
 
 KEY = SigningKey("k1", bytes(range(32)))

@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import postgres
 import pytest
 
 from service.risk.dispatcher import Dispatcher
@@ -16,6 +15,7 @@ from service.store.audit_chain import NewEvent
 from service.store.crypto import generate_keyring
 from service.store.customers import Store
 from service.store.outbox import DELIVERED, PENDING, Backoff, Outbox, OutboxItem
+from tools import postgres
 
 FAST = Backoff(initial_s=0.01, max_s=0.05, dead_after=50)
 

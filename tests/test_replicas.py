@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import postgres
 import pytest
 from sqlalchemy import text
 
@@ -22,6 +21,7 @@ from service.store.changes import listener_for
 from service.store.crypto import generate_keyring
 from service.store.customers import NewEvent, NewTemplate, Store
 from tests.service_helpers import faiss_gallery
+from tools import postgres
 
 DIM = 8
 MODEL = "embedder-v1"

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import postgres
 import pytest
 
 from service.app.decision_records import EventFilter, event_filter, get_decision, query_events
@@ -19,6 +18,7 @@ from service.store.crypto import generate_keyring
 from service.store.customers import Store
 from service.store.outbox import PENDING, Outbox
 from service.store.reviews import queue_query
+from tools import postgres
 
 
 class Clock:

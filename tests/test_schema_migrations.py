@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import postgres
 import pytest
 from alembic import command
 from service_helpers import service_settings
@@ -37,6 +36,7 @@ from service.store.customers import Store
 from service.store.schema import migrate
 from service.store.schema.migrate import SchemaError
 from service.store.tables import METADATA, customer_table
+from tools import postgres
 
 FACEGUARD = Path(sys.executable).with_name("faceguard")
 OLD_EVENT_INDEXES = {"ix_events_device_outcome_time", "ix_events_customer_outcome_time"}

@@ -14,7 +14,6 @@ from pathlib import Path
 import cv2
 import grpc
 import numpy as np
-import postgres
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,6 +43,7 @@ from tests.service_helpers import (
     serving,
     with_sections,
 )
+from tools import postgres
 
 APPROVE, DECLINE = common_pb2.APPROVE, common_pb2.DECLINE
 

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import grpc
-import postgres
 import pytest
 
 from faceguard.v1 import (
@@ -20,6 +19,7 @@ from service.api.server import start
 from service.app.assembly import KEYRING_FILE
 from service.config import AUDIT_KEY_FILE
 from tests.service_helpers import consent, image, people_with, service_settings
+from tools import postgres
 
 
 @pytest.fixture(scope="module")

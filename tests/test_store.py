@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import postgres
 import pytest
 from sqlalchemy import create_engine, delete, func, select, update
 
@@ -30,6 +29,7 @@ from service.store.audit_chain import InvalidEvent, NewEvent
 from service.store.crypto import Keyring, KeyringError, TamperedError, generate_keyring
 from service.store.customers import CustomerExists, CustomerNotFound, NewTemplate, Store
 from service.store.tables import consent_table, customer_table, event_table, template_table
+from tools import postgres
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "postgresql"]

@@ -60,6 +60,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "faceguard bench chain --url postgresql+psycopg://faceguard@/bench?host=/tmp/pg --json",
     ),
     "bench abuse": ("faceguard bench abuse --json",),
+    "bench fleet": ("faceguard bench fleet --replicas 3 --clients 8 --seconds 60 --kill --json",),
     "bench calibration": ("faceguard bench calibration --customers 300 --repeat 2 --json",),
     "docs commands": ("faceguard docs commands --write README.md",),
     "models build": ("faceguard models build",),
@@ -131,6 +132,9 @@ DESCRIPTIONS: dict[str, str] = {
     "SQLite; SIGUSR1 toggles hanging, SIGUSR2 failing",
     "bench callbacks": "decisions through a failing sink with kill -9s of the service: "
     "events lost and duplicates stored (must be 0, 0); median cost of the risk checks",
+    "bench fleet": "replicas on a throwaway PostgreSQL behind gRPC round-robin, mixed load, "
+    "one SIGKILL: decisions lost and duplicated (0, 0), visibility on every replica, erasures "
+    "matched, throughput against one replica",
     "bench follow": "p50/p99 lag until an enrolment or erasure through one replica reaches "
     "another's index (LISTEN/NOTIFY on PostgreSQL, polling on SQLite)",
     "bench chain": "decisions/s, latency and audit-chain lock wait per decision for 3 writers "

@@ -81,6 +81,10 @@ def _bench(args: argparse.Namespace) -> int:
         from tools.bench.abuse import run_bench_abuse
 
         return run_bench_abuse(args)
+    if args.bench_command == "fleet":
+        from tools.bench.fleet import run_bench_fleet
+
+        return run_bench_fleet(args)
     if args.bench_command == "service":
         from tools.bench.service import run_bench_service
 
@@ -566,6 +570,20 @@ def build_parser() -> argparse.ArgumentParser:
     abuse.add_argument("--attackers", type=int, default=8, help="threads sending lying images")
     abuse.add_argument("--json", action="store_true", help="print one JSON object")
     abuse.set_defaults(handler=_bench)
+    fleet = bench.add_parser(
+        "fleet", help="replicas on one PostgreSQL behind round-robin, one killed: lost, visible"
+    )
+    fleet.add_argument(
+        "--replicas", type=int, default=3, metavar="N", help="faceguard serve processes"
+    )
+    fleet.add_argument("--clients", type=int, default=8, metavar="N", help="concurrent clients")
+    fleet.add_argument("--seconds", type=float, default=60.0, help="length of the mixed load")
+    fleet.add_argument("--kill", action="store_true", help="SIGKILL one replica halfway")
+    fleet.add_argument(
+        "--no-baseline", action="store_true", help="skip the same load against one replica"
+    )
+    fleet.add_argument("--json", action="store_true", help="print one JSON object")
+    fleet.set_defaults(handler=_bench)
 
     docs = commands.add_parser("docs", help="documentation generated from this program")
     docs_commands = docs.add_subparsers(dest="docs_command", required=True).add_parser(

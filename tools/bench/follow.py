@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from service.app.index_backend import open_index
 
+from service.app.index_backend import open_index
 from service.config import GallerySettings
+from service.domain import Consent
 from service.gallery.gallery import Gallery
 from service.store.changes import listener_for
 from service.store.crypto import generate_keyring
-from service.domain import Consent
 from service.store.customers import NewEvent, NewTemplate, Store
 
 DIM = 128

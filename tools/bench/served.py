@@ -37,13 +37,17 @@ def free_port() -> int:
 
 class ServedProcess:
     """`faceguard serve --dev-key` on `port`, started, killed (SIGKILL) and started again at
-    will; `env` adds to this process's environment. A context manager that stops it."""
+    will; `env` adds to this process's environment; `log` collects its output (appended, so
+    a restarted process adds to it). A context manager that stops it."""
 
-    def __init__(self, data: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data: Path, port: int, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> None:
         self.command = [str(FACEGUARD), "serve", "--data-dir", str(data), "--host", HOST,
                         "--port", str(port), "--dev-key"]  # fmt: skip
         self.env = {**os.environ, **(env or {})}
         self.address = f"{HOST}:{port}"
+        self.log = log
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,9 +56,15 @@ class ServedProcess:
         return self.process.pid
 
     def start(self) -> ServedProcess:
-        self.process = subprocess.Popen(
-            self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        if self.log is None:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            return self
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
         return self
 
     def kill(self) -> None:

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for the tests: the portable store code is run against it.
+"""A throwaway PostgreSQL server: the tests run the portable store code against it, and
+`faceguard bench fleet` runs its replicas on it.
 
 Uses the server binaries of the machine (Debian's `postgresql` package puts them in
 /usr/lib/postgresql/<version>/bin; `.ci/run` installs it). The cluster lives in a temporary
