@@ -20,7 +20,7 @@ RUN python -m venv /opt/faceguard \
     && /opt/faceguard/bin/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. \
         --grpc_python_out=. protos/faceguard/v1/*.proto \
     && /opt/faceguard/bin/python -m service.api.console.assets \
-    && /opt/faceguard/bin/pip install --no-cache-dir . \
+    && /opt/faceguard/bin/pip install --no-cache-dir '.[milvus]' \
     && /opt/faceguard/bin/pip uninstall -y grpcio-tools \
     && /opt/faceguard/bin/faceguard models build \
     && rm -rf /opt/cache /app/models/convert
