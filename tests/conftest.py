@@ -50,6 +50,17 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database, once on SQLite and once on PostgreSQL: the store is portable, and
+    its tests run on both (PostgreSQL ones skip without its binaries)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'g.db'}"
+    url = request.getfixturevalue("postgres_url")
+    postgres.reset_database(url)
+    return url
+
+
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[milvus.MilvusServer]:
     """A real Milvus standalone server on a fresh data folder (tests/milvus.py), stopped at

@@ -19,13 +19,9 @@ from service.store.velocity import Limits, Velocity
 from tools import postgres
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'g.db'}"
-    found = request.getfixturevalue("postgres_url")
-    postgres.reset_database(found)
-    return found
+@pytest.fixture
+def url(database_url: str) -> str:
+    return database_url
 
 
 @pytest.fixture

@@ -26,21 +26,15 @@ from service.store.lists import CUSTOMER_BLOCKLIST, DEVICE_BLACKLIST, ListFacts,
 from service.store.outbox import DEAD, DELIVERED, PENDING, Backoff, Outbox
 from service.store.velocity import Limits, Velocity
 from tests.service_helpers import free_port
-from tools import postgres
 from tools.fraud_sink import Behaviour, sink_stats, start_sink, stored_event_ids
 
 KEY = SigningKey("k1", bytes(range(32)))
 FAST = Backoff(initial_s=0.01, max_s=0.05, dead_after=50)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'g.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        postgres.reset_database(url)
-    with Store(url, generate_keyring()) as store:
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    with Store(database_url, generate_keyring()) as store:
         store.create_schema()
         yield store
 

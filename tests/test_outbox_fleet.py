@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,21 +14,15 @@ from service.store.audit_chain import NewEvent
 from service.store.crypto import generate_keyring
 from service.store.customers import Store
 from service.store.outbox import DELIVERED, PENDING, Backoff, Outbox, OutboxItem
-from tools import postgres
 
 FAST = Backoff(initial_s=0.01, max_s=0.05, dead_after=50)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Store]]:
+@pytest.fixture
+def stores(database_url: str) -> Iterator[list[Store]]:
     """Three replicas' stores on one database."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'g.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        postgres.reset_database(url)
     keyring = generate_keyring()
-    opened = [Store(url, keyring) for _ in range(3)]
+    opened = [Store(database_url, keyring) for _ in range(3)]
     for store in opened:
         store.create_schema()
     yield opened

@@ -38,13 +38,9 @@ def templates(vectors: np.ndarray) -> list[NewTemplate]:
     return [NewTemplate(vector=v, model=MODEL, quality=80) for v in vectors]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'g.db'}"
-    found = request.getfixturevalue("postgres_url")
-    postgres.reset_database(found)
-    return found
+@pytest.fixture
+def url(database_url: str) -> str:
+    return database_url
 
 
 @pytest.fixture

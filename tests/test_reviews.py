@@ -18,7 +18,6 @@ from service.store.crypto import generate_keyring
 from service.store.customers import Store
 from service.store.outbox import PENDING, Outbox
 from service.store.reviews import queue_query
-from tools import postgres
 
 
 class Clock:
@@ -29,14 +28,9 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'g.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        postgres.reset_database(url)
-    with Store(url, generate_keyring()) as store:
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    with Store(database_url, generate_keyring()) as store:
         store.create_schema()
         yield store
 
