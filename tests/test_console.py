@@ -232,6 +232,7 @@ def test_bad_filters_and_unknown_decisions_are_refused_plainly(served: Running, 
     assert fetch(served, pki, "analyst", "/decisions?since=yesterday")[0] == 400
     assert fetch(served, pki, "analyst", "/decisions?before=x")[0] == 400
     assert fetch(served, pki, "analyst", "/decisions?before=" + "9" * 40)[0] == 400
+    assert fetch(served, pki, "analyst", "/decisions?before=%C2%B2")[0] == 400
     assert fetch(served, pki, "analyst", "/decisions/" + str(uuid.uuid4()))[0] == 404
     assert fetch(served, pki, "analyst", "/decisions/not-an-event")[0] == 400
     status, _, page = fetch(served, pki, "analyst", "/decisions?customer_id=%3Cscript%3E")

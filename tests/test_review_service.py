@@ -205,6 +205,8 @@ def test_event_filters_over_grpc(served: Running, channels, people) -> None:
          "INVALID_CUSTOMER_ID"),
         (risk_pb2.QueryEventsRequest(page_token="9" * 40), grpc.StatusCode.INVALID_ARGUMENT,
          "INVALID_PAGE_TOKEN"),
+        (risk_pb2.QueryEventsRequest(page_token="\u00b2"), grpc.StatusCode.INVALID_ARGUMENT,
+         "INVALID_PAGE_TOKEN"),  # a digit to str.isdigit, not to int()
         (risk_pb2.QueryEventsRequest(page_size=501), grpc.StatusCode.RESOURCE_EXHAUSTED,
          "PAGE_TOO_LARGE"),
     ):  # fmt: skip

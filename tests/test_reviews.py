@@ -93,6 +93,7 @@ def test_the_queue_is_the_unresolved_review_decisions_oldest_first(
     assert [r.event_id for r in reviews.open(0, "", customer_id="c-1")[0]] == [first]
     assert isinstance(_raised(reviews.open, 501, ""), TooLarge)
     assert reason(reviews.open, 0, "x") == "INVALID_PAGE_TOKEN"
+    assert reason(reviews.open, 0, "\u00b2") == "INVALID_PAGE_TOKEN"
     assert reason(reviews.open, 0, "", "bad id\n") == "INVALID_CUSTOMER_ID"
 
 

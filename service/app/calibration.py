@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from service import metrics
 from service.app.engine import Engine
-from service.app.requests import require_text
+from service.app.requests import page_limit, require_text, row_after
 from service.calibration.estimate import (
     ImpostorSample,
     ThresholdProposal,
@@ -36,7 +36,7 @@ from service.calibration.estimate import (
     sample_impostor_scores,
 )
 from service.config import CalibrationSettings
-from service.errors import FaceguardError, InvalidInput, TooLarge, Unavailable, Unprocessable
+from service.errors import FaceguardError, TooLarge, Unavailable, Unprocessable
 from service.modelpack.manifest import Manifest
 from service.store import calibrations
 from service.store.audit_chain import NewEvent
@@ -53,8 +53,6 @@ from service.store.gallery_sample import sample_gallery
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE = 100
-DEFAULT_PAGE = 20
 SCHEDULER = "scheduler"
 # One proposal computes at a time in a process: each holds a bounded sample, but an admin
 # (or a script) asking again and again must not multiply that.
@@ -167,14 +165,9 @@ class CalibrationAdmin:
     def get(self, calibration_id: int) -> CalibrationRecord:
         return calibrations.get(self.store, calibration_id)
 
-    def page(self, page_size: int, token: str) -> tuple[list[CalibrationRecord], str]:
-        if page_size > MAX_PAGE:
-            raise TooLarge("PAGE_TOO_LARGE", f"page_size is at most {MAX_PAGE}")
-        if token and not (token.isascii() and token.isdigit() and len(token) <= 18):
-            raise InvalidInput("INVALID_PAGE_TOKEN", "page_token is not one this service issued")
-        records, cursor = calibrations.page(
-            self.store, page_size or DEFAULT_PAGE, int(token) if token else None
-        )
+    def page(self, size: int, token: str) -> tuple[list[CalibrationRecord], str]:
+        size = page_limit(size, default=20, limit=100)
+        records, cursor = calibrations.page(self.store, size, row_after(token) or None)
         return records, str(cursor) if cursor is not None else ""
 
     def decide(

@@ -15,8 +15,8 @@ from typing import Any
 
 from service.app.decision import Decision
 from service.app.engine import Engine
-from service.app.requests import check_customer_id, require_text
-from service.errors import InvalidInput, NotFound, TooLarge
+from service.app.requests import check_customer_id, page_limit, require_text, row_after
+from service.errors import InvalidInput, NotFound
 from service.liveness.report import LivenessCheck, LivenessReport
 from service.risk.results import RuleResult
 from service.store.audit_chain import EventRecord
@@ -25,8 +25,6 @@ from service.store.event_queries import EventFilter, event_by_id, events_after
 from service.store.outbox import Outbox, OutboxItem
 from service.store.reviews import Review, ReviewStore
 
-MAX_PAGE = 500
-DEFAULT_PAGE = 50
 # A reason-code filter is applied to the decoded payloads: one call reads at most this many
 # events, then answers with what it found and a token to read on from (maybe an empty page).
 MAX_SCAN = 5000
@@ -54,22 +52,6 @@ class DecisionDetail:
     decision: Decision
     callback: OutboxItem | None
     review: Review | None
-
-
-def page_size(size: int) -> int:
-    """A requested page size: 0 is the default, over MAX_PAGE is refused."""
-    if size > MAX_PAGE:
-        raise TooLarge("PAGE_TOO_LARGE", f"page_size is at most {MAX_PAGE}")
-    return size or DEFAULT_PAGE
-
-
-def after_token(token: str) -> int:
-    """The chain row a page token continues after (tokens are chain row ids)."""
-    if not token:
-        return 0
-    if not token.isdigit() or len(token) > 19:
-        raise InvalidInput("INVALID_PAGE_TOKEN", "page_token is not one this service issued")
-    return int(token)
 
 
 def check_event_id(event_id: str) -> str:
@@ -113,7 +95,7 @@ def query_events(
     """A page of events matching `where` and, if given, naming `reason_code` among their
     decision's reason codes."""
     reason = _code("reason_code", reason_code)
-    found, last = _scan(store, where, reason, after_token(token), page_size(size))
+    found, last = _scan(store, where, reason, row_after(token), page_limit(size))
     deliveries = outbox.statuses([r.event_id for r in found])
     return EventPage(found, deliveries, str(last) if last is not None else "")
 

@@ -85,3 +85,22 @@ def quality_gate(analysis: FaceAnalysis, where: str, image: int | None = None) -
     raise Unprocessable(
         str(quality.reasons[0]), f"{where}: {details} ({reasons}){hint}", **metadata
     )
+
+
+def page_limit(size: int, default: int = 50, limit: int = 500) -> int:
+    """A requested page size: 0 asks for `default`; more than `limit` is refused
+    (PAGE_TOO_LARGE), so no caller can ask the store for an unbounded page."""
+    if size > limit:
+        raise TooLarge("PAGE_TOO_LARGE", f"page_size is at most {limit}")
+    return size or default
+
+
+def row_after(token: str) -> int:
+    """The row id a page token continues after (0: from the start). Tokens are the decimal row
+    ids this service issued; anything else, including non-ASCII digits and numbers beyond a
+    64-bit id, is refused (INVALID_PAGE_TOKEN) before it reaches a query."""
+    if not token:
+        return 0
+    if not (token.isascii() and token.isdigit() and len(token) <= 18):
+        raise InvalidInput("INVALID_PAGE_TOKEN", "page_token is not one this service issued")
+    return int(token)

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from service.app.decision_records import after_token, check_event_id, page_size
-from service.app.requests import check_customer_id, require_text
+from service.app.decision_records import check_event_id
+from service.app.requests import check_customer_id, page_limit, require_text, row_after
 from service.errors import InvalidInput, NotFound, Unprocessable
 from service.store.audit_chain import NewEvent
 from service.store.customers import Store
@@ -48,8 +48,8 @@ class Reviews:
             check_customer_id(customer_id)
         if device_id:
             require_text("device_id", device_id, 128)
-        size = page_size(size)
-        page = self.reviews.open_reviews(size + 1, after_token(token), customer_id, device_id)
+        size = page_limit(size)
+        page = self.reviews.open_reviews(size + 1, row_after(token), customer_id, device_id)
         more = len(page) > size
         return page[:size], str(page[size - 1].row_id) if more else ""
 

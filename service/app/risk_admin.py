@@ -8,23 +8,14 @@ through the same face pipeline and quality gate as customer enrolment.
 from __future__ import annotations
 
 from service.app.faces import gated_faces, templates_of
-from service.app.requests import check_count, check_customer_id, require_text
+from service.app.requests import check_count, check_customer_id, page_limit, require_text
 from service.app.vision_pool import Vision
-from service.errors import InvalidInput, NotFound, TooLarge
+from service.errors import InvalidInput, NotFound
 from service.risk.runtime import RiskRuntime
 from service.store.lists import LISTS, ListEntry
 from service.store.outbox import OutboxItem
 from service.store.velocity import Lockout, NotLocked
 from service.store.watchlist import WatchlistEntry
-
-MAX_PAGE = 500
-DEFAULT_PAGE = 50
-
-
-def _page(size: int) -> int:
-    if size > MAX_PAGE:
-        raise TooLarge("PAGE_TOO_LARGE", f"page_size is at most {MAX_PAGE}")
-    return size or DEFAULT_PAGE
 
 
 class RiskAdmin:
@@ -61,7 +52,7 @@ class RiskAdmin:
         return event_id
 
     def entries(self, list_name: str, page_size: int, token: str) -> tuple[list[ListEntry], str]:
-        page, cursor = self.risk.lists.entries(self._list(list_name), _page(page_size), token)
+        page, cursor = self.risk.lists.entries(self._list(list_name), page_limit(page_size), token)
         return page, cursor or ""
 
     def enroll_watchlist(
@@ -85,18 +76,18 @@ class RiskAdmin:
         return event_id
 
     def watchlist(self, page_size: int, token: str) -> tuple[list[WatchlistEntry], str]:
-        page, cursor = self.risk.watchlist.entries(_page(page_size), token)
+        page, cursor = self.risk.watchlist.entries(page_limit(page_size), token)
         return page, cursor or ""
 
     def dead_letters(self, page_size: int) -> list[OutboxItem]:
-        return self.risk.outbox.dead_letters(_page(page_size))
+        return self.risk.outbox.dead_letters(page_limit(page_size))
 
     def replay(self, event_ids: list[str], operator_id: str) -> tuple[int, str]:
         operator_id = require_text("operator_id", operator_id, 128)
         return self.risk.outbox.replay(list(event_ids), operator_id)
 
     def lockouts(self, page_size: int) -> list[Lockout]:
-        return self.risk.velocity.lockouts(_page(page_size))
+        return self.risk.velocity.lockouts(page_limit(page_size))
 
     def lift_lockout(
         self, customer_id: str, device_id: str, reason: str, operator: str

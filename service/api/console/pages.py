@@ -18,6 +18,7 @@ from service.api.console.rendering import engine_of, render, reviews_of
 from service.api.console.security import admin_only, identity
 from service.app import console
 from service.app.decision_records import engine_parts, get_decision
+from service.app.requests import row_after
 from service.errors import FaceguardError, InvalidInput, NotFound, TooLarge
 from service.store.lists import LISTS
 from service.store.reviews import NOTE_CHARS
@@ -104,11 +105,9 @@ async def dashboard(request: web.Request) -> web.Response:
 @ROUTES.get("/decisions")
 async def decisions(request: web.Request) -> web.Response:
     wanted = _filter(request.query)
-    before = request.query.get("before", "")
-    if before and not (before.isdigit() and len(before) <= 18):
-        raise InvalidInput("INVALID_PAGE_TOKEN", "before is a position this page gave")
+    before = row_after(request.query.get("before", "")) or None
     rows, cursor = await asyncio.to_thread(
-        console.decisions, engine_of(request), wanted, PAGE_SIZE, int(before) if before else None
+        console.decisions, engine_of(request), wanted, PAGE_SIZE, before
     )
     query = {k: v for k, v in request.query.items() if k != "before" and v}
     return render(
