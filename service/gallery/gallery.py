@@ -192,7 +192,7 @@ class Gallery:
     def templates_outdated(self, customer_id: str) -> bool:
         """Whether the customer has templates but none of the current embedder version: a
         1:1 match is impossible until they re-enrol (`REENROL`)."""
-        models = {t.model for t in self.store.templates_of(customer_id)}
+        models = self.store.template_models(customer_id)  # no template decrypted
         return bool(models) and self.model not in models
 
     def search(self, vector: np.ndarray, k: int) -> list[Match]:

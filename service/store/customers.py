@@ -460,6 +460,12 @@ class Store:
             for row in rows
         ]
 
+    def template_models(self, customer_id: str) -> set[str]:
+        """The embedder versions of a customer's templates, read without decrypting any."""
+        query = select(template_table.c.model).where(template_table.c.customer_id == customer_id)
+        with self._engine.connect() as conn:
+            return set(conn.execute(query.distinct()).scalars())
+
     def iter_templates(
         self, batch: int = 10_000, model: str | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
